@@ -1,0 +1,234 @@
+"""The Python API: ``Model(...).fit(df)``, ``.evaluate``, ``.predict``, ``.predict_proba``, ``.save``, ``load``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from loopml.bundle import read_bundle, write_bundle
+from loopml.config import Config, load_config
+from loopml.data.read import Source, read_table
+from loopml.errors import LoopmlError, did_you_mean
+from loopml.evaluate.metrics import classification_metrics, regression_metrics
+from loopml.features.pipeline import Preprocessor
+from loopml.models import FeatureSlot, LoopModel
+from loopml.prepare import Prepared, prepare
+from loopml.schema import Schema
+from loopml.train import Trainer, default_callbacks, predict_batches
+
+CLASSIFICATION_MONITORS = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss")
+REGRESSION_MONITORS = ("loss", "mae", "rmse", "mse", "r2")
+
+
+class Model:
+    """A loopml model. ``Model(target="income")`` or ``Model("config.yaml")`` or ``Model({...})``."""
+
+    def __init__(self, config: str | os.PathLike | dict | Config | None = None, *, target: str | None = None,
+                 **sections: Any) -> None:
+        if isinstance(config, Config):
+            self.config = config
+        else:
+            self.config = load_config(config, target=target, **sections)
+        self.preprocessor: Preprocessor | None = None
+        self.network: LoopModel | None = None
+        self.schema: Schema | None = None
+        self.history: list[dict] = []
+        self.metrics: dict = {}
+        self.info: dict = {}
+
+    # -- training --------------------------------------------------------------------------------
+    def fit(
+        self, data: Source, *, validation: Source | None = None, test: Source | None = None,
+        checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool | None = None,
+        cache_dir: str | os.PathLike | None | bool = None,
+    ) -> Model:
+        cfg = self.config.training
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        prepared = prepare(self.config, data, validation, test,
+                           cache_dir=False if cache_dir is False else (Path(cache_dir) if cache_dir else None))
+        self.schema, self.preprocessor = prepared.schema, prepared.preprocessor
+        monitor = self._check_monitor()
+        torch.manual_seed(cfg.seed)
+        self.network = build_network(self.preprocessor, self.config, self._class_weights(prepared))
+        callbacks = default_callbacks(
+            monitor, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
+            Path(checkpoint_dir) if checkpoint_dir else None, _show_progress(progress),
+        )
+        trainer = Trainer(self.network, cfg, callbacks, metric_fn=self._epoch_metrics(monitor))
+        resumed = False
+        if resume:
+            if not checkpoint_dir:
+                raise LoopmlError("resume needs a checkpoint directory")
+            resumed = trainer.resume(Path(checkpoint_dir))
+        self.history = trainer.fit(prepared.splits["train"], prepared.splits["validation"])
+        self.network.eval()
+        self.metrics = {
+            name: self._score(trainer.predict(split.inputs), split.target)
+            for name, split in prepared.splits.items() if split is not None and name != "train"
+        }
+        best = next(cb for cb in callbacks if hasattr(cb, "best_epoch"))
+        self.info = {
+            "data_fingerprint": prepared.fingerprint,
+            "data_report": prepared.report,
+            "training": {"epochs_run": trainer.epoch, "best_epoch": best.best_epoch, "monitor": monitor,
+                         "stop_reason": trainer.stop_reason or "epochs done", "seconds": trainer.elapsed,
+                         "resumed": resumed},
+        }
+        self._prepared = prepared
+        return self
+
+    def _check_monitor(self) -> str:
+        metric = self.config.training.early_stopping.metric
+        valid = REGRESSION_MONITORS if self.schema.target_kind == "number" else CLASSIFICATION_MONITORS
+        if metric not in valid:
+            raise LoopmlError(
+                f"training.early_stopping.metric '{metric}' is not available for a {self.schema.target_kind} "
+                f"target{did_you_mean(metric, valid)}; choose one of: {', '.join(valid)}"
+            )
+        return metric
+
+    def _class_weights(self, prepared: Prepared) -> list[float] | None:
+        setting = self.config.target.class_weights
+        target = self.preprocessor.target
+        if setting is None or target.kind == "number":
+            return None
+        classes = [str(c) for c in target.classes]
+        if setting == "auto":
+            counts = np.bincount(prepared.splits["train"].target.long().numpy(), minlength=len(classes))
+            return (len(prepared.splits["train"]) / (len(classes) * np.maximum(counts, 1))).tolist()
+        unknown = [k for k in setting if k not in classes]
+        if unknown:
+            raise LoopmlError(f"target.class_weights names unknown class '{unknown[0]}'{did_you_mean(unknown[0], classes)}")
+        return [float(setting.get(c, 1.0)) for c in classes]
+
+    def _epoch_metrics(self, monitor: str):
+        def metric_fn(outputs: torch.Tensor, target: torch.Tensor) -> dict:
+            scores = self._score(outputs, target, full=monitor not in ("loss", "accuracy", "r2"))
+            keep = {"accuracy", "r2", monitor}
+            return {k: v for k, v in scores.items() if k in keep}
+
+        return metric_fn
+
+    def _score(self, outputs: torch.Tensor, target: torch.Tensor, full: bool = True) -> dict:
+        t = self.preprocessor.target
+        decoded, proba = t.decode(outputs.numpy())
+        if t.kind == "number":
+            y_true = target.numpy() * t.state["std"] + t.state["mean"]
+            return regression_metrics(y_true, decoded)
+        y_true = target.long().numpy()
+        if not full:
+            return {"accuracy": float((proba.argmax(1) == y_true).mean())}
+        return classification_metrics(y_true, proba, t.classes)
+
+    # -- using a trained model ---------------------------------------------------------------------
+    def _require_trained(self) -> None:
+        if self.network is None:
+            raise LoopmlError("the model is not trained yet: call fit() or loopml.load()")
+
+    def _outputs(self, data: Source) -> tuple[pd.DataFrame, torch.Tensor]:
+        self._require_trained()
+        df = read_table(data, self.config.data)
+        self.network.eval()
+        return df, predict_batches(self.network, self.preprocessor.transform(df), self.config.training.eval_batch_size)
+
+    def evaluate(self, data: Source) -> dict:
+        """Metrics on labelled data (rows without a label are ignored)."""
+        self._require_trained()
+        df = read_table(data, self.config.data)
+        target = self.preprocessor.target.column
+        if target not in df.columns:
+            raise LoopmlError(f"data has no target column '{target}' to evaluate against")
+        df = df[df[target].notna()]
+        outputs = predict_batches(self.network.eval(), self.preprocessor.transform(df), self.config.training.eval_batch_size)
+        return self._score(outputs, self.preprocessor.transform_target(df))
+
+    def predict(self, data: Source) -> np.ndarray:
+        _, outputs = self._outputs(data)
+        return self.preprocessor.target.decode(outputs.numpy())[0]
+
+    def predict_proba(self, data: Source) -> pd.DataFrame:
+        _, outputs = self._outputs(data)
+        target = self.preprocessor.target
+        if target.kind == "number":
+            raise LoopmlError("predict_proba is for classifiers; this model predicts a number")
+        return pd.DataFrame(target.decode(outputs.numpy())[1], columns=[str(c) for c in target.classes])
+
+    def predictions(self, data: Source) -> pd.DataFrame:
+        """One row per input: the prediction and, for classifiers, a probability per class."""
+        _, outputs = self._outputs(data)
+        target = self.preprocessor.target
+        labels, proba = target.decode(outputs.numpy())
+        out = pd.DataFrame({f"{target.column}_prediction": labels})
+        if proba is not None:
+            for i, c in enumerate(target.classes):
+                out[f"{target.column}_probability_{c}"] = proba[:, i]
+        return out
+
+    # -- persistence -------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        self._require_trained()
+        config = self.config.model_copy(update={"features": self._resolved_features()})
+        documents = {
+            "config.yaml": yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+            "schema.json": json.dumps(self.schema.to_dict(), indent=2),
+            "preprocessing.json": json.dumps(self.preprocessor.to_dict()),
+            "metrics.json": json.dumps(self.metrics, indent=2),
+            "history.json": json.dumps({"epochs": self.history, **self.info.get("training", {})}, indent=2),
+        }
+        manifest = {
+            "target": self.schema.target, "task": self.schema.target_kind,
+            "data_fingerprint": self.info.get("data_fingerprint"),
+            "config_hash": _hash(documents["config.yaml"]),
+        }
+        return write_bundle(path, documents, self.network.state_dict(), manifest, overwrite)
+
+    def _resolved_features(self) -> dict:
+        resolved = {col: f.config for col, f in self.preprocessor.features.items()}
+        skipped = {c.name: self.config.features.get(c.name) for c in self.schema.columns if c.type == "skip"}
+        return {**resolved, **{k: v for k, v in skipped.items() if v is not None}}
+
+
+def build_network(pre: Preprocessor, config: Config, class_weights: list[float] | None = None) -> LoopModel:
+    slots = [FeatureSlot(col, f.config.encoder, f.encoder_inputs()) for col, f in pre.features.items()]
+    n_outputs = len(pre.target.classes) if pre.target.kind == "category" else 1
+    return LoopModel(slots, config.combiner, pre.target.kind, n_outputs, class_weights)
+
+
+def load(path: str | os.PathLike) -> Model:
+    """Load a saved model directory. Never unpickles: JSON, YAML and safetensors only."""
+    manifest, documents, weights = read_bundle(path)
+    model = Model(yaml.safe_load(documents["config.yaml"]))
+    model.schema = Schema.from_dict(json.loads(documents["schema.json"]))
+    model.preprocessor = Preprocessor.from_dict(json.loads(documents["preprocessing.json"]))
+    model.network = build_network(model.preprocessor, model.config)
+    model.network.load_state_dict(weights)
+    model.network.eval()
+    model.metrics = json.loads(documents["metrics.json"])
+    history = json.loads(documents["history.json"])
+    model.history = history.pop("epochs")
+    model.info = {"manifest": manifest, "training": history, "data_fingerprint": manifest.get("data_fingerprint")}
+    return model
+
+
+def _hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return progress if progress is not None else True
+
+
+def remove_checkpoints(directory: str | os.PathLike) -> None:
+    shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,234 @@
+"""The one config schema. YAML in, JSON Schema out; every stage reads its own section.
+
+Feature sections are built from the feature-type registry and each type's ``encoder`` field
+from the encoder registry, so registering a class is all it takes to appear here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
+
+from loopml.data.read import DataConfig
+from loopml.data.split import SplitConfig
+from loopml.errors import LoopmlError, did_you_mean
+from loopml.features import FEATURE_TYPES, StrictModel
+from loopml.models import COMBINERS, DEFAULT_ENCODERS, ENCODERS
+
+
+def _tagged_union(classes: list[type[BaseModel]]) -> Any:
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[tuple(classes)], Field(discriminator="type")]  # noqa: UP007
+
+
+def _name_to_section(value: Any) -> Any:
+    """Lets a config say ``encoder: bilstm`` for ``encoder: {type: bilstm}``."""
+    return {"type": value} if isinstance(value, str) else value
+
+
+def _feature_model(type_name: str, ftype: type) -> type[BaseModel]:
+    encoders = [cls.Params for _, cls in ENCODERS if type_name in cls.feature_types]
+    if not encoders:
+        return ftype.Config
+    default = ENCODERS.get(DEFAULT_ENCODERS[type_name]).Params
+    return create_model(
+        f"{type_name.title()}Feature",
+        __base__=ftype.Config,
+        __validators__={"_encoder_name": field_validator("encoder", mode="before")(_name_to_section)},
+        encoder=(_tagged_union(encoders), Field(default_factory=default)),
+    )
+
+
+FEATURE_MODELS: dict[str, type[BaseModel]] = {name: _feature_model(name, ft) for name, ft in FEATURE_TYPES}
+FeatureConfig = _tagged_union(list(FEATURE_MODELS.values()))
+CombinerConfig = _tagged_union([cls.Params for _, cls in COMBINERS])
+
+#: per-type defaults applied to every column of that type before its own section
+DefaultsConfig = create_model(
+    "DefaultsConfig",
+    __base__=StrictModel,
+    **{name: (model | None, None) for name, model in FEATURE_MODELS.items() if name != "skip"},
+)
+
+
+class OutputConfig(StrictModel):
+    column: str
+    type: Literal["auto", "binary", "category", "number"] = "auto"
+    #: auto = inverse class frequency; or {class: weight}
+    class_weights: Literal["auto"] | dict[str, float] | None = None
+    #: the class whose probability is the score for binary metrics (default: the second in sort order)
+    positive_class: str | int | None = None
+    #: standardise a regression target while training
+    normalize: bool = True
+
+
+class OptimizerConfig(StrictModel):
+    type: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+
+
+class SchedulerConfig(StrictModel):
+    type: Literal["none", "step", "cosine", "plateau"] = "plateau"
+    #: epochs of linear warm-up from lr/10, before the schedule proper
+    warmup_epochs: int = Field(0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.5, gt=0, le=1)
+    patience: int = Field(2, ge=0)
+    factor: float = Field(0.5, gt=0, lt=1)
+    min_lr: float = Field(1e-6, ge=0)
+
+
+class EarlyStoppingConfig(StrictModel):
+    #: a validation metric: loss, accuracy, roc_auc, f1_macro, r2, mae, ... (loss by default)
+    metric: str = "loss"
+    #: epochs without improvement before stopping; 0 turns early stopping off
+    patience: int = Field(5, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainingConfig(StrictModel):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(2048, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    grad_clip: float | None = Field(1.0, gt=0)
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    seed: int = 42
+    #: torch CPU threads; None = torch's default
+    threads: int | None = Field(None, ge=1)
+    #: stop after this many seconds (the best checkpoint so far is kept)
+    max_time: float | None = Field(None, gt=0)
+
+
+class Config(StrictModel):
+    target: OutputConfig
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    #: per-column settings; columns not listed are inferred
+    features: dict[str, FeatureConfig] = {}
+    #: columns the model must not use
+    exclude: list[str] = []
+    defaults: DefaultsConfig = DefaultsConfig()
+    combiner: CombinerConfig = Field(default_factory=lambda: COMBINERS.get("concat").Params())
+    training: TrainingConfig = TrainingConfig()
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_shortcut(cls, value: Any) -> Any:
+        return {"column": value} if isinstance(value, str) else value
+
+    @field_validator("combiner", mode="before")
+    @classmethod
+    def _combiner_shortcut(cls, value: Any) -> Any:
+        return _name_to_section(value)
+
+
+def json_schema() -> dict:
+    return Config.model_json_schema()
+
+
+def feature_config(type_name: str, settings: dict | None = None) -> BaseModel:
+    """A column's full section: the type's defaults, then ``settings`` on top."""
+    return _validate(FEATURE_MODELS[type_name], {**(settings or {}), "type": type_name})
+
+
+def resolve_feature(config: Config, type_name: str, override: BaseModel | None) -> BaseModel:
+    base = getattr(config.defaults, type_name, None) if type_name != "skip" else None
+    merged = base.model_dump(exclude_unset=True) if base is not None else {}
+    if override is not None:
+        merged.update(override.model_dump(exclude_unset=True))
+    return feature_config(type_name, merged)
+
+
+def load_config(source: str | Path | dict | None = None, **overrides: Any) -> Config:
+    """Validate a YAML file or dict (plus keyword overrides) into a Config, or raise LoopmlError."""
+    if source is None:
+        raw: dict = {}
+    elif isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise LoopmlError(f"config file not found: {source}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise LoopmlError(f"config {path.name} is not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise LoopmlError(f"config {path.name} must be a mapping of sections (target, features, training, ...)")
+    raw = _deep_merge(raw, {k: v for k, v in overrides.items() if v is not None})
+    if "target" not in raw:
+        raise LoopmlError("no target: pass --target COLUMN or set 'target:' in the config")
+    return _validate(Config, raw)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _validate(model: type[BaseModel], raw: dict) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise LoopmlError(describe_error(e, model)) from None
+
+
+def describe_error(error: ValidationError, model: type[BaseModel]) -> str:
+    first = error.errors()[0]
+    valid, loc = _walk(model.model_json_schema(), [str(part) for part in first["loc"]])
+    where = ".".join(loc) or "config"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"unknown config key '{where}'{did_you_mean(loc[-1], valid)}"
+    if kind == "union_tag_not_found":
+        return f"config {where}: 'type' is required"
+    if kind == "union_tag_invalid":
+        ctx = first.get("ctx", {})
+        names = [t.strip(" '") for t in ctx.get("expected_tags", "").split(",")]
+        return f"config {where}.type: '{ctx.get('tag')}' is not one of {', '.join(names)}{did_you_mean(ctx.get('tag'), names)}"
+    got = first.get("input")
+    shown = f" (got {json.dumps(got)[:60]})" if got is not None and not isinstance(got, dict) else ""
+    return f"config {where}: {first['msg']}{shown}"
+
+
+def _walk(schema: dict, loc: list[str]) -> tuple[set[str], list[str]]:
+    """Follow an error location through a JSON schema (refs, dicts, tagged unions).
+
+    Returns the keys valid at the parent of the last part, and the location without the
+    union tags pydantic inserts (``features.age.number.x`` -> ``features.age.x``).
+    """
+    defs = schema.get("$defs", {})
+
+    def options(node: dict) -> list[dict]:
+        while "$ref" in node:
+            node = defs[node["$ref"].split("/")[-1]]
+        alternatives = node.get("oneOf") or node.get("anyOf")
+        return [o for alt in alternatives for o in options(alt)] if alternatives else [node]
+
+    nodes, clean, parent_keys = [schema], [], set()
+    for part in loc:
+        current = [o for n in nodes for o in options(n)]
+        tagged = [o for o in current if o.get("properties", {}).get("type", {}).get("const") == part]
+        if tagged:
+            nodes = tagged
+            continue
+        parent_keys = {key for o in current for key in o.get("properties", {})}
+        clean.append(part)
+        nodes = [o["properties"][part] for o in current if part in o.get("properties", {})] or [
+            o["additionalProperties"] for o in current if isinstance(o.get("additionalProperties"), dict)
+        ]
+    return parent_keys, clean

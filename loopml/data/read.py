@@ -1,0 +1,175 @@
+"""Read a table from CSV/TSV/Parquet/JSONL or take a DataFrame, with one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pydantic import Field
+
+from loopml.errors import LoopmlError
+from loopml.features.base import StrictModel
+
+Source = str | os.PathLike | pd.DataFrame
+
+
+class DataConfig(StrictModel):
+    """How to read data files (ignored for DataFrames)."""
+
+    format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"
+    #: None = from the extension (.csv ',', .tsv '\t'), else sniffed from the file
+    delimiter: str | None = None
+    header: bool = True
+    #: column names, for files without a header (or to rename)
+    names: list[str] | None = None
+    encoding: str = "utf-8"
+    skip_rows: int = Field(0, ge=0)
+    #: lines starting with this character are ignored
+    comment: str | None = None
+    #: extra strings read as missing, besides pandas' defaults ('', 'NA', 'null', 'NaN', ...)
+    na_values: list[str] = ["?"]
+    skip_initial_space: bool = True
+    #: False reads quote characters as ordinary text (for formats like `label<TAB>raw text`)
+    quoting: bool = True
+    #: rows with too many fields: error (the default, naming the lines) or skip (and report them)
+    bad_rows: Literal["error", "skip"] = "error"
+
+
+FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet",
+           ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def fingerprint(source: Source) -> str:
+    """A content hash: the same bytes (or the same DataFrame) give the same fingerprint."""
+    digest = hashlib.sha256()
+    if isinstance(source, pd.DataFrame):
+        digest.update(",".join(map(str, source.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(source, index=False).to_numpy().tobytes())
+    else:
+        with open(source, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LoopmlError(f"file not found: {path}")
+    if p.is_dir():
+        raise LoopmlError(f"expected a file but got a directory: {path}")
+    if p.stat().st_size == 0:
+        raise LoopmlError(f"file is empty: {path}")
+    return p.resolve()
+
+
+def read_table(source: Source, cfg: DataConfig | None = None) -> pd.DataFrame:
+    cfg = cfg or DataConfig()
+    if isinstance(source, pd.DataFrame):
+        df = source.copy()
+        df.columns = [str(c) for c in df.columns]
+    else:
+        path = check_file(source)
+        fmt = cfg.format if cfg.format != "auto" else FORMATS.get(path.suffix.lower(), "csv")
+        try:
+            if fmt == "parquet":
+                df = pd.read_parquet(path)
+            elif fmt == "jsonl":
+                df = pd.read_json(path, lines=True, encoding=cfg.encoding)
+            else:
+                df = _read_delimited(path, cfg, "\t" if fmt == "tsv" else None)
+        except UnicodeDecodeError as e:
+            raise LoopmlError(
+                f"cannot decode {path.name} as {cfg.encoding} (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                "set data.encoding (--encoding), e.g. cp1252 or latin-1"
+            ) from None
+        except (ValueError, OSError, ImportError) as e:  # pyarrow and json errors are ValueErrors
+            if isinstance(e, LoopmlError):
+                raise
+            raise LoopmlError(f"cannot read {path.name} as {fmt}: {str(e).splitlines()[0]}") from None
+        if cfg.names and fmt in ("parquet", "jsonl"):
+            df.columns = _names(cfg.names, len(df.columns), path.name)
+        df.columns = [str(c) for c in df.columns]
+        if df.empty:
+            raise LoopmlError(f"no data rows in {path.name}")
+    if len(set(df.columns)) != len(df.columns):
+        dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+        raise LoopmlError(f"duplicate column names: {', '.join(dupes)}")
+    return df
+
+
+def _names(names: list[str], width: int, where: str) -> list[str]:
+    if len(names) != width:
+        raise LoopmlError(f"data.names has {len(names)} names but {where} has {width} columns")
+    return names
+
+
+def _sniff(path: Path, cfg: DataConfig) -> str:
+    with open(path, encoding=cfg.encoding, errors="replace", newline="") as f:
+        sample = f.read(64 * 1024)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
+    except csv.Error:
+        return ","
+
+
+def _read_delimited(path: Path, cfg: DataConfig, default_delimiter: str | None) -> pd.DataFrame:
+    delimiter = cfg.delimiter or default_delimiter
+    if delimiter is None:
+        delimiter = "," if path.suffix.lower() == ".csv" else _sniff(path, cfg)
+    delimiter = delimiter.encode().decode("unicode_escape")  # lets a config say '\t'
+    options = dict(
+        sep=delimiter,
+        header=0 if cfg.header else None,
+        encoding=cfg.encoding,
+        skiprows=cfg.skip_rows,
+        comment=cfg.comment,
+        na_values=cfg.na_values,
+        skipinitialspace=cfg.skip_initial_space,
+        quoting=csv.QUOTE_MINIMAL if cfg.quoting else csv.QUOTE_NONE,
+        engine="c",
+    )
+    if cfg.names:
+        options["names"] = cfg.names
+    try:
+        return pd.read_csv(path, on_bad_lines="error", **options)
+    except pd.errors.EmptyDataError:
+        raise LoopmlError(f"file has no columns to read: {path.name}") from None
+    except pd.errors.ParserError as e:
+        bad = _bad_lines(path, cfg, delimiter)
+        if not bad:
+            raise LoopmlError(f"{path.name}: malformed CSV: {str(e).splitlines()[-1]}") from None
+    if cfg.bad_rows == "error":
+        shown = ", ".join(str(n) for n in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise LoopmlError(
+            f"{path.name}: {len(bad)} malformed row(s) with too many fields, at line(s) {shown}; "
+            "fix them or set data.bad_rows: skip (--skip-bad-rows)"
+        )
+    df = pd.read_csv(path, on_bad_lines="skip", **options)
+    df.attrs["skipped_lines"] = bad
+    return df
+
+
+def _bad_lines(path: Path, cfg: DataConfig, delimiter: str) -> list[int]:
+    """Physical line numbers of records with more fields than the header (what pandas rejects)."""
+    bad: list[int] = []
+    expected = len(cfg.names) if cfg.names else None
+    with open(path, encoding=cfg.encoding, newline="") as f:
+        reader = csv.reader(
+            f, delimiter=delimiter, skipinitialspace=cfg.skip_initial_space,
+            quoting=csv.QUOTE_MINIMAL if cfg.quoting else csv.QUOTE_NONE,
+        )
+        for record in reader:
+            if reader.line_num <= cfg.skip_rows or not record:
+                continue
+            if cfg.comment and record[0].startswith(cfg.comment):
+                continue
+            if expected is None:
+                expected = len(record)
+            elif len(record) > expected:
+                bad.append(reader.line_num)
+    return bad

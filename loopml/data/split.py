@@ -1,0 +1,100 @@
+"""Train/validation/test splits: stratified and seeded, duplicates never straddle two splits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from sklearn.model_selection import train_test_split
+
+from loopml.errors import LoopmlError
+from loopml.features.base import StrictModel
+
+SPLITS = ("train", "validation", "test")
+_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+            "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+
+
+class SplitConfig(StrictModel):
+    #: a column saying train / validation / test for each row (used instead of random splitting)
+    column: str | None = None
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+    stratify: bool = True
+    seed: int = 0
+    #: exact duplicate rows: group = kept, always in the same split; drop = keep the first only
+    duplicates: Literal["group", "drop", "keep"] = "group"
+
+
+def duplicate_groups(df: pd.DataFrame) -> np.ndarray:
+    """An id per distinct row; equal ids mean exact duplicates."""
+    hashes = pd.util.hash_pandas_object(df, index=False).to_numpy()
+    _, ids = np.unique(hashes, return_inverse=True)
+    return ids
+
+
+def split_frame(
+    df: pd.DataFrame, target: str, cfg: SplitConfig, classification: bool
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Split ``df``; returns the parts and a report (duplicate count, sizes)."""
+    groups = duplicate_groups(df)
+    n_duplicates = int(len(groups) - len(np.unique(groups)))
+    report = {"rows": len(df), "duplicate_rows": n_duplicates, "duplicates": cfg.duplicates}
+    if cfg.duplicates == "drop" and n_duplicates:
+        keep = ~pd.Series(groups).duplicated().to_numpy()
+        df, groups = df[keep], groups[keep]
+    if cfg.column:
+        parts = _by_column(df, cfg.column)
+    else:
+        parts = _random(df, target, cfg, classification, groups)
+    report["sizes"] = {name: len(part) for name, part in parts.items()}
+    if not len(parts["train"]):
+        raise LoopmlError("the train split is empty; use more data or smaller split fractions")
+    return parts, report
+
+
+def _by_column(df: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
+    if column not in df.columns:
+        raise LoopmlError(f"split column '{column}' not found")
+    names = df[column].astype(str).str.strip().str.lower().map(_ALIASES)
+    if names.isna().any():
+        bad = df[column][names.isna()].iloc[0]
+        raise LoopmlError(f"split column '{column}' has value {bad!r}; use train, validation or test")
+    return {name: df[names == name].drop(columns=[column]) for name in SPLITS}
+
+
+def _random(df, target, cfg, classification, groups) -> dict[str, pd.DataFrame]:
+    unique_groups, first = np.unique(groups, return_index=True)
+    labels = df[target].to_numpy()[first]
+    strata = _strata(labels, classification) if cfg.stratify else None
+    test_frac = cfg.test
+    if test_frac + cfg.validation >= 1.0:
+        raise LoopmlError("split.validation + split.test must leave some rows for training")
+    rest, test = _take(unique_groups, test_frac, strata, cfg.seed)
+    rest_strata = None if strata is None else strata[np.isin(unique_groups, rest)]
+    val_frac = cfg.validation / (1.0 - test_frac)
+    train, val = _take(rest, val_frac, rest_strata, cfg.seed + 1)
+    parts = {}
+    for name, chosen in (("train", train), ("validation", val), ("test", test)):
+        parts[name] = df[np.isin(groups, chosen)]
+    return parts
+
+
+def _strata(labels: np.ndarray, classification: bool) -> np.ndarray | None:
+    if not classification:  # regression: stratify on target deciles
+        values = pd.to_numeric(pd.Series(labels), errors="coerce")
+        return pd.qcut(values.rank(method="first"), q=min(10, len(values) // 2 or 1), labels=False).to_numpy()
+    strata = pd.Series(labels).astype(str).to_numpy()
+    counts = pd.Series(strata).value_counts()
+    return strata if counts.min() >= 2 else None  # sklearn cannot stratify a class of one
+
+
+def _take(items: np.ndarray, fraction: float, strata, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if fraction <= 0 or len(items) < 2:
+        return items, items[:0]
+    try:
+        return train_test_split(items, test_size=fraction, random_state=seed, stratify=strata)
+    except ValueError:  # too few rows per class for a stratified split of this size
+        return train_test_split(items, test_size=fraction, random_state=seed)

@@ -1,0 +1,6 @@
+"""Feature types. Importing this package registers every built-in type."""
+
+from loopml.features import binary, category, number, skip, text  # noqa: F401  (registration)
+from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel
+
+__all__ = ["FEATURE_TYPES", "FeatureType", "StrictModel"]

@@ -1,0 +1,87 @@
+"""The output column: label vocabulary (classification) or standardisation (regression)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from loopml.errors import LoopmlError
+
+KINDS = ("binary", "category", "number")
+
+
+def _label(value: object) -> object:
+    """Labels as JSON-friendly Python values: whole floats become ints (1.0 -> 1)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value.strip() if isinstance(value, str) else value
+
+
+class Target:
+    def __init__(self, column: str, kind: str, state: dict | None = None) -> None:
+        self.column, self.kind, self.state = column, kind, state or {}
+
+    @property
+    def classes(self) -> list:
+        return self.state.get("classes", [])
+
+    def fit(self, column: pd.Series, positive_class: object = None, normalize: bool = True) -> dict:
+        values = column.dropna()
+        if self.kind == "number":
+            numbers = pd.to_numeric(values, errors="coerce").dropna()
+            mean, std = (float(numbers.mean()), float(numbers.std()) or 1.0) if normalize else (0.0, 1.0)
+            self.state = {"mean": mean, "std": std}
+            return self.state
+        classes = sorted({_label(v) for v in values}, key=lambda v: (str(type(v)), v))
+        if len(classes) < 2:
+            raise LoopmlError(
+                f"target '{self.column}' has only one class ({classes[0] if classes else 'none'}); "
+                "a classifier needs at least two"
+            )
+        if self.kind == "binary":
+            if len(classes) != 2:
+                raise LoopmlError(f"target '{self.column}' is binary but has {len(classes)} classes")
+            if positive_class is not None:
+                positive = _label(positive_class)
+                if positive not in classes:
+                    raise LoopmlError(f"positive_class {positive!r} is not a class of '{self.column}': {classes}")
+                classes = [c for c in classes if c != positive] + [positive]
+        self.state = {"classes": classes}
+        return self.state
+
+    def transform(self, column: pd.Series) -> torch.Tensor:
+        if column.isna().any():
+            raise LoopmlError(f"target '{self.column}' has {int(column.isna().sum())} missing values")
+        if self.kind == "number":
+            numbers = pd.to_numeric(column, errors="coerce")
+            if numbers.isna().any():
+                bad = column[numbers.isna()].iloc[0]
+                raise LoopmlError(f"target '{self.column}' has a non-numeric value {bad!r}")
+            scaled = (numbers.to_numpy(dtype=np.float64) - self.state["mean"]) / self.state["std"]
+            return torch.from_numpy(scaled.astype(np.float32))
+        index = {str(c): i for i, c in enumerate(self.classes)}
+        keys = column.map(lambda v: str(_label(v)))
+        unseen = sorted(set(keys) - set(index))
+        if unseen:
+            raise LoopmlError(
+                f"target '{self.column}' has values not seen in training: {', '.join(map(repr, unseen[:5]))}; "
+                f"known classes: {', '.join(map(repr, self.classes))}"
+            )
+        ids = keys.map(index).to_numpy(dtype=np.int64)
+        return torch.from_numpy(ids.astype(np.float32) if self.kind == "binary" else ids)
+
+    def decode(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model outputs -> (predictions in the user's terms, class probabilities or None)."""
+        if self.kind == "number":
+            return scores.reshape(-1) * self.state["std"] + self.state["mean"], None
+        if self.kind == "binary":
+            p1 = 1.0 / (1.0 + np.exp(-scores.reshape(-1).astype(np.float64)))
+            proba = np.stack([1.0 - p1, p1], axis=1)
+        else:
+            z = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
+            proba = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        labels = np.array(self.classes, dtype=object)[proba.argmax(axis=1)]
+        return labels, proba

@@ -1,0 +1,6 @@
+from loopml.models.combiners import COMBINERS
+from loopml.models.encoders import DEFAULT_ENCODERS, ENCODERS
+from loopml.models.heads import HEADS
+from loopml.models.model import FeatureSlot, LoopModel
+
+__all__ = ["COMBINERS", "DEFAULT_ENCODERS", "ENCODERS", "HEADS", "FeatureSlot", "LoopModel"]

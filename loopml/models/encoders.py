@@ -1,0 +1,204 @@
+"""Per-feature encoders: each maps one feature's tensor to a [batch, output_dim] vector.
+
+An encoder is one registered class with a nested ``Params`` model (its config section, with a
+``type`` literal) and the feature types it accepts. config.py builds the schema from here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from loopml.features.base import StrictModel
+from loopml.registry import Registry
+
+
+class Encoder(nn.Module):
+    Params: ClassVar[type[StrictModel]]
+    feature_types: ClassVar[tuple[str, ...]]
+    output_dim: int
+
+
+ENCODERS: Registry[type[Encoder]] = Registry("encoder")
+
+
+def default_embedding_dim(vocab_size: int) -> int:
+    """fast.ai's rule of thumb, capped: enough width for big vocabularies, little for small."""
+    return int(min(64, max(2, round(1.6 * vocab_size**0.56))))
+
+
+# -- numbers and flags ------------------------------------------------------------------------
+@ENCODERS.register("passthrough")
+class Passthrough(Encoder):
+    class Params(StrictModel):
+        type: Literal["passthrough"] = "passthrough"
+
+    feature_types = ("number", "binary")
+
+    def __init__(self, params: Params, width: int, **_: object) -> None:
+        super().__init__()
+        self.output_dim = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@ENCODERS.register("dense")
+class Dense(Encoder):
+    class Params(StrictModel):
+        type: Literal["dense"] = "dense"
+        dim: int = Field(16, ge=1)
+
+    feature_types = ("number", "binary")
+
+    def __init__(self, params: Params, width: int, **_: object) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(nn.Linear(width, params.dim), nn.ReLU())
+        self.output_dim = params.dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+# -- categories -------------------------------------------------------------------------------
+@ENCODERS.register("embedding")
+class CategoryEmbedding(Encoder):
+    class Params(StrictModel):
+        type: Literal["embedding"] = "embedding"
+        #: None = sized from the vocabulary
+        dim: int | None = Field(None, ge=1)
+        dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    feature_types = ("category",)
+
+    def __init__(self, params: Params, vocab_size: int, **_: object) -> None:
+        super().__init__()
+        dim = params.dim or default_embedding_dim(vocab_size)
+        self.embedding = nn.Embedding(vocab_size, dim)
+        self.dropout = nn.Dropout(params.dropout)
+        self.output_dim = dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.embedding(ids))
+
+
+# -- text -------------------------------------------------------------------------------------
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the sequence axis of ``x`` [B, L, D] where ``mask`` [B, L] is True."""
+    weights = mask.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+@ENCODERS.register("bag")
+class BagOfEmbeddings(Encoder):
+    """fastText-style: the mean of token (and hashed bigram) embeddings."""
+
+    class Params(StrictModel):
+        type: Literal["bag"] = "bag"
+        dim: int = Field(64, ge=1)
+        #: 2 adds hashed word-pair embeddings, which helps short texts a lot
+        ngrams: Literal[1, 2] = 2
+        ngram_buckets: int = Field(50_000, ge=1)
+        dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    feature_types = ("text",)
+
+    def __init__(self, params: Params, vocab_size: int, **_: object) -> None:
+        super().__init__()
+        self.vocab_size, self.ngrams, self.buckets = vocab_size, params.ngrams, params.ngram_buckets
+        rows = vocab_size + (params.ngram_buckets if params.ngrams == 2 else 0)
+        self.embedding = nn.Embedding(rows, params.dim, padding_idx=0)
+        self.dropout = nn.Dropout(params.dropout)
+        self.output_dim = params.dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = ids != 0
+        tokens = ids
+        if self.ngrams == 2:
+            pair_mask = mask[:, 1:] & mask[:, :-1]
+            pairs = (ids[:, :-1] * 1_000_003 + ids[:, 1:]) % self.buckets + self.vocab_size
+            tokens = torch.cat([ids, torch.where(pair_mask, pairs, torch.zeros_like(pairs))], dim=1)
+            mask = torch.cat([mask, pair_mask], dim=1)
+        return self.dropout(masked_mean(self.embedding(tokens), mask))
+
+
+@ENCODERS.register("bilstm")
+class BiLSTM(Encoder):
+    class Params(StrictModel):
+        type: Literal["bilstm"] = "bilstm"
+        embedding_dim: int = Field(64, ge=1)
+        hidden_size: int = Field(64, ge=1)
+        num_layers: int = Field(1, ge=1)
+        dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    feature_types = ("text",)
+
+    def __init__(self, params: Params, vocab_size: int, **_: object) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, params.embedding_dim, padding_idx=0)
+        self.lstm = nn.LSTM(
+            params.embedding_dim, params.hidden_size, num_layers=params.num_layers, batch_first=True,
+            bidirectional=True, dropout=params.dropout if params.num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(params.dropout)
+        self.output_dim = 4 * params.hidden_size  # mean and max pooling, both directions
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = ids != 0
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(ids), lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        mask = mask | (torch.arange(ids.shape[1]) == 0)  # an empty text still has one position
+        maxed = out.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
+        return self.dropout(torch.cat([masked_mean(out, mask), maxed], dim=1))
+
+
+@ENCODERS.register("transformer")
+class TransformerText(Encoder):
+    class Params(StrictModel):
+        type: Literal["transformer"] = "transformer"
+        dim: int = Field(64, ge=8)
+        heads: int = Field(4, ge=1)
+        layers: int = Field(2, ge=1)
+        feedforward: int = Field(128, ge=1)
+        dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    feature_types = ("text",)
+
+    def __init__(self, params: Params, vocab_size: int, max_length: int, **_: object) -> None:
+        super().__init__()
+        if params.dim % params.heads:
+            from loopml.errors import LoopmlError
+
+            raise LoopmlError(f"transformer dim ({params.dim}) must be divisible by heads ({params.heads})")
+        self.embedding = nn.Embedding(vocab_size, params.dim, padding_idx=0)
+        self.register_buffer("positions", sinusoidal_positions(max_length, params.dim), persistent=False)
+        layer = nn.TransformerEncoderLayer(
+            params.dim, params.heads, params.feedforward, params.dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, params.layers, enable_nested_tensor=False)
+        self.output_dim = params.dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = ids != 0
+        mask = mask | (torch.arange(ids.shape[1]) == 0)  # never a fully masked row
+        x = self.embedding(ids) * math.sqrt(self.output_dim) + self.positions[: ids.shape[1]]
+        return masked_mean(self.encoder(x, src_key_padding_mask=~mask), mask)
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    scale = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10_000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * scale)
+    table[:, 1::2] = torch.cos(position * scale[: dim // 2])
+    return table
+
+
+#: the encoder a feature type gets when the config names none
+DEFAULT_ENCODERS = {"number": "passthrough", "binary": "passthrough", "category": "embedding", "text": "bag"}

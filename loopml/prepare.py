@@ -1,0 +1,162 @@
+"""Data in, tensors out: read -> schema -> split -> fit preprocessing -> transform, cached on disk.
+
+The cache key is (content fingerprints of the inputs, every config setting that shapes the
+tensors); encoders and training settings are not part of it, so changing them reuses the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from loopml.config import Config, resolve_feature
+from loopml.data.read import Source, fingerprint, read_table
+from loopml.data.split import SPLITS, split_frame
+from loopml.errors import LoopmlError
+from loopml.features.pipeline import Preprocessor
+from loopml.features.target import Target
+from loopml.schema import Schema, build_schema
+from loopml.train.trainer import TensorData
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LOOPML_CACHE_DIR", ".loopml/cache"))
+
+
+@dataclass
+class Prepared:
+    schema: Schema
+    preprocessor: Preprocessor
+    splits: dict[str, TensorData | None]
+    report: dict
+    fingerprint: str
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)  # raw rows per split (empty on a cache hit)
+
+
+def prepare(
+    config: Config, data: Source, validation: Source | None = None, test: Source | None = None,
+    cache_dir: Path | None = None,
+) -> Prepared:
+    start = time.perf_counter()
+    sources = {"data": data, "validation": validation, "test": test}
+    fingerprints = {k: fingerprint(v) if v is not None else None for k, v in sources.items() if v is not None}
+    key = _cache_key(config, fingerprints)
+    data_fingerprint = hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()[:16]
+    path = (cache_dir or default_cache_dir()) / f"{key}.safetensors" if cache_dir is not False else None
+    if path is not None and path.exists():
+        cached = _load(path, data_fingerprint)
+        cached.report["prepare_seconds"] = time.perf_counter() - start
+        return cached
+    prepared = _prepare(config, sources, data_fingerprint)
+    prepared.report["cache"] = "miss"
+    prepared.report["prepare_seconds"] = time.perf_counter() - start
+    if path is not None:
+        _store(path, prepared)
+    return prepared
+
+
+def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint: str) -> Prepared:
+    frames = {name: read_table(src, config.data) for name, src in sources.items() if src is not None}
+    main = frames["data"]
+    ignore = (config.split.column,) if config.split.column else ()
+    schema = build_schema(main, config, ignore=ignore)
+    schema.check_trainable()
+    report: dict = {"skipped_lines": main.attrs.get("skipped_lines", [])}
+    target_col = schema.target
+    dropped = {}
+    for name in list(frames):
+        missing = frames[name][target_col].isna() if target_col in frames[name] else None
+        if missing is not None and missing.any():
+            dropped[name] = int(missing.sum())
+            frames[name] = frames[name][~missing]
+    report["missing_target_rows_dropped"] = dropped
+    # the main file supplies whichever of validation/test was not given as its own data
+    split_cfg = config.split.model_copy(update={
+        "validation": 0.0 if "validation" in frames else config.split.validation,
+        "test": 0.0 if "test" in frames else config.split.test,
+    })
+    parts, split_report = split_frame(main, target_col, split_cfg, schema.target_kind != "number")
+    parts.update({k: frames[k] for k in ("validation", "test") if k in frames})
+    if not len(parts["validation"]):
+        raise LoopmlError("the validation split is empty; use more data or a larger split.validation")
+    report["split"] = split_report
+    report["sizes"] = {name: len(parts.get(name, ())) for name in SPLITS}
+
+    configs = {c.name: resolve_feature(config, c.type, config.features.get(c.name)) for c in schema.inputs}
+    pre = Preprocessor.create(configs, Target(target_col, schema.target_kind))
+    drop = pre.rows_to_drop(parts["train"])
+    if drop.any():
+        report["missing_feature_rows_dropped"] = int(drop.sum())
+        parts["train"] = parts["train"][~drop]
+    t0 = time.perf_counter()
+    pre.fit(parts["train"], config.target.positive_class, config.target.normalize)
+    report["fit_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    splits = {name: _tensors(pre, parts.get(name)) for name in SPLITS}
+    report["transform_seconds"] = time.perf_counter() - t0
+    return Prepared(schema, pre, splits, report, data_fingerprint, frames=parts)
+
+
+def _tensors(pre: Preprocessor, df: pd.DataFrame | None) -> TensorData | None:
+    if df is None or not len(df):
+        return None
+    return TensorData(pre.transform(df), pre.transform_target(df))
+
+
+def _cache_key(config: Config, fingerprints: dict) -> str:
+    shaping = {
+        "format": CACHE_FORMAT,
+        "inputs": fingerprints,
+        "data": config.data.model_dump(mode="json"),
+        "split": config.split.model_dump(mode="json"),
+        "target": config.target.model_dump(mode="json", exclude={"class_weights"}),
+        "features": {k: v.model_dump(mode="json", exclude={"encoder"}) for k, v in config.features.items()},
+        "defaults": config.defaults.model_dump(mode="json", exclude_unset=True),
+        "exclude": config.exclude,
+    }
+    for section in shaping["defaults"].values():
+        section.pop("encoder", None)
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _store(path: Path, prepared: Prepared) -> None:
+    tensors = {}
+    for name, split in prepared.splits.items():
+        if split is not None:
+            tensors.update({f"{name}/{col}": t.contiguous() for col, t in split.inputs.items()})
+            tensors[f"{name}/__target__"] = split.target.contiguous()
+    meta = {
+        "schema": prepared.schema.to_dict(),
+        "preprocessor": prepared.preprocessor.to_dict(),
+        "report": prepared.report,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={"prepared": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def _load(path: Path, data_fingerprint: str) -> Prepared:
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["prepared"])
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    splits: dict[str, TensorData | None] = {}
+    for name in SPLITS:
+        if f"{name}/__target__" not in tensors:
+            splits[name] = None
+            continue
+        inputs = {k.split("/", 1)[1]: t for k, t in tensors.items() if k.startswith(f"{name}/") and not k.endswith("/__target__")}
+        splits[name] = TensorData(inputs, tensors[f"{name}/__target__"])
+    report = {**meta["report"], "cache": "hit"}
+    schema, pre = Schema.from_dict(meta["schema"]), Preprocessor.from_dict(meta["preprocessor"])
+    return Prepared(schema, pre, splits, report, data_fingerprint)

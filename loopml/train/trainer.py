@@ -1,0 +1,162 @@
+"""The training loop. Everything optional is a callback; history is plain data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from loopml.config import TrainingConfig
+from loopml.train.callbacks import BestModel, Callback, Checkpoint, History
+from loopml.train.optim import Schedule, make_optimizer
+from loopml.train.state import load_state
+
+
+@dataclass
+class TensorData:
+    """A split as tensors: one per input column, plus the target."""
+
+    inputs: dict[str, torch.Tensor]
+    target: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def rows(self, index: torch.Tensor | slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {name: t[index] for name, t in self.inputs.items()}, self.target[index]
+
+
+MetricFn = Callable[[torch.Tensor, torch.Tensor], dict]
+
+
+class Trainer:
+    def __init__(
+        self, model: nn.Module, config: TrainingConfig, callbacks: Sequence[Callback] = (),
+        metric_fn: MetricFn | None = None,
+    ) -> None:
+        self.model, self.config = model, config
+        # checkpoints run last so they capture every other callback's updated state
+        self.callbacks = sorted(callbacks, key=lambda cb: isinstance(cb, Checkpoint))
+        self.metric_fn = metric_fn or (lambda outputs, target: {})
+        self.optimizer = make_optimizer(model.parameters(), config.optimizer)
+        self.schedule = Schedule(self.optimizer, config.scheduler, config.epochs)
+        self.epoch = 0
+        self.elapsed = 0.0
+        self.stop_reason: str | None = None
+        self.steps_per_epoch = 0
+        self._drop_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+    @property
+    def history(self) -> list[dict]:
+        return next((cb.epochs for cb in self.callbacks if isinstance(cb, History)), [])
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self, train: TensorData, val: TensorData, resume_from: Path | None = None) -> list[dict]:
+        if resume_from is not None:
+            self.resume(resume_from)
+        cfg = self.config
+        self.steps_per_epoch = -(-len(train) // cfg.batch_size)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        while self.epoch < cfg.epochs and self.stop_reason is None:
+            start = time.perf_counter()
+            for cb in self.callbacks:
+                cb.on_epoch_begin(self, self.epoch)
+            train_loss = self._train_epoch(train)
+            val_outputs = self.predict(val.inputs)
+            with torch.inference_mode():
+                val_loss = float(self.model.loss(val_outputs, val.target))
+            self.schedule.step(val_loss)
+            self.elapsed += time.perf_counter() - start
+            logs = {
+                "epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                **{f"val_{k}": v for k, v in self.metric_fn(val_outputs, val.target).items()},
+                "lr": self.optimizer.param_groups[0]["lr"], "time": time.perf_counter() - start,
+            }
+            self.epoch += 1
+            if cfg.max_time and self.elapsed >= cfg.max_time:
+                self.stop_reason = f"time limit of {cfg.max_time:g}s reached"
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, logs)
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _train_epoch(self, train: TensorData) -> float:
+        cfg = self.config
+        self.model.train()
+        # a per-epoch generator makes the order depend only on (seed, epoch): resumable
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
+        total, seen = 0.0, 0
+        for step, begin in enumerate(range(0, len(train), cfg.batch_size)):
+            index = order[begin : begin + cfg.batch_size]
+            if len(index) == 1 and self._drop_single:
+                continue  # batch norm cannot train on a single row
+            inputs, target = train.rows(index)
+            loss = self.model.loss(self.model(inputs), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            value = loss.item()
+            total, seen = total + value * len(index), seen + len(index)
+            for cb in self.callbacks:
+                cb.on_batch_end(self, step, value)
+        return total / max(seen, 1)
+
+    def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.model.eval()
+        return predict_batches(self.model, inputs, self.config.eval_batch_size)
+
+    # -- resuming --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "elapsed": self.elapsed,
+            "stop_reason": self.stop_reason,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": torch.get_rng_state(),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+
+    def resume(self, directory: Path) -> bool:
+        """Load the last checkpoint in ``directory``; False when there is none."""
+        state = load_state(Path(directory) / "last.safetensors")
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        self.epoch, self.elapsed, self.stop_reason = state["epoch"], state["elapsed"], state["stop_reason"]
+        return True
+
+
+def predict_batches(model: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+    n = len(next(iter(inputs.values())))
+    with torch.inference_mode():
+        parts = [
+            model({name: t[i : i + batch_size] for name, t in inputs.items()}) for i in range(0, n, batch_size)
+        ]
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+def default_callbacks(monitor: str, patience: int, min_delta: float, checkpoint_dir: Path | None,
+                      progress: bool) -> list[Callback]:
+    from loopml.train.callbacks import ProgressBar
+
+    callbacks: list[Callback] = [History(), BestModel(monitor, patience, min_delta)]
+    if progress:
+        callbacks.append(ProgressBar(monitor))
+    if checkpoint_dir is not None:
+        callbacks.append(Checkpoint(checkpoint_dir))
+    return callbacks
