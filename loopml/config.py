@@ -70,7 +70,7 @@ class OutputConfig(StrictModel):
 class OptimizerConfig(StrictModel):
     type: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
     momentum: float = Field(0.9, ge=0)
     nesterov: bool = False
 

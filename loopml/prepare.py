@@ -55,6 +55,9 @@ def prepare(
     path = (cache_dir or default_cache_dir()) / f"{key}.safetensors" if cache_dir is not False else None
     if path is not None and path.exists():
         cached = _load(path, data_fingerprint)
+        # the key ignores encoder settings, so take those from this config, not the cached one
+        for col, feature in cached.preprocessor.features.items():
+            feature.config = resolve_feature(config, feature.config.type, config.features.get(col))
         cached.report["prepare_seconds"] = time.perf_counter() - start
         return cached
     prepared = _prepare(config, sources, data_fingerprint)

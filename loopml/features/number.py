@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pydantic import Field
+
 from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel
 
 
@@ -17,6 +19,9 @@ class NumberConfig(StrictModel):
     normalize: Literal["auto", "zscore", "minmax", "log1p", "none"] = "auto"
     #: add a 0/1 "was missing" input when the training column had missing values
     missing_indicator: bool = True
+    #: piecewise-linear encoding over this many quantile bins (0 = off): lets an MLP learn
+    #: threshold effects that a single scaled value hides
+    bins: int = Field(32, ge=0, le=256)
 
 
 def as_numbers(column: pd.Series) -> np.ndarray:
@@ -52,7 +57,12 @@ class NumberFeature(FeatureType):
             center, scale = 0.0, 1.0
         else:  # zscore, and log1p followed by a z-score
             center, scale = float(scaled.mean()), float(scaled.std()) or 1.0
+        edges = []
+        if cfg.bins:
+            filled = np.where(np.isnan(values), fill, values)
+            edges = np.unique(np.quantile(filled, np.linspace(0, 1, cfg.bins + 1))).tolist()
         self.state = {
+            "edges": edges if len(edges) > 2 else [],
             "fill": float(fill),
             "method": method,
             "center": center,
@@ -67,12 +77,18 @@ class NumberFeature(FeatureType):
         missing = np.isnan(values)
         scaled = (_scale_raw(np.where(missing, s["fill"], values), s["method"]) - s["center"]) / s["scale"]
         parts = [scaled]
+        edges = np.asarray(s.get("edges", []))
+        if edges.size:
+            raw = np.where(missing, s["fill"], values)[:, None]
+            lo, hi = edges[:-1][None, :], edges[1:][None, :]
+            parts = [scaled] + list(np.clip((raw - lo) / (hi - lo), 0.0, 1.0).T)
         if s["indicator"]:
             parts.append(missing.astype(np.float64))
         return torch.from_numpy(np.stack(parts, axis=1).astype(np.float32))
 
     def encoder_inputs(self) -> dict:
-        return {"width": 2 if self.state["indicator"] else 1}
+        bins = max(len(self.state.get("edges", [])) - 1, 0)
+        return {"width": 1 + bins + (1 if self.state["indicator"] else 0)}
 
 
 def _scale_raw(values: np.ndarray, method: str) -> np.ndarray:

@@ -25,8 +25,8 @@ class ConcatMLP(Combiner):
     class Params(StrictModel):
         type: Literal["concat"] = "concat"
         layers: list[int] = [256, 128]
-        dropout: float = Field(0.1, ge=0.0, lt=1.0)
-        norm: Literal["batch", "layer", "none"] = "batch"
+        dropout: float = Field(0.2, ge=0.0, lt=1.0)
+        norm: Literal["batch", "layer", "none"] = "none"
         activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
 
     def __init__(self, params: Params, input_dim: int) -> None:

@@ -17,8 +17,15 @@ from loopml.features.base import StrictModel
 from loopml.registry import Registry
 
 
+class EncoderParams(StrictModel):
+    """Settings every encoder has."""
+
+    #: this encoder's learning rate (None = training.optimizer.lr); embeddings often want more
+    lr: float | None = Field(None, gt=0)
+
+
 class Encoder(nn.Module):
-    Params: ClassVar[type[StrictModel]]
+    Params: ClassVar[type[EncoderParams]]
     feature_types: ClassVar[tuple[str, ...]]
     output_dim: int
 
@@ -34,7 +41,7 @@ def default_embedding_dim(vocab_size: int) -> int:
 # -- numbers and flags ------------------------------------------------------------------------
 @ENCODERS.register("passthrough")
 class Passthrough(Encoder):
-    class Params(StrictModel):
+    class Params(EncoderParams):
         type: Literal["passthrough"] = "passthrough"
 
     feature_types = ("number", "binary")
@@ -49,7 +56,7 @@ class Passthrough(Encoder):
 
 @ENCODERS.register("dense")
 class Dense(Encoder):
-    class Params(StrictModel):
+    class Params(EncoderParams):
         type: Literal["dense"] = "dense"
         dim: int = Field(16, ge=1)
 
@@ -67,7 +74,7 @@ class Dense(Encoder):
 # -- categories -------------------------------------------------------------------------------
 @ENCODERS.register("embedding")
 class CategoryEmbedding(Encoder):
-    class Params(StrictModel):
+    class Params(EncoderParams):
         type: Literal["embedding"] = "embedding"
         #: None = sized from the vocabulary
         dim: int | None = Field(None, ge=1)
@@ -93,16 +100,33 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over the sequence axis where ``mask`` is True (0 for an empty row)."""
+    return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values.clamp(min=-1e4) * mask.any(1, keepdim=True)
+
+
+def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "mean":
+        return masked_mean(x, mask)
+    if how == "max":
+        return masked_max(x, mask)
+    return torch.cat([masked_mean(x, mask), masked_max(x, mask)], dim=1)
+
+
 @ENCODERS.register("bag")
 class BagOfEmbeddings(Encoder):
     """fastText-style: the mean of token (and hashed bigram) embeddings."""
 
-    class Params(StrictModel):
+    class Params(EncoderParams):
         type: Literal["bag"] = "bag"
         dim: int = Field(64, ge=1)
         #: 2 adds hashed word-pair embeddings, which helps short texts a lot
         ngrams: Literal[1, 2] = 2
         ngram_buckets: int = Field(50_000, ge=1)
+        #: mean_max concatenates both: the mean keeps the gist, the max keeps rare strong tokens
+        pooling: Literal["mean", "max", "mean_max"] = "mean_max"
+        #: fastText-style embeddings learn best fast; the layers above keep the base lr
+        lr: float | None = Field(0.02, gt=0)
         dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     feature_types = ("text",)
@@ -110,10 +134,11 @@ class BagOfEmbeddings(Encoder):
     def __init__(self, params: Params, vocab_size: int, **_: object) -> None:
         super().__init__()
         self.vocab_size, self.ngrams, self.buckets = vocab_size, params.ngrams, params.ngram_buckets
+        self.pooling = params.pooling
         rows = vocab_size + (params.ngram_buckets if params.ngrams == 2 else 0)
         self.embedding = nn.Embedding(rows, params.dim, padding_idx=0)
         self.dropout = nn.Dropout(params.dropout)
-        self.output_dim = params.dim
+        self.output_dim = params.dim * (2 if params.pooling == "mean_max" else 1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = ids != 0
@@ -123,12 +148,12 @@ class BagOfEmbeddings(Encoder):
             pairs = (ids[:, :-1] * 1_000_003 + ids[:, 1:]) % self.buckets + self.vocab_size
             tokens = torch.cat([ids, torch.where(pair_mask, pairs, torch.zeros_like(pairs))], dim=1)
             mask = torch.cat([mask, pair_mask], dim=1)
-        return self.dropout(masked_mean(self.embedding(tokens), mask))
+        return self.dropout(pool(self.embedding(tokens), mask, self.pooling))
 
 
 @ENCODERS.register("bilstm")
 class BiLSTM(Encoder):
-    class Params(StrictModel):
+    class Params(EncoderParams):
         type: Literal["bilstm"] = "bilstm"
         embedding_dim: int = Field(64, ge=1)
         hidden_size: int = Field(64, ge=1)
@@ -153,14 +178,12 @@ class BiLSTM(Encoder):
         packed = nn.utils.rnn.pack_padded_sequence(self.embedding(ids), lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-        mask = mask | (torch.arange(ids.shape[1]) == 0)  # an empty text still has one position
-        maxed = out.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
-        return self.dropout(torch.cat([masked_mean(out, mask), maxed], dim=1))
+        return self.dropout(pool(out, mask, "mean_max"))
 
 
 @ENCODERS.register("transformer")
 class TransformerText(Encoder):
-    class Params(StrictModel):
+    class Params(EncoderParams):
         type: Literal["transformer"] = "transformer"
         dim: int = Field(64, ge=8)
         heads: int = Field(4, ge=1)

@@ -42,7 +42,7 @@ class Trainer:
         # checkpoints run last so they capture every other callback's updated state
         self.callbacks = sorted(callbacks, key=lambda cb: isinstance(cb, Checkpoint))
         self.metric_fn = metric_fn or (lambda outputs, target: {})
-        self.optimizer = make_optimizer(model.parameters(), config.optimizer)
+        self.optimizer = make_optimizer(param_groups(model, config.optimizer.lr), config.optimizer)
         self.schedule = Schedule(self.optimizer, config.scheduler, config.epochs)
         self.epoch = 0
         self.elapsed = 0.0
@@ -139,6 +139,20 @@ class Trainer:
             cb.load_state_dict(cb_state)
         self.epoch, self.elapsed, self.stop_reason = state["epoch"], state["elapsed"], state["stop_reason"]
         return True
+
+
+def param_groups(model: nn.Module, base_lr: float) -> list[dict]:
+    """One group per encoder with its own ``lr``, the rest at the base rate."""
+    special: dict[float, list] = {}
+    claimed: set[int] = set()
+    for encoder in getattr(model, "encoders", []):
+        lr = getattr(getattr(encoder, "params", None), "lr", None)
+        if lr is not None:
+            special.setdefault(lr, []).extend(encoder.parameters())
+            claimed.update(id(p) for p in encoder.parameters())
+    groups = [{"params": [p for p in model.parameters() if id(p) not in claimed], "lr": base_lr}]
+    groups += [{"params": params, "lr": lr} for lr, params in special.items()]
+    return [g for g in groups if g["params"]]
 
 
 def predict_batches(model: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:

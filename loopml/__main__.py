@@ -1,0 +1,5 @@
+import sys
+
+from loopml.cli import main
+
+sys.exit(main())

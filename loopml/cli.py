@@ -1,0 +1,260 @@
+"""The ``loopml`` command. Thin: every command calls the Python API. Exit 0 ok, 2 user error, 1 bug."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+app = typer.Typer(
+    help="loopml: from a table to a trained, evaluated, saved model.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="CSV/TSV/Parquet/JSONL file.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see `loopml schema`).")]
+TargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="Column to predict.")]
+DelimiterOpt = Annotated[str | None, typer.Option(help="Field delimiter, e.g. ',' or '\\t' (default: by extension).")]
+HeaderOpt = Annotated[bool | None, typer.Option("--header/--no-header", help="Whether the first row names the columns.")]
+NamesOpt = Annotated[str | None, typer.Option(help="Comma-separated column names (files without a header).")]
+EncodingOpt = Annotated[str | None, typer.Option(help="Text encoding, e.g. utf-8, cp1252.")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed rows (and report them).")]
+
+
+def _data_overrides(delimiter, header, names, encoding, skip_bad_rows) -> dict | None:
+    data = {
+        "delimiter": delimiter, "header": header, "encoding": encoding,
+        "names": [n.strip() for n in names.split(",")] if names else None,
+        "bad_rows": "skip" if skip_bad_rows else None,
+    }
+    data = {k: v for k, v in data.items() if v is not None}
+    return data or None
+
+
+def _echo(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def train(
+    data: DataOpt,
+    target: TargetOpt = None,
+    config: ConfigOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Model directory to write.")] = None,
+    validation: Annotated[Path | None, typer.Option(help="Separate validation file.")] = None,
+    test: Annotated[Path | None, typer.Option(help="Separate test file.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed for splitting and training.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the tensor cache.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    delimiter: DelimiterOpt = None, header: HeaderOpt = None, names: NamesOpt = None,
+    encoding: EncodingOpt = None, skip_bad_rows: SkipBadOpt = False,
+) -> None:
+    """Train a model on a table and save it (config, preprocessing, weights, metrics)."""
+    from loopml.api import Model
+
+    training = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None} or None
+    split = {"seed": seed} if seed is not None else None
+    model = Model(config, target=target, training=training, split=split,
+                  data=_data_overrides(delimiter, header, names, encoding, skip_bad_rows))
+    out = output or Path("models") / f"{model.config.target.column}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not overwrite:
+        raise _user_error(f"output {out} already exists; choose another --output or pass --overwrite")
+    checkpoints = out.with_name(out.name + ".partial")
+    if resume and not (checkpoints / "last.safetensors").exists():
+        raise _user_error(f"nothing to resume: no checkpoint in {checkpoints}")
+    try:
+        model.fit(data, validation=validation, test=test, checkpoint_dir=checkpoints, resume=resume,
+                  progress=not quiet, cache_dir=False if no_cache else None)
+    except KeyboardInterrupt:
+        _echo(f"interrupted; continue with the same command plus --resume (checkpoint in {checkpoints})")
+        raise typer.Exit(130) from None
+    except BaseException:
+        if not resume and not (checkpoints / "last.safetensors").exists():
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        raise
+    path = model.save(out, overwrite=overwrite)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    report = model.info["data_report"]
+    if report.get("skipped_lines"):
+        _echo(f"skipped {len(report['skipped_lines'])} malformed row(s) at line(s) {report['skipped_lines'][:10]}")
+    dup = report.get("split", {}).get("duplicate_rows")
+    if dup:
+        _echo(f"{dup} exact duplicate row(s) found; kept within a single split ({report['split']['duplicates']})")
+    t = model.info["training"]
+    _echo(f"trained {t['epochs_run']} epochs in {t['seconds']:.1f}s ({t['stop_reason']}); "
+          f"best epoch {t['best_epoch'] + 1}; data preparation {report['prepare_seconds']:.2f}s "
+          f"(cache {report['cache']})")
+    _print_metrics(model.metrics)
+    typer.echo(f"model saved to {path}")
+    typer.echo(f"metrics: {path / 'metrics.json'}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    data: DataOpt,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")] = None,
+) -> None:
+    """Score a saved model on labelled data."""
+    import loopml
+
+    metrics = loopml.load(model).evaluate(data)
+    _print_metrics({"data": metrics})
+    if output:
+        _atomic_write(output, json.dumps(metrics, indent=2))
+        typer.echo(f"metrics written to {output}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    data: DataOpt,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=".csv, .tsv, .jsonl or .parquet (default: CSV on stdout).")] = None,
+    include_inputs: Annotated[bool, typer.Option(help="Copy the input columns into the output.")] = False,
+) -> None:
+    """Predict labels (and class probabilities) for every row of a file."""
+    import loopml
+    from loopml.data.read import read_table
+
+    m = loopml.load(model)
+    frame = read_table(data, m.config.data)
+    out = m.predictions(frame)
+    if include_inputs:
+        out = frame.reset_index(drop=True).join(out)
+    if output is None:
+        out.to_csv(sys.stdout, index=False)
+        return
+    suffix = output.suffix.lower()
+    writers = {".csv": lambda p: out.to_csv(p, index=False), ".tsv": lambda p: out.to_csv(p, index=False, sep="\t"),
+               ".jsonl": lambda p: out.to_json(p, orient="records", lines=True),
+               ".parquet": lambda p: out.to_parquet(p, index=False)}
+    if suffix not in writers:
+        raise _user_error(f"cannot write {output.name}: use .csv, .tsv, .jsonl or .parquet")
+    tmp = output.with_name(f".{output.name}.tmp")
+    writers[suffix](tmp)
+    os.replace(tmp, output)
+    typer.echo(f"{len(out)} predictions written to {output}")
+
+
+@app.command()
+def describe(
+    data: DataOpt,
+    target: TargetOpt = None,
+    config: ConfigOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the editable schema YAML here.")] = None,
+    delimiter: DelimiterOpt = None, header: HeaderOpt = None, names: NamesOpt = None,
+    encoding: EncodingOpt = None, skip_bad_rows: SkipBadOpt = False,
+) -> None:
+    """Show each column's inferred type with the evidence; write it as an editable config."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from loopml.config import load_config
+    from loopml.data.read import read_table
+    from loopml.schema import build_schema
+
+    cfg = load_config(config, target=target, data=_data_overrides(delimiter, header, names, encoding, skip_bad_rows))
+    df = read_table(data, cfg.data)
+    schema = build_schema(df, cfg)
+    table = Table(title=f"{data.name}: {len(df)} rows, target '{schema.target}' ({schema.target_kind})")
+    for col in ("column", "type", "why", "unique", "missing %", "examples"):
+        table.add_column(col)
+    for c in schema.columns:
+        table.add_row(c.name, c.type, c.reason, str(c.stats["unique"]), str(c.stats["missing_pct"]),
+                      ", ".join(c.stats["samples"]))
+    Console(stderr=True).print(table)
+    text = schema.to_yaml()
+    if output:
+        _atomic_write(output, text)
+        typer.echo(f"schema written to {output}; edit it and pass it back with --config")
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON Schema here.")] = None,
+) -> None:
+    """Print the config's JSON Schema (for editors and validation)."""
+    from loopml.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if output:
+        _atomic_write(output, text)
+        typer.echo(f"JSON Schema written to {output}")
+    else:
+        typer.echo(text)
+
+
+def _print_metrics(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = ("accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "log_loss", "r2", "mae", "rmse")
+    table = Table()
+    table.add_column("split")
+    shown = [k for k in keys if any(k in m for m in metrics.values())]
+    for k in shown:
+        table.add_column(k, justify="right")
+    for split, m in metrics.items():
+        table.add_row(split, *[f"{m[k]:.4f}" if k in m else "" for k in shown])
+    Console(stderr=True).print(table)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _user_error(message: str) -> Exception:
+    from loopml.errors import LoopmlError
+
+    return LoopmlError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from loopml.errors import LoopmlError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except LoopmlError as e:
+        _echo(f"error: {e}")
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        _echo("aborted")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except KeyboardInterrupt:
+        _echo("interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001  the last line of defence: a bug, reported without a traceback
+        if os.environ.get("LOOPML_DEBUG"):
+            traceback.print_exc()
+        _echo(f"internal error: {type(e).__name__}: {e} (set LOOPML_DEBUG=1 for the traceback)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
