@@ -50,7 +50,7 @@ def fingerprint(source: Source) -> str:
         digest.update(",".join(map(str, source.columns)).encode())
         digest.update(pd.util.hash_pandas_object(source, index=False).to_numpy().tobytes())
     else:
-        with open(source, "rb") as f:
+        with open(check_file(source), "rb") as f:  # a missing file is a user error, not an internal one
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pydantic import Field
+
 from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel
 
 UNKNOWN = 0  # index of the bucket for unseen, rare and (by default) missing values
@@ -16,8 +18,9 @@ class CategoryConfig(StrictModel):
     type: Literal["category"] = "category"
     #: constant = missing values are a category of their own; mode = the most frequent value
     missing: Literal["constant", "mode", "drop"] = "constant"
-    #: values seen fewer times than this in training go to the unknown bucket
-    min_frequency: int = 1
+    #: values seen fewer times than this in training go to the unknown bucket (one sighting
+    #: cannot be learned from, and ids/tickets would otherwise become noise embeddings)
+    min_frequency: int = Field(2, ge=1)
     max_vocab: int = 10_000
 
 

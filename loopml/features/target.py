@@ -71,7 +71,7 @@ class Target:
                 f"known classes: {', '.join(map(repr, self.classes))}"
             )
         ids = keys.map(index).to_numpy(dtype=np.int64)
-        return torch.from_numpy(ids.astype(np.float32) if self.kind == "binary" else ids)
+        return torch.from_numpy(ids.astype(np.float32) if self.kind == "binary" else ids.copy())
 
     def decode(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Model outputs -> (predictions in the user's terms, class probabilities or None)."""

@@ -24,7 +24,7 @@ class ConcatMLP(Combiner):
 
     class Params(StrictModel):
         type: Literal["concat"] = "concat"
-        layers: list[int] = [256, 128]
+        layers: list[int] = [64]
         dropout: float = Field(0.2, ge=0.0, lt=1.0)
         norm: Literal["batch", "layer", "none"] = "none"
         activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"

@@ -126,7 +126,7 @@ class BagOfEmbeddings(Encoder):
         #: mean_max concatenates both: the mean keeps the gist, the max keeps rare strong tokens
         pooling: Literal["mean", "max", "mean_max"] = "mean_max"
         #: fastText-style embeddings learn best fast; the layers above keep the base lr
-        lr: float | None = Field(0.02, gt=0)
+        lr: float | None = Field(0.01, gt=0)
         dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     feature_types = ("text",)
