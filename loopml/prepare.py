@@ -129,6 +129,7 @@ def _cache_key(config: Config, fingerprints: dict) -> str:
     }
     for section in shaping["defaults"].values():
         section.pop("encoder", None)
+    shaping["defaults"] = {k: v for k, v in shaping["defaults"].items() if v}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:24]
 
 
