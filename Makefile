@@ -32,6 +32,7 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.train_overhead
 	$(BIN)/python -m bench.preprocess_cache
+	$(BIN)/python -m bench.accuracy
 
 clean:
 	rm -rf $(VENV) $(DEMO) .loopml .pytest_cache

@@ -211,7 +211,11 @@ def load(path: str | os.PathLike) -> Model:
     model.schema = Schema.from_dict(json.loads(documents["schema.json"]))
     model.preprocessor = Preprocessor.from_dict(json.loads(documents["preprocessing.json"]))
     model.network = build_network(model.preprocessor, model.config)
-    model.network.load_state_dict(weights)
+    try:
+        model.network.load_state_dict(weights)
+    except RuntimeError:
+        version = manifest.get("loopml_version")
+        raise LoopmlError(f"the weights in {path} do not fit its config (saved by loopml {version}?)") from None
     model.network.eval()
     model.metrics = json.loads(documents["metrics.json"])
     history = json.loads(documents["history.json"])

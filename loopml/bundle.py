@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -51,7 +51,7 @@ def write_bundle(
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "loopml_version": __version__,
             "torch_version": torch.__version__, "python_version": platform.python_version(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **manifest,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), **manifest,
             "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -73,6 +73,9 @@ def train(
     checkpoints = out.with_name(out.name + ".partial")
     if resume and not (checkpoints / "last.safetensors").exists():
         raise _user_error(f"nothing to resume: no checkpoint in {checkpoints}")
+    if not resume and checkpoints.exists():
+        _echo(f"note: {checkpoints} holds an interrupted run; starting over (pass --resume to continue it)")
+        shutil.rmtree(checkpoints)
     try:
         model.fit(data, validation=validation, test=test, checkpoint_dir=checkpoints, resume=resume,
                   progress=not quiet, cache_dir=False if no_cache else None)
@@ -120,7 +123,9 @@ def evaluate(
 def predict(
     model: Annotated[Path, typer.Argument(help="Model directory.")],
     data: DataOpt,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help=".csv, .tsv, .jsonl or .parquet (default: CSV on stdout).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help=".csv, .tsv, .jsonl or .parquet (default: CSV on stdout).")
+    ] = None,
     include_inputs: Annotated[bool, typer.Option(help="Copy the input columns into the output.")] = False,
 ) -> None:
     """Predict labels (and class probabilities) for every row of a file."""

@@ -153,7 +153,7 @@ def _store(path: Path, prepared: Prepared) -> None:
 def _load(path: Path, data_fingerprint: str) -> Prepared:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["prepared"])
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118  (safe_open is not a dict)
     splits: dict[str, TensorData | None] = {}
     for name in SPLITS:
         if f"{name}/__target__" not in tensors:

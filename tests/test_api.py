@@ -115,3 +115,11 @@ def test_class_weights_and_multiclass(tabular):
     weights = m.network.head.class_weights.tolist()  # classes sorted: high, low, mid (the most frequent)
     assert df["label"].value_counts().idxmax() == "mid" and min(weights) == weights[2] and weights[0] > 1.0
     assert m.metrics["test"]["accuracy"] > 0.8
+
+
+def test_predict_from_records(trained, tabular):
+    records = tabular.drop(columns=["label"]).head(3).to_dict(orient="records")
+    assert list(trained.predict(records)) == list(trained.predict(tabular.head(3)))
+    assert len(trained.predict(records[0])) == 1
+    with pytest.raises(loopml.LoopmlError, match="records"):
+        trained.predict([1, 2])

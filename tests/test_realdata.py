@@ -3,10 +3,10 @@
 Each run uses the whole dataset (they train in seconds here), so the floors are the issue's own.
 """
 
+from conftest import needs_dataset
+
 import loopml
 from bench import realdata
-
-from conftest import needs_dataset
 
 
 def _fit(target, data, **kwargs):

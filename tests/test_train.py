@@ -8,15 +8,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, needs_dataset
 from safetensors.torch import load_file
 
 import loopml
+from loopml.api import build_network
 from loopml.config import load_config
 from loopml.prepare import prepare
 from loopml.train import Callback, Trainer, default_callbacks
-from loopml.api import build_network
-
-from conftest import ROOT, needs_dataset
 
 
 def _fit(df, **sections):
@@ -26,7 +25,7 @@ def _fit(df, **sections):
 def test_same_seed_gives_identical_weights_and_history(tabular):
     a = _fit(tabular, training={"epochs": 4})
     b = _fit(tabular, training={"epochs": 4})
-    for (name, p), (_, q) in zip(a.network.state_dict().items(), b.network.state_dict().items()):
+    for (name, p), (_, q) in zip(a.network.state_dict().items(), b.network.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
     assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
     c = _fit(tabular, training={"epochs": 4, "seed": 7})
@@ -95,8 +94,10 @@ def test_preprocessing_cache_hit_gives_the_same_tensors(tabular):
         for col, t in cold.splits[name].inputs.items():
             assert torch.equal(t, warm.splits[name].inputs[col])
     # a different preprocessing setting is a different key; an encoder setting is not
-    assert prepare(load_config({"target": "label", "defaults": {"text": {"max_length": 5}}}), tabular).report["cache"] == "miss"
-    assert prepare(load_config({"target": "label", "defaults": {"text": {"encoder": "bilstm"}}}), tabular).report["cache"] == "hit"
+    shorter = load_config({"target": "label", "defaults": {"text": {"max_length": 5}}})
+    other_encoder = load_config({"target": "label", "defaults": {"text": {"encoder": "bilstm"}}})
+    assert prepare(shorter, tabular).report["cache"] == "miss"
+    assert prepare(other_encoder, tabular).report["cache"] == "hit"
 
 
 @needs_dataset("adult")

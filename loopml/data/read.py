@@ -14,7 +14,8 @@ from pydantic import Field
 from loopml.errors import LoopmlError
 from loopml.features.base import StrictModel
 
-Source = str | os.PathLike | pd.DataFrame
+#: a file path, a DataFrame, or records (one dict per row, or a single dict for one row)
+Source = str | os.PathLike | pd.DataFrame | list[dict] | dict
 
 
 class DataConfig(StrictModel):
@@ -46,6 +47,8 @@ FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet
 def fingerprint(source: Source) -> str:
     """A content hash: the same bytes (or the same DataFrame) give the same fingerprint."""
     digest = hashlib.sha256()
+    if isinstance(source, (list, dict)):
+        source = _records(source)
     if isinstance(source, pd.DataFrame):
         digest.update(",".join(map(str, source.columns)).encode())
         digest.update(pd.util.hash_pandas_object(source, index=False).to_numpy().tobytes())
@@ -69,6 +72,8 @@ def check_file(path: str | os.PathLike) -> Path:
 
 def read_table(source: Source, cfg: DataConfig | None = None) -> pd.DataFrame:
     cfg = cfg or DataConfig()
+    if isinstance(source, (list, dict)):
+        source = _records(source)
     if isinstance(source, pd.DataFrame):
         df = source.copy()
         df.columns = [str(c) for c in df.columns]
@@ -100,6 +105,13 @@ def read_table(source: Source, cfg: DataConfig | None = None) -> pd.DataFrame:
         dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
         raise LoopmlError(f"duplicate column names: {', '.join(dupes)}")
     return df
+
+
+def _records(records: list[dict] | dict) -> pd.DataFrame:
+    rows = [records] if isinstance(records, dict) else records
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise LoopmlError("records must be a non-empty list of {column: value} mappings")
+    return pd.DataFrame.from_records(rows)
 
 
 def _names(names: list[str], width: int, where: str) -> list[str]:

@@ -45,10 +45,7 @@ def split_frame(
     if cfg.duplicates == "drop" and n_duplicates:
         keep = ~pd.Series(groups).duplicated().to_numpy()
         df, groups = df[keep], groups[keep]
-    if cfg.column:
-        parts = _by_column(df, cfg.column)
-    else:
-        parts = _random(df, target, cfg, classification, groups)
+    parts = _by_column(df, cfg.column) if cfg.column else _random(df, target, cfg, classification, groups)
     report["sizes"] = {name: len(part) for name, part in parts.items()}
     if not len(parts["train"]):
         raise LoopmlError("the train split is empty; use more data or smaller split fractions")
@@ -73,7 +70,8 @@ def _random(df, target, cfg, classification, groups) -> dict[str, pd.DataFrame]:
     if test_frac + cfg.validation >= 1.0:
         raise LoopmlError("split.validation + split.test must leave some rows for training")
     rest, test = _take(unique_groups, test_frac, strata, cfg.seed)
-    rest_strata = None if strata is None else strata[np.isin(unique_groups, rest)]
+    # strata in the order of `rest` (shuffled by the split), not of unique_groups (sorted)
+    rest_strata = None if strata is None else strata[np.searchsorted(unique_groups, rest)]
     val_frac = cfg.validation / (1.0 - test_frac)
     train, val = _take(rest, val_frac, rest_strata, cfg.seed + 1)
     parts = {}

@@ -5,7 +5,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-
 from pydantic import Field
 
 from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel

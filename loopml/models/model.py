@@ -30,14 +30,14 @@ class LoopModel(nn.Module):
         self.columns = [slot.column for slot in slots]
         # ModuleDict keys cannot hold every column name ('.' is refused), so use positions
         self.encoders = nn.ModuleList(ENCODERS.get(s.encoder.type)(s.encoder, **s.inputs) for s in slots)
-        for encoder, slot in zip(self.encoders, slots):
+        for encoder, slot in zip(self.encoders, slots, strict=True):
             encoder.params = slot.encoder  # read by the optimizer for per-encoder learning rates
         width = sum(encoder.output_dim for encoder in self.encoders)
         self.combiner = COMBINERS.get(combiner.type)(combiner, width)
         self.head = HEADS.get(head)(self.combiner.output_dim, n_outputs, class_weights)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = [encoder(inputs[column]) for column, encoder in zip(self.columns, self.encoders)]
+        parts = [encoder(inputs[column]) for column, encoder in zip(self.columns, self.encoders, strict=True)]
         return self.head(self.combiner(torch.cat(parts, dim=1)))
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

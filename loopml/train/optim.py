@@ -38,7 +38,7 @@ class Schedule:
     def _set_warmup(self) -> None:
         if self.epoch < self.cfg.warmup_epochs:
             scale = 0.1 + 0.9 * self.epoch / self.cfg.warmup_epochs
-            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
                 group["lr"] = base * scale
 
     def step(self, val_loss: float) -> None:
@@ -46,7 +46,7 @@ class Schedule:
         self.epoch += 1
         if self.epoch <= self.cfg.warmup_epochs:
             if self.epoch == self.cfg.warmup_epochs:
-                for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
                     group["lr"] = base
             else:
                 self._set_warmup()

@@ -57,5 +57,5 @@ def load_state(path: Path) -> dict | None:
         return None
     with safe_open(str(path), framework="pt") as f:
         skeleton = json.loads(f.metadata()["state"])
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118  (safe_open is not a dict)
     return unflatten(skeleton, tensors)

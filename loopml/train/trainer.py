@@ -135,7 +135,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
-        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
+        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=True):
             cb.load_state_dict(cb_state)
         self.epoch, self.elapsed, self.stop_reason = state["epoch"], state["elapsed"], state["stop_reason"]
         return True
