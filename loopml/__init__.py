@@ -2,7 +2,17 @@
 
 __version__ = "0.1.0"
 
-from loopml.api import Model, load  # noqa: E402
-from loopml.errors import LoopmlError  # noqa: E402
-
 __all__ = ["LoopmlError", "Model", "__version__", "load"]
+
+
+def __getattr__(name: str):
+    # imported on first use, so `loopml --help` does not pay for torch and scikit-learn
+    if name in ("Model", "load"):
+        from loopml import api
+
+        return getattr(api, name)
+    if name == "LoopmlError":
+        from loopml.errors import LoopmlError
+
+        return LoopmlError
+    raise AttributeError(f"module 'loopml' has no attribute {name!r}")

@@ -11,13 +11,27 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 app = typer.Typer(
     help="loopml: from a table to a trained, evaluated, saved model.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
+
+def _version(value: bool) -> None:
+    if value:
+        from loopml import __version__
+
+        typer.echo(f"loopml {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """loopml: from a table to a trained, evaluated, saved model."""
+
 
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="CSV/TSV/Parquet/JSONL file.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see `loopml schema`).")]
@@ -93,7 +107,9 @@ def train(
         _echo(f"skipped {len(report['skipped_lines'])} malformed row(s) at line(s) {report['skipped_lines'][:10]}")
     dup = report.get("split", {}).get("duplicate_rows")
     if dup:
-        _echo(f"{dup} exact duplicate row(s) found; kept within a single split ({report['split']['duplicates']})")
+        how = {"group": "each kept within a single split", "drop": "dropped (first copy kept)",
+               "keep": "kept as independent rows"}[report["split"]["duplicates"]]
+        _echo(f"{dup} exact duplicate row(s) found: {how} (split.duplicates)")
     t = model.info["training"]
     _echo(f"trained {t['epochs_run']} epochs in {t['seconds']:.1f}s ({t['stop_reason']}); "
           f"best epoch {t['best_epoch'] + 1}; data preparation {report['prepare_seconds']:.2f}s "
@@ -105,7 +121,7 @@ def train(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    model: Annotated[Path, typer.Argument(help="Model directory.", metavar="MODEL")],
     data: DataOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")] = None,
 ) -> None:
@@ -121,7 +137,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    model: Annotated[Path, typer.Argument(help="Model directory.", metavar="MODEL")],
     data: DataOpt,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help=".csv, .tsv, .jsonl or .parquet (default: CSV on stdout).")
@@ -237,14 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     except LoopmlError as e:
         _echo(f"error: {e}")
         return 2
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         _echo("aborted")
         return 130
-    except click.ClickException as e:
+    except typer.TyperException as e:  # usage errors: unknown option, missing argument, bad value
         e.show()
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         _echo("interrupted")
         return 130

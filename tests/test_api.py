@@ -82,7 +82,7 @@ def test_tampered_weights_are_refused(trained, tmp_path):
 @pytest.mark.parametrize("encoder", ["bag", "bilstm", "transformer"])
 def test_text_encoders_train_save_and_reload(tabular, tmp_path, encoder):
     m = loopml.Model(target="label", exclude=["x1", "x2", "color", "flag"],
-                     features={"note": {"type": "text", "encoder": encoder}}, training={"epochs": 3})
+                     features={"note": {"type": "text", "encoder": encoder}}, training={"epochs": 8})
     m.fit(tabular, progress=False)
     assert m.metrics["test"]["accuracy"] >= 0.9  # the words give the label away
     again = loopml.load(m.save(tmp_path / encoder))

@@ -41,6 +41,8 @@ def split_frame(
     """Split ``df``; returns the parts and a report (duplicate count, sizes)."""
     groups = duplicate_groups(df)
     n_duplicates = int(len(groups) - len(np.unique(groups)))
+    if cfg.duplicates == "keep":  # each row on its own: copies may land in different splits
+        groups = np.arange(len(df))
     report = {"rows": len(df), "duplicate_rows": n_duplicates, "duplicates": cfg.duplicates}
     if cfg.duplicates == "drop" and n_duplicates:
         keep = ~pd.Series(groups).duplicated().to_numpy()
