@@ -38,6 +38,9 @@ class DataConfig(StrictModel):
     quoting: bool = True
     #: rows with too many fields: error (the default, naming the lines) or skip (and report them)
     bad_rows: Literal["error", "skip"] = "error"
+    #: folder that image/audio paths in the table are relative to, and confined to
+    #: (default: the data file's folder; for DataFrames, the working directory)
+    media_root: str | None = None
 
 
 FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet",
@@ -52,6 +55,10 @@ def fingerprint(source: Source) -> str:
     if isinstance(source, pd.DataFrame):
         digest.update(",".join(map(str, source.columns)).encode())
         digest.update(pd.util.hash_pandas_object(source, index=False).to_numpy().tobytes())
+    elif check_file(source, allow_dir=True).is_dir():
+        for file in sorted(Path(source).rglob("*")):  # a folder-per-class layout: names, sizes, times
+            stat = file.stat()
+            digest.update(f"{file.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     else:
         with open(check_file(source), "rb") as f:  # a missing file is a user error, not an internal one
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -59,11 +66,13 @@ def fingerprint(source: Source) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_file(path: str | os.PathLike) -> Path:
+def check_file(path: str | os.PathLike, allow_dir: bool = False) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise LoopmlError(f"file not found: {path}")
     if p.is_dir():
+        if allow_dir:
+            return p.resolve()
         raise LoopmlError(f"expected a file but got a directory: {path}")
     if p.stat().st_size == 0:
         raise LoopmlError(f"file is empty: {path}")
@@ -77,6 +86,10 @@ def read_table(source: Source, cfg: DataConfig | None = None) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         df = source.copy()
         df.columns = [str(c) for c in df.columns]
+    elif check_file(source, allow_dir=True).is_dir():
+        from loopml.data.media import folder_table
+
+        df = folder_table(Path(source).resolve())
     else:
         path = check_file(source)
         fmt = cfg.format if cfg.format != "auto" else FORMATS.get(path.suffix.lower(), "csv")
@@ -101,6 +114,12 @@ def read_table(source: Source, cfg: DataConfig | None = None) -> pd.DataFrame:
         df.columns = [str(c) for c in df.columns]
         if df.empty:
             raise LoopmlError(f"no data rows in {path.name}")
+        df.attrs["base_dir"] = str(path.parent)  # media paths in the table are relative to the file
+    if cfg.media_root:
+        root = Path(cfg.media_root).expanduser()
+        if not root.is_dir():
+            raise LoopmlError(f"data.media_root is not a folder: {cfg.media_root}")
+        df.attrs["base_dir"] = str(root.resolve())
     if len(set(df.columns)) != len(df.columns):
         dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
         raise LoopmlError(f"duplicate column names: {', '.join(dupes)}")

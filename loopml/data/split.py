@@ -47,7 +47,15 @@ def split_frame(
     if cfg.duplicates == "drop" and n_duplicates:
         keep = ~pd.Series(groups).duplicated().to_numpy()
         df, groups = df[keep], groups[keep]
-    parts = _by_column(df, cfg.column) if cfg.column else _random(df, target, cfg, classification, groups)
+    if cfg.column:
+        parts = _by_column(df, cfg.column)
+        if not len(parts["validation"]) and cfg.validation > 0:  # only train/test given: carve validation
+            train = parts["train"]
+            inner = cfg.model_copy(update={"column": None, "test": 0.0, "validation": cfg.validation})
+            sub = _random(train, target, inner, classification, duplicate_groups(train))
+            parts["train"], parts["validation"] = sub["train"], sub["validation"]
+    else:
+        parts = _random(df, target, cfg, classification, groups)
     report["sizes"] = {name: len(part) for name, part in parts.items()}
     if not len(parts["train"]):
         raise LoopmlError("the train split is empty; use more data or smaller split fractions")

@@ -224,4 +224,5 @@ def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
 
 
 #: the encoder a feature type gets when the config names none
-DEFAULT_ENCODERS = {"number": "passthrough", "binary": "passthrough", "category": "embedding", "text": "bag"}
+DEFAULT_ENCODERS = {"number": "passthrough", "binary": "passthrough", "category": "embedding", "text": "bag",
+                    "image": "cnn", "audio": "audio_cnn"}
