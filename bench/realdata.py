@@ -54,3 +54,22 @@ def subsample(df: pd.DataFrame, n: int, by: str, seed: int = 0) -> pd.DataFrame:
     """A fixed-seed, class-stratified subset of about ``n`` rows."""
     frac = min(1.0, n / len(df))
     return df.groupby(by, group_keys=False).sample(frac=frac, random_state=seed).sort_index()
+
+
+def mnist() -> pd.DataFrame:
+    """The 10k official MNIST test images as a DataFrame column of 28x28 uint8 arrays."""
+    import gzip
+
+    import numpy as np
+
+    folder = ROOT / "mnist_test"
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    return pd.DataFrame({"image": list(images), "label": labels.astype(int)})
+
+
+def cifar10_folder() -> Path:
+    """The folder-per-class layout root: train/<class>/*.jpg."""
+    return ROOT / "cifar10_train_subset" / "train"

@@ -11,6 +11,12 @@ from loopml.features import FEATURE_TYPES
 def column_stats(column: pd.Series) -> dict:
     n = len(column)
     present = column.dropna()
+    first = present.iloc[0] if len(present) else None
+    if isinstance(first, np.ndarray | list | bytes):  # in-memory images or signals
+        shape = np.asarray(first).shape if not isinstance(first, bytes) else ()
+        return {"rows": n, "missing": int(n - len(present)), "missing_pct": round(100.0 * (n - len(present)) / n, 2),
+                "unique": len(present), "numeric_ratio": 0.0, "integer": False, "mean_words": 0.0, "mean_length": 0.0,
+                "id_like": False, "array_ndim": len(shape), "samples": [f"array{list(shape)}"]}
     numbers = pd.to_numeric(present, errors="coerce")
     numeric_ratio = float(numbers.notna().mean()) if len(present) else 0.0
     as_text = present.astype(str)

@@ -17,7 +17,7 @@ MEDIA_KINDS = {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS}
 def extension_ratio(column: pd.Series, extensions: set[str]) -> float:
     """Share of non-missing values that look like file names with one of ``extensions``."""
     values = column.dropna()
-    if values.empty or not (values.map(type) == str).all():
+    if values.empty or not values.map(lambda v: isinstance(v, str)).all():
         return 0.0
     sample = values.iloc[:500]
     return float(sample.map(lambda v: os.path.splitext(v.strip())[1].lower() in extensions).mean())

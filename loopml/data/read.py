@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -54,7 +55,7 @@ def fingerprint(source: Source) -> str:
         source = _records(source)
     if isinstance(source, pd.DataFrame):
         digest.update(",".join(map(str, source.columns)).encode())
-        digest.update(pd.util.hash_pandas_object(source, index=False).to_numpy().tobytes())
+        digest.update(row_hashes(source).tobytes())
     elif check_file(source, allow_dir=True).is_dir():
         for file in sorted(Path(source).rglob("*")):  # a folder-per-class layout: names, sizes, times
             stat = file.stat()
@@ -64,6 +65,23 @@ def fingerprint(source: Source) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def row_hashes(df: pd.DataFrame) -> np.ndarray:
+    """A 64-bit hash per row; columns of arrays (in-memory images) are hashed by their bytes."""
+    plain = [c for c in df.columns if not _holds_arrays(df[c])]
+    hashes = pd.util.hash_pandas_object(df[plain], index=False).to_numpy() if plain else np.zeros(len(df), np.uint64)
+    for c in df.columns:
+        if c not in plain:
+            as_bytes = df[c].map(lambda v: hashlib.blake2b(np.asarray(v).tobytes(), digest_size=8).hexdigest(),
+                                 na_action="ignore")
+            hashes = hashes * np.uint64(31) + pd.util.hash_pandas_object(as_bytes, index=False).to_numpy()
+    return hashes
+
+
+def _holds_arrays(column: pd.Series) -> bool:
+    present = column.dropna()
+    return len(present) > 0 and isinstance(present.iloc[0], np.ndarray | list)
 
 
 def check_file(path: str | os.PathLike, allow_dir: bool = False) -> Path:

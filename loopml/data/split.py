@@ -9,6 +9,7 @@ import pandas as pd
 from pydantic import Field
 from sklearn.model_selection import train_test_split
 
+from loopml.data.read import row_hashes
 from loopml.errors import LoopmlError
 from loopml.features.base import StrictModel
 
@@ -30,8 +31,7 @@ class SplitConfig(StrictModel):
 
 def duplicate_groups(df: pd.DataFrame) -> np.ndarray:
     """An id per distinct row; equal ids mean exact duplicates."""
-    hashes = pd.util.hash_pandas_object(df, index=False).to_numpy()
-    _, ids = np.unique(hashes, return_inverse=True)
+    _, ids = np.unique(row_hashes(df), return_inverse=True)
     return ids
 
 
