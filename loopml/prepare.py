@@ -21,6 +21,7 @@ from loopml.config import Config, resolve_feature
 from loopml.data.read import Source, fingerprint, read_table
 from loopml.data.split import SPLITS, split_frame
 from loopml.errors import LoopmlError
+from loopml.features.base import FEATURE_TYPES
 from loopml.features.pipeline import Preprocessor
 from loopml.features.target import Target
 from loopml.schema import Schema, build_schema
@@ -97,10 +98,14 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
 
     configs = {c.name: resolve_feature(config, c.type, config.features.get(c.name)) for c in schema.inputs}
     pre = Preprocessor.create(configs, Target(target_col, schema.target_kind))
-    drop = pre.rows_to_drop(parts["train"])
-    if drop.any():
-        report["missing_feature_rows_dropped"] = int(drop.sum())
-        parts["train"] = parts["train"][~drop]
+    dropped_rows = 0  # `missing: drop` and `on_error: skip` apply to every split of the training data
+    for name in SPLITS:
+        if name in parts and len(parts[name]):
+            drop = pre.rows_to_drop(parts[name])
+            dropped_rows += int(drop.sum())
+            parts[name] = parts[name][~drop]
+    if dropped_rows:
+        report["missing_feature_rows_dropped"] = dropped_rows
     t0 = time.perf_counter()
     pre.fit(parts["train"], config.target.positive_class, config.target.normalize)
     report["fit_seconds"] = time.perf_counter() - t0
@@ -127,10 +132,21 @@ def _cache_key(config: Config, fingerprints: dict) -> str:
         "defaults": config.defaults.model_dump(mode="json", exclude_unset=True),
         "exclude": config.exclude,
     }
-    for section in shaping["defaults"].values():
-        section.pop("encoder", None)
+    for name, section in shaping["defaults"].items():
+        if section.pop("encoder", None) is not None:
+            _add_encoder_key(section, getattr(config.defaults, name))
     shaping["defaults"] = {k: v for k, v in shaping["defaults"].items() if v}
+    for col, section in shaping["features"].items():
+        _add_encoder_key(section, config.features[col])
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _add_encoder_key(section: dict, feature_config: object) -> None:
+    """Most encoder settings do not shape tensors; a feature type names those that do (pretrained text)."""
+    tensor_key = getattr(FEATURE_TYPES.get(feature_config.type), "tensor_key", None)
+    extra = tensor_key(feature_config) if tensor_key is not None else None
+    if extra is not None:
+        section["encoder"] = extra
 
 
 def _store(path: Path, prepared: Prepared) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from loopml.data.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, extension_ratio
 from loopml.features import FEATURE_TYPES
 
 
@@ -26,6 +27,8 @@ def column_stats(column: pd.Series) -> dict:
     is_integer = numeric_ratio == 1.0 and len(numbers) > 0 and bool(np.all(np.mod(numbers, 1) == 0))
     consecutive = is_integer and unique == len(present) and numbers.max() - numbers.min() + 1 == len(present)
     all_unique_tokens = numeric_ratio < 0.5 and unique == len(present) and mean_words <= 1
+    if all_unique_tokens:  # unique file names are media, not row ids
+        all_unique_tokens = extension_ratio(present, IMAGE_EXTENSIONS | AUDIO_EXTENSIONS) < 0.5
     return {
         "rows": n,
         "missing": int(n - len(present)),

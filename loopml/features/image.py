@@ -88,7 +88,8 @@ class ImageFeature(FeatureType):
         except FileNotFoundError:
             raise _Bad(str(path), "file not found") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise _Bad(str(path), f"cannot decode image ({e})") from None
+            reason = str(e).replace(f"'{path}'", "").replace(str(path), "").strip(" :") or type(e).__name__
+            raise _Bad(str(path), f"cannot decode image ({reason})") from None
 
     def _decode(self, column: pd.Series, size, channels) -> tuple[list[np.ndarray | None], list[str]]:
         base = Path(column.attrs["base_dir"]) if column.attrs.get("base_dir") else None

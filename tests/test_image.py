@@ -1,0 +1,107 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import loopml
+from loopml.data.read import read_table
+from loopml.features.image import AugmentConfig
+from loopml.models.image_encoders import ImageInput
+
+
+def _image(kind: str, rng, size=(16, 16)) -> Image.Image:
+    """'bright' images have a light square, 'dark' ones a dark square, on noise."""
+    h, w = size
+    pixels = rng.integers(60, 120, size=(h, w, 3)).astype(np.uint8)
+    y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    pixels[y : y + h // 2, x : x + w // 2] = 240 if kind == "bright" else 5
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for kind in ("bright", "dark"):
+        (root / kind).mkdir(parents=True)
+        for i in range(60):
+            size = (16, 16) if i % 3 else (20, 24)  # mixed sizes are resized to the common one
+            ext = ".png" if i % 2 else ".jpg"
+            _image(kind, rng, size).save(root / kind / f"{i}{ext}")
+    return root
+
+
+def _fit(data, **sections):
+    sections.setdefault("training", {"epochs": 6})
+    return loopml.Model(target="label", **sections).fit(data, progress=False)
+
+
+def test_folder_layout_becomes_a_table_and_trains(image_folder):
+    table = read_table(image_folder)
+    assert list(table.columns) == ["image", "label"] and len(table) == 120
+    m = _fit(image_folder)
+    assert m.schema.columns[0].type == "image"
+    assert m.preprocessor.features["image"].state["size"] == [16, 16]
+    assert m.metrics["test"]["accuracy"] >= 0.9
+
+
+def test_csv_with_relative_paths_and_confinement(image_folder, tmp_path):
+    table = read_table(image_folder)
+    csv = image_folder / "table.csv"
+    table.to_csv(csv, index=False)
+    m = _fit(csv)
+    assert m.metrics["test"]["accuracy"] >= 0.9
+    escaped = table.head(3).assign(image="../../etc/passwd")
+    escaped.to_csv(image_folder / "bad.csv", index=False)
+    with pytest.raises(loopml.LoopmlError, match="outside the data folder"):
+        m.predict(image_folder / "bad.csv")
+
+
+def test_arrays_in_a_dataframe(image_folder):
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"pixels": [np.asarray(_image(k, rng).convert("L")) for k in ["bright", "dark"] * 50],
+                       "label": ["bright", "dark"] * 50})
+    m = _fit(df)
+    assert m.preprocessor.features["pixels"].state["channels"] == 1
+    assert m.metrics["test"]["accuracy"] >= 0.9
+    assert list(m.predict(df.head(4))) == ["bright", "dark", "bright", "dark"]
+
+
+def test_corrupt_and_missing_images(image_folder):
+    (image_folder / "dark" / "0.jpg").write_bytes(b"not an image")
+    data = (image_folder / "dark" / "1.png").read_bytes()
+    (image_folder / "dark" / "1.png").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(loopml.LoopmlError, match=r"dark/(0\.jpg|1\.png): cannot decode image"):
+        _fit(image_folder)
+    m = _fit(image_folder, features={"image": {"type": "image", "on_error": "skip"}})
+    assert m.info["data_report"]["missing_feature_rows_dropped"] == 2
+    table = read_table(image_folder).head(2).assign(image=["bright/missing.png", "bright/3.png"])
+    with pytest.raises(loopml.LoopmlError, match="missing.png: file not found"):
+        m.predict(table)
+
+
+def test_augmentation_only_in_training_mode():
+    x = torch.randint(0, 255, (8, 3, 16, 16), dtype=torch.uint8)
+    aug = AugmentConfig(crop_padding=2, flip=True, rotation=10, color_jitter=0.3, cutout=4)
+    layer = ImageInput(3, [0.5] * 3, [0.25] * 3, aug)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+    assert torch.allclose(layer(x), (x.float() / 255 - 0.5) / 0.25)
+    layer.train()
+    torch.manual_seed(0)
+    a, b = layer(x), layer(x)
+    assert a.shape == x.shape and not torch.equal(a, b)
+    plain = ImageInput(3, [0.5] * 3, [0.25] * 3, AugmentConfig())
+    plain.train()
+    assert torch.equal(plain(x), (x.float() / 255 - 0.5) / 0.25)  # nothing switched on: no change
+
+
+@pytest.mark.parametrize("encoder", ["cnn", "resnet"])
+def test_save_load_identical_predictions(image_folder, tmp_path, encoder):
+    m = _fit(image_folder, features={"image": {"type": "image", "encoder": {"type": encoder, "channels": [8, 16]},
+                                               "augment": {"flip": True, "crop_padding": 2}}},
+             training={"epochs": 3})
+    again = loopml.load(m.save(tmp_path / encoder))
+    table = read_table(image_folder)
+    assert np.array_equal(again.predict_proba(table).to_numpy(), m.predict_proba(table).to_numpy())
