@@ -33,7 +33,7 @@ def _root(
     """loopml: from a table to a trained, evaluated, saved model."""
 
 
-DataOpt = Annotated[Path, typer.Option("--data", "-d", help="CSV/TSV/Parquet/JSONL file.")]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="CSV/TSV/Parquet/JSONL file, or a root/<class>/<file> folder.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see `loopml schema`).")]
 TargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="Column to predict.")]
 DelimiterOpt = Annotated[str | None, typer.Option(help="Field delimiter, e.g. ',' or '\\t' (default: by extension).")]
@@ -78,6 +78,8 @@ def train(
     from loopml.api import Model
 
     training = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None} or None
+    if target is None and config is None and data.is_dir():
+        target = "label"  # a folder-per-class layout: root/<class>/<file> becomes (path, label)
     split = {"seed": seed} if seed is not None else None
     model = Model(config, target=target, training=training, split=split,
                   data=_data_overrides(delimiter, header, names, encoding, skip_bad_rows))

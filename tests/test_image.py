@@ -105,3 +105,20 @@ def test_save_load_identical_predictions(image_folder, tmp_path, encoder):
     again = loopml.load(m.save(tmp_path / encoder))
     table = read_table(image_folder)
     assert np.array_equal(again.predict_proba(table).to_numpy(), m.predict_proba(table).to_numpy())
+
+
+def test_multimodal_table_image_text_number_category(image_folder):
+    rng = np.random.default_rng(2)
+    table = read_table(image_folder)
+    bright = table["label"] == "bright"
+    words = np.where(bright, "sunny light day", "night shadow seen")
+    table["note"] = [f"{w} number {i % 9}" for i, w in enumerate(words)]
+    table["size"] = rng.normal(size=len(table)) + bright * 0.5
+    table["shop"] = rng.choice(["a", "b", "c"], size=len(table))
+    table.to_csv(image_folder / "table.csv", index=False)
+    m = _fit(image_folder / "table.csv", training={"epochs": 4})
+    types = {c.name: c.type for c in m.schema.columns}
+    assert types == {"image": "image", "note": "text", "size": "number", "shop": "category"}
+    assert [type(e).__name__ for e in m.network.encoders] == ["SmallCNN", "BagOfEmbeddings", "Passthrough",
+                                                              "CategoryEmbedding"]
+    assert m.metrics["test"]["accuracy"] >= 0.9
