@@ -41,11 +41,12 @@ HeaderOpt = Annotated[bool | None, typer.Option("--header/--no-header", help="Wh
 NamesOpt = Annotated[str | None, typer.Option(help="Comma-separated column names (files without a header).")]
 EncodingOpt = Annotated[str | None, typer.Option(help="Text encoding, e.g. utf-8, cp1252.")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed rows (and report them).")]
+MediaRootOpt = Annotated[str | None, typer.Option(help="Folder that image/audio paths are relative to (and confined to).")]
 
 
-def _data_overrides(delimiter, header, names, encoding, skip_bad_rows) -> dict | None:
+def _data_overrides(delimiter, header, names, encoding, skip_bad_rows, media_root=None) -> dict | None:
     data = {
-        "delimiter": delimiter, "header": header, "encoding": encoding,
+        "delimiter": delimiter, "header": header, "encoding": encoding, "media_root": media_root,
         "names": [n.strip() for n in names.split(",")] if names else None,
         "bad_rows": "skip" if skip_bad_rows else None,
     }
@@ -72,7 +73,7 @@ def train(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the tensor cache.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     delimiter: DelimiterOpt = None, header: HeaderOpt = None, names: NamesOpt = None,
-    encoding: EncodingOpt = None, skip_bad_rows: SkipBadOpt = False,
+    encoding: EncodingOpt = None, skip_bad_rows: SkipBadOpt = False, media_root: MediaRootOpt = None,
 ) -> None:
     """Train a model on a table and save it (config, preprocessing, weights, metrics)."""
     from loopml.api import Model
@@ -82,7 +83,7 @@ def train(
         target = "label"  # a folder-per-class layout: root/<class>/<file> becomes (path, label)
     split = {"seed": seed} if seed is not None else None
     model = Model(config, target=target, training=training, split=split,
-                  data=_data_overrides(delimiter, header, names, encoding, skip_bad_rows))
+                  data=_data_overrides(delimiter, header, names, encoding, skip_bad_rows, media_root))
     out = output or Path("models") / f"{model.config.target.column}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not overwrite:
         raise _user_error(f"output {out} already exists; choose another --output or pass --overwrite")

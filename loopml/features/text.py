@@ -1,4 +1,9 @@
-"""Text: a Hugging Face ``tokenizers`` tokenizer trained on the training split, saved as JSON."""
+"""Text: a Hugging Face ``tokenizers`` tokenizer trained on the training split, saved as JSON.
+
+With ``encoder: {type: pretrained}`` nothing is trained: the column uses the pretrained model's own
+tokenizer (token ids for a fine-tuned encoder) or, when the encoder is frozen, becomes the model's
+pooled sentence embeddings [N, hidden], computed once here so the tensor cache keeps them.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +59,75 @@ class TextFeature(FeatureType):
     def _texts(column: pd.Series) -> list[str]:
         return column.fillna("").astype(str).tolist()
 
+    # -- pretrained models -------------------------------------------------------------------------
+    @staticmethod
+    def _pretrained_encoder(config: object) -> object | None:
+        encoder = getattr(config, "encoder", None)
+        return encoder if getattr(encoder, "type", None) == "pretrained" else None
+
+    @classmethod
+    def tensor_key(cls, config: object) -> dict | None:
+        """Encoder settings that shape this column's tensors (for the cache key); None = none do."""
+        encoder = cls._pretrained_encoder(config)
+        if encoder is None:
+            return None
+        from loopml.models.pretrained import model_identity
+
+        frozen = encoder.trainable == "frozen"
+        return {"type": "pretrained", "model": encoder.model, "identity": model_identity(encoder.model),
+                "output": "embeddings" if frozen else "ids", **({"pooling": encoder.pooling} if frozen else {})}
+
+    def _fit_pretrained(self, column: pd.Series, encoder: object) -> dict:
+        from loopml.models.pretrained import load_tokenizer, model_config, model_reference, pad_id
+
+        ref = model_reference(encoder.model)
+        tok, model_cfg = load_tokenizer(ref), model_config(ref)
+        limit = int(getattr(model_cfg, "max_position_embeddings", 512) or 512)
+        tok.no_padding()
+        tok.no_truncation()
+        max_length = self.config.max_length
+        if max_length == "auto":
+            lengths = [len(e.ids) for e in tok.encode_batch(self._texts(column))] or [1]
+            max_length = int(min(128, max(8, np.percentile(lengths, 95))))
+        self.state = {
+            "pretrained": {
+                "model": ref, "output": "embeddings" if encoder.trainable == "frozen" else "ids",
+                "pooling": encoder.pooling, "hidden_size": int(model_cfg.hidden_size),
+                "pad_id": pad_id(ref, tok, model_cfg),
+            },
+            "max_length": min(int(max_length), limit),
+            "vocab_size": tok.get_vocab_size(),
+        }
+        self._tokenizer = None
+        return self.state
+
+    def _pretrained_tokenizer(self) -> Tokenizer:
+        if getattr(self, "_tokenizer", None) is None:
+            from loopml.models.pretrained import load_tokenizer
+
+            tok = load_tokenizer(self.state["pretrained"]["model"])
+            tok.no_padding()
+            tok.enable_truncation(self.state["max_length"])
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def _transform_pretrained(self, column: pd.Series) -> torch.Tensor:
+        info = self.state["pretrained"]
+        ids = [e.ids for e in self._pretrained_tokenizer().encode_batch(self._texts(column))]
+        if info["output"] == "embeddings":
+            from loopml.models.pretrained import embed
+
+            return embed(ids, info["model"], info["pooling"], info["pad_id"])
+        out = np.full((len(ids), self.state["max_length"]), info["pad_id"], dtype=np.int64)
+        for row, seq in enumerate(ids):
+            out[row, : len(seq)] = seq
+        return torch.from_numpy(out)
+
+    # -- fitting and transforming --------------------------------------------------------------------
     def fit(self, column: pd.Series) -> dict:
+        encoder = self._pretrained_encoder(self.config)
+        if encoder is not None:
+            return self._fit_pretrained(column, encoder)
         tok, trainer = self._new_tokenizer()
         texts = self._texts(column)
         tok.train_from_iterator(texts, trainer=trainer)
@@ -75,8 +148,13 @@ class TextFeature(FeatureType):
         return self._tokenizer
 
     def transform(self, column: pd.Series) -> torch.Tensor:
+        if "pretrained" in self.state:
+            return self._transform_pretrained(column)
         encoded = self.tokenizer().encode_batch(self._texts(column))
         return torch.tensor(np.array([e.ids for e in encoded], dtype=np.int64).reshape(len(encoded), -1))
 
     def encoder_inputs(self) -> dict:
-        return {"vocab_size": self.state["vocab_size"], "max_length": self.state["max_length"]}
+        inputs = {"vocab_size": self.state["vocab_size"], "max_length": self.state["max_length"]}
+        if "pretrained" in self.state:
+            inputs["pretrained"] = self.state["pretrained"]
+        return inputs
