@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ class Model:
         self.network = build_network(self.preprocessor, self.config, self._class_weights(prepared))
         callbacks = default_callbacks(
             monitor, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
-            Path(checkpoint_dir) if checkpoint_dir else None, _show_progress(progress),
+            Path(checkpoint_dir) if checkpoint_dir else None, progress is not False,
         )
         trainer = Trainer(self.network, cfg, callbacks, metric_fn=self._epoch_metrics(monitor))
         resumed = False
@@ -84,7 +83,6 @@ class Model:
                          "stop_reason": trainer.stop_reason or "epochs done", "seconds": trainer.elapsed,
                          "resumed": resumed},
         }
-        self._prepared = prepared
         return self
 
     def _check_monitor(self) -> str:
@@ -228,11 +226,3 @@ def _hash(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _show_progress(progress: bool | None) -> bool:
-    return progress if progress is not None else True
-
-
-def remove_checkpoints(directory: str | os.PathLike) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
