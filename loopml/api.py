@@ -16,12 +16,16 @@ from loopml.bundle import read_bundle, write_bundle
 from loopml.config import Config, load_config
 from loopml.data.read import Source, read_table
 from loopml.errors import LoopmlError, did_you_mean
-from loopml.evaluate.metrics import classification_metrics, regression_metrics
+from loopml.evaluate.analysis import class_balance, evaluate_split, score
+from loopml.evaluate.explain import explain_rows, importance_metric, permutation_importance
+from loopml.evaluate.threshold import tune_threshold
 from loopml.features.pipeline import Preprocessor
 from loopml.models import FeatureSlot, LoopModel
 from loopml.prepare import Prepared, prepare
 from loopml.schema import Schema
 from loopml.train import Trainer, default_callbacks, predict_batches
+from loopml.train.sampling import resample
+from loopml.train.trainer import TensorData
 
 CLASSIFICATION_MONITORS = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss")
 REGRESSION_MONITORS = ("loss", "mae", "rmse", "mse", "r2")
@@ -42,6 +46,8 @@ class Model:
         self.history: list[dict] = []
         self.metrics: dict = {}
         self.info: dict = {}
+        #: what the report draws: data summary, per-split predictions and worst errors, importance
+        self.evaluation: dict = {}
 
     # -- training --------------------------------------------------------------------------------
     def fit(
@@ -69,12 +75,18 @@ class Model:
             if not checkpoint_dir:
                 raise LoopmlError("resume needs a checkpoint directory")
             resumed = trainer.resume(Path(checkpoint_dir))
-        self.history = trainer.fit(prepared.splits["train"], prepared.splits["validation"])
+        target_cfg = self.config.target
+        train = prepared.splits["train"]
+        if target_cfg.sampling != "none" and self.schema.target_kind != "number":
+            kinds = {col: f.config.type for col, f in self.preprocessor.features.items()}
+            train = resample(train, target_cfg.sampling, target_cfg.sampling_ratio, cfg.seed, kinds)
+        self.history = trainer.fit(train, prepared.splits["validation"])
         self.network.eval()
-        self.metrics = {
-            name: self._score(trainer.predict(split.inputs), split.target)
-            for name, split in prepared.splits.items() if split is not None and name != "train"
-        }
+        outputs = {name: trainer.predict(split.inputs) for name, split in prepared.splits.items()
+                   if split is not None and name != "train"}
+        self._set_threshold(outputs["validation"], prepared.splits["validation"].target)
+        self.metrics = {name: self._score(out, prepared.splits[name].target) for name, out in outputs.items()}
+        self.evaluation = self._fit_evaluation(prepared, outputs, monitor, len(train))
         best = next(cb for cb in callbacks if hasattr(cb, "best_epoch"))
         self.info = {
             "data_fingerprint": prepared.fingerprint,
@@ -94,6 +106,32 @@ class Model:
                 f"target{did_you_mean(metric, valid)}; choose one of: {', '.join(valid)}"
             )
         return metric
+
+    def _set_threshold(self, val_outputs: torch.Tensor, val_target: torch.Tensor) -> None:
+        """Binary: the decision threshold, fixed by the config or tuned on the validation split."""
+        t, setting = self.preprocessor.target, self.config.target.threshold
+        t.state.pop("threshold", None)
+        if t.kind != "binary":
+            return
+        if setting == "auto":
+            p1 = t.decode(val_outputs.numpy())[1][:, 1]
+            t.state["threshold"] = tune_threshold(val_target.long().numpy(), p1, self.config.target.threshold_metric)
+        elif setting != 0.5:
+            t.state["threshold"] = float(setting)
+
+    def _fit_evaluation(self, prepared: Prepared, outputs: dict[str, torch.Tensor], monitor: str, train_rows: int) -> dict:
+        splits = {name: split for name, split in prepared.splits.items() if split is not None}
+        evaluations = {
+            name: evaluate_split(self.preprocessor, name, out.numpy(), splits[name].target.numpy(), splits[name].inputs,
+                                 prepared.raw(name, self.config))
+            for name, out in outputs.items()
+        }
+        metric = importance_metric(self.schema.target_kind, monitor)
+        importance = permutation_importance(self.network, splits["validation"], self._score, metric,
+                                            seed=self.config.training.seed)
+        data = {"sizes": {name: len(split) for name, split in splits.items()}, "train_rows_after_sampling": train_rows,
+                "class_balance": class_balance(self.preprocessor, {n: s.target for n, s in splits.items()})}
+        return {"data": data, "evaluations": evaluations, "importance": importance}
 
     def _class_weights(self, prepared: Prepared) -> list[float] | None:
         setting = self.config.target.class_weights
@@ -119,14 +157,10 @@ class Model:
 
     def _score(self, outputs: torch.Tensor, target: torch.Tensor, full: bool = True) -> dict:
         t = self.preprocessor.target
-        decoded, proba = t.decode(outputs.numpy())
-        if t.kind == "number":
-            y_true = target.numpy() * t.state["std"] + t.state["mean"]
-            return regression_metrics(y_true, decoded)
-        y_true = target.long().numpy()
-        if not full:
-            return {"accuracy": float((proba.argmax(1) == y_true).mean())}
-        return classification_metrics(y_true, proba, t.classes)
+        if not full and t.kind != "number":
+            proba = t.decode(outputs.numpy())[1]
+            return {"accuracy": float((proba.argmax(1) == target.long().numpy()).mean())}
+        return score(self.preprocessor, outputs.numpy(), target.numpy())
 
     # -- using a trained model ---------------------------------------------------------------------
     def _require_trained(self) -> None:
@@ -141,14 +175,44 @@ class Model:
 
     def evaluate(self, data: Source) -> dict:
         """Metrics on labelled data (rows without a label are ignored)."""
+        return self.evaluation_of(data)["metrics"]
+
+    def evaluation_of(self, data: Source, name: str = "data") -> dict:
+        """Metrics plus what the report draws (scores, worst errors) for labelled data."""
+        df, inputs, target = self._labelled(data)
+        outputs = predict_batches(self.network.eval(), inputs, self.config.training.eval_batch_size)
+        return evaluate_split(self.preprocessor, name, outputs.numpy(), target.numpy(), inputs, df)
+
+    def _labelled(self, data: Source) -> tuple[pd.DataFrame, dict[str, torch.Tensor], torch.Tensor]:
         self._require_trained()
         df = read_table(data, self.config.data)
         target = self.preprocessor.target.column
         if target not in df.columns:
             raise LoopmlError(f"data has no target column '{target}' to evaluate against")
         df = df[df[target].notna()]
-        outputs = predict_batches(self.network.eval(), self.preprocessor.transform(df), self.config.training.eval_batch_size)
-        return self._score(outputs, self.preprocessor.transform_target(df))
+        if not len(df):
+            raise LoopmlError(f"data has no rows with a '{target}' label to evaluate against")
+        return df, self.preprocessor.transform(df), self.preprocessor.transform_target(df)
+
+    def feature_importance(self, data: Source | None = None, repeats: int = 5, seed: int = 0) -> dict:
+        """Permutation importance on labelled ``data`` (default: the validation split, from training)."""
+        if data is None:
+            if "importance" not in self.evaluation:
+                raise LoopmlError("no stored importance: pass labelled data")
+            return self.evaluation["importance"]
+        _, inputs, target = self._labelled(data)
+        metric = importance_metric(self.schema.target_kind, self.config.training.early_stopping.metric)
+        return permutation_importance(self.network, TensorData(inputs, target), self._score, metric, repeats, seed)
+
+    def explain(self, data: Source, rows: list[int] | None = None, n_steps: int = 32) -> list[dict]:
+        """Integrated-gradients attributions for some rows of ``data`` (default: the first 5)."""
+        self._require_trained()
+        df = read_table(data, self.config.data)
+        rows = list(range(min(5, len(df)))) if rows is None else rows
+        bad = [r for r in rows if not 0 <= r < len(df)]
+        if bad:
+            raise LoopmlError(f"row {bad[0]} is out of range: the data has {len(df)} rows (0..{len(df) - 1})")
+        return explain_rows(self.network, self.preprocessor, df.iloc[rows], n_steps)
 
     def predict(self, data: Source) -> np.ndarray:
         _, outputs = self._outputs(data)
@@ -172,6 +236,28 @@ class Model:
                 out[f"{target.column}_probability_{c}"] = proba[:, i]
         return out
 
+    def report(self, path: str | os.PathLike, data: Source | None = None, compare: Model | str | os.PathLike | None = None,
+               name: str | None = None, explain: list[int] | None = None) -> Path:
+        """Write the HTML report (and its figures as PNG files beside it); returns its path.
+
+        ``data``: evaluate on this labelled data instead of the stored test split; ``compare``: a
+        second model (or its directory) shown side by side; ``explain``: rows of ``data`` to explain.
+        """
+        from loopml.evaluate.report import model_report
+
+        self._require_trained()
+        name = name or Path(path).resolve().parent.name
+        evaluation = None
+        if data is not None:
+            evaluation = self.evaluation_of(data, "data" if isinstance(data, pd.DataFrame) else Path(str(data)).stem)
+        other = None
+        if isinstance(compare, Model):
+            other = ("other model", compare)
+        elif compare is not None:
+            other = (Path(compare).name, load(compare))
+        explanations = self.explain(data, explain) if explain and data is not None else None
+        return model_report(self, name, evaluation, other, explanations=explanations).write(path)
+
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         self._require_trained()
@@ -182,6 +268,7 @@ class Model:
             "preprocessing.json": json.dumps(self.preprocessor.to_dict()),
             "metrics.json": json.dumps(self.metrics, indent=2),
             "history.json": json.dumps({"epochs": self.history, **self.info.get("training", {})}, indent=2),
+            "evaluation.json": json.dumps({**self.evaluation, "data_report": self.info.get("data_report", {})}),
         }
         manifest = {
             "target": self.schema.target, "task": self.schema.target_kind,
@@ -219,6 +306,9 @@ def load(path: str | os.PathLike) -> Model:
     history = json.loads(documents["history.json"])
     model.history = history.pop("epochs")
     model.info = {"manifest": manifest, "training": history, "data_fingerprint": manifest.get("data_fingerprint")}
+    if "evaluation.json" in documents:
+        model.evaluation = json.loads(documents["evaluation.json"])
+        model.info["data_report"] = model.evaluation.pop("data_report", {})
     return model
 
 

@@ -105,6 +105,7 @@ def train(
         raise
     path = model.save(out, overwrite=overwrite)
     shutil.rmtree(checkpoints, ignore_errors=True)
+    report_path = model.report(path / "report.html")
     report = model.info["data_report"]
     if report.get("skipped_lines"):
         _echo(f"skipped {len(report['skipped_lines'])} malformed row(s) at line(s) {report['skipped_lines'][:10]}")
@@ -120,6 +121,7 @@ def train(
     _print_metrics(model.metrics)
     typer.echo(f"model saved to {path}")
     typer.echo(f"metrics: {path / 'metrics.json'}")
+    typer.echo(f"report: {report_path}")
 
 
 @app.command()
@@ -127,15 +129,112 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="Model directory.", metavar="MODEL")],
     data: DataOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="HTML report to write (default: MODEL/report-<data name>.html).")] = None,
 ) -> None:
-    """Score a saved model on labelled data."""
+    """Score a saved model on labelled data and write an HTML report of it."""
     import loopml
+    from loopml.evaluate.report import model_report
 
-    metrics = loopml.load(model).evaluate(data)
-    _print_metrics({"data": metrics})
+    m = loopml.load(model)
+    evaluation = m.evaluation_of(data, data.stem)
+    _print_metrics({data.stem: evaluation["metrics"]})
     if output:
-        _atomic_write(output, json.dumps(metrics, indent=2))
+        _atomic_write(output, json.dumps(evaluation["metrics"], indent=2))
         typer.echo(f"metrics written to {output}")
+    path = model_report(m, model.resolve().name, evaluation).write(report or model / f"report-{data.stem}.html")
+    typer.echo(f"report: {path}")
+
+
+@app.command("report")
+def report_command(
+    model: Annotated[Path, typer.Argument(help="Model directory.", metavar="MODEL")],
+    compare: Annotated[Path | None, typer.Option(help="A second model directory to compare with.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Labelled file to score (default: test split).")] = None,
+    cv: Annotated[Path | None, typer.Option(help="A cv.json from `loopml cv`.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file (default: MODEL/report.html).")] = None,
+) -> None:
+    """(Re)write a model's HTML report, optionally side by side with another model."""
+    import loopml
+    from loopml.evaluate.report import model_report
+
+    m = loopml.load(model)
+    evaluation = m.evaluation_of(data, data.stem) if data else None
+    other = (compare.resolve().name, loopml.load(compare)) if compare else None
+    cv_result = _read_json(cv) if cv else None
+    path = model_report(m, model.resolve().name, evaluation, other, cv_result).write(output or model / "report.html")
+    typer.echo(f"report: {path}")
+
+
+@app.command("cv")
+def cross_validate(
+    data: DataOpt,
+    target: TargetOpt = None,
+    config: ConfigOpt = None,
+    folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for the fold assignment.")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for cv.json and cv-report.html.")] = Path("cv"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """K-fold cross-validation (stratified): per-fold metrics and mean ± std, as JSON and HTML."""
+    from loopml.cv import cross_validate as run_cv
+    from loopml.evaluate.report import Report, cv_section
+
+    result = run_cv(config, data, folds=folds, seed=seed, progress=not quiet, target=target)
+    output.mkdir(parents=True, exist_ok=True)
+    _atomic_write(output / "cv.json", json.dumps(result, indent=2))
+    report = Report(f"Cross-validation: {data.name}, target '{result['target']}'")
+    cv_section(report, result)
+    report.write(output / "cv-report.html")
+    _print_metrics({"mean": result["mean"], "std": result["std"]})
+    typer.echo(f"cross-validation: {output / 'cv.json'}, report: {output / 'cv-report.html'}")
+
+
+@app.command()
+def explain(
+    model: Annotated[Path, typer.Argument(help="Model directory.", metavar="MODEL")],
+    data: DataOpt,
+    rows: Annotated[str, typer.Option(help="Comma-separated row numbers (0-based) to explain.")] = "0,1,2,3,4",
+    repeats: Annotated[int, typer.Option(help="Shuffles per feature for permutation importance.")] = 5,
+    steps: Annotated[int, typer.Option(help="Integrated-gradients steps.")] = 32,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file (default: MODEL/explain.html).")] = None,
+) -> None:
+    """Permutation importance on labelled data and integrated-gradients attributions for chosen rows."""
+    import loopml
+    from loopml.evaluate.report import Report, explanation_section, importance_section
+
+    try:
+        chosen = [int(r) for r in rows.split(",") if r.strip()]
+    except ValueError:
+        raise _user_error(f"--rows must be comma-separated row numbers, got {rows!r}") from None
+    m = loopml.load(model)
+    explanations = m.explain(data, chosen, n_steps=steps)
+    report = Report(f"{model.resolve().name}: explanations on {data.name}")
+    importance = None
+    if _has_column(data, m):
+        importance = m.feature_importance(data, repeats=repeats)
+        importance_section(report, importance, data.name)
+    explanation_section(report, explanations)
+    path = report.write(output or model / "explain.html")
+    _atomic_write(path.with_suffix(".json"), json.dumps({"importance": importance, "rows": explanations}))
+    if importance:
+        top = ", ".join(f"{f['feature']} ({f['mean']:.4f})" for f in importance["features"][:5])
+        typer.echo(f"top features by {importance['metric']} drop: {top}")
+    typer.echo(f"explanations: {path} and {path.with_suffix('.json')}")
+
+
+def _has_column(data: Path, m) -> bool:
+    from loopml.data.read import read_table
+
+    frame = read_table(data, m.config.data)
+    column = m.preprocessor.target.column
+    return column in frame.columns and frame[column].notna().any()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise _user_error(f"cannot read {path}: {e}") from None
 
 
 @app.command()

@@ -65,6 +65,22 @@ class OutputConfig(StrictModel):
     positive_class: str | int | None = None
     #: standardise a regression target while training
     normalize: bool = True
+    #: rebalance the training split: random over/undersampling, or SMOTE (tabular features only)
+    sampling: Literal["none", "oversample", "undersample", "smote"] = "none"
+    #: after sampling, each class has at least (oversample, smote) / at most (undersample) this
+    #: fraction of the majority (minority) class's rows
+    sampling_ratio: float = Field(1.0, gt=0, le=1)
+    #: binary: probability of the positive class from which it is predicted; auto = tuned on the
+    #: validation split to maximise threshold_metric, then saved and used at predict
+    threshold: float | Literal["auto"] = Field(0.5, description="0..1 or auto")
+    threshold_metric: Literal["f1", "balanced_accuracy", "accuracy", "mcc", "precision", "recall"] = "f1"
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError("threshold must be between 0 and 1 (exclusive), or auto")
+        return value
 
 
 class OptimizerConfig(StrictModel):

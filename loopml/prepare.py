@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -27,7 +28,9 @@ from loopml.features.target import Target
 from loopml.schema import Schema, build_schema
 from loopml.train.trainer import TensorData
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+#: target settings that act on training, not on the tensors
+TRAINING_ONLY_TARGET_KEYS = {"class_weights", "sampling", "sampling_ratio", "threshold", "threshold_metric"}
 
 
 def default_cache_dir() -> Path:
@@ -42,6 +45,18 @@ class Prepared:
     report: dict
     fingerprint: str
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)  # raw rows per split (empty on a cache hit)
+    rows: dict[str, list] = field(default_factory=dict)  # each split's row labels in the file it came from
+    sources: dict[str, Source] = field(default_factory=dict)
+
+    def raw(self, name: str, config: Config) -> pd.DataFrame | None:
+        """The raw rows of a split, read again from its file after a cache hit."""
+        if name in self.frames:
+            return self.frames[name]
+        if name not in self.rows or not self.sources:
+            return None
+        source = self.sources.get(name) if self.sources.get(name) is not None else self.sources["data"]
+        self.frames[name] = _positional(read_table(source, config.data)).iloc[self.rows[name]]
+        return self.frames[name]
 
 
 def prepare(
@@ -60,17 +75,19 @@ def prepare(
         for col, feature in cached.preprocessor.features.items():
             feature.config = resolve_feature(config, feature.config.type, config.features.get(col))
         cached.report["prepare_seconds"] = time.perf_counter() - start
+        cached.sources = sources
         return cached
     prepared = _prepare(config, sources, data_fingerprint)
     prepared.report["cache"] = "miss"
     prepared.report["prepare_seconds"] = time.perf_counter() - start
+    prepared.sources = sources
     if path is not None:
         _store(path, prepared)
     return prepared
 
 
 def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint: str) -> Prepared:
-    frames = {name: read_table(src, config.data) for name, src in sources.items() if src is not None}
+    frames = {name: _positional(read_table(src, config.data)) for name, src in sources.items() if src is not None}
     main = frames["data"]
     ignore = (config.split.column,) if config.split.column else ()
     schema = build_schema(main, config, ignore=ignore)
@@ -112,7 +129,15 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
     t0 = time.perf_counter()
     splits = {name: _tensors(pre, parts.get(name)) for name in SPLITS}
     report["transform_seconds"] = time.perf_counter() - t0
-    return Prepared(schema, pre, splits, report, data_fingerprint, frames=parts)
+    rows = {name: parts[name].index.tolist() for name in SPLITS if name in parts and len(parts[name])}
+    return Prepared(schema, pre, splits, report, data_fingerprint, frames=parts, rows=rows)
+
+
+def _positional(df: pd.DataFrame) -> pd.DataFrame:
+    """Row labels 0..n-1, so a split's labels are positions in its file (stored with the cache)."""
+    out = df.reset_index(drop=True)
+    out.attrs.update(df.attrs)
+    return out
 
 
 def _tensors(pre: Preprocessor, df: pd.DataFrame | None) -> TensorData | None:
@@ -127,7 +152,7 @@ def _cache_key(config: Config, fingerprints: dict) -> str:
         "inputs": fingerprints,
         "data": config.data.model_dump(mode="json"),
         "split": config.split.model_dump(mode="json"),
-        "target": config.target.model_dump(mode="json", exclude={"class_weights"}),
+        "target": config.target.model_dump(mode="json", exclude=TRAINING_ONLY_TARGET_KEYS),
         "features": {k: v.model_dump(mode="json", exclude={"encoder"}) for k, v in config.features.items()},
         "defaults": config.defaults.model_dump(mode="json", exclude_unset=True),
         "exclude": config.exclude,
@@ -155,6 +180,7 @@ def _store(path: Path, prepared: Prepared) -> None:
         if split is not None:
             tensors.update({f"{name}/{col}": t.contiguous() for col, t in split.inputs.items()})
             tensors[f"{name}/__target__"] = split.target.contiguous()
+            tensors[f"{name}/__rows__"] = torch.tensor(prepared.rows[name], dtype=torch.int64)
     meta = {
         "schema": prepared.schema.to_dict(),
         "preprocessor": prepared.preprocessor.to_dict(),
@@ -175,8 +201,9 @@ def _load(path: Path, data_fingerprint: str) -> Prepared:
         if f"{name}/__target__" not in tensors:
             splits[name] = None
             continue
-        inputs = {k.split("/", 1)[1]: t for k, t in tensors.items() if k.startswith(f"{name}/") and not k.endswith("/__target__")}
+        inputs = {k.split("/", 1)[1]: t for k, t in tensors.items() if k.startswith(f"{name}/") and not k.endswith("__")}
         splits[name] = TensorData(inputs, tensors[f"{name}/__target__"])
     report = {**meta["report"], "cache": "hit"}
     schema, pre = Schema.from_dict(meta["schema"]), Preprocessor.from_dict(meta["preprocessor"])
-    return Prepared(schema, pre, splits, report, data_fingerprint)
+    rows = {name: tensors[f"{name}/__rows__"].tolist() for name in SPLITS if f"{name}/__rows__" in tensors}
+    return Prepared(schema, pre, splits, report, data_fingerprint, rows=rows)

@@ -9,15 +9,21 @@ from sklearn import metrics as skm
 LOWER_IS_BETTER = {"loss", "log_loss", "mae", "rmse", "mse"}
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list) -> dict:
-    """``y_true`` holds class indices; ``proba`` is [n, n_classes]."""
-    y_pred = proba.argmax(axis=1)
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list, threshold: float | None = None) -> dict:
+    """``y_true`` holds class indices; ``proba`` is [n, n_classes]; ``threshold`` applies to binary tasks."""
+    from loopml.features.target import predicted_class
+
+    y_pred = predicted_class(proba, threshold)
     labels = list(range(len(classes)))
     out: dict = {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
         "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=labels)),
+        "mcc": float(skm.matthews_corrcoef(y_true, y_pred)),
+        "expected_calibration_error": float(calibration(y_true, proba)["ece"]),
     }
+    if threshold is not None and len(classes) == 2:
+        out["threshold"] = float(threshold)
     for avg in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
         out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
@@ -39,6 +45,24 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list)
     elif len(present) == len(classes):
         out["roc_auc"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
     return out
+
+
+def calibration(y_true: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict:
+    """Reliability of the top-class confidence: per equal-width bin, mean confidence vs accuracy.
+
+    ECE is the row-weighted mean gap between the two.
+    """
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == y_true).astype(np.float64)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    table = []
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            table.append({"bin": b, "confidence": float(confidence[rows].mean()), "accuracy": float(correct[rows].mean()),
+                          "count": int(rows.sum())})
+    ece = sum(t["count"] * abs(t["confidence"] - t["accuracy"]) for t in table) / max(len(y_true), 1)
+    return {"bins": table, "ece": float(ece)}
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:

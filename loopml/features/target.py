@@ -83,5 +83,12 @@ class Target:
         else:
             z = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
             proba = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        labels = np.array(self.classes, dtype=object)[proba.argmax(axis=1)]
+        labels = np.array(self.classes, dtype=object)[predicted_class(proba, self.state.get("threshold"))]
         return labels, proba
+
+
+def predicted_class(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Class indices: argmax, or for two classes "positive when p(positive) >= threshold"."""
+    if threshold is not None and proba.shape[1] == 2:
+        return (proba[:, 1] >= threshold).astype(np.int64)
+    return proba.argmax(axis=1)

@@ -153,6 +153,13 @@ class TextFeature(FeatureType):
         encoded = self.tokenizer().encode_batch(self._texts(column))
         return torch.tensor(np.array([e.ids for e in encoded], dtype=np.int64).reshape(len(encoded), -1))
 
+    def token_strings(self, ids: list[int]) -> list[str | None]:
+        """Token text for each id; None for padding."""
+        pretrained = "pretrained" in self.state
+        tok = self._pretrained_tokenizer() if pretrained else self.tokenizer()
+        pad = int(self.state["pretrained"]["pad_id"]) if pretrained else 0
+        return [None if i == pad else tok.id_to_token(int(i)) for i in ids]
+
     def encoder_inputs(self) -> dict:
         inputs = {"vocab_size": self.state["vocab_size"], "max_length": self.state["max_length"]}
         if "pretrained" in self.state:

@@ -28,6 +28,25 @@ class Encoder(nn.Module):
     Params: ClassVar[type[EncoderParams]]
     feature_types: ClassVar[tuple[str, ...]]
     output_dim: int
+    #: what integrated gradients explain: the whole feature, each token, or each pixel
+    attribution: ClassVar[Literal["feature", "tokens", "pixels"]] = "feature"
+
+    def attribution_layer(self) -> nn.Module:
+        """The module whose output is attributed (an embedding table for tokens, the input for pixels)."""
+        return self
+
+    def token_scores(self, attributions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] attributions of the attribution layer -> one score per input token [B, L]."""
+        return attributions.sum(-1)[:, : ids.shape[1]]
+
+
+class TextEncoder(Encoder):
+    """Text encoders with a token embedding table, explained token by token."""
+
+    attribution = "tokens"
+
+    def attribution_layer(self) -> nn.Module:
+        return self.embedding
 
 
 ENCODERS: Registry[type[Encoder]] = Registry("encoder")
@@ -114,7 +133,7 @@ def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 @ENCODERS.register("bag")
-class BagOfEmbeddings(Encoder):
+class BagOfEmbeddings(TextEncoder):
     """fastText-style: the mean of token (and hashed bigram) embeddings."""
 
     class Params(EncoderParams):
@@ -150,9 +169,20 @@ class BagOfEmbeddings(Encoder):
             mask = torch.cat([mask, pair_mask], dim=1)
         return self.dropout(pool(self.embedding(tokens), mask, self.pooling))
 
+    def token_scores(self, attributions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Each word pair's share goes half to each of its two words."""
+        length = ids.shape[1]
+        scores = attributions.sum(-1)
+        tokens = scores[:, :length].clone()
+        if self.ngrams == 2 and scores.shape[1] > length:
+            pairs = scores[:, length:]
+            tokens[:, :-1] += pairs / 2
+            tokens[:, 1:] += pairs / 2
+        return tokens
+
 
 @ENCODERS.register("bilstm")
-class BiLSTM(Encoder):
+class BiLSTM(TextEncoder):
     class Params(EncoderParams):
         type: Literal["bilstm"] = "bilstm"
         embedding_dim: int = Field(64, ge=1)
@@ -182,7 +212,7 @@ class BiLSTM(Encoder):
 
 
 @ENCODERS.register("transformer")
-class TransformerText(Encoder):
+class TransformerText(TextEncoder):
     class Params(EncoderParams):
         type: Literal["transformer"] = "transformer"
         dim: int = Field(64, ge=8)

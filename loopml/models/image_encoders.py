@@ -99,6 +99,10 @@ class SmallCNN(Encoder):
         dropout: float = Field(0.1, ge=0, lt=1)
 
     feature_types = ("image",)
+    attribution = "pixels"
+
+    def attribution_layer(self) -> nn.Module:
+        return self.input
 
     def __init__(self, params: Params, channels: int, mean, std, augment=None, **_: object) -> None:
         super().__init__()
@@ -142,6 +146,10 @@ class ResNet(Encoder):
         dropout: float = Field(0.1, ge=0, lt=1)
 
     feature_types = ("image",)
+    attribution = "pixels"
+
+    def attribution_layer(self) -> nn.Module:
+        return self.input
 
     def __init__(self, params: Params, channels: int, mean, std, augment=None, **_: object) -> None:
         super().__init__()

@@ -262,6 +262,13 @@ class PretrainedText(Encoder):
                 if id(p) in frozen and id(p) not in trainable:
                     p.requires_grad_(False)
 
+    @property
+    def attribution(self) -> str:  # token by token when fine-tuned; frozen embeddings are one vector
+        return "feature" if self.transformer is None else "tokens"
+
+    def attribution_layer(self) -> nn.Module:
+        return self if self.transformer is None else self.transformer.get_input_embeddings()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transformer is None:
             return x

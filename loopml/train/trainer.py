@@ -66,7 +66,7 @@ class Trainer:
             start = time.perf_counter()
             for cb in self.callbacks:
                 cb.on_epoch_begin(self, self.epoch)
-            train_loss = self._train_epoch(train)
+            train_loss, train_metrics = self._train_epoch(train)
             val_outputs = self.predict(val.inputs)
             with torch.inference_mode():
                 val_loss = float(self.model.loss(val_outputs, val.target))
@@ -74,6 +74,7 @@ class Trainer:
             self.elapsed += time.perf_counter() - start
             logs = {
                 "epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                **{f"train_{k}": v for k, v in train_metrics.items()},
                 **{f"val_{k}": v for k, v in self.metric_fn(val_outputs, val.target).items()},
                 "lr": self.optimizer.param_groups[0]["lr"], "time": time.perf_counter() - start,
             }
@@ -86,18 +87,23 @@ class Trainer:
             cb.on_train_end(self)
         return self.history
 
-    def _train_epoch(self, train: TensorData) -> float:
+    def _train_epoch(self, train: TensorData) -> tuple[float, dict]:
+        """One pass over ``train``: the mean loss, and metrics on the outputs seen while training."""
         cfg = self.config
         self.model.train()
         # a per-epoch generator makes the order depend only on (seed, epoch): resumable
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
         total, seen = 0.0, 0
+        outputs_seen, targets_seen = [], []
         for step, begin in enumerate(range(0, len(train), cfg.batch_size)):
             index = order[begin : begin + cfg.batch_size]
             if len(index) == 1 and self._drop_single:
                 continue  # batch norm cannot train on a single row
             inputs, target = train.rows(index)
-            loss = self.model.loss(self.model(inputs), target)
+            outputs = self.model(inputs)
+            loss = self.model.loss(outputs, target)
+            outputs_seen.append(outputs.detach())
+            targets_seen.append(target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -107,7 +113,8 @@ class Trainer:
             total, seen = total + value * len(index), seen + len(index)
             for cb in self.callbacks:
                 cb.on_batch_end(self, step, value)
-        return total / max(seen, 1)
+        metrics = self.metric_fn(torch.cat(outputs_seen), torch.cat(targets_seen)) if outputs_seen else {}
+        return total / max(seen, 1), metrics
 
     def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         self.model.eval()

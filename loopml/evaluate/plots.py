@@ -1,0 +1,231 @@
+"""The report's figures: matplotlib (Agg, no display), each returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+from loopml.evaluate.metrics import calibration  # noqa: E402
+from loopml.evaluate.threshold import threshold_curve  # noqa: E402
+
+BLUE, ORANGE, GREY = "#1f77b4", "#ff7f0e", "#888888"
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=96)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _figure(width: float = 5.0, height: float = 3.4) -> tuple[plt.Figure, plt.Axes]:
+    fig, ax = plt.subplots(figsize=(width, height))
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+# -- data and training ------------------------------------------------------------------------
+def class_balance(balance: dict[str, dict[str, int]]) -> bytes:
+    splits = list(balance)
+    classes = list(next(iter(balance.values())))
+    fig, ax = _figure(max(5.0, 0.5 * len(classes) * len(splits)), 3.2)
+    width = 0.8 / len(splits)
+    for k, split in enumerate(splits):
+        total = max(sum(balance[split].values()), 1)
+        ax.bar(np.arange(len(classes)) + k * width, [balance[split][c] / total for c in classes], width, label=split)
+    ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=30 if len(classes) > 6 else 0)
+    ax.set_ylabel("share of rows")
+    ax.set_title("Class balance per split")
+    ax.legend()
+    return _png(fig)
+
+
+def learning_curve(epochs: list[dict], key: str, best_epoch: int | None, title: str) -> bytes | None:
+    train = [e.get(f"train_{key}") for e in epochs]
+    val = [e.get(f"val_{key}") for e in epochs]
+    if all(v is None for v in train + val):
+        return None
+    fig, ax = _figure()
+    x = [e["epoch"] + 1 for e in epochs]
+    if any(v is not None for v in train):
+        ax.plot(x, train, "o-", color=BLUE, ms=3, label="train")
+    if any(v is not None for v in val):
+        ax.plot(x, val, "o-", color=ORANGE, ms=3, label="validation")
+    if best_epoch is not None:
+        ax.axvline(best_epoch + 1, color=GREY, ls="--", label=f"best epoch ({best_epoch + 1})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.set_title(title)
+    ax.legend()
+    return _png(fig)
+
+
+def per_epoch(epochs: list[dict], key: str, title: str, ylabel: str, log: bool = False) -> bytes:
+    fig, ax = _figure(5.0, 2.8)
+    ax.plot([e["epoch"] + 1 for e in epochs], [e[key] for e in epochs], "o-", color=BLUE, ms=3)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _png(fig)
+
+
+# -- classification ---------------------------------------------------------------------------
+def confusion(matrix: list[list[int]], labels: list[str], normalized: bool) -> bytes:
+    m = np.array(matrix, dtype=np.float64)
+    if normalized:
+        m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    size = max(3.6, 0.55 * len(labels) + 1.8)
+    fig, ax = plt.subplots(figsize=(size + 0.8, size))
+    image = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if normalized else None)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title("Confusion matrix (row-normalised)" if normalized else "Confusion matrix (counts)")
+    if len(labels) <= 15:
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                text = f"{m[i, j]:.2f}" if normalized else f"{int(m[i, j])}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if m[i, j] > (0.5 if normalized else m.max() / 2) else "black")
+    return _png(fig)
+
+
+def _one_vs_rest(y_true: np.ndarray, proba: np.ndarray, classes: list[str]):
+    """(class name, binary truth, score) per curve: the positive class only for binary tasks."""
+    if len(classes) == 2:
+        return [(classes[1], y_true == 1, proba[:, 1])]
+    return [(c, y_true == i, proba[:, i]) for i, c in enumerate(classes) if 0 < (y_true == i).sum() < len(y_true)]
+
+
+def roc(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> bytes:
+    fig, ax = _figure(5.0, 4.0)
+    for name, truth, s in _one_vs_rest(y_true, proba, classes):
+        fpr, tpr, _ = skm.roc_curve(truth, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {skm.auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], color=GREY, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def precision_recall(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> bytes:
+    fig, ax = _figure(5.0, 4.0)
+    for name, truth, s in _one_vs_rest(y_true, proba, classes):
+        precision, recall, _ = skm.precision_recall_curve(truth, s)
+        ax.plot(recall, precision, label=f"{name} (AP {skm.average_precision_score(truth, s):.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("Precision-recall")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def reliability(y_true: np.ndarray, proba: np.ndarray) -> bytes:
+    table = calibration(y_true, proba)
+    fig, ax = _figure(5.0, 4.0)
+    conf = [b["confidence"] for b in table["bins"]]
+    acc = [b["accuracy"] for b in table["bins"]]
+    ax.plot([0, 1], [0, 1], color=GREY, ls="--", label="perfect calibration")
+    ax.plot(conf, acc, "o-", color=BLUE, label="model")
+    ax.set_xlabel("confidence (top class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram (ECE {table['ece']:.3f})")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def threshold_f1(y_true: np.ndarray, p1: np.ndarray, chosen: float | None) -> bytes:
+    fig, ax = _figure()
+    for metric, color in (("f1", BLUE), ("precision", ORANGE), ("recall", "#2ca02c")):
+        t, values = threshold_curve(y_true, p1, metric)
+        ax.plot(t, values, color=color, label=metric)
+    ax.axvline(chosen if chosen is not None else 0.5, color=GREY, ls="--",
+               label=f"threshold used ({chosen if chosen is not None else 0.5:.2f})")
+    ax.set_xlabel("threshold on p(positive)")
+    ax.set_title("Threshold vs F1 (positive class)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+# -- regression -------------------------------------------------------------------------------
+def predicted_vs_actual(y_true: np.ndarray, y_pred: np.ndarray) -> bytes:
+    fig, ax = _figure(4.5, 4.0)
+    ax.scatter(y_true, y_pred, s=4, alpha=0.4, color=BLUE)
+    low, high = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
+    ax.plot([low, high], [low, high], color=GREY, ls="--")
+    ax.set_xlabel("actual")
+    ax.set_ylabel("predicted")
+    ax.set_title("Predicted vs actual")
+    return _png(fig)
+
+
+def residuals(y_true: np.ndarray, y_pred: np.ndarray) -> bytes:
+    fig, ax = _figure()
+    ax.hist(y_pred - y_true, bins=50, color=BLUE)
+    ax.axvline(0, color=GREY, ls="--")
+    ax.set_xlabel("predicted − actual")
+    ax.set_ylabel("rows")
+    ax.set_title("Residuals")
+    return _png(fig)
+
+
+def error_by_decile(y_true: np.ndarray, y_pred: np.ndarray) -> bytes:
+    deciles = np.quantile(y_true, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(deciles, y_true, side="right") - 1, 0, 9)
+    mae = [float(np.abs(y_pred - y_true)[which == d].mean()) if (which == d).any() else 0.0 for d in range(10)]
+    fig, ax = _figure()
+    ax.bar(np.arange(1, 11), mae, color=BLUE)
+    ax.set_xticks(np.arange(1, 11))
+    ax.set_xlabel("decile of the actual value")
+    ax.set_ylabel("mean absolute error")
+    ax.set_title("Error by target decile")
+    return _png(fig)
+
+
+# -- explanations -----------------------------------------------------------------------------
+def importance(result: dict, top: int = 20) -> bytes:
+    features = result["features"][:top][::-1]
+    fig, ax = _figure(6.0, max(2.5, 0.3 * len(features) + 1.0))
+    ax.barh([f["feature"] for f in features], [f["mean"] for f in features], xerr=[f["std"] for f in features],
+            color=BLUE, capsize=2)
+    ax.set_xlabel(f"drop in {result['metric']} when shuffled (mean ± std, {result['repeats']} repeats)")
+    ax.set_title("Permutation feature importance")
+    return _png(fig)
+
+
+def attributions(features: dict[str, float], title: str) -> bytes:
+    items = sorted(features.items(), key=lambda kv: abs(kv[1]))[-15:]
+    fig, ax = _figure(5.5, max(2.2, 0.28 * len(items) + 1.0))
+    ax.barh([k for k, _ in items], [v for _, v in items], color=[ORANGE if v > 0 else BLUE for _, v in items])
+    ax.axvline(0, color=GREY)
+    ax.set_xlabel("integrated-gradients attribution (towards the predicted output)")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def saliency(image_png: bytes, saliency_map: np.ndarray) -> bytes:
+    from PIL import Image
+
+    picture = np.asarray(Image.open(io.BytesIO(image_png)).convert("RGB"))
+    fig, axes = plt.subplots(1, 2, figsize=(4.4, 2.3))
+    axes[0].imshow(picture)
+    axes[0].set_title("input", fontsize=8)
+    axes[1].imshow(saliency_map, cmap="inferno")
+    axes[1].set_title("saliency |IG|", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    return _png(fig)
