@@ -77,7 +77,11 @@ class Model:
             resumed = trainer.resume(Path(checkpoint_dir))
         target_cfg = self.config.target
         train = prepared.splits["train"]
-        if target_cfg.sampling != "none" and self.schema.target_kind != "number":
+        if target_cfg.sampling != "none" and self.schema.target_kind == "number":
+            raise LoopmlError("target.sampling is for classification; this target is a number")
+        if target_cfg.threshold != 0.5 and self.schema.target_kind != "binary":
+            raise LoopmlError(f"target.threshold is for binary targets; this target is {self.schema.target_kind}")
+        if target_cfg.sampling != "none":
             kinds = {col: f.config.type for col, f in self.preprocessor.features.items()}
             train = resample(train, target_cfg.sampling, target_cfg.sampling_ratio, cfg.seed, kinds)
         self.history = trainer.fit(train, prepared.splits["validation"])

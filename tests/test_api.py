@@ -36,7 +36,7 @@ def test_evaluate_matches_the_metric_definitions(trained, tabular):
 def test_save_load_in_a_fresh_process_is_bit_identical(trained, tabular, tmp_path):
     path = trained.save(tmp_path / "model")
     assert sorted(p.name for p in path.iterdir()) == [
-        "config.yaml", "history.json", "manifest.json", "metrics.json", "model.safetensors",
+        "config.yaml", "evaluation.json", "history.json", "manifest.json", "metrics.json", "model.safetensors",
         "preprocessing.json", "schema.json",
     ]
     data = tmp_path / "rows.csv"

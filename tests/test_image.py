@@ -122,3 +122,16 @@ def test_multimodal_table_image_text_number_category(image_folder):
     assert [type(e).__name__ for e in m.network.encoders] == ["SmallCNN", "BagOfEmbeddings", "Passthrough",
                                                               "CategoryEmbedding"]
     assert m.metrics["test"]["accuracy"] >= 0.9
+
+
+def test_image_saliency_maps_and_report_thumbnails(image_folder, tmp_path):
+    model = _fit(image_folder)
+    rows = model.explain(image_folder, [0, 70])
+    for row in rows:
+        saliency = np.asarray(row["pixels"]["image"]["saliency"])
+        assert saliency.shape == (16, 16) and saliency.max() > 0
+    evaluations = model.evaluation["evaluations"]
+    worst = evaluations["validation"]["worst_errors"] + evaluations["test"]["worst_errors"]
+    assert worst and all("image" in r["images"] for r in worst)
+    page = model.report(tmp_path / "m" / "report.html", data=image_folder, explain=[0]).read_text()
+    assert 'id="explanations"' in page and "saliency" in page

@@ -51,12 +51,14 @@ def evaluate_split(
     keep = np.arange(len(y_true))
     if len(keep) > MAX_ROWS:
         keep = np.sort(np.random.default_rng(seed).choice(len(keep), MAX_ROWS, replace=False))
-    worst = [i for i in np.argsort(-error, kind="stable") if wrong[i]][:WORST]
+    # wrong answers first, most confident first; then the least confident right ones
+    worst = np.lexsort((-error, ~wrong))[:WORST]
     return {
         "name": name, "rows": len(y_true), "task": t.kind, "classes": [str(c) for c in t.classes],
         "threshold": t.state.get("threshold"), "metrics": score(pre, outputs, target),
         "y_true": np.round(y_true[keep], 6).tolist(), "scores": np.round(scores[keep], 5).tolist(),
-        "worst_errors": [_describe(pre, int(i), y_true, decoded, error, inputs, frame) for i in worst],
+        "worst_errors": [{**_describe(pre, int(i), y_true, decoded, error, inputs, frame), "wrong": bool(wrong[i])}
+                         for i in worst],
     }
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -71,7 +72,9 @@ def integrated_gradients(
     def forward(*tensors: torch.Tensor) -> torch.Tensor:
         return network(dict(zip(columns, tensors, strict=True)))
 
-    explainer = LayerIntegratedGradients(forward, [e.attribution_layer() for e in encoders])
+    with warnings.catch_warnings():  # each layer is a different encoder's: independent, as Captum asks
+        warnings.filterwarnings("ignore", message="Multiple layers provided")
+        explainer = LayerIntegratedGradients(forward, [e.attribution_layer() for e in encoders])
     values = tuple(inputs[c] for c in columns)
     with torch.enable_grad():
         attributions = explainer.attribute(
@@ -98,6 +101,9 @@ def explain_rows(network: LoopModel, pre, frame, n_steps: int = 32) -> list[dict
     labels, proba = pre.target.decode(outputs.numpy())
     target = torch.from_numpy(proba.argmax(1)) if pre.target.kind == "category" else None
     attributions = integrated_gradients(network, inputs, target, n_steps)
+    if pre.target.kind == "binary":  # one logit explains "towards the positive class": flip for negatives
+        flip = torch.from_numpy(np.where(labels == pre.target.classes[1], 1.0, -1.0)).float()
+        attributions = {c: a * flip.view(-1, *([1] * (a.dim() - 1))) for c, a in attributions.items()}
     rows = []
     for i in range(len(frame)):
         row = {"row": int(frame.index[i]), "prediction": labels[i].item() if hasattr(labels[i], "item") else labels[i],

@@ -20,7 +20,7 @@ from loopml.evaluate import plots
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:24px;color:#222}
 h1{margin-bottom:4px} h2{border-bottom:2px solid #1f77b4;padding-bottom:4px;margin-top:36px}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:14px} td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:14px;display:block;overflow-x:auto;max-width:100%} td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f3f6fa} td.l,th.l{text-align:left} .muted{color:#777;font-size:13px}
 .grid{display:flex;flex-wrap:wrap;gap:12px} figure{margin:0} figure img{max-width:100%;border:1px solid #eee}
 .pos{color:#1a7f37} .neg{color:#c62828} .tok{padding:1px 2px;border-radius:3px;line-height:1.9}
@@ -207,10 +207,11 @@ def _worst_section(report: Report, ev: dict) -> None:
                 cells.append(Markup(f'<img alt="{html.escape(col)}" src="data:image/png;base64,{r["images"][col]}">'))
             else:
                 cells.append(Markup(f'<div class="snippet">{html.escape(r["inputs"].get(col, ""))}</div>'))
-        table_rows.append([r["row"], r["actual"], r["predicted"], r["error"], *cells])
-    what = "absolute error" if ev["task"] == "number" else "1 − p(actual class)"
+        verdict = Markup('<span class="neg">wrong</span>' if r.get("wrong", True) else '<span class="pos">right</span>')
+        table_rows.append([r["row"], r["actual"], r["predicted"], verdict, r["error"], *cells])
+    what = "absolute error" if ev["task"] == "number" else "1 − p(actual class), wrong answers first"
     report.add("worst-errors", "Worst errors", f'<p class="muted">The {len(rows)} largest errors on {ev["name"]} '
-               f"by {what}.</p>" + table(["row", "actual", "predicted", "error", *columns], table_rows, left=0))
+               f"by {what}.</p>" + table(["row", "actual", "predicted", "", "error", *columns], table_rows, left=0))
 
 
 def importance_section(report: Report, imp: dict, where: str) -> None:
@@ -233,7 +234,7 @@ def token_html(tokens: list[tuple[str, float]]) -> str:
 
 def explanation_section(report: Report, explanations: list[dict]) -> None:
     body = ['<p class="muted">Integrated gradients from a reference input (unknown category, padding, black image). '
-            "Red pushes towards the predicted output, blue against it.</p>"]
+            "Red pushes towards the predicted class (regression: towards a higher value), blue against it.</p>"]
     for k, row in enumerate(explanations):
         proba = f" (p={row['probability']:.3f})" if row.get("probability") is not None else ""
         parts = [f"<h3>Row {row['row']}: predicted {html.escape(str(row['prediction']))}{proba}</h3>"]
