@@ -33,6 +33,9 @@ bench: install
 	$(BIN)/python -m bench.train_overhead
 	$(BIN)/python -m bench.preprocess_cache
 	$(BIN)/python -m bench.accuracy
+	$(BIN)/python -m bench.evaluation --only cv
+	$(BIN)/python -m bench.evaluation --only threshold,imbalance,explain
+	$(BIN)/python -m bench.report_screenshot
 
 clean:
 	rm -rf $(VENV) $(DEMO) .loopml .pytest_cache

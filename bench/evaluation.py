@@ -105,7 +105,8 @@ def explain_case() -> dict:
     sms = realdata.sms_spam()
     spam_model = loopml.Model({"target": "label", "split": {"duplicates": "drop"}}).fit(sms, **QUIET)
     spam_rows = [i for i in range(len(sms)) if sms.label.iloc[i] == "spam"][:40]
-    rows = spam_model.explain(sms, spam_rows)
+    # attributions point towards each row's predicted class: keep the rows predicted spam
+    rows = [r for r in spam_model.explain(sms, spam_rows) if r["prediction"] == "spam"]
     totals: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         for token, score in row["tokens"]["text"]:
@@ -113,7 +114,8 @@ def explain_case() -> dict:
     ranked = sorted(((t, statistics.mean(v), len(v)) for t, v in totals.items() if len(v) >= 3), key=lambda x: -x[1])
     example = max(rows[:10], key=lambda r: len(r["tokens"]["text"]))
     example_top = sorted(example["tokens"]["text"], key=lambda x: -x[1])[:6]
-    print("sms: tokens pushing towards spam (mean IG over 40 spam messages, seen >= 3 times):", ranked[:12], flush=True)
+    print(f"sms: tokens pushing towards spam (mean IG over {len(rows)} messages predicted spam, seen >= 3 times):",
+          ranked[:12], flush=True)
     print("example row", example["row"], "top tokens:", example_top, flush=True)
     shown = sms.iloc[sorted(set(spam_rows) | set(range(300)))]
     spam_model.report(Path("bench/results/sms_explain_report/report.html"), data=shown, explain=[0, 1, 2])
