@@ -20,7 +20,8 @@ from loopml.evaluate import plots
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:24px;color:#222}
 h1{margin-bottom:4px} h2{border-bottom:2px solid #1f77b4;padding-bottom:4px;margin-top:36px}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:14px;display:block;overflow-x:auto;max-width:100%} td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:14px;display:block;overflow-x:auto;max-width:100%}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f3f6fa} td.l,th.l{text-align:left} .muted{color:#777;font-size:13px}
 .grid{display:flex;flex-wrap:wrap;gap:12px} figure{margin:0} figure img{max-width:100%;border:1px solid #eee}
 .pos{color:#1a7f37} .neg{color:#c62828} .tok{padding:1px 2px;border-radius:3px;line-height:1.9}
