@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/loopml train --data $(DEMO)/breast_cancer.csv --config $(DEMO)/schema.yaml -o $(DEMO)/model --overwrite
 	$(BIN)/loopml evaluate $(DEMO)/model --data $(DEMO)/breast_cancer.csv -o $(DEMO)/metrics-full.json
 	$(BIN)/loopml predict $(DEMO)/model --data $(DEMO)/breast_cancer.csv -o $(DEMO)/predictions.csv
-	@echo "demo done: model in $(DEMO)/model (metrics.json inside), predictions in $(DEMO)/predictions.csv"
+	@echo "demo done: model in $(DEMO)/model (metrics.json, report.html inside), predictions in $(DEMO)/predictions.csv"
 
 test: install
 	$(BIN)/python -m pytest -q
