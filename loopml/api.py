@@ -48,13 +48,43 @@ class Model:
         self.info: dict = {}
         #: what the report draws: data summary, per-split predictions and worst errors, importance
         self.evaluation: dict = {}
+        #: the tracked run of the last fit (``fit(track=...)``), with the store that holds it
+        self.run_id: str | None = None
+        self._store = None
 
     # -- training --------------------------------------------------------------------------------
     def fit(
         self, data: Source, *, validation: Source | None = None, test: Source | None = None,
         checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool | None = None,
-        cache_dir: str | os.PathLike | None | bool = None,
+        cache_dir: str | os.PathLike | None | bool = None, track: bool | str = False, store: object | None = None,
     ) -> Model:
+        """Train. ``track=True`` (or an experiment name) records the run in the registry store:
+        params, per-epoch metrics, final metrics, status; ``save()`` then attaches the model."""
+        if not track:
+            return self._fit(data, validation, test, checkpoint_dir, resume, progress, cache_dir, [])
+        from loopml.registry import Store
+        from loopml.registry.tracking import RunLogger
+
+        self._store = store if isinstance(store, Store) else Store(store)
+        experiment = track if isinstance(track, str) else self.config.target.column
+        self.run_id = self._store.start_run(experiment, self.config.model_dump(mode="json"))
+        try:
+            self._fit(data, validation, test, checkpoint_dir, resume, progress, cache_dir,
+                      [RunLogger(self._store, self.run_id)])
+        except KeyboardInterrupt:
+            self._store.end_run(self.run_id, "killed", error="interrupted")
+            raise
+        except BaseException as e:
+            self._store.end_run(self.run_id, "failed", error=f"{type(e).__name__}: {e}"[:2000])
+            raise
+        self._store.end_run(self.run_id, "finished", self.metrics_summary(), data_fingerprint=self.info["data_fingerprint"])
+        return self
+
+    def metrics_summary(self) -> dict:
+        """The scalar metrics per split (what the registry keeps)."""
+        return {split: {k: v for k, v in m.items() if isinstance(v, (int, float))} for split, m in self.metrics.items()}
+
+    def _fit(self, data, validation, test, checkpoint_dir, resume, progress, cache_dir, extra_callbacks) -> Model:
         cfg = self.config.training
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -68,7 +98,7 @@ class Model:
         callbacks = default_callbacks(
             monitor, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
             Path(checkpoint_dir) if checkpoint_dir else None, progress is not False,
-        )
+        ) + list(extra_callbacks)
         trainer = Trainer(self.network, cfg, callbacks, metric_fn=self._epoch_metrics(monitor))
         resumed = False
         if resume:
@@ -279,7 +309,10 @@ class Model:
             "data_fingerprint": self.info.get("data_fingerprint"),
             "config_hash": _hash(documents["config.yaml"]),
         }
-        return write_bundle(path, documents, self.network.state_dict(), manifest, overwrite)
+        written = write_bundle(path, documents, self.network.state_dict(), manifest, overwrite)
+        if self.run_id is not None:  # a tracked run: its model goes to the artifact root
+            self._store.attach_model(self.run_id, written)
+        return written
 
     def _resolved_features(self) -> dict:
         resolved = {col: f.config for col, f in self.preprocessor.features.items()}
@@ -293,8 +326,17 @@ def build_network(pre: Preprocessor, config: Config, class_weights: list[float] 
     return LoopModel(slots, config.combiner, pre.target.kind, n_outputs, class_weights)
 
 
-def load(path: str | os.PathLike) -> Model:
-    """Load a saved model directory. Never unpickles: JSON, YAML and safetensors only."""
+def load(path: str | os.PathLike, store: str | None = None) -> Model:
+    """Load a model directory, or a registered version: ``NAME@alias``, ``NAME:3``, ``NAME:latest``.
+
+    Never unpickles: JSON, YAML and safetensors only.
+    """
+    from loopml.registry import REF, Store
+
+    version = None
+    if not Path(path).exists() and REF.match(str(path)):
+        version = Store(store).resolve(str(path))
+        path = version["path"]
     manifest, documents, weights = read_bundle(path)
     model = Model(yaml.safe_load(documents["config.yaml"]))
     model.schema = Schema.from_dict(json.loads(documents["schema.json"]))
@@ -310,6 +352,8 @@ def load(path: str | os.PathLike) -> Model:
     history = json.loads(documents["history.json"])
     model.history = history.pop("epochs")
     model.info = {"manifest": manifest, "training": history, "data_fingerprint": manifest.get("data_fingerprint")}
+    if version is not None:
+        model.info["registry"] = {"name": version["name"], "version": version["version"], "run_id": version["run_id"]}
     if "evaluation.json" in documents:
         model.evaluation = json.loads(documents["evaluation.json"])
         model.info["data_report"] = model.evaluation.pop("data_report", {})

@@ -33,6 +33,13 @@ def _root(
     """loopml: from a table to a trained, evaluated, saved model."""
 
 
+from loopml.registry.cli import ArtifactsOpt, StoreOpt, models_app, runs_app  # noqa: E402
+
+app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
+
+ModelArg = Annotated[str, typer.Argument(help="Model directory, or NAME@alias / NAME:version from the registry.",
+                                         metavar="MODEL")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="CSV/TSV/Parquet/JSONL file, or a root/<class>/<file> folder.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see `loopml schema`).")]
 TargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="Column to predict.")]
@@ -74,8 +81,12 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     delimiter: DelimiterOpt = None, header: HeaderOpt = None, names: NamesOpt = None,
     encoding: EncodingOpt = None, skip_bad_rows: SkipBadOpt = False, media_root: MediaRootOpt = None,
+    experiment: Annotated[str | None, typer.Option(help="Experiment to record the run under (default: the target).")] = None,
+    register: Annotated[str | None, typer.Option(help="Register the model as the next version of this name.")] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Record the run in the store.")] = True,
+    store: StoreOpt = None, artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Train a model on a table and save it (config, preprocessing, weights, metrics)."""
+    """Train a model on a table and save it (config, preprocessing, weights, metrics, report); record the run."""
     from loopml.api import Model
 
     training = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None} or None
@@ -93,9 +104,21 @@ def train(
     if not resume and checkpoints.exists():
         _echo(f"note: {checkpoints} holds an interrupted run; starting over (pass --resume to continue it)")
         shutil.rmtree(checkpoints)
+    if register:
+        from loopml.registry.store import check_name
+
+        check_name(register)
+    if register and not track:
+        raise _user_error("--register needs the run to be tracked (drop --no-track)")
+    tracked_in = None
+    if track:
+        from loopml.registry import Store
+
+        tracked_in = Store(store, artifacts)
     try:
         model.fit(data, validation=validation, test=test, checkpoint_dir=checkpoints, resume=resume,
-                  progress=not quiet, cache_dir=False if no_cache else None)
+                  progress=not quiet, cache_dir=False if no_cache else None,
+                  track=(experiment or True) if track else False, store=tracked_in)
     except KeyboardInterrupt:
         _echo(f"interrupted; continue with the same command plus --resume (checkpoint in {checkpoints})")
         raise typer.Exit(130) from None
@@ -122,46 +145,54 @@ def train(
     typer.echo(f"model saved to {path}")
     typer.echo(f"metrics: {path / 'metrics.json'}")
     typer.echo(f"report: {report_path}")
+    if model.run_id:
+        typer.echo(f"run: {model.run_id} ({tracked_in.url})")
+    if register:
+        version = tracked_in.register(register, run=model.run_id)
+        typer.echo(f"registered {register}:{version['version']}")
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Model directory.", metavar="MODEL")],
+    model: ModelArg,
     data: DataOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")] = None,
     report: Annotated[Path | None, typer.Option(help="HTML report to write (default: MODEL/report-<data name>.html).")] = None,
+    store: StoreOpt = None,
 ) -> None:
     """Score a saved model on labelled data and write an HTML report of it."""
-    import loopml
     from loopml.evaluate.report import model_report
 
-    m = loopml.load(model)
+    m, name, folder = _open_model(model, store)
     evaluation = m.evaluation_of(data, data.stem)
     _print_metrics({data.stem: evaluation["metrics"]})
     if output:
         _atomic_write(output, json.dumps(evaluation["metrics"], indent=2))
         typer.echo(f"metrics written to {output}")
-    path = model_report(m, model.resolve().name, evaluation).write(report or model / f"report-{data.stem}.html")
+    path = model_report(m, name, evaluation).write(report or folder / f"report-{data.stem}.html")
     typer.echo(f"report: {path}")
 
 
 @app.command("report")
 def report_command(
-    model: Annotated[Path, typer.Argument(help="Model directory.", metavar="MODEL")],
-    compare: Annotated[Path | None, typer.Option(help="A second model directory to compare with.")] = None,
+    model: ModelArg,
+    compare: Annotated[str | None, typer.Option(help="A second model (directory or NAME@alias) to compare with.")] = None,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Labelled file to score (default: test split).")] = None,
     cv: Annotated[Path | None, typer.Option(help="A cv.json from `loopml cv`.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file (default: MODEL/report.html).")] = None,
+    store: StoreOpt = None,
 ) -> None:
     """(Re)write a model's HTML report, optionally side by side with another model."""
-    import loopml
     from loopml.evaluate.report import model_report
 
-    m = loopml.load(model)
+    m, name, folder = _open_model(model, store)
     evaluation = m.evaluation_of(data, data.stem) if data else None
-    other = (compare.resolve().name, loopml.load(compare)) if compare else None
+    other = None
+    if compare:
+        other_model, other_name, _ = _open_model(compare, store)
+        other = (other_name, other_model)
     cv_result = _read_json(cv) if cv else None
-    path = model_report(m, model.resolve().name, evaluation, other, cv_result).write(output or model / "report.html")
+    path = model_report(m, name, evaluation, other, cv_result).write(output or folder / "report.html")
     typer.echo(f"report: {path}")
 
 
@@ -191,35 +222,49 @@ def cross_validate(
 
 @app.command()
 def explain(
-    model: Annotated[Path, typer.Argument(help="Model directory.", metavar="MODEL")],
+    model: ModelArg,
     data: DataOpt,
     rows: Annotated[str, typer.Option(help="Comma-separated row numbers (0-based) to explain.")] = "0,1,2,3,4",
     repeats: Annotated[int, typer.Option(help="Shuffles per feature for permutation importance.")] = 5,
     steps: Annotated[int, typer.Option(help="Integrated-gradients steps.")] = 32,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file (default: MODEL/explain.html).")] = None,
+    store: StoreOpt = None,
 ) -> None:
     """Permutation importance on labelled data and integrated-gradients attributions for chosen rows."""
-    import loopml
     from loopml.evaluate.report import Report, explanation_section, importance_section
 
     try:
         chosen = [int(r) for r in rows.split(",") if r.strip()]
     except ValueError:
         raise _user_error(f"--rows must be comma-separated row numbers, got {rows!r}") from None
-    m = loopml.load(model)
+    m, name, folder = _open_model(model, store)
     explanations = m.explain(data, chosen, n_steps=steps)
-    report = Report(f"{model.resolve().name}: explanations on {data.name}")
+    report = Report(f"{name}: explanations on {data.name}")
     importance = None
     if _has_column(data, m):
         importance = m.feature_importance(data, repeats=repeats)
         importance_section(report, importance, data.name)
     explanation_section(report, explanations)
-    path = report.write(output or model / "explain.html")
+    path = report.write(output or folder / "explain.html")
     _atomic_write(path.with_suffix(".json"), json.dumps({"importance": importance, "rows": explanations}))
     if importance:
         top = ", ".join(f"{f['feature']} ({f['mean']:.4f})" for f in importance["features"][:5])
         typer.echo(f"top features by {importance['metric']} drop: {top}")
     typer.echo(f"explanations: {path} and {path.with_suffix('.json')}")
+
+
+def _open_model(ref: str, store: str | None):
+    """(model, display name, folder for outputs) from a model directory or NAME@alias / NAME:version.
+
+    Outputs for a registered version go under ./reports/: its artifact is never written to.
+    """
+    import loopml
+
+    if Path(ref).is_dir():
+        return loopml.load(ref), Path(ref).resolve().name, Path(ref)
+    m = loopml.load(ref, store=store)
+    reg = m.info["registry"]
+    return m, f"{reg['name']}:{reg['version']}", Path("reports") / f"{reg['name']}-v{reg['version']}"
 
 
 def _has_column(data: Path, m) -> bool:
@@ -239,18 +284,18 @@ def _read_json(path: Path) -> dict:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model directory.", metavar="MODEL")],
+    model: ModelArg,
     data: DataOpt,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help=".csv, .tsv, .jsonl or .parquet (default: CSV on stdout).")
     ] = None,
     include_inputs: Annotated[bool, typer.Option(help="Copy the input columns into the output.")] = False,
+    store: StoreOpt = None,
 ) -> None:
     """Predict labels (and class probabilities) for every row of a file."""
-    import loopml
     from loopml.data.read import read_table
 
-    m = loopml.load(model)
+    m = _open_model(model, store)[0]
     frame = read_table(data, m.config.data)
     out = m.predictions(frame)
     if include_inputs:

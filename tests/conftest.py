@@ -15,6 +15,10 @@ from bench import realdata  # noqa: E402
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own tensor cache, so no test depends on another's leftovers."""
     monkeypatch.setenv("LOOPML_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    # and its own registry store and artifact root (never ./.loopml of the checkout)
+    registry = tmp_path_factory.mktemp("registry")
+    monkeypatch.setenv("LOOPML_STORE", f"sqlite:///{registry / 'registry.db'}")
+    monkeypatch.setenv("LOOPML_ARTIFACTS", str(registry / "artifacts"))
 
 
 def needs_dataset(name: str):

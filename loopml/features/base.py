@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from loopml.registry import Registry
+from loopml.plugins import Registry
 
 
 class StrictModel(BaseModel):

@@ -7,7 +7,7 @@ from pydantic import Field
 from torch import nn
 
 from loopml.features.base import StrictModel
-from loopml.registry import Registry
+from loopml.plugins import Registry
 
 
 class Combiner(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from loopml.registry import Registry
+from loopml.plugins import Registry
 
 
 class Head(nn.Module):

@@ -1,0 +1,138 @@
+"""The store's database: any SQLAlchemy URL (SQLite file by default), migrated with Alembic on open.
+
+The tables below mirror the head revision in ``migrations/versions``; queries use them, schema
+changes go through a new migration, never through ``create_all``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from loopml.errors import LoopmlError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+HEAD = "0002"
+DEFAULT_URL = "sqlite:///.loopml/registry.db"
+#: execution option marking a writing transaction (SQLite: BEGIN IMMEDIATE; reads stay deferred)
+WRITE = "loopml_write"
+
+metadata = sa.MetaData()
+store_info = sa.Table("store_info", metadata, sa.Column("key", sa.String(64), primary_key=True),
+                      sa.Column("value", sa.Text))
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True), sa.Column("experiment", sa.String(200)),
+    sa.Column("status", sa.String(16)), sa.Column("started_at", sa.Float), sa.Column("ended_at", sa.Float),
+    sa.Column("params", sa.JSON), sa.Column("metrics", sa.JSON), sa.Column("data_fingerprint", sa.String(64)),
+    sa.Column("code_version", sa.String(64)), sa.Column("git_commit", sa.String(40)), sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer), sa.Column("duration", sa.Float), sa.Column("artifact_uri", sa.String(512)),
+    sa.Column("error", sa.Text),
+)
+run_metrics = sa.Table(
+    "run_metrics", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("run_id", sa.String(32)),
+    sa.Column("step", sa.Integer), sa.Column("key", sa.String(100)), sa.Column("value", sa.Float),
+)
+registered_models = sa.Table(
+    "registered_models", metadata,
+    sa.Column("name", sa.String(128), primary_key=True), sa.Column("created_at", sa.Float),
+    sa.Column("latest_version", sa.Integer), sa.Column("description", sa.Text),
+)
+model_versions = sa.Table(
+    "model_versions", metadata,
+    sa.Column("name", sa.String(128), primary_key=True), sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.String(32)), sa.Column("artifact_uri", sa.String(512)), sa.Column("metrics", sa.JSON),
+    sa.Column("parent_version", sa.Integer), sa.Column("data_fingerprint", sa.String(64)),
+    sa.Column("config_hash", sa.String(64)), sa.Column("created_at", sa.Float), sa.Column("description", sa.Text),
+)
+aliases = sa.Table(
+    "aliases", metadata,
+    sa.Column("name", sa.String(128), primary_key=True), sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer), sa.Column("updated_at", sa.Float),
+)
+alias_events = sa.Table(
+    "alias_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("name", sa.String(128)),
+    sa.Column("alias", sa.String(64)), sa.Column("action", sa.String(16)), sa.Column("from_version", sa.Integer),
+    sa.Column("to_version", sa.Integer), sa.Column("actor", sa.String(255)), sa.Column("reason", sa.Text),
+    sa.Column("at", sa.Float),
+)
+
+
+def store_url(url: str | None = None) -> str:
+    return url or os.environ.get("LOOPML_STORE") or DEFAULT_URL
+
+
+def create_engine(url: str) -> Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise LoopmlError(f"store URL {url!r} is not a SQLAlchemy URL (e.g. sqlite:///registry.db, "
+                          "postgresql+psycopg://user@host/db)") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": 60})
+        _sqlite_transactions(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # the driver loopml installs
+    try:
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    except (ImportError, sa.exc.NoSuchModuleError) as e:
+        raise LoopmlError(f"no database driver for {parsed.drivername}: {e}") from None
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """WAL (readers never block the writer) and BEGIN IMMEDIATE for writes (writers queue, no upgrade deadlock)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE) else "BEGIN")
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to ``revision`` (creating it on first use)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.execution_options(**{WRITE: True}).begin() as connection:
+        if connection.dialect.name == "postgresql":  # two processes opening a new store: one migrates
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(7310420917)"))
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def open_database(url: str | None = None) -> Engine:
+    engine = create_engine(store_url(url))
+    try:
+        revision = current_revision(engine)
+        if revision != HEAD:
+            migrate(engine)
+    except sa.exc.OperationalError as e:
+        raise LoopmlError(f"cannot open the store {engine.url.render_as_string(hide_password=True)}: "
+                          f"{str(e.orig).strip().splitlines()[0]}") from None
+    return engine
