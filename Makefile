@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python -m bench.evaluation --only cv
 	$(BIN)/python -m bench.evaluation --only threshold,imbalance,explain
 	$(BIN)/python -m bench.report_screenshot
+	$(BIN)/python -m bench.registry
 
 clean:
 	rm -rf $(VENV) $(DEMO) .loopml .pytest_cache

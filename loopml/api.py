@@ -59,9 +59,13 @@ class Model:
         cache_dir: str | os.PathLike | None | bool = None, track: bool | str = False, store: object | None = None,
     ) -> Model:
         """Train. ``track=True`` (or an experiment name) records the run in the registry store:
-        params, per-epoch metrics, final metrics, status; ``save()`` then attaches the model."""
+        params, per-epoch metrics, final metrics, status; ``save()`` then attaches the model.
+
+        Problems with the input (files, columns, config) surface before a run is recorded.
+        """
+        prepared, monitor = self._prepare(data, validation, test, cache_dir)
         if not track:
-            return self._fit(data, validation, test, checkpoint_dir, resume, progress, cache_dir, [])
+            return self._train(prepared, monitor, checkpoint_dir, resume, progress, [])
         from loopml.registry import Store
         from loopml.registry.tracking import RunLogger
 
@@ -69,8 +73,7 @@ class Model:
         experiment = track if isinstance(track, str) else self.config.target.column
         self.run_id = self._store.start_run(experiment, self.config.model_dump(mode="json"))
         try:
-            self._fit(data, validation, test, checkpoint_dir, resume, progress, cache_dir,
-                      [RunLogger(self._store, self.run_id)])
+            self._train(prepared, monitor, checkpoint_dir, resume, progress, [RunLogger(self._store, self.run_id)])
         except KeyboardInterrupt:
             self._store.end_run(self.run_id, "killed", error="interrupted")
             raise
@@ -84,15 +87,22 @@ class Model:
         """The scalar metrics per split (what the registry keeps)."""
         return {split: {k: v for k, v in m.items() if isinstance(v, (int, float))} for split, m in self.metrics.items()}
 
-    def _fit(self, data, validation, test, checkpoint_dir, resume, progress, cache_dir, extra_callbacks) -> Model:
+    def _prepare(self, data, validation, test, cache_dir) -> tuple[Prepared, str]:
+        prepared = prepare(self.config, data, validation, test,
+                           cache_dir=False if cache_dir is False else (Path(cache_dir) if cache_dir else None))
+        self.schema, self.preprocessor = prepared.schema, prepared.preprocessor
+        target_cfg = self.config.target
+        if target_cfg.sampling != "none" and self.schema.target_kind == "number":
+            raise LoopmlError("target.sampling is for classification; this target is a number")
+        if target_cfg.threshold != 0.5 and self.schema.target_kind != "binary":
+            raise LoopmlError(f"target.threshold is for binary targets; this target is {self.schema.target_kind}")
+        return prepared, self._check_monitor()
+
+    def _train(self, prepared: Prepared, monitor: str, checkpoint_dir, resume, progress, extra_callbacks) -> Model:
         cfg = self.config.training
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
-        prepared = prepare(self.config, data, validation, test,
-                           cache_dir=False if cache_dir is False else (Path(cache_dir) if cache_dir else None))
-        self.schema, self.preprocessor = prepared.schema, prepared.preprocessor
-        monitor = self._check_monitor()
         torch.manual_seed(cfg.seed)
         self.network = build_network(self.preprocessor, self.config, self._class_weights(prepared))
         callbacks = default_callbacks(
@@ -107,10 +117,6 @@ class Model:
             resumed = trainer.resume(Path(checkpoint_dir))
         target_cfg = self.config.target
         train = prepared.splits["train"]
-        if target_cfg.sampling != "none" and self.schema.target_kind == "number":
-            raise LoopmlError("target.sampling is for classification; this target is a number")
-        if target_cfg.threshold != 0.5 and self.schema.target_kind != "binary":
-            raise LoopmlError(f"target.threshold is for binary targets; this target is {self.schema.target_kind}")
         if target_cfg.sampling != "none":
             kinds = {col: f.config.type for col, f in self.preprocessor.features.items()}
             train = resample(train, target_cfg.sampling, target_cfg.sampling_ratio, cfg.seed, kinds)

@@ -318,13 +318,13 @@ for _command in ("evaluate", "predict"):
 
 HELP = {
     "help_top": ([], ["Usage: python -m loopml [OPTIONS] COMMAND", "train", "evaluate", "predict", "describe",
-                      "schema"]),
+                      "schema", "report", "cv", "explain", "runs", "models"]),
     "help_train": (["train"], ["Usage: python -m loopml train [OPTIONS]", "--data", "--target", "--config",
                                "--resume", "--overwrite", "--skip-bad-rows", "--encoding"]),
-    "help_evaluate": (["evaluate"], ["Usage: python -m loopml evaluate [OPTIONS]", "Model directory.", "--data",
-                                     "--output"]),
-    "help_predict": (["predict"], ["Usage: python -m loopml predict [OPTIONS]", "Model directory.", "--data",
-                                   "--include-inputs"]),
+    "help_evaluate": (["evaluate"], ["Usage: python -m loopml evaluate [OPTIONS]", "Model directory", "NAME@alias",
+                                     "--data", "--output", "--report", "--store"]),
+    "help_predict": (["predict"], ["Usage: python -m loopml predict [OPTIONS]", "Model directory", "--data",
+                                   "--include-inputs", "--store"]),
     "help_describe": (["describe"], ["Usage: python -m loopml describe [OPTIONS]", "--data", "--target",
                                      "--output", "--encoding"]),
     "help_schema": (["schema"], ["Usage: python -m loopml schema [OPTIONS]", "JSON Schema", "--output"]),

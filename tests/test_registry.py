@@ -127,10 +127,25 @@ def test_runs_are_tracked_with_history_and_artifact(store_url, model_dirs, tmp_p
     model.save(tmp_path / "saved")
     assert store.get_run(model.run_id[:8])["artifact_uri"].startswith("models/")
     assert store.register("y-model", run=model.run_id)["run_id"] == model.run_id
-    with pytest.raises(LoopmlError):
+    with pytest.raises(LoopmlError):  # bad input is refused before a run exists
         loopml.Model(target="y").fit(df.assign(y=float("nan")), progress=False, track=True, store=store)
-    failed = store.list_runs()[0]
-    assert failed["status"] == "failed" and failed["error"]
+    assert len(store.list_runs()) == 1
+
+
+def test_a_run_that_crashes_or_is_interrupted_is_recorded(store_url, model_dirs, tmp_path, monkeypatch):
+    from loopml.train.trainer import Trainer
+
+    _, df = model_dirs
+    store = Store(store_url, str(tmp_path / "artifacts"))
+    for exc, status in ((RuntimeError("out of memory"), "failed"), (KeyboardInterrupt(), "killed")):
+        def boom(self, *args, exc=exc, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(Trainer, "fit", boom)
+        with pytest.raises(type(exc)):
+            loopml.Model(target="y").fit(df, progress=False, track=True, store=store)
+        run = store.list_runs()[0]
+        assert run["status"] == status and run["ended_at"] and (status == "killed" or "out of memory" in run["error"])
 
 
 def _register_in_subprocess(store_url, artifacts, model_dir, env=None):
@@ -142,7 +157,7 @@ def _register_in_subprocess(store_url, artifacts, model_dir, env=None):
 
 def test_parallel_registrations_get_distinct_versions(store_url, model_dirs, tmp_path):
     (m0, _), _ = model_dirs
-    Store(store_url, str(tmp_path / "artifacts"))  # created once, as a team's store would be
+    assert Store(store_url, str(tmp_path / "artifacts")).artifacts.local  # created once, as a team's store would be
     procs = [_register_in_subprocess(store_url, tmp_path / "artifacts", m0) for _ in range(8)]
     results = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in results]

@@ -52,24 +52,45 @@ def _actor() -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)  # the user's project
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 class Store:
+    """Opened on first use: constructing one creates nothing (a failed command leaves no database)."""
+
     def __init__(self, url: str | None = None, artifacts: str | None = None) -> None:
-        self.engine = db.open_database(url)
-        self.writer = self.engine.execution_options(**{db.WRITE: True})
-        self.url = self.engine.url.render_as_string(hide_password=True)
-        with self.writer.begin() as c:  # the root is fixed at creation, so every client agrees on it
-            stored = c.execute(sa.select(db.store_info.c.value).where(db.store_info.c.key == "artifact_root")).scalar()
-            if stored is None:
-                stored = ArtifactRoot(artifacts).canonical
-                c.execute(db.store_info.insert().values(key="artifact_root", value=stored))
-        self.artifacts = ArtifactRoot(artifacts or stored)
+        self._url, self._artifacts_url = db.store_url(url), artifacts
+        self._engine = self._artifacts = None
+
+    @property
+    def engine(self) -> sa.engine.Engine:
+        if self._engine is None:
+            self._engine = db.open_database(self._url)
+        return self._engine
+
+    @property
+    def writer(self) -> sa.engine.Engine:
+        return self.engine.execution_options(**{db.WRITE: True})
+
+    @property
+    def url(self) -> str:
+        return sa.engine.make_url(self._url).render_as_string(hide_password=True)
+
+    @property
+    def artifacts(self) -> ArtifactRoot:
+        """The root recorded in the store at creation, so every client of a shared store agrees on it."""
+        if self._artifacts is None:
+            with self.writer.begin() as c:
+                query = sa.select(db.store_info.c.value).where(db.store_info.c.key == "artifact_root")
+                stored = c.execute(query).scalar()
+                if stored is None:
+                    stored = ArtifactRoot(self._artifacts_url).canonical
+                    c.execute(db.store_info.insert().values(key="artifact_root", value=stored))
+            self._artifacts = ArtifactRoot(self._artifacts_url or stored)
+        return self._artifacts
 
     # -- runs -------------------------------------------------------------------------------
     def start_run(self, experiment: str, params: dict | None = None) -> str:
