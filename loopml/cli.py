@@ -253,6 +253,51 @@ def explain(
     typer.echo(f"explanations: {path} and {path.with_suffix('.json')}")
 
 
+@app.command()
+def serve(
+    model: ModelArg,
+    host: Annotated[str, typer.Option(help="Address to bind (non-loopback needs --admin-token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes, each with its own batcher.")] = 1,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    threads: Annotated[int | None, typer.Option(help="Inference threads per worker.")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Rows per inference batch at most.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.")] = 2.0,
+    max_queue: Annotated[int, typer.Option(help="Rows queued before answering 503.")] = 4096,
+    api_key: Annotated[list[str] | None, typer.Option(help="Accepted API key for predict/feedback (repeatable).")] = None,
+    admin_token: Annotated[str | None, typer.Option(envvar="LOOPML_ADMIN_TOKEN", help="Token for admin endpoints.")] = None,
+    media_root: MediaRootOpt = None,
+    store: StoreOpt = None, artifacts: ArtifactsOpt = None,
+) -> None:
+    """Serve a model over HTTP: predict, feedback, OpenAPI docs at /docs, Prometheus /metrics.
+
+    With NAME@alias the server follows the alias: promote or rollback, and it swaps versions live.
+    """
+    import ipaddress
+    import socket
+
+    import uvicorn
+
+    from loopml.serve.app import ServeSettings, create_app
+
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port)}
+    except socket.gaierror:
+        raise _user_error(f"cannot resolve --host {host!r}") from None
+    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses) and not admin_token:
+        raise _user_error(f"refusing to bind {host} (not loopback) without --admin-token (or LOOPML_ADMIN_TOKEN)")
+    settings = ServeSettings(model=model, store=store, artifacts=artifacts, backend=backend, threads=threads,
+                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                             api_keys=api_key or [], admin_token=admin_token, media_root=media_root)
+    _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
+    if workers > 1:
+        os.environ["LOOPML_SERVE"] = settings.model_dump_json()
+        uvicorn.run("loopml.serve.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning", timeout_graceful_shutdown=30)
+    else:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
 def _open_model(ref: str, store: str | None):
     """(model, display name, folder for outputs) from a model directory or NAME@alias / NAME:version.
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from loopml.errors import LoopmlError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0002"
+HEAD = "0003"
 DEFAULT_URL = "sqlite:///.loopml/registry.db"
 #: execution option marking a writing transaction (SQLite: BEGIN IMMEDIATE; reads stay deferred)
 WRITE = "loopml_write"
@@ -61,6 +61,19 @@ alias_events = sa.Table(
     sa.Column("alias", sa.String(64)), sa.Column("action", sa.String(16)), sa.Column("from_version", sa.Integer),
     sa.Column("to_version", sa.Integer), sa.Column("actor", sa.String(255)), sa.Column("reason", sa.Text),
     sa.Column("at", sa.Float),
+)
+
+predictions = sa.Table(
+    "predictions", metadata,
+    sa.Column("id", sa.String(32), primary_key=True), sa.Column("model_name", sa.String(128)),
+    sa.Column("model_version", sa.Integer), sa.Column("created_at", sa.Float), sa.Column("inputs", sa.JSON),
+    sa.Column("outputs", sa.JSON), sa.Column("latency_ms", sa.Float),
+)
+feedback = sa.Table(
+    "feedback", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("model_name", sa.String(128)),
+    sa.Column("prediction_id", sa.String(32)), sa.Column("inputs", sa.JSON), sa.Column("label", sa.JSON),
+    sa.Column("created_at", sa.Float),
 )
 
 

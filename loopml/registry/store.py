@@ -26,6 +26,7 @@ from loopml.errors import LoopmlError, did_you_mean
 from loopml.registry import db
 from loopml.registry.artifacts import ArtifactRoot
 from loopml.registry.faults import pause_point
+from loopml.registry.records import Records
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})(?:@(?P<alias>[A-Za-z0-9_.-]+)|:(?P<version>\d+|latest))$")
@@ -58,7 +59,7 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-class Store:
+class Store(Records):
     """Opened on first use: constructing one creates nothing (a failed command leaves no database)."""
 
     def __init__(self, url: str | None = None, artifacts: str | None = None) -> None:
@@ -273,6 +274,12 @@ class Store:
         row = self.get_version(name, version)
         row["path"] = self.artifacts.fetch(row["artifact_uri"])
         return row
+
+    def alias_version(self, name: str, alias: str) -> int | None:
+        """The version an alias points at now (one indexed lookup; for watchers)."""
+        with self.engine.connect() as c:
+            return c.execute(sa.select(db.aliases.c.version).where(
+                db.aliases.c.name == name, db.aliases.c.alias == alias)).scalar()
 
     # -- aliases ----------------------------------------------------------------------------
     def promote(self, name: str, version: int, alias: str = "production", reason: str = "",

@@ -1,0 +1,274 @@
+"""The HTTP API. Thin routes over a ``Batcher`` (queues, batches) and a runner (torch or ONNX);
+the prediction log and feedback go to the store, the former off the request path."""
+
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
+
+from loopml.errors import LoopmlError
+from loopml.serve.batcher import Batcher, QueueFull
+from loopml.serve.limits import LimitsAndMetrics
+from loopml.serve.metrics import ServerMetrics
+from loopml.serve.predlog import PredictionLog
+from loopml.serve.schema import FeedbackResponse, ModelInfo, PredictResponse, feedback_model, input_model
+
+log = logging.getLogger("loopml.serve")
+
+
+class ServeSettings(BaseModel):
+    model: str = Field(description="NAME@alias, NAME:version or a model directory")
+    store: str | None = None
+    artifacts: str | None = None
+    backend: str = "torch"
+    threads: int | None = None
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+    max_queue: int = Field(4096, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_records: int = Field(1000, ge=1)
+    api_keys: list[str] = []
+    admin_token: str | None = None
+    poll_interval_s: float = Field(1.0, gt=0)
+    media_root: str | None = None
+
+
+@dataclass
+class Served:
+    model: Any
+    runner: Any
+    name: str
+    version: int
+    reference: str
+
+
+def load_served(settings: ServeSettings, store) -> Served:
+    import loopml
+    from loopml.registry.store import REF
+    from loopml.serve.onnx import model_example
+    from loopml.serve.runner import make_runner
+
+    reference = settings.model
+    if REF.match(reference) and not Path(reference).exists():
+        version = store.resolve(reference)
+        model, name, number = loopml.load(version["path"]), version["name"], int(version["version"])
+        onnx_path = Path(version["path"]).parent.parent / "onnx" / f"{Path(version['path']).name}.onnx"
+    else:
+        model, name, number = loopml.load(reference), Path(reference).resolve().name, 0
+        onnx_path = Path(".loopml/onnx") / f"{name}.onnx"
+    if settings.media_root:
+        model.config.data.media_root = settings.media_root
+    runner = make_runner(model, settings.backend, onnx_path, settings.threads)
+    try:  # warm up: the first batch pays for lazy initialisation, not a user
+        runner.predict(model_example(model, 2).to_dict(orient="records"))
+    except LoopmlError as e:
+        log.warning("warm-up skipped: %s", e)
+    return Served(model, runner, name, number, reference)
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    from loopml.registry import Store
+
+    store = Store(settings.store, settings.artifacts)
+    state = {"served": load_served(settings, store), "ready": False}
+    first: Served = state["served"]
+    metrics = ServerMetrics()
+    metrics.model_version.labels(first.name).set(first.version)
+    pre = first.model.preprocessor
+    skipped = [c.name for c in first.model.schema.columns if c.type == "skip"]
+    Input = input_model(first.name, {c: f.config.type for c, f in pre.features.items()}, skipped)
+    Feedback = feedback_model(Input)
+    alias = settings.model.split("@", 1)[1] if "@" in settings.model and not Path(settings.model).exists() else None
+
+    def infer(records: list[dict]) -> list[dict]:
+        served = state["served"]  # read at dispatch: a swap takes effect between batches
+        results = served.runner.predict(records)
+        for r in results:
+            r["version"] = served.version
+        return results
+
+    batcher = Batcher(infer, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics.observe_batch)
+    predictions = PredictionLog(store)
+
+    async def watch_alias() -> None:
+        while True:
+            await asyncio.sleep(settings.poll_interval_s)
+            await swap_if_moved()
+
+    async def swap_if_moved() -> bool:
+        current = state["served"]
+        try:
+            version = await run_in_threadpool(store.alias_version, current.name, alias)
+        except SQLAlchemyError as e:
+            log.warning("alias check failed: %s", e)
+            return False
+        if version is None or version == current.version:
+            return False
+        new = await run_in_threadpool(load_served, settings, store)  # loaded and warmed off the loop
+        state["served"] = new
+        metrics.model_version.labels(new.name).set(new.version)
+        metrics.swaps.labels(new.name).inc()
+        log.info("now serving %s:%s (was %s)", new.name, new.version, current.version)
+        return True
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        batcher.start()
+        watcher = asyncio.create_task(watch_alias()) if alias else None
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        if watcher:
+            watcher.cancel()
+        await batcher.close()  # in-flight requests are answered first (uvicorn drains them before this)
+        await run_in_threadpool(predictions.close)
+
+    app = FastAPI(title=f"loopml: {first.name}", version="1", lifespan=lifespan,
+                  description=f"Predictions from {first.reference} (target '{pre.target.column}', {pre.target.kind}).")
+    app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+
+    def client_key(request: Request) -> None:
+        if not settings.api_keys:
+            return
+        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not any(hmac.compare_digest(given, key) for key in settings.api_keys):
+            raise _HTTP(401, "missing or wrong API key (X-API-Key header)")
+
+    def admin(request: Request) -> None:
+        if not settings.admin_token:
+            raise _HTTP(403, "admin endpoints are disabled: start the server with --admin-token")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given, settings.admin_token):
+            raise _HTTP(401, "missing or wrong admin token (Authorization: Bearer …)")
+
+    @app.exception_handler(_HTTP)
+    async def _http(_request: Request, exc: _HTTP) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        first_error = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        # drop pydantic's union branch names ('TitanicInput', 'list[TitanicInput]') from the location
+        where = ".".join(str(p) for p in first_error["loc"] if p not in ("body", Input.__name__, f"list[{Input.__name__}]"))
+        return JSONResponse({"detail": f"{where or 'body'}: {first_error['msg']}", "errors": errors}, status_code=422)
+
+    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, dependencies=[Depends(client_key)],
+              summary="Predict for one record or a list of records")
+    async def predict(name: str, body: Annotated[Union[Input, list[Input]], Body()]) -> PredictResponse:  # noqa: UP007
+        served = state["served"]
+        if name != served.name:
+            raise _HTTP(404, f"no model '{name}' here; this server serves '{served.name}'")
+        items = body if isinstance(body, list) else [body]
+        if not items:
+            raise _HTTP(422, "body: an empty list has nothing to predict")
+        if len(items) > settings.max_records:
+            raise _HTTP(413, f"body: at most {settings.max_records} records per request")
+        records = [item.model_dump(by_alias=True) for item in items]
+        start = time.perf_counter()
+        try:
+            results = await batcher.submit(records)
+        except QueueFull:
+            raise _HTTP(503, "the server is at capacity; retry shortly") from None
+        except LoopmlError as e:
+            raise _HTTP(422, str(e)) from None
+        latency_ms = (time.perf_counter() - start) * 1000
+        now = time.time()
+        out, rows = [], []
+        for record, result in zip(records, results, strict=True):
+            pid = uuid.uuid4().hex
+            out.append({"prediction_id": pid, "prediction": result["prediction"], "probabilities": result["probabilities"]})
+            rows.append({"id": pid, "model_name": served.name, "model_version": result["version"], "created_at": now,
+                         "inputs": record, "outputs": {"prediction": result["prediction"],
+                                                       "probabilities": result["probabilities"]},
+                         "latency_ms": latency_ms})
+        predictions.put(rows)
+        metrics.predictions.labels(served.name).inc(len(rows))
+        metrics.log_queue.set(predictions.queue.qsize())
+        return PredictResponse(model=served.name, version=results[0]["version"], predictions=out)
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, status_code=201, dependencies=[Depends(client_key)],
+              summary="The true label of a prediction (stored before the response)")
+    async def feedback(body: Feedback) -> FeedbackResponse:
+        served = state["served"]
+        name = body.model or served.name
+        if name != served.name:
+            raise _HTTP(404, f"no model '{name}' here; this server serves '{served.name}'")
+        label = _check_label(served.model.preprocessor.target, body.label)
+        if body.prediction_id is None and body.inputs is None:
+            raise _HTTP(422, "body: give prediction_id, or inputs for a case the model has not seen")
+        unknown = body.prediction_id is not None and body.prediction_id not in predictions.pending and \
+            await run_in_threadpool(store.get_prediction, body.prediction_id) is None
+        if unknown:
+            raise _HTTP(404, f"no prediction with id '{body.prediction_id}'")
+        inputs = body.inputs.model_dump(by_alias=True) if body.inputs is not None else None
+        feedback_id = await run_in_threadpool(store.add_feedback, name, label, body.prediction_id, inputs)
+        metrics.feedback.labels(name).inc()
+        return FeedbackResponse(feedback_id=feedback_id, model=name)
+
+    @app.get("/v1/models", response_model=list[ModelInfo], summary="What is loaded")
+    async def models() -> list[ModelInfo]:
+        s = state["served"]
+        target = s.model.preprocessor.target
+        return [ModelInfo(name=s.name, reference=s.reference, version=s.version, task=target.kind, target=target.column,
+                          classes=[str(c) for c in target.classes] or None, backend=s.runner.backend)]
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Model loaded and warm")
+    async def ready() -> JSONResponse:
+        ok = state["ready"]
+        return JSONResponse({"ready": ok, "version": state["served"].version}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        metrics.log_queue.set(predictions.queue.qsize())
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/admin/reload", dependencies=[Depends(admin)], summary="Check the alias now and swap if it moved")
+    async def reload() -> dict:
+        swapped = await swap_if_moved() if alias else False
+        return {"swapped": swapped, "version": state["served"].version}
+
+    app.state.loopml = state
+    app.state.predictions = predictions
+    return app
+
+
+class _HTTP(Exception):  # noqa: N818  (a response, not a failure)
+    def __init__(self, status: int, detail: str) -> None:
+        self.status, self.detail = status, detail
+
+
+def _check_label(target, label: object) -> object:
+    if target.kind == "number":
+        if isinstance(label, bool) or not isinstance(label, (int, float)):
+            raise _HTTP(422, f"label: a number is expected for '{target.column}'")
+        return label
+    known = {str(c): c for c in target.classes}
+    if str(label) not in known:
+        raise _HTTP(422, f"label: {label!r} is not a class of '{target.column}' ({', '.join(known)})")
+    return known[str(label)]
+
+
+def create_app_from_env() -> FastAPI:
+    """For ``uvicorn --factory`` with several workers: the settings come as JSON in LOOPML_SERVE."""
+    return create_app(ServeSettings.model_validate(json.loads(os.environ["LOOPML_SERVE"])))

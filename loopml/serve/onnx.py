@@ -1,0 +1,61 @@
+"""Export the numeric part of a model (every encoder, the combiner and the head) to ONNX.
+
+Preprocessing (tokenisers, vocabularies, scalers) stays in Python; the exported graph takes the
+same tensors the PyTorch network takes, one input per column, with a dynamic batch axis.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from loopml.errors import LoopmlError
+
+
+class _Positional(nn.Module):
+    def __init__(self, network: nn.Module, columns: list[str]) -> None:
+        super().__init__()
+        self.network, self.columns = network, columns
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.network(dict(zip(self.columns, tensors, strict=True)))
+
+
+def export_onnx(model, path: str | os.PathLike, example_rows: int = 2) -> Path:
+    path = Path(path)
+    if path.is_file():
+        return path
+    columns = list(model.preprocessor.features)
+    example = model.preprocessor.transform(model_example(model, example_rows))
+    args = tuple(example[c] for c in columns)
+    names = [f"input_{i}" for i in range(len(columns))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.onnx.export(
+            _Positional(model.network.eval(), columns), args, str(tmp), input_names=names, output_names=["scores"],
+            dynamic_axes={**{n: {0: "batch"} for n in names}, "scores": {0: "batch"}}, dynamo=False,
+        )
+    except Exception as e:  # noqa: BLE001  exporter failures come in many types; report, do not crash the server
+        tmp.unlink(missing_ok=True)
+        raise LoopmlError(f"this model cannot be exported to ONNX ({type(e).__name__}: {str(e)[:200]}); "
+                          "use the torch backend") from None
+    os.replace(tmp, path)
+    return path
+
+
+def model_example(model, rows: int = 1):
+    """Input rows that preprocessing accepts: the stored worst-error inputs, else all-missing values."""
+    import pandas as pd
+
+    stored = [r["inputs"] for ev in model.evaluation.get("evaluations", {}).values() for r in ev.get("worst_errors", [])]
+    columns = list(model.preprocessor.features)
+    records = [{c: row.get(c) for c in columns} for row in stored if all(c in row for c in columns)][:rows]
+    if not records:
+        records = [dict.fromkeys(columns) for _ in range(rows)]
+    while len(records) < rows:
+        records.append(records[-1])
+    return pd.DataFrame.from_records(records, columns=columns)
