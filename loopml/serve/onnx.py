@@ -7,6 +7,7 @@ same tensors the PyTorch network takes, one input per column, with a dynamic bat
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,10 +36,12 @@ def export_onnx(model, path: str | os.PathLike, example_rows: int = 2) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.onnx.export(
-            _Positional(model.network.eval(), columns), args, str(tmp), input_names=names, output_names=["scores"],
-            dynamic_axes={**{n: {0: "batch"} for n in names}, "scores": {0: "batch"}}, dynamo=False,
-        )
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated but handles dynamic batches here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                _Positional(model.network, columns).eval(), args, str(tmp), input_names=names, output_names=["scores"],
+                dynamic_axes={**{n: {0: "batch"} for n in names}, "scores": {0: "batch"}}, dynamo=False,
+            )
     except Exception as e:  # noqa: BLE001  exporter failures come in many types; report, do not crash the server
         tmp.unlink(missing_ok=True)
         raise LoopmlError(f"this model cannot be exported to ONNX ({type(e).__name__}: {str(e)[:200]}); "
