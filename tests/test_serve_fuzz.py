@@ -5,8 +5,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from tests.test_serve import Server, registered  # noqa: F401  (the fixture)
+from test_serve import Server, registered  # noqa: F401  (the fixture)
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
                     | st.text(max_size=20),

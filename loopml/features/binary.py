@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 import torch
 
 from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel
+from loopml.features.category import is_missing
 
 _TRUE = {"1", "true", "yes", "y", "t", "1.0"}
 
@@ -44,10 +44,12 @@ class BinaryFeature(FeatureType):
 
     def transform(self, column: pd.Series) -> torch.Tensor:
         s = self.state
-        known = column.notna() & column.map(canonical, na_action="ignore").isin(s["values"])
-        is_positive = column.map(canonical, na_action="ignore") == s["positive"]
-        out = np.where(known, is_positive.to_numpy(dtype=bool), s["fill"]).astype(np.float32)
-        return torch.from_numpy(out).unsqueeze(1)
+        values, positive, fill = set(s["values"]), s["positive"], float(s["fill"])
+        out = []
+        for v in column.tolist():
+            text = None if is_missing(v) else canonical(v)
+            out.append(fill if text not in values else float(text == positive))
+        return torch.tensor(out, dtype=torch.float32).unsqueeze(1)
 
     def encoder_inputs(self) -> dict:
         return {"width": 1}

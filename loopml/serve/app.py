@@ -102,7 +102,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             r["version"] = served.version
         return results
 
-    batcher = Batcher(infer, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics.observe_batch)
+    arriving = {"requests": 0}  # predict requests inside the handler, before the batcher has them
+    batcher = Batcher(infer, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics.observe_batch,
+                      arriving=lambda: arriving["requests"])
     predictions = PredictionLog(store)
 
     async def watch_alias() -> None:
@@ -140,6 +142,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     app = FastAPI(title=f"loopml: {first.name}", version="1", lifespan=lifespan,
                   description=f"Predictions from {first.reference} (target '{pre.target.column}', {pre.target.kind}).")
+    app.add_middleware(CountArrivals, counter=arriving)
     app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     def client_key(request: Request) -> None:
@@ -169,9 +172,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
         where = ".".join(str(p) for p in first_error["loc"] if p not in ("body", Input.__name__, f"list[{Input.__name__}]"))
         return JSONResponse({"detail": f"{where or 'body'}: {first_error['msg']}", "errors": errors}, status_code=422)
 
+    def queued(request: Request) -> None:
+        if request.scope.pop("loopml.arriving", False):
+            arriving["requests"] -= 1
+
     @app.post("/v1/models/{name}/predict", response_model=PredictResponse, dependencies=[Depends(client_key)],
               summary="Predict for one record or a list of records")
-    async def predict(name: str, body: Annotated[Union[Input, list[Input]], Body()]) -> PredictResponse:  # noqa: UP007
+    async def predict(
+        name: str, body: Annotated[Union[Input, list[Input]], Body()], request: Request,  # noqa: UP007
+    ) -> Response:
+        queued(request)
         served = state["served"]
         if name != served.name:
             raise _HTTP(404, f"no model '{name}' here; this server serves '{served.name}'")
@@ -201,7 +211,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         predictions.put(rows)
         metrics.predictions.labels(served.name).inc(len(rows))
         metrics.log_queue.set(predictions.queue.qsize())
-        return PredictResponse(model=served.name, version=results[0]["version"], predictions=out)
+        # the response model documents the shape; building the JSON directly skips re-validating our own output
+        return Response(json.dumps({"model": served.name, "version": results[0]["version"], "predictions": out}),
+                        media_type="application/json")
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, status_code=201, dependencies=[Depends(client_key)],
               summary="The true label of a prediction (stored before the response)")
@@ -251,6 +263,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.loopml = state
     app.state.predictions = predictions
     return app
+
+
+class CountArrivals:
+    """Counts a predict request from before its body is parsed until the route queues it."""
+
+    def __init__(self, app, counter: dict) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/predict"):
+            self.counter["requests"] += 1
+            scope["loopml.arriving"] = True
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope.pop("loopml.arriving", False):
+                self.counter["requests"] -= 1
 
 
 class _HTTP(Exception):  # noqa: N818  (a response, not a failure)

@@ -28,7 +28,11 @@ class _Request:
 
 class Batcher:
     def __init__(self, fn: Callable[[list], list], max_batch_size: int = 64, max_wait_ms: float = 2.0,
-                 max_queue: int = 4096, on_batch: Callable[[int, int], None] | None = None) -> None:
+                 max_queue: int = 4096, on_batch: Callable[[int, int], None] | None = None,
+                 arriving: Callable[[], int] | None = None) -> None:
+        """``arriving()``: requests accepted but not yet queued (still being parsed); the batcher waits
+        for them (up to ``max_wait_ms``) only when there are some, so a lone request never waits."""
+        self.arriving = arriving or (lambda: 1)
         self.fn, self.max_batch_size, self.max_wait = fn, max_batch_size, max_wait_ms / 1000
         self.max_queue, self.on_batch = max_queue, on_batch
         self.queued_rows = 0
@@ -60,7 +64,7 @@ class Batcher:
             while rows < self.max_batch_size:
                 if not self._queue.empty():
                     nxt = self._queue.get_nowait()
-                elif time.perf_counter() < deadline and not self._closing:
+                elif time.perf_counter() < deadline and not self._closing and self.arriving() > 0:
                     try:
                         nxt = await asyncio.wait_for(self._queue.get(), deadline - time.perf_counter())
                     except TimeoutError:
