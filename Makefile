@@ -37,6 +37,8 @@ bench: install
 	$(BIN)/python -m bench.evaluation --only threshold,imbalance,explain
 	$(BIN)/python -m bench.report_screenshot
 	$(BIN)/python -m bench.registry
+	$(BIN)/python -m bench.serve --only text,tabular
+	$(BIN)/python -m bench.serve --only minilm
 
 clean:
 	rm -rf $(VENV) $(DEMO) .loopml .pytest_cache

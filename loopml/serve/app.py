@@ -3,6 +3,7 @@ the prediction log and feedback go to the store, the former off the request path
 
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -44,7 +45,7 @@ class ServeSettings(BaseModel):
     max_records: int = Field(1000, ge=1)
     api_keys: list[str] = []
     admin_token: str | None = None
-    poll_interval_s: float = Field(1.0, gt=0)
+    poll_interval_s: float = Field(0.25, gt=0)
     media_root: str | None = None
 
 
@@ -123,6 +124,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             return False
         new = await run_in_threadpool(load_served, settings, store)  # loaded and warmed off the loop
         state["served"] = new
+        gc.freeze()
         metrics.model_version.labels(new.name).set(new.version)
         metrics.swaps.labels(new.name).inc()
         log.info("now serving %s:%s (was %s)", new.name, new.version, current.version)
@@ -132,6 +134,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def lifespan(_app: FastAPI):
         batcher.start()
         watcher = asyncio.create_task(watch_alias()) if alias else None
+        gc.freeze()  # the model and libraries are long-lived: keep them out of full collections (p99 pauses)
         state["ready"] = True
         yield
         state["ready"] = False
