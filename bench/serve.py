@@ -157,7 +157,7 @@ def main() -> None:
             minilm = {**dedup, "features": {"text": {"type": "text", "encoder": {"type": "pretrained"}}}}
             subset = realdata.subsample(sms, 1000, "label")
             results["minilm_sms_spam"] = bench_model("minilm", subset, "label", minilm, args.seconds, tmp)
-    name = "serve" if len(parts) == 3 else f"serve_{'_'.join(parts)}"
+    name = "serve" if sorted(parts) == ["tabular", "text"] else f"serve_{'_'.join(parts)}"
     print(f"written {write_result(name, results)}")
 
 
