@@ -48,6 +48,8 @@ class Model:
         self.info: dict = {}
         #: what the report draws: data summary, per-split predictions and worst errors, importance
         self.evaluation: dict = {}
+        #: training-data statistics that drift monitoring compares live inputs with
+        self.reference: dict = {}
         #: the tracked run of the last fit (``fit(track=...)``), with the store that holds it
         self.run_id: str | None = None
         self._store = None
@@ -129,6 +131,7 @@ class Model:
         self.evaluation = self._fit_evaluation(prepared, outputs, monitor, len(train))
         best = next(cb for cb in callbacks if hasattr(cb, "best_epoch"))
         self.info = {
+            "data_source": _source_path(prepared.sources.get("data")),
             "data_fingerprint": prepared.fingerprint,
             "data_report": prepared.report,
             "training": {"epochs_run": trainer.epoch, "best_epoch": best.best_epoch, "monitor": monitor,
@@ -171,7 +174,20 @@ class Model:
                                             seed=self.config.training.seed)
         data = {"sizes": {name: len(split) for name, split in splits.items()}, "train_rows_after_sampling": train_rows,
                 "class_balance": class_balance(self.preprocessor, {n: s.target for n, s in splits.items()})}
+        self.reference = self._reference(prepared, outputs)
         return {"data": data, "evaluations": evaluations, "importance": importance}
+
+    def _reference(self, prepared: Prepared, outputs: dict[str, torch.Tensor]) -> dict:
+        """Training-data statistics for drift monitoring (kept in the model directory as reference.json)."""
+        from loopml.loop.drift import reference
+
+        frame = prepared.raw("train", self.config)
+        if frame is None:
+            return {}
+        held_out = outputs.get("test", outputs["validation"])
+        predictions = self.preprocessor.target.decode(held_out.numpy())[0]
+        kinds = {col: f.config.type for col, f in self.preprocessor.features.items()}
+        return reference(frame, kinds, predictions, self.preprocessor.target.classes or None)
 
     def _class_weights(self, prepared: Prepared) -> list[float] | None:
         setting = self.config.target.class_weights
@@ -309,11 +325,13 @@ class Model:
             "metrics.json": json.dumps(self.metrics, indent=2),
             "history.json": json.dumps({"epochs": self.history, **self.info.get("training", {})}, indent=2),
             "evaluation.json": json.dumps({**self.evaluation, "data_report": self.info.get("data_report", {})}),
+            "reference.json": json.dumps(self.reference),
         }
         manifest = {
             "target": self.schema.target, "task": self.schema.target_kind,
             "data_fingerprint": self.info.get("data_fingerprint"),
             "config_hash": _hash(documents["config.yaml"]),
+            "data_source": self.info.get("data_source"),
         }
         written = write_bundle(path, documents, self.network.state_dict(), manifest, overwrite)
         if self.run_id is not None:  # a tracked run: its model goes to the artifact root
@@ -360,10 +378,17 @@ def load(path: str | os.PathLike, store: str | None = None) -> Model:
     model.info = {"manifest": manifest, "training": history, "data_fingerprint": manifest.get("data_fingerprint")}
     if version is not None:
         model.info["registry"] = {"name": version["name"], "version": version["version"], "run_id": version["run_id"]}
+    model.reference = json.loads(documents.get("reference.json", "{}"))
+    model.info["data_source"] = manifest.get("data_source")
     if "evaluation.json" in documents:
         model.evaluation = json.loads(documents["evaluation.json"])
         model.info["data_report"] = model.evaluation.pop("data_report", {})
     return model
+
+
+def _source_path(source: object) -> str | None:
+    """The training file's absolute path (retraining reads it again); None for in-memory data."""
+    return str(Path(source).resolve()) if isinstance(source, (str, os.PathLike)) else None
 
 
 def _hash(text: str) -> str:

@@ -33,10 +33,13 @@ def _root(
     """loopml: from a table to a trained, evaluated, saved model."""
 
 
+from loopml.loop.cli import monitor_command, retrain_command  # noqa: E402
 from loopml.registry.cli import ArtifactsOpt, StoreOpt, models_app, runs_app  # noqa: E402
 
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+app.command("monitor")(monitor_command)
+app.command("retrain")(retrain_command)
 
 ModelArg = Annotated[str, typer.Argument(help="Model directory, or NAME@alias / NAME:version from the registry.",
                                          metavar="MODEL")]

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from loopml.errors import LoopmlError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0003"
+HEAD = "0004"
 DEFAULT_URL = "sqlite:///.loopml/registry.db"
 #: execution option marking a writing transaction (SQLite: BEGIN IMMEDIATE; reads stay deferred)
 WRITE = "loopml_write"
@@ -49,6 +49,7 @@ model_versions = sa.Table(
     sa.Column("run_id", sa.String(32)), sa.Column("artifact_uri", sa.String(512)), sa.Column("metrics", sa.JSON),
     sa.Column("parent_version", sa.Integer), sa.Column("data_fingerprint", sa.String(64)),
     sa.Column("config_hash", sa.String(64)), sa.Column("created_at", sa.Float), sa.Column("description", sa.Text),
+    sa.Column("lineage", sa.JSON),
 )
 aliases = sa.Table(
     "aliases", metadata,
@@ -74,6 +75,21 @@ feedback = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("model_name", sa.String(128)),
     sa.Column("prediction_id", sa.String(32)), sa.Column("inputs", sa.JSON), sa.Column("label", sa.JSON),
     sa.Column("created_at", sa.Float),
+)
+
+drift_windows = sa.Table(
+    "drift_windows", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("model_name", sa.String(128)),
+    sa.Column("model_version", sa.Integer), sa.Column("start", sa.Float), sa.Column("end", sa.Float),
+    sa.Column("rows", sa.Integer), sa.Column("drift", sa.Boolean), sa.Column("results", sa.JSON),
+    sa.Column("created_at", sa.Float),
+)
+gate_decisions = sa.Table(
+    "gate_decisions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("model_name", sa.String(128)),
+    sa.Column("candidate_version", sa.Integer), sa.Column("champion_version", sa.Integer),
+    sa.Column("promoted", sa.Boolean), sa.Column("reason", sa.Text), sa.Column("numbers", sa.JSON),
+    sa.Column("at", sa.Float),
 )
 
 

@@ -68,3 +68,29 @@ class Records:
         t = {"predictions": db.predictions, "feedback": db.feedback}[table]
         with self.engine.connect() as c:
             return int(c.execute(sa.select(sa.func.count()).select_from(t).where(t.c.model_name == model_name)).scalar())
+
+    def add_drift_window(self, model_name: str, version: int, start: float, end: float, result: dict) -> int:
+        with self.writer.begin() as c:
+            row = c.execute(db.drift_windows.insert().values(
+                model_name=model_name, model_version=version, start=start, end=end, rows=result["rows"],
+                drift=bool(result["drift"]), results=result, created_at=time.time()))
+            return int(row.inserted_primary_key[0])
+
+    def list_drift_windows(self, model_name: str, limit: int = 50) -> list[dict]:
+        query = (sa.select(db.drift_windows).where(db.drift_windows.c.model_name == model_name)
+                 .order_by(db.drift_windows.c.id.desc()).limit(limit))
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(query)]
+
+    def add_gate_decision(self, model_name: str, candidate: int | None, champion: int | None, promoted: bool,
+                          reason: str, numbers: dict) -> int:
+        with self.writer.begin() as c:
+            row = c.execute(db.gate_decisions.insert().values(
+                model_name=model_name, candidate_version=candidate, champion_version=champion, promoted=promoted,
+                reason=reason, numbers=numbers, at=time.time()))
+            return int(row.inserted_primary_key[0])
+
+    def list_gate_decisions(self, model_name: str) -> list[dict]:
+        query = sa.select(db.gate_decisions).where(db.gate_decisions.c.model_name == model_name).order_by(db.gate_decisions.c.id)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(query)]

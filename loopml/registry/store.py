@@ -160,7 +160,7 @@ class Store(Records):
 
     # -- registering ------------------------------------------------------------------------
     def register(self, name: str, *, run: str | None = None, path: str | os.PathLike | None = None,
-                 description: str = "", parent_version: int | None = None) -> dict:
+                 description: str = "", parent_version: int | None = None, lineage: dict | None = None) -> dict:
         """A new version of ``name`` from a run's model or a model directory.
 
         The artifact is stored first; the version row is created in one transaction that also
@@ -192,6 +192,7 @@ class Store(Records):
                         name=name, version=version, run_id=run_row["id"] if run_row else None, artifact_uri=uri,
                         metrics=metrics, parent_version=parent_version, data_fingerprint=manifest.get("data_fingerprint"),
                         config_hash=manifest.get("config_hash"), created_at=now, description=description,
+                        lineage=lineage,
                     ))
                     c.execute(db.registered_models.update().where(db.registered_models.c.name == name)
                               .values(latest_version=version))

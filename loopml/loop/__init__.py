@@ -1,0 +1,1 @@
+"""The loop: drift monitoring, retraining from feedback, gated promotion."""

@@ -1,0 +1,70 @@
+"""``loopml monitor`` and ``loopml retrain``: the same functions the server's background task calls."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from loopml.registry.cli import StoreOpt, _table
+
+
+def monitor_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    alias: Annotated[str, typer.Option(help="The alias whose version's reference is compared.")] = "production",
+    window: Annotated[float | None, typer.Option(help="Only predictions of the last this many seconds.")] = None,
+    last: Annotated[int | None, typer.Option(help="Only the last N predictions.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write an HTML drift report here.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Input and prediction drift of the logged traffic, and live metrics from feedback (stored per window)."""
+    from loopml.loop.monitor import monitor
+    from loopml.registry import Store
+
+    s = Store(store)
+    since = time.time() - window if window else None
+    result = monitor(s, name, alias, since=since, last=last)
+    rows = [[col, d["kind"], d["psi"], d["noise"], d.get("ks"), d.get("wasserstein"), d.get("chi2_p"), d["level"]]
+            for col, d in result["columns"].items()]
+    if "predictions" in result:
+        p = result["predictions"]
+        rows.append(["(predictions)", p["kind"], p["psi"], p["noise"], p.get("ks"), p.get("wasserstein"), p.get("chi2_p"),
+                     p["level"]])
+    _table(f"{name}:{result['version']} — {result['rows']} predictions, drift: {'YES' if result['drift'] else 'no'}",
+           ["column", "kind", "PSI", "noise", "KS", "Wasserstein/σ", "χ² p", "level"], rows)
+    typer.echo(f"live: {json.dumps(result['live'])}")
+    if report:
+        from loopml.loop.report import drift_report
+
+        path = drift_report(s, name, result).write(report)
+        typer.echo(f"drift report: {path}")
+
+
+def retrain_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML (trigger, data, gate, train overrides).")] = None,
+    if_triggered: Annotated[bool, typer.Option("--if-triggered", help="Only when the policy's trigger fires.")] = False,
+    watch: Annotated[float | None, typer.Option(help="Keep checking the trigger every this many seconds.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Train a candidate on the champion's data + feedback, gate it against the champion, promote if it wins."""
+    from loopml.loop.policy import load_policy
+    from loopml.loop.retrain import retrain, should_retrain
+    from loopml.registry import Store
+
+    s, p = Store(store), load_policy(policy)
+    while True:
+        fire, why = should_retrain(s, name, p) if (if_triggered or watch) else (True, "manual")
+        if fire:
+            typer.echo(f"retraining {name}: {why}")
+            decision = retrain(s, name, p, reason=why)
+            verdict = "PROMOTED" if decision["promoted"] else "rejected"
+            typer.echo(f"candidate {name}:{decision['candidate_version']} {verdict}: {decision['reason']}")
+        else:
+            typer.echo(f"no retrain: {why}")
+        if not watch:
+            return
+        time.sleep(watch)

@@ -1,0 +1,146 @@
+"""Reference statistics (kept with each model version) and drift of a window of inputs against them.
+
+Every column becomes a histogram over the same buckets — numbers over the training deciles,
+categories over their most frequent training values, text over its most frequent words, each with
+"other" and "missing" buckets — and the population stability index (PSI) compares the two:
+PSI ≥ 0.2 is drift, 0.1–0.2 a warning (the usual reading). Numbers also get the Kolmogorov-Smirnov
+test and the Wasserstein distance (in training standard deviations); categories chi-square and
+Jensen-Shannon. Images and audio are not monitored yet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+DRIFT, WARN = 0.2, 0.1
+SAMPLE = 2000
+TOP_VALUES, TOP_WORDS = 20, 50
+MIN_ROWS = 50
+_WORD = re.compile(r"\w+")
+_EPS = 1e-4
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    return values.isna().to_numpy()
+
+
+def _words(text: object) -> list[str]:
+    return _WORD.findall(str(text).lower()) if isinstance(text, str) else []
+
+
+def column_reference(values: pd.Series, kind: str, seed: int = 0) -> dict | None:
+    if kind == "number":
+        numbers = pd.to_numeric(values, errors="coerce")
+        present = numbers.dropna().to_numpy(dtype=np.float64)
+        if not len(present):
+            return None
+        edges = np.unique(np.quantile(present, np.linspace(0.1, 0.9, 9)))
+        sample = np.random.default_rng(seed).choice(present, min(SAMPLE, len(present)), replace=False)
+        ref = {"kind": "number", "edges": edges.tolist(), "sample": np.round(sample, 6).tolist(),
+               "std": float(present.std()) or 1.0}
+    elif kind in ("category", "binary"):
+        counts = values.dropna().map(lambda v: str(v).strip()).value_counts()
+        ref = {"kind": "category", "values": counts.index[:TOP_VALUES].tolist()}
+    elif kind == "text":
+        counts = Counter(w for text in values.dropna() for w in _words(text))
+        ref = {"kind": "text", "values": [w for w, _ in counts.most_common(TOP_WORDS)]}
+    else:
+        return None
+    ref["histogram"] = histogram(values, ref).tolist()
+    return ref
+
+
+def histogram(values: pd.Series, ref: dict, counts_too: bool = False) -> np.ndarray | tuple[np.ndarray, float]:
+    """Shares per bucket: the reference's bins or values, then 'other', then 'missing' (and the count)."""
+    missing = _missing(values)
+    if ref["kind"] == "number":
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        missing = np.isnan(numbers)
+        buckets = np.bincount(np.searchsorted(ref["edges"], numbers[~missing], side="right"),
+                              minlength=len(ref["edges"]) + 1).astype(np.float64)
+        counts = np.append(buckets, [0.0, missing.sum()])
+    else:
+        index = {v: i for i, v in enumerate(ref["values"])}
+        counts = np.zeros(len(ref["values"]) + 2)
+        for value in values[~missing]:
+            for token in (_words(value) if ref["kind"] == "text" else [str(value).strip()]):
+                counts[index.get(token, len(ref["values"]))] += 1
+        counts[-1] = missing.sum()
+    shares = counts / max(counts.sum(), 1.0)
+    return (shares, float(counts.sum())) if counts_too else shares
+
+
+def psi(reference: np.ndarray, current: np.ndarray) -> float:
+    p, q = np.asarray(reference) + _EPS, np.asarray(current) + _EPS
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def noise(buckets: int, observations: float) -> float:
+    """PSI a window of this size shows with no drift at all: about (k - 1) / n (chi-square over n)."""
+    return (buckets - 1) / max(observations, 1.0)
+
+
+def level(value: float, allowance: float = 0.0) -> str:
+    """drift / warn / ok, with the thresholds raised by twice the sampling noise of the window."""
+    return "drift" if value >= DRIFT + 2 * allowance else "warn" if value >= WARN + 2 * allowance else "ok"
+
+
+def column_drift(values: pd.Series, ref: dict) -> dict:
+    current, observations = histogram(values, ref, counts_too=True)
+    out = {"kind": ref["kind"], "psi": psi(ref["histogram"], current),
+           "js": float(jensenshannon(np.asarray(ref["histogram"]) + _EPS, current + _EPS))}
+    if ref["kind"] == "number":
+        present = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=np.float64)
+        if len(present):
+            ks = stats.ks_2samp(ref["sample"], present)
+            out.update(ks=float(ks.statistic), ks_p=float(ks.pvalue),
+                       wasserstein=float(stats.wasserstein_distance(ref["sample"], present) / ref["std"]))
+    else:
+        n = len(values)
+        expected = (np.asarray(ref["histogram"]) + _EPS) * n
+        observed = current * n
+        out["chi2_p"] = float(stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue)
+    out["noise"] = noise(len(current), observations)
+    out["level"] = level(out["psi"], out["noise"])
+    return out
+
+
+def reference(frame: pd.DataFrame, kinds: dict[str, str], predictions: np.ndarray | None, classes: list | None) -> dict:
+    """What monitoring needs from the training data, small enough to keep in the model directory."""
+    columns = {col: column_reference(frame[col], kind) for col, kind in kinds.items() if col in frame.columns}
+    ref = {"rows": len(frame), "columns": {c: r for c, r in columns.items() if r is not None}}
+    if predictions is not None:
+        ref["predictions"] = prediction_reference(predictions, classes)
+    return ref
+
+
+def prediction_reference(predictions: np.ndarray, classes: list | None) -> dict:
+    if classes:
+        return {"kind": "category", "values": [str(c) for c in classes],
+                "histogram": histogram(pd.Series([str(p) for p in predictions]), {"kind": "category",
+                                                                                   "values": [str(c) for c in classes]}).tolist()}
+    return column_reference(pd.Series(predictions), "number")
+
+
+def window_drift(frame: pd.DataFrame, predictions: list, ref: dict) -> dict:
+    """Per column and for the predictions: PSI and tests; ``drift`` when any column or the predictions drift."""
+    if len(frame) < MIN_ROWS:
+        return {"rows": len(frame), "drift": False, "status": f"fewer than {MIN_ROWS} rows", "columns": {}}
+    columns = {col: column_drift(frame[col] if col in frame.columns else pd.Series([None] * len(frame)), r)
+               for col, r in ref["columns"].items()}
+    out = {"rows": len(frame), "columns": columns, "status": "ok"}
+    if "predictions" in ref and predictions:
+        values = pd.Series([str(p) for p in predictions]) if ref["predictions"]["kind"] == "category" else pd.Series(predictions)
+        out["predictions"] = column_drift(values, ref["predictions"])
+    drifted = [c for c, d in columns.items() if d["level"] == "drift"]
+    if out.get("predictions", {}).get("level") == "drift":
+        drifted.append("(predictions)")
+    out["drifted"] = drifted
+    out["drift"] = bool(drifted)
+    return out

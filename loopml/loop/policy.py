@@ -1,0 +1,68 @@
+"""The retraining policy (YAML): when to retrain, on what, and what a candidate must beat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from loopml.errors import LoopmlError
+from loopml.features.base import StrictModel
+
+
+class Trigger(StrictModel):
+    #: retrain once this many new feedback labels arrived since the last decision
+    min_feedback: int = Field(200, ge=1)
+    #: retrain when the latest monitoring window flagged drift (and some feedback exists)
+    on_drift: bool = True
+    #: retrain when live accuracy on feedback falls below this
+    live_accuracy_below: float | None = Field(None, ge=0, le=1)
+
+
+class DataPolicy(StrictModel):
+    #: the champion's training data (default: the file it was trained from)
+    training_data: str | None = None
+    #: each feedback row counts this many times in training
+    feedback_weight: int = Field(1, ge=1)
+    #: the newest share of feedback held back to judge candidate vs champion
+    holdout_fraction: float = Field(0.3, gt=0, lt=1)
+    min_holdout: int = Field(30, ge=1)
+
+
+class Gate(StrictModel):
+    metric: Literal["accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "r2"] = "accuracy"
+    #: the candidate must beat the champion on the held-back feedback by at least this much
+    margin: float = Field(0.01, ge=0)
+    #: and be right significantly more often there (one-sided McNemar test)
+    significance: float = Field(0.05, gt=0, lt=1)
+    #: and lose at most this much of the metric on the champion's original test set
+    max_test_regression: float = Field(0.01, ge=0)
+
+
+class Policy(StrictModel):
+    alias: str = "production"
+    trigger: Trigger = Trigger()
+    data: DataPolicy = DataPolicy()
+    gate: Gate = Gate()
+    #: config overrides for the candidate, e.g. {training: {epochs: 20}}
+    train: dict = {}
+
+
+def load_policy(source: str | Path | dict | None) -> Policy:
+    if source is None:
+        return Policy()
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise LoopmlError(f"policy file not found: {source}")
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as e:
+        from loopml.config import describe_error
+
+        raise LoopmlError(describe_error(e, Policy).replace("config", "policy", 1)) from None
