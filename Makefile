@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python -m bench.registry
 	$(BIN)/python -m bench.serve --only text,tabular
 	$(BIN)/python -m bench.serve --only minilm
+	$(BIN)/python -m bench.loop
 
 clean:
 	rm -rf $(VENV) $(DEMO) .loopml .pytest_cache

@@ -13,7 +13,6 @@ flag's false-alarm rate on 20 windows of unshifted traffic (and its hit rate on 
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import threading
@@ -78,7 +77,8 @@ def main() -> None:
         store.promote("adult", 1, reason="first model")
         result["v1_original"] = accuracy(v1, held)
         result["v1_shifted"] = accuracy(v1, shifted_held)
-        print(f"v1: {result['v1_original']:.4f} on unshifted held-out rows, {result['v1_shifted']:.4f} on shifted ones", flush=True)
+        print(f"v1: {result['v1_original']:.4f} on unshifted held-out rows, {result['v1_shifted']:.4f} on shifted ones",
+              flush=True)
 
         proc, server = start_server("adult@production", url)
         try:

@@ -267,6 +267,7 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(help="Rows per inference batch at most.")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.")] = 2.0,
     max_queue: Annotated[int, typer.Option(help="Rows queued before answering 503.")] = 4096,
+    monitor_interval: Annotated[float, typer.Option(help="Seconds between drift checks on /metrics (0 = off).")] = 60.0,
     api_key: Annotated[list[str] | None, typer.Option(help="Accepted API key for predict/feedback (repeatable).")] = None,
     admin_token: Annotated[str | None, typer.Option(envvar="LOOPML_ADMIN_TOKEN", help="Token for admin endpoints.")] = None,
     media_root: MediaRootOpt = None,
@@ -291,7 +292,8 @@ def serve(
         raise _user_error(f"refusing to bind {host} (not loopback) without --admin-token (or LOOPML_ADMIN_TOKEN)")
     settings = ServeSettings(model=model, store=store, artifacts=artifacts, backend=backend, threads=threads,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                             api_keys=api_key or [], admin_token=admin_token, media_root=media_root)
+                             api_keys=api_key or [], admin_token=admin_token, media_root=media_root,
+                             monitor_interval_s=monitor_interval)
     _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
     if workers > 1:
         os.environ["LOOPML_SERVE"] = settings.model_dump_json()

@@ -157,6 +157,7 @@ def _cache_key(config: Config, fingerprints: dict) -> str:
         "defaults": config.defaults.model_dump(mode="json", exclude_unset=True),
         "exclude": config.exclude,
     }
+    shaping["defaults"] = {k: v for k, v in shaping["defaults"].items() if v is not None}
     for name, section in shaping["defaults"].items():
         if section.pop("encoder", None) is not None:
             _add_encoder_key(section, getattr(config.defaults, name))

@@ -232,3 +232,19 @@ def test_onnx_backend_matches_torch(registered, tmp_path):
     inputs = model.preprocessor.transform(features)
     assert np.abs(torch_runner.outputs(inputs) - onnx_runner.outputs(inputs)).max() < 1e-5
     assert [r["prediction"] for r in onnx_runner.predict(features.to_dict(orient="records"))] == list(model.predict(features))
+
+
+def test_background_monitoring_exposes_drift_on_metrics(registered):
+    url, features, _ = registered
+    server = Server("clf@production", url, "--monitor-interval", "0.5")
+    try:
+        shifted = features.assign(x1=features.x1 + 3.0)
+        server.client.post("/v1/models/clf/predict", json=[_record(shifted, i) for i in range(120)])
+        deadline = time.time() + 20
+        while 'loopml_drift{model="clf"} 1.0' not in (text := server.client.get("/metrics").text):
+            assert time.time() < deadline, "no drift reported on /metrics"
+            time.sleep(0.3)
+        assert 'loopml_drift_psi{column="x1",model="clf"}' in text
+    finally:
+        server.stop()
+    assert Store(url).list_drift_windows("clf")[0]["drift"]

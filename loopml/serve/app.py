@@ -46,6 +46,9 @@ class ServeSettings(BaseModel):
     api_keys: list[str] = []
     admin_token: str | None = None
     poll_interval_s: float = Field(0.25, gt=0)
+    #: drift and live metrics over the last ``monitor_rows`` predictions, every this many seconds (0 = off)
+    monitor_interval_s: float = Field(60.0, ge=0)
+    monitor_rows: int = Field(1000, ge=50)
     media_root: str | None = None
 
 
@@ -113,6 +116,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
             await asyncio.sleep(settings.poll_interval_s)
             await swap_if_moved()
 
+    async def watch_drift() -> None:
+        from loopml.loop.monitor import monitor
+
+        while True:
+            await asyncio.sleep(settings.monitor_interval_s)
+            try:
+                result = await run_in_threadpool(monitor, store, state["served"].name, alias, None, None,
+                                                 settings.monitor_rows)
+            except (LoopmlError, SQLAlchemyError) as e:
+                log.warning("monitoring skipped: %s", e)
+                continue
+            metrics.observe_drift(state["served"].name, result)
+
     async def swap_if_moved() -> bool:
         current = state["served"]
         try:
@@ -134,12 +150,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def lifespan(_app: FastAPI):
         batcher.start()
         watcher = asyncio.create_task(watch_alias()) if alias else None
+        drift_task = asyncio.create_task(watch_drift()) if alias and settings.monitor_interval_s else None
         gc.freeze()  # the model and libraries are long-lived: keep them out of full collections (p99 pauses)
         state["ready"] = True
         yield
         state["ready"] = False
-        if watcher:
-            watcher.cancel()
+        for task in (watcher, drift_task):
+            if task:
+                task.cancel()
         await batcher.close()  # in-flight requests are answered first (uvicorn drains them before this)
         await run_in_threadpool(predictions.close)
 

@@ -21,6 +21,11 @@ class ServerMetrics:
         self.feedback = Counter("loopml_feedback", "Feedback labels stored", ["model"], registry=self.registry)
         self.predictions = Counter("loopml_predictions", "Predictions made", ["model"], registry=self.registry)
         self.swaps = Counter("loopml_model_swaps", "Hot swaps to a new version", ["model"], registry=self.registry)
+        self.drift_psi = Gauge("loopml_drift_psi", "Population stability index of the last monitoring window",
+                               ["model", "column"], registry=self.registry)
+        self.drift = Gauge("loopml_drift", "1 when the last monitoring window flagged drift", ["model"], registry=self.registry)
+        self.live_accuracy = Gauge("loopml_live_accuracy", "Accuracy on feedback in the last monitoring window", ["model"],
+                                   registry=self.registry)
         self.log_queue = Gauge("loopml_prediction_log_queue", "Prediction rows not yet in the store",
                                registry=self.registry)
 
@@ -30,3 +35,13 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def observe_drift(self, model: str, result: dict) -> None:
+        columns = dict(result.get("columns", {}))
+        if "predictions" in result:
+            columns["(predictions)"] = result["predictions"]
+        for column, d in columns.items():
+            self.drift_psi.labels(model, column).set(d["psi"])
+        self.drift.labels(model).set(1.0 if result.get("drift") else 0.0)
+        if result.get("live", {}).get("accuracy") is not None:
+            self.live_accuracy.labels(model).set(result["live"]["accuracy"])

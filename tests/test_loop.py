@@ -1,0 +1,130 @@
+"""The loop: drift flags, the gate, retraining from feedback, and the commands."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import loopml
+from loopml.cli import main
+from loopml.loop.drift import window_drift
+from loopml.loop.monitor import monitor
+from loopml.loop.policy import load_policy
+from loopml.loop.retrain import feedback_frame, retrain, should_retrain
+from loopml.registry import Store
+
+POLICY = {"trigger": {"min_feedback": 100}, "data": {"holdout_fraction": 0.3, "min_holdout": 30, "feedback_weight": 3},
+          "gate": {"metric": "accuracy", "margin": 0.01, "max_test_regression": 0.01}, "train": {"training": {"epochs": 12}}}
+
+
+def make(n: int, seed: int, recode: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    kind = rng.choice(["alpha", "beta", "gamma"], size=n)
+    score = a - 0.7 * b + np.where(kind == "alpha", 2.5, np.where(kind == "beta", -2.5, 0.0))
+    df = pd.DataFrame({"a": a, "b": b, "kind": kind, "label": np.where(score + rng.normal(scale=0.4, size=n) > 0, "pos", "neg")})
+    if recode:  # an upstream system starts sending codes instead of names
+        df["kind"] = df["kind"].map({"alpha": "K1", "beta": "K2", "gamma": "K3"})
+    return df
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop")
+    data = root / "train.csv"
+    make(900, 0).to_csv(data, index=False)
+    model = loopml.Model(target="label", training={"epochs": 10}).fit(data, progress=False, cache_dir=False)
+    return model, model.save(root / "champion")
+
+
+def _store(tmp_path, champion_dir) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "artifacts"))
+    store.register("clf", path=champion_dir)
+    store.promote("clf", 1)
+    return store
+
+
+def _feed(store: Store, frame: pd.DataFrame) -> None:
+    for row in frame.to_dict("records"):
+        label = row.pop("label")
+        store.add_feedback("clf", label, inputs=row)
+
+
+def test_drift_flags_shifted_windows_and_not_unshifted_ones(champion):
+    model, _ = champion
+    false_alarms = sum(window_drift(w := make(300, 100 + s).drop(columns=["label"]), list(model.predict(w)),
+                                    model.reference)["drift"] for s in range(10))
+    hits = sum(window_drift(w := make(300, 200 + s, recode=True).drop(columns=["label"]), list(model.predict(w)),
+                            model.reference)["drift"] for s in range(10))
+    assert false_alarms == 0 and hits == 10
+    shifted = make(300, 1).assign(a=lambda d: d.a + 2.0).drop(columns=["label"])
+    result = window_drift(shifted, list(model.predict(shifted)), model.reference)
+    assert result["columns"]["a"]["level"] == "drift" and result["columns"]["a"]["ks_p"] < 1e-6
+    assert result["columns"]["b"]["level"] == "ok"
+
+
+def test_the_gate_rejects_candidates_trained_on_shuffled_labels(champion, tmp_path):
+    """20 seeded trials: feedback whose labels are shuffled never gets a candidate promoted."""
+    _, champion_dir = champion
+    policy = load_policy(POLICY)
+    promoted = []
+    for seed in range(20):
+        store = _store(tmp_path / f"trial{seed}", champion_dir)
+        noisy = make(200, 1000 + seed)
+        noisy["label"] = np.random.default_rng(seed).permutation(noisy["label"].to_numpy())
+        _feed(store, noisy)
+        decision = retrain(store, "clf", policy, reason=f"noise trial {seed}")
+        promoted.append(decision["promoted"])
+        assert store.resolve("clf@production")["version"] == 1
+        assert store.list_gate_decisions("clf")[-1]["promoted"] is False
+    assert promoted == [False] * 20
+
+
+def test_real_feedback_retrains_promotes_and_records_lineage(champion, tmp_path):
+    model, champion_dir = champion
+    store = _store(tmp_path, champion_dir)
+    policy = load_policy(POLICY)
+    assert should_retrain(store, "clf", policy)[0] is False
+    shifted = make(300, 7, recode=True)
+    _feed(store, shifted)
+    fire, why = should_retrain(store, "clf", policy)
+    assert fire and "300 new feedback" in why
+    decision = retrain(store, "clf", policy, reason=why)
+    assert decision["promoted"], decision["reason"]
+    assert store.resolve("clf@production")["version"] == 2
+    v2 = store.get_version("clf", 2)
+    assert v2["parent_version"] == 1 and len(v2["lineage"]["feedback_ids"]) == 210 and len(v2["lineage"]["held_back_ids"]) == 90
+    assert v2["lineage"]["feedback_from"] <= v2["lineage"]["feedback_to"]
+    numbers = store.list_gate_decisions("clf")[-1]["numbers"]
+    assert numbers["candidate_window"] > numbers["champion_window"] + 0.1 and numbers["mcnemar_p"] < 0.05
+    fresh = make(500, 8, recode=True)
+    assert loopml.load("clf@production", store=store._url).evaluate(fresh)["accuracy"] > model.evaluate(fresh)["accuracy"] + 0.1
+    assert should_retrain(store, "clf", policy)[0] is False  # the decision consumed that feedback
+    assert store.rollback("clf")["to_version"] == 1
+
+
+def test_feedback_is_deduplicated_latest_label_wins():
+    rows = [{"id": 1, "inputs": {"a": 1}, "label": "neg", "created_at": 1.0},
+            {"id": 2, "inputs": {"a": 2}, "label": "pos", "created_at": 2.0},
+            {"id": 3, "inputs": {"a": 1}, "label": "pos", "created_at": 3.0}]
+    frame = feedback_frame(rows, "label")
+    assert frame["a"].tolist() == [2, 1] and frame["label"].tolist() == ["pos", "pos"]
+
+
+def test_monitor_and_retrain_commands(champion, tmp_path, capsys):
+    _, champion_dir = champion
+    store = _store(tmp_path, champion_dir)
+    rows = make(200, 3, recode=True)
+    model = loopml.load("clf:1", store=store._url)
+    store.log_predictions([{"id": f"{i:032x}", "model_name": "clf", "model_version": 1, "created_at": 1000.0 + i,
+                            "inputs": r, "outputs": {"prediction": p, "probabilities": None}, "latency_ms": 1.0}
+                           for i, (r, p) in enumerate(zip(rows.drop(columns=["label"]).to_dict("records"),
+                                                          model.predict(rows), strict=True))])
+    result = monitor(store, "clf")
+    assert result["drift"] and "kind" in result["drifted"] and store.list_drift_windows("clf")[0]["drift"]
+    assert main(["monitor", "clf", "--store", store._url, "--report", str(tmp_path / "drift.html")]) == 0
+    out = capsys.readouterr().out
+    assert "drift: YES" in out and "kind" in out
+    assert 'id="window"' in (tmp_path / "drift.html").read_text()
+    assert main(["retrain", "clf", "--store", store._url, "--if-triggered"]) == 0
+    assert "no retrain" in capsys.readouterr().out
+    assert main(["retrain", "clf", "--store", store._url, "--policy", str(tmp_path / "missing.yaml")]) == 2
