@@ -37,7 +37,7 @@ def test_save_load_in_a_fresh_process_is_bit_identical(trained, tabular, tmp_pat
     path = trained.save(tmp_path / "model")
     assert sorted(p.name for p in path.iterdir()) == [
         "config.yaml", "evaluation.json", "history.json", "manifest.json", "metrics.json", "model.safetensors",
-        "preprocessing.json", "schema.json",
+        "preprocessing.json", "reference.json", "schema.json",
     ]
     data = tmp_path / "rows.csv"
     tabular.to_csv(data, index=False)
