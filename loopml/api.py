@@ -59,13 +59,17 @@ class Model:
         self, data: Source, *, validation: Source | None = None, test: Source | None = None,
         checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool | None = None,
         cache_dir: str | os.PathLike | None | bool = None, track: bool | str = False, store: object | None = None,
+        warm_start: Model | None = None,
     ) -> Model:
         """Train. ``track=True`` (or an experiment name) records the run in the registry store:
         params, per-epoch metrics, final metrics, status; ``save()`` then attaches the model.
+        ``warm_start``: keep that model's preprocessing and start from its weights (fine-tuning).
 
         Problems with the input (files, columns, config) surface before a run is recorded.
         """
         prepared, monitor = self._prepare(data, validation, test, cache_dir)
+        if warm_start is not None:
+            prepared = self._adopt(prepared, warm_start)
         if not track:
             return self._train(prepared, monitor, checkpoint_dir, resume, progress, [])
         from loopml.registry import Store
@@ -100,6 +104,22 @@ class Model:
             raise LoopmlError(f"target.threshold is for binary targets; this target is {self.schema.target_kind}")
         return prepared, self._check_monitor()
 
+    def _adopt(self, prepared: Prepared, start: Model) -> Prepared:
+        """Re-encode every split with ``start``'s fitted preprocessing, so its weights fit this model."""
+        from loopml.data.split import SPLITS
+
+        start._require_trained()
+        pre = Preprocessor.from_dict(start.preprocessor.to_dict())
+        if list(pre.features) != list(self.preprocessor.features) or pre.target.column != self.preprocessor.target.column:
+            raise LoopmlError("warm start needs the same input columns and target as the model it starts from")
+        for name in SPLITS:
+            frame = prepared.raw(name, self.config)
+            prepared.splits[name] = TensorData(pre.transform(frame), pre.transform_target(frame)) \
+                if frame is not None and len(frame) else None
+        prepared.preprocessor = self.preprocessor = pre
+        self._initial_weights = start.network.state_dict()
+        return prepared
+
     def _train(self, prepared: Prepared, monitor: str, checkpoint_dir, resume, progress, extra_callbacks) -> Model:
         cfg = self.config.training
         if cfg.threads:
@@ -107,6 +127,15 @@ class Model:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
         self.network = build_network(self.preprocessor, self.config, self._class_weights(prepared))
+        initial = getattr(self, "_initial_weights", None)
+        if initial is not None:  # warm start; the class-weight buffer follows this run's config
+            weights = {k: v for k, v in initial.items() if k != "head.class_weights"}
+            try:
+                missing = self.network.load_state_dict(weights, strict=False).missing_keys
+            except RuntimeError:
+                missing = ["(shapes differ)"]
+            if [k for k in missing if k != "head.class_weights"]:
+                raise LoopmlError("warm start needs the same model architecture as the model it starts from")
         callbacks = default_callbacks(
             monitor, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
             Path(checkpoint_dir) if checkpoint_dir else None, progress is not False,

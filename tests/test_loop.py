@@ -128,3 +128,20 @@ def test_monitor_and_retrain_commands(champion, tmp_path, capsys):
     assert main(["retrain", "clf", "--store", store._url, "--if-triggered"]) == 0
     assert "no retrain" in capsys.readouterr().out
     assert main(["retrain", "clf", "--store", store._url, "--policy", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_warm_start_keeps_the_champions_preprocessing_and_weights(champion, tmp_path):
+    model, champion_dir = champion
+    data = make(400, 5)
+    cfg = model.config.model_dump(mode="json")
+    cfg["training"] = {**cfg["training"], "epochs": 1, "optimizer": {"type": "sgd", "lr": 1e-9, "weight_decay": 0.0}}
+    tuned = loopml.Model(cfg).fit(data, warm_start=model, progress=False, cache_dir=False)
+    assert tuned.preprocessor.to_dict()["features"] == model.preprocessor.to_dict()["features"]
+    assert np.allclose(tuned.predict_proba(data).to_numpy(), model.predict_proba(data).to_numpy(), atol=1e-4)
+    store = _store(tmp_path, champion_dir)
+    _feed(store, make(150, 9).assign(a=lambda d: d.a + 0.5))
+    decision = retrain(store, "clf", load_policy({**POLICY, "start": "warm"}), reason="warm test")
+    assert decision["candidate_version"] == 2 and store.get_version("clf", 2)["lineage"]["start"] == "warm"
+    bad = {**cfg, "combiner": {"type": "concat", "layers": [8]}}
+    with pytest.raises(loopml.errors.LoopmlError, match="same model architecture"):
+        loopml.Model(bad).fit(data, warm_start=model, progress=False, cache_dir=False)

@@ -43,6 +43,9 @@ class Gate(StrictModel):
 
 class Policy(StrictModel):
     alias: str = "production"
+    #: scratch = refit preprocessing and weights; warm = keep the champion's preprocessing and start
+    #: from its weights (fine-tuning: cannot learn category values the champion never saw)
+    start: Literal["scratch", "warm"] = "scratch"
     trigger: Trigger = Trigger()
     data: DataPolicy = DataPolicy()
     gate: Gate = Gate()

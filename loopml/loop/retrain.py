@@ -134,10 +134,11 @@ def retrain(store, name: str, policy: Policy, reason: str = "manual", progress: 
     config["split"] = {**config["split"], "column": SPLIT_COLUMN}
     config = _deep_merge(config, policy.train)
     started = time.time()
-    candidate = loopml.Model(config).fit(data, progress=progress, track=f"retrain-{name}", store=store)
+    candidate = loopml.Model(config).fit(data, progress=progress, track=f"retrain-{name}", store=store,
+                                         warm_start=champion if policy.start == "warm" else None)
     with tempfile.TemporaryDirectory() as tmp:
         candidate.save(Path(tmp) / "candidate")  # tracked: the run now holds the artifact
-        lineage = {"reason": reason, "parent_version": int(champion_version["version"]),
+        lineage = {"reason": reason, "parent_version": int(champion_version["version"]), "start": policy.start,
                    "feedback_ids": [int(i) for i in learn["_feedback_id"]],
                    "feedback_from": float(learn["_at"].min()) if len(learn) else None,
                    "feedback_to": float(learn["_at"].max()) if len(learn) else None,
