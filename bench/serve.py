@@ -48,14 +48,21 @@ def start_server(ref: str, store: str, *args: str) -> tuple[subprocess.Popen, st
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "loopml", "serve", ref, "--port", str(port), "--store", store,
                              "--threads", "1", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    return proc, wait_ready(proc, f"http://127.0.0.1:{port}", "/ready")
+
+
+def wait_ready(proc: subprocess.Popen, url: str, path: str, seconds: float = 120.0) -> str:
+    """``url`` once ``path`` answers 200; the server's stderr as the error if it never does."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, url
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
+                return url
         except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(proc.stderr.read().decode())
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(proc.stderr.read().decode()[-2000:])
 
 
 def load(url: str, path: str, body_file: Path, concurrency: int, seconds: float) -> dict:

@@ -15,17 +15,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
 
 import loopml  # noqa: E402
 from bench import realdata  # noqa: E402
 from bench.common import write_result  # noqa: E402
-from bench.serve import CONCURRENCY, _port, load, start_server  # noqa: E402
+from bench.serve import CONCURRENCY, _port, load, start_server, wait_ready  # noqa: E402
 from loopml.registry import Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,14 +41,7 @@ def mlflow_server(python: str, model_dir: Path, tmp: Path) -> tuple[subprocess.P
            "PATH": f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen([mlflow, "models", "serve", "-m", str(packaged), "--env-manager", "local", "-p", str(port),
                              "-h", "127.0.0.1", "-w", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(900):
-        try:
-            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError(proc.stderr.read().decode()[-2000:])
+    return proc, wait_ready(proc, f"http://127.0.0.1:{port}", "/ping", seconds=180.0)
 
 
 def case(name: str, df, target: str, extra: dict, python: str, seconds: float, tmp: Path) -> dict:

@@ -260,7 +260,8 @@ class Model:
 
     def evaluate(self, data: Source) -> dict:
         """Metrics on labelled data (rows without a label are ignored)."""
-        return self.evaluation_of(data)["metrics"]
+        _, inputs, target = self._labelled(data)
+        return self._score(predict_batches(self.network.eval(), inputs, self.config.training.eval_batch_size), target)
 
     def evaluation_of(self, data: Source, name: str = "data") -> dict:
         """Metrics plus what the report draws (scores, worst errors) for labelled data."""

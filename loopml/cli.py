@@ -240,12 +240,16 @@ def explain(
         chosen = [int(r) for r in rows.split(",") if r.strip()]
     except ValueError:
         raise _user_error(f"--rows must be comma-separated row numbers, got {rows!r}") from None
+    from loopml.data.read import read_table
+
     m, name, folder = _open_model(model, store)
-    explanations = m.explain(data, chosen, n_steps=steps)
+    frame = read_table(data, m.config.data)
+    explanations = m.explain(frame, chosen, n_steps=steps)
     report = Report(f"{name}: explanations on {data.name}")
     importance = None
-    if _has_column(data, m):
-        importance = m.feature_importance(data, repeats=repeats)
+    target = m.preprocessor.target.column
+    if target in frame.columns and frame[target].notna().any():
+        importance = m.feature_importance(frame, repeats=repeats)
         importance_section(report, importance, data.name)
     explanation_section(report, explanations)
     path = report.write(output or folder / "explain.html")
@@ -315,14 +319,6 @@ def _open_model(ref: str, store: str | None):
     m = loopml.load(ref, store=store)
     reg = m.info["registry"]
     return m, f"{reg['name']}:{reg['version']}", Path("reports") / f"{reg['name']}-v{reg['version']}"
-
-
-def _has_column(data: Path, m) -> bool:
-    from loopml.data.read import read_table
-
-    frame = read_table(data, m.config.data)
-    column = m.preprocessor.target.column
-    return column in frame.columns and frame[column].notna().any()
 
 
 def _read_json(path: Path) -> dict:

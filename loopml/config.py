@@ -172,21 +172,27 @@ def load_config(source: str | Path | dict | None = None, **overrides: Any) -> Co
     elif isinstance(source, dict):
         raw = source
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise LoopmlError(f"config file not found: {source}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise LoopmlError(f"config {path.name} is not valid YAML{where}") from None
-        if not isinstance(raw, dict):
-            raise LoopmlError(f"config {path.name} must be a mapping of sections (target, features, training, ...)")
+        raw = read_yaml(source, "config", "target, features, training, ...")
     raw = _deep_merge(raw, {k: v for k, v in overrides.items() if v is not None})
     if "target" not in raw:
         raise LoopmlError("no target: pass --target COLUMN or set 'target:' in the config")
     return _validate(Config, raw)
+
+
+def read_yaml(source: str | Path, what: str, sections: str) -> dict:
+    """A YAML file holding a mapping, or a one-line LoopmlError naming the problem."""
+    path = Path(source)
+    if not path.is_file():
+        raise LoopmlError(f"{what} file not found: {source}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LoopmlError(f"{what} {path.name} is not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise LoopmlError(f"{what} {path.name} must be a mapping of sections ({sections})")
+    return raw
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from loopml.errors import LoopmlError
@@ -56,16 +55,10 @@ class Policy(StrictModel):
 def load_policy(source: str | Path | dict | None) -> Policy:
     if source is None:
         return Policy()
-    if isinstance(source, dict):
-        raw = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise LoopmlError(f"policy file not found: {source}")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from loopml.config import describe_error, read_yaml
+
+    raw = source if isinstance(source, dict) else read_yaml(source, "policy", "alias, trigger, data, gate, train")
     try:
         return Policy.model_validate(raw)
     except ValidationError as e:
-        from loopml.config import describe_error
-
         raise LoopmlError(describe_error(e, Policy).replace("config", "policy", 1)) from None

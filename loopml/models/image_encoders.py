@@ -88,8 +88,18 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+class ImageEncoder(Encoder):
+    """Image encoders: ``self.input`` scales and augments; explained pixel by pixel at its output."""
+
+    feature_types = ("image",)
+    attribution = "pixels"
+
+    def attribution_layer(self) -> nn.Module:
+        return self.input
+
+
 @ENCODERS.register("cnn")
-class SmallCNN(Encoder):
+class SmallCNN(ImageEncoder):
     """conv-BN-ReLU blocks, each halving the resolution, then global average pooling."""
 
     class Params(EncoderParams):
@@ -98,11 +108,6 @@ class SmallCNN(Encoder):
         convs_per_block: int = Field(1, ge=1)
         dropout: float = Field(0.1, ge=0, lt=1)
 
-    feature_types = ("image",)
-    attribution = "pixels"
-
-    def attribution_layer(self) -> nn.Module:
-        return self.input
 
     def __init__(self, params: Params, channels: int, mean, std, augment=None, **_: object) -> None:
         super().__init__()
@@ -136,7 +141,7 @@ class BasicBlock(nn.Module):
 
 
 @ENCODERS.register("resnet")
-class ResNet(Encoder):
+class ResNet(ImageEncoder):
     """A ResNet for small images: a 3x3 stem, stages of basic blocks (stride 2 between stages)."""
 
     class Params(EncoderParams):
@@ -145,11 +150,6 @@ class ResNet(Encoder):
         blocks_per_stage: int = Field(1, ge=1)
         dropout: float = Field(0.1, ge=0, lt=1)
 
-    feature_types = ("image",)
-    attribution = "pixels"
-
-    def attribution_layer(self) -> nn.Module:
-        return self.input
 
     def __init__(self, params: Params, channels: int, mean, std, augment=None, **_: object) -> None:
         super().__init__()

@@ -64,11 +64,6 @@ class Records:
             row.pop("prediction_inputs", None)
         return rows
 
-    def count(self, table: str, model_name: str) -> int:
-        t = {"predictions": db.predictions, "feedback": db.feedback}[table]
-        with self.engine.connect() as c:
-            return int(c.execute(sa.select(sa.func.count()).select_from(t).where(t.c.model_name == model_name)).scalar())
-
     def add_drift_window(self, model_name: str, version: int, start: float, end: float, result: dict) -> int:
         with self.writer.begin() as c:
             row = c.execute(db.drift_windows.insert().values(

@@ -231,7 +231,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
                          "latency_ms": latency_ms})
         predictions.put(rows)
         metrics.predictions.labels(served.name).inc(len(rows))
-        metrics.log_queue.set(predictions.queue.qsize())
         # the response model documents the shape; building the JSON directly skips re-validating our own output
         return Response(json.dumps({"model": served.name, "version": results[0]["version"], "predictions": out}),
                         media_type="application/json")
