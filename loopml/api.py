@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -27,6 +28,8 @@ from loopml.train import Trainer, default_callbacks, predict_batches
 from loopml.train.sampling import resample
 from loopml.train.trainer import TensorData
 
+#: in a checkpoint folder: the tracked run it belongs to, so --resume continues that run
+RUN_FILE = "run.json"
 CLASSIFICATION_MONITORS = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss")
 REGRESSION_MONITORS = ("loss", "mae", "rmse", "mse", "r2")
 
@@ -53,6 +56,9 @@ class Model:
         #: the tracked run of the last fit (``fit(track=...)``), with the store that holds it
         self.run_id: str | None = None
         self._store = None
+        #: values read as missing by the last predict/evaluate call with ``coerce=True``, per column
+        self.last_coerced: dict[str, int] = {}
+        self._initial_weights: dict | None = None
 
     # -- training --------------------------------------------------------------------------------
     def fit(
@@ -66,7 +72,12 @@ class Model:
         ``warm_start``: keep that model's preprocessing and start from its weights (fine-tuning).
 
         Problems with the input (files, columns, config) surface before a run is recorded.
+        With ``resume`` a tracked run continues the run recorded in ``checkpoint_dir``.
+        Like scikit-learn's ``fit``, every call starts from a clean slate: nothing fitted before is kept.
         """
+        if warm_start is self:  # its fitted parts must outlive the reset below
+            warm_start = copy.copy(self)
+        self._reset()
         prepared, monitor = self._prepare(data, validation, test, cache_dir)
         if warm_start is not None:
             prepared = self._adopt(prepared, warm_start)
@@ -77,7 +88,10 @@ class Model:
 
         self._store = store if isinstance(store, Store) else Store(store)
         experiment = track if isinstance(track, str) else self.config.target.column
-        self.run_id = self._store.start_run(experiment, self.config.model_dump(mode="json"))
+        self.run_id = self._continued_run(checkpoint_dir, resume) or self._store.start_run(
+            experiment, self.config.model_dump(mode="json"))
+        if checkpoint_dir:
+            _write_json_atomic(Path(checkpoint_dir) / RUN_FILE, {"run_id": self.run_id, "store": self._store.url})
         try:
             self._train(prepared, monitor, checkpoint_dir, resume, progress, [RunLogger(self._store, self.run_id)])
         except KeyboardInterrupt:
@@ -88,6 +102,23 @@ class Model:
             raise
         self._store.end_run(self.run_id, "finished", self.metrics_summary(), data_fingerprint=self.info["data_fingerprint"])
         return self
+
+    def _reset(self) -> None:
+        """Forget everything an earlier fit (or warm start) left, as scikit-learn's estimators do."""
+        self.preprocessor = self.network = self.schema = None
+        self.history, self.metrics, self.info, self.evaluation, self.reference = [], {}, {}, {}, {}
+        self.run_id, self._store = None, None
+        self._initial_weights = None
+
+    def _continued_run(self, checkpoint_dir, resume: bool) -> str | None:
+        """The run recorded with the checkpoint being resumed, marked running again; None to start a new one."""
+        if not (resume and checkpoint_dir):
+            return None
+        try:
+            recorded = json.loads((Path(checkpoint_dir) / RUN_FILE).read_text(encoding="utf-8"))["run_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a checkpoint from an untracked run (or an older loopml): the resumed run is new
+        return recorded if isinstance(recorded, str) and self._store.resume_run(recorded) else None
 
     def metrics_summary(self) -> dict:
         """The scalar metrics per split (what the registry keeps)."""
@@ -127,7 +158,7 @@ class Model:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
         self.network = build_network(self.preprocessor, self.config, self._class_weights(prepared))
-        initial = getattr(self, "_initial_weights", None)
+        initial = self._initial_weights
         if initial is not None:  # warm start; the class-weight buffer follows this run's config
             weights = {k: v for k, v in initial.items() if k != "head.class_weights"}
             try:
@@ -163,6 +194,7 @@ class Model:
             "data_source": _source_path(prepared.sources.get("data")),
             "data_fingerprint": prepared.fingerprint,
             "data_report": prepared.report,
+            "splits": _split_record(prepared, self.config, self.preprocessor),
             "training": {"epochs_run": trainer.epoch, "best_epoch": best.best_epoch, "monitor": monitor,
                          "stop_reason": trainer.stop_reason or "epochs done", "seconds": trainer.elapsed,
                          "resumed": resumed},
@@ -252,26 +284,34 @@ class Model:
         if self.network is None:
             raise LoopmlError("the model is not trained yet: call fit() or loopml.load()")
 
-    def _outputs(self, data: Source) -> tuple[pd.DataFrame, torch.Tensor]:
+    def _read_inputs(self, data: Source, coerce: bool) -> pd.DataFrame:
+        """The table, with values the model cannot read refused (or, with ``coerce``, read as missing)."""
+        from loopml.data.validate import check_inputs
+
         self._require_trained()
-        df = read_table(data, self.config.data)
+        df, self.last_coerced = check_inputs(read_table(data, self.config.data), self.preprocessor.features, coerce)
+        return df
+
+    def _outputs(self, data: Source, coerce: bool = False) -> tuple[pd.DataFrame, torch.Tensor]:
+        df = self._read_inputs(data, coerce)
         self.network.eval()
         return df, predict_batches(self.network, self.preprocessor.transform(df), self.config.training.eval_batch_size)
 
-    def evaluate(self, data: Source) -> dict:
-        """Metrics on labelled data (rows without a label are ignored)."""
-        _, inputs, target = self._labelled(data)
+    def evaluate(self, data: Source, coerce: bool = False) -> dict:
+        """Metrics on labelled data (rows without a label are ignored). A value an input column
+        cannot hold (``old`` in a number column) is an error, or with ``coerce=True`` a missing
+        value, counted per column in ``last_coerced``."""
+        _, inputs, target = self._labelled(data, coerce)
         return self._score(predict_batches(self.network.eval(), inputs, self.config.training.eval_batch_size), target)
 
-    def evaluation_of(self, data: Source, name: str = "data") -> dict:
+    def evaluation_of(self, data: Source, name: str = "data", coerce: bool = False) -> dict:
         """Metrics plus what the report draws (scores, worst errors) for labelled data."""
-        df, inputs, target = self._labelled(data)
+        df, inputs, target = self._labelled(data, coerce)
         outputs = predict_batches(self.network.eval(), inputs, self.config.training.eval_batch_size)
         return evaluate_split(self.preprocessor, name, outputs.numpy(), target.numpy(), inputs, df)
 
-    def _labelled(self, data: Source) -> tuple[pd.DataFrame, dict[str, torch.Tensor], torch.Tensor]:
-        self._require_trained()
-        df = read_table(data, self.config.data)
+    def _labelled(self, data: Source, coerce: bool = False) -> tuple[pd.DataFrame, dict[str, torch.Tensor], torch.Tensor]:
+        df = self._read_inputs(data, coerce)
         target = self.preprocessor.target.column
         if target not in df.columns:
             raise LoopmlError(f"data has no target column '{target}' to evaluate against")
@@ -300,20 +340,23 @@ class Model:
             raise LoopmlError(f"row {bad[0]} is out of range: the data has {len(df)} rows (0..{len(df) - 1})")
         return explain_rows(self.network, self.preprocessor, df.iloc[rows], n_steps)
 
-    def predict(self, data: Source) -> np.ndarray:
-        _, outputs = self._outputs(data)
+    def predict(self, data: Source, coerce: bool = False) -> np.ndarray:
+        """Labels (or numbers). A value an input column cannot hold (``old`` in a number column, a
+        third value in a binary one, ``inf``) is a LoopmlError naming column, row and value; with
+        ``coerce=True`` such values are read as missing and counted per column in ``last_coerced``."""
+        _, outputs = self._outputs(data, coerce)
         return self.preprocessor.target.decode(outputs.numpy())[0]
 
-    def predict_proba(self, data: Source) -> pd.DataFrame:
-        _, outputs = self._outputs(data)
+    def predict_proba(self, data: Source, coerce: bool = False) -> pd.DataFrame:
+        _, outputs = self._outputs(data, coerce)
         target = self.preprocessor.target
         if target.kind == "number":
             raise LoopmlError("predict_proba is for classifiers; this model predicts a number")
         return pd.DataFrame(target.decode(outputs.numpy())[1], columns=[str(c) for c in target.classes])
 
-    def predictions(self, data: Source) -> pd.DataFrame:
+    def predictions(self, data: Source, coerce: bool = False) -> pd.DataFrame:
         """One row per input: the prediction and, for classifiers, a probability per class."""
-        _, outputs = self._outputs(data)
+        _, outputs = self._outputs(data, coerce)
         target = self.preprocessor.target
         labels, proba = target.decode(outputs.numpy())
         out = pd.DataFrame({f"{target.column}_prediction": labels})
@@ -345,7 +388,11 @@ class Model:
         return model_report(self, name, evaluation, other, explanations=explanations).write(path)
 
     # -- persistence -------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False, report: bool = False) -> Path:
+        """Write the model directory; ``report=True`` puts report.html (and its figures) in it too.
+
+        A tracked run's model is stored in the artifact root once complete, report included.
+        """
         self._require_trained()
         config = self.config.model_copy(update={"features": self._resolved_features()})
         documents = {
@@ -362,8 +409,15 @@ class Model:
             "data_fingerprint": self.info.get("data_fingerprint"),
             "config_hash": _hash(documents["config.yaml"]),
             "data_source": self.info.get("data_source"),
+            "splits": self.info.get("splits"),  # the rows of every split, for retraining and its gate
         }
-        written = write_bundle(path, documents, self.network.state_dict(), manifest, overwrite)
+        name = Path(path).expanduser().resolve().name
+
+        def write_report(folder: Path) -> None:
+            self.report(folder / "report.html", name=name)
+
+        written = write_bundle(path, documents, self.network.state_dict(), manifest, overwrite,
+                               extras=write_report if report else None)
         if self.run_id is not None:  # a tracked run: its model goes to the artifact root
             self._store.attach_model(self.run_id, written)
         return written
@@ -410,10 +464,25 @@ def load(path: str | os.PathLike, store: str | None = None) -> Model:
         model.info["registry"] = {"name": version["name"], "version": version["version"], "run_id": version["run_id"]}
     model.reference = json.loads(documents.get("reference.json", "{}"))
     model.info["data_source"] = manifest.get("data_source")
+    model.info["splits"] = manifest.get("splits")
     if "evaluation.json" in documents:
         model.evaluation = json.loads(documents["evaluation.json"])
         model.info["data_report"] = model.evaluation.pop("data_report", {})
     return model
+
+
+def _split_record(prepared: Prepared, config: Config, pre: Preprocessor) -> dict:
+    from loopml.data.split import SPLITS, split_record
+
+    frames = {name: prepared.raw(name, config) for name in SPLITS}
+    return split_record(prepared.sources, prepared.rows, frames, [*pre.features, pre.target.column])
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _source_path(source: object) -> str | None:

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,9 +31,13 @@ def _sha256(path: Path) -> str:
 
 def write_bundle(
     path: str | os.PathLike, documents: dict[str, str], weights: dict[str, torch.Tensor], manifest: dict,
-    overwrite: bool = False,
+    overwrite: bool = False, extras: Callable[[Path], object] | None = None,
 ) -> Path:
-    """Write into a hidden sibling folder, then rename it into place: never a half directory."""
+    """Write into a hidden sibling folder, then rename it into place: never a half directory.
+
+    ``extras(folder)`` adds files that are not part of the model (the report): they appear with
+    the rest, but outside the manifest's hashes, since they may be rewritten later.
+    """
     final = Path(path).expanduser().resolve()
     if final.exists() and not overwrite:
         raise LoopmlError(f"output {path} already exists; choose another --output or pass --overwrite")
@@ -58,6 +63,8 @@ def write_bundle(
         for p in tmp.iterdir():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+        if extras is not None:
+            extras(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.rename(final, old)

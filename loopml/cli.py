@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -52,6 +50,9 @@ NamesOpt = Annotated[str | None, typer.Option(help="Comma-separated column names
 EncodingOpt = Annotated[str | None, typer.Option(help="Text encoding, e.g. utf-8, cp1252.")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed rows (and report them).")]
 MediaRootOpt = Annotated[str | None, typer.Option(help="Folder that image/audio paths are relative to (and confined to).")]
+CoerceOpt = Annotated[bool, typer.Option(
+    "--coerce", help="Read values a column cannot hold ('old' in a number column, a third value in a binary one, "
+                     "inf) as missing, and say how many; without it they are an error.")]
 
 
 def _data_overrides(delimiter, header, names, encoding, skip_bad_rows, media_root=None) -> dict | None:
@@ -98,21 +99,19 @@ def train(
     split = {"seed": seed} if seed is not None else None
     model = Model(config, target=target, training=training, split=split,
                   data=_data_overrides(delimiter, header, names, encoding, skip_bad_rows, media_root))
-    out = output or Path("models") / f"{model.config.target.column}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and not overwrite:
-        raise _user_error(f"output {out} already exists; choose another --output or pass --overwrite")
-    checkpoints = out.with_name(out.name + ".partial")
-    if resume and not (checkpoints / "last.safetensors").exists():
-        raise _user_error(f"nothing to resume: no checkpoint in {checkpoints}")
-    if not resume and checkpoints.exists():
-        _echo(f"note: {checkpoints} holds an interrupted run; starting over (pass --resume to continue it)")
-        shutil.rmtree(checkpoints)
     if register:
         from loopml.registry.store import check_name
 
         check_name(register)
     if register and not track:
         raise _user_error("--register needs the run to be tracked (drop --no-track)")
+    from loopml.train.workdir import claim_output
+
+    # reserved before training: parallel runs get distinct folders, a live run's folder is refused
+    claim = claim_output(output, model.config.target.column, overwrite=overwrite, resume=resume)
+    checkpoints = claim.checkpoints
+    for note in claim.notes:
+        _echo(note)
     tracked_in = None
     if track:
         from loopml.registry import Store
@@ -122,19 +121,24 @@ def train(
         model.fit(data, validation=validation, test=test, checkpoint_dir=checkpoints, resume=resume,
                   progress=not quiet, cache_dir=False if no_cache else None,
                   track=(experiment or True) if track else False, store=tracked_in)
+        path = model.save(claim.output, overwrite=overwrite, report=True)
     except KeyboardInterrupt:
+        claim.release(keep_checkpoints=(checkpoints / "last.safetensors").exists())
         _echo(f"interrupted; continue with the same command plus --resume (checkpoint in {checkpoints})")
         raise typer.Exit(130) from None
     except BaseException:
-        if not resume and not (checkpoints / "last.safetensors").exists():
-            shutil.rmtree(checkpoints, ignore_errors=True)
+        claim.release(keep_checkpoints=(checkpoints / "last.safetensors").exists())
         raise
-    path = model.save(out, overwrite=overwrite)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    report_path = model.report(path / "report.html")
+    claim.release(keep_checkpoints=False)
+    report_path = path / "report.html"
     report = model.info["data_report"]
     if report.get("skipped_lines"):
         _echo(f"skipped {len(report['skipped_lines'])} malformed row(s) at line(s) {report['skipped_lines'][:10]}")
+    for file, n in report.get("missing_target_rows_dropped", {}).items():
+        _echo(f"dropped {n} row(s) with a missing '{model.config.target.column}' from the {file} file")
+    if report.get("non_finite_as_missing"):
+        counts = ", ".join(f"{col} ({n})" for col, n in report["non_finite_as_missing"].items())
+        _echo(f"read non-finite or out-of-range numbers as missing (data.non_finite: missing): {counts}")
     dup = report.get("split", {}).get("duplicate_rows")
     if dup:
         how = {"group": "each kept within a single split", "drop": "dropped (first copy kept)",
@@ -161,13 +165,15 @@ def evaluate(
     data: DataOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")] = None,
     report: Annotated[Path | None, typer.Option(help="HTML report to write (default: MODEL/report-<data name>.html).")] = None,
+    coerce: CoerceOpt = False,
     store: StoreOpt = None,
 ) -> None:
     """Score a saved model on labelled data and write an HTML report of it."""
     from loopml.evaluate.report import model_report
 
     m, name, folder = _open_model(model, store)
-    evaluation = m.evaluation_of(data, data.stem)
+    evaluation = m.evaluation_of(data, data.stem, coerce=coerce)
+    _note_coerced(m.last_coerced)
     _print_metrics({data.stem: evaluation["metrics"]})
     if output:
         _atomic_write(output, json.dumps(evaluation["metrics"], indent=2))
@@ -275,6 +281,15 @@ def serve(
     api_key: Annotated[list[str] | None, typer.Option(help="Accepted API key for predict/feedback (repeatable).")] = None,
     admin_token: Annotated[str | None, typer.Option(envvar="LOOPML_ADMIN_TOKEN", help="Token for admin endpoints.")] = None,
     media_root: MediaRootOpt = None,
+    log_durability: Annotated[str, typer.Option(
+        help="fsync: predictions are fsync'd to a local spool before the answer (survive kill -9 and power loss); "
+             "spool: written there, no fsync (survive kill -9); none: in memory until the store has them.")] = "fsync",
+    spool_dir: Annotated[Path | None, typer.Option(
+        help="Folder of the prediction spool (default: next to a SQLite store, else .loopml/spool).")] = None,
+    log_retention: Annotated[str | None, typer.Option(
+        help="Delete this model's logged predictions older than an age (30d, 12h, 45m) or beyond a row count "
+             "(100000). Feedback keeps its own copy of its prediction.")] = None,
+    log_retention_interval: Annotated[float, typer.Option(help="Seconds between retention passes.")] = 300.0,
     store: StoreOpt = None, artifacts: ArtifactsOpt = None,
 ) -> None:
     """Serve a model over HTTP: predict, feedback, OpenAPI docs at /docs, Prometheus /metrics.
@@ -294,15 +309,35 @@ def serve(
         raise _user_error(f"cannot resolve --host {host!r}") from None
     if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses) and not admin_token:
         raise _user_error(f"refusing to bind {host} (not loopback) without --admin-token (or LOOPML_ADMIN_TOKEN)")
+    from loopml.errors import did_you_mean
+    from loopml.serve.predlog import DURABILITY, parse_retention
+
+    if log_durability not in DURABILITY:
+        raise _user_error(f"--log-durability {log_durability!r} is not one of {', '.join(DURABILITY)}"
+                          f"{did_you_mean(log_durability, DURABILITY)}")
+    try:
+        if log_retention is not None:
+            parse_retention(log_retention)
+    except ValueError as e:
+        raise _user_error(str(e)) from None
+    if log_retention_interval <= 0:
+        raise _user_error("--log-retention-interval must be more than 0 seconds")
     settings = ServeSettings(model=model, store=store, artifacts=artifacts, backend=backend, threads=threads,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              api_keys=api_key or [], admin_token=admin_token, media_root=media_root,
-                             monitor_interval_s=monitor_interval)
+                             monitor_interval_s=monitor_interval, log_durability=log_durability,
+                             spool_dir=str(spool_dir) if spool_dir else None, log_retention=log_retention,
+                             log_retention_interval_s=log_retention_interval)
+    if media_root and not Path(media_root).expanduser().is_dir():
+        raise _user_error(f"--media-root is not a folder: {media_root}")
     _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
     if workers > 1:
+        from loopml.serve.metrics import multiprocess_dir
+
         os.environ["LOOPML_SERVE"] = settings.model_dump_json()
-        uvicorn.run("loopml.serve.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", timeout_graceful_shutdown=30)
+        with multiprocess_dir():  # /metrics on any worker aggregates all of them
+            uvicorn.run("loopml.serve.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+                        log_level="warning", timeout_graceful_shutdown=30)
     else:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
@@ -326,6 +361,8 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise _user_error(f"cannot read {path}: {e}") from None
+    except RecursionError:  # json recurses once per level of nesting
+        raise _user_error(f"cannot read {path}: it nests too deeply") from None
 
 
 @app.command()
@@ -336,6 +373,7 @@ def predict(
         Path | None, typer.Option("--output", "-o", help=".csv, .tsv, .jsonl or .parquet (default: CSV on stdout).")
     ] = None,
     include_inputs: Annotated[bool, typer.Option(help="Copy the input columns into the output.")] = False,
+    coerce: CoerceOpt = False,
     store: StoreOpt = None,
 ) -> None:
     """Predict labels (and class probabilities) for every row of a file."""
@@ -343,7 +381,8 @@ def predict(
 
     m = _open_model(model, store)[0]
     frame = read_table(data, m.config.data)
-    out = m.predictions(frame)
+    out = m.predictions(frame, coerce=coerce)
+    _note_coerced(m.last_coerced)
     if include_inputs:
         out = frame.reset_index(drop=True).join(out)
     if output is None:
@@ -389,6 +428,12 @@ def describe(
                       ", ".join(c.stats["samples"]))
     Console(stderr=True).print(table)
     text = schema.to_yaml()
+    read_with = cfg.data.model_dump(mode="json", exclude_defaults=True)
+    if read_with:  # how the file was read (--no-header --names, delimiter, ...): train -c needs it too
+        import yaml
+
+        text += "# how to read the data file (as given to describe)\n"
+        text += yaml.safe_dump({"data": read_with}, sort_keys=False, allow_unicode=True)
     if output:
         _atomic_write(output, text)
         typer.echo(f"schema written to {output}; edit it and pass it back with --config")
@@ -409,6 +454,13 @@ def schema(
         typer.echo(f"JSON Schema written to {output}")
     else:
         typer.echo(text)
+
+
+def _note_coerced(counts: dict[str, int]) -> None:
+    if counts:
+        from loopml.data.validate import describe_coerced
+
+        _echo(f"note: {describe_coerced(counts)} (--coerce)")
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -173,6 +173,7 @@ def load_config(source: str | Path | dict | None = None, **overrides: Any) -> Co
         raw = source
     else:
         raw = read_yaml(source, "config", "target, features, training, ...")
+    check_depth(raw, "config")
     raw = _deep_merge(raw, {k: v for k, v in overrides.items() if v is not None})
     if "target" not in raw:
         raise LoopmlError("no target: pass --target COLUMN or set 'target:' in the config")
@@ -190,9 +191,29 @@ def read_yaml(source: str | Path, what: str, sections: str) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise LoopmlError(f"{what} {path.name} is not valid YAML{where}") from None
+    except RecursionError:  # the YAML composer recurses once per level of nesting
+        raise LoopmlError(f"{what} {path.name} nests too deeply (at most {MAX_DEPTH} levels)") from None
     if not isinstance(raw, dict):
         raise LoopmlError(f"{what} {path.name} must be a mapping of sections ({sections})")
+    check_depth(raw, f"{what} {path.name}")
     return raw
+
+
+#: far more than any real config needs, far less than Python's recursion limit (validation recurses)
+MAX_DEPTH = 32
+
+
+def check_depth(value: Any, what: str) -> None:
+    """A one-line error for mappings/lists nested deeper than MAX_DEPTH (iterative: cannot overflow)."""
+    stack = [(value, 0, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > MAX_DEPTH:
+            raise LoopmlError(f"{what} nests more than {MAX_DEPTH} levels deep (at {where.lstrip('.')[:80]}...)")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1, f"{where}.{k}") for k, v in node.items())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(node))
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

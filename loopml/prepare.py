@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from loopml.config import Config, resolve_feature
 from loopml.data.read import Source, fingerprint, read_table
 from loopml.data.split import SPLITS, split_frame
+from loopml.data.validate import check_enough_rows, check_finite, check_number_target
 from loopml.errors import LoopmlError
 from loopml.features.base import FEATURE_TYPES
 from loopml.features.pipeline import Preprocessor
@@ -91,9 +92,15 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
     main = frames["data"]
     ignore = (config.split.column,) if config.split.column else ()
     schema = build_schema(main, config, ignore=ignore)
-    schema.check_trainable()
     report: dict = {"skipped_lines": main.attrs.get("skipped_lines", [])}
     target_col = schema.target
+    names = {name: _display_name(src) for name, src in sources.items() if src is not None}
+    check_number_target(frames, schema, names)
+    numbers = [c.name for c in schema.inputs if c.type == "number"]
+    numbers += [target_col] if schema.target_kind == "number" else []
+    non_finite = check_finite(frames, numbers, config.data.non_finite, names)
+    if non_finite:
+        report["non_finite_as_missing"] = non_finite
     dropped = {}
     for name in list(frames):
         missing = frames[name][target_col].isna() if target_col in frames[name] else None
@@ -101,6 +108,10 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
             dropped[name] = int(missing.sum())
             frames[name] = frames[name][~missing]
     report["missing_target_rows_dropped"] = dropped
+    main = frames["data"]  # every split comes from the labelled rows only
+    check_enough_rows(main, config.split, names["data"], dropped.get("data", 0),
+                      carve={"validation": "validation" not in frames, "test": "test" not in frames})
+    schema.check_trainable()
     # the main file supplies whichever of validation/test was not given as its own data
     split_cfg = config.split.model_copy(update={
         "validation": 0.0 if "validation" in frames else config.split.validation,
@@ -131,6 +142,11 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
     report["transform_seconds"] = time.perf_counter() - t0
     rows = {name: parts[name].index.tolist() for name in SPLITS if name in parts and len(parts[name])}
     return Prepared(schema, pre, splits, report, data_fingerprint, frames=parts, rows=rows)
+
+
+def _display_name(source: Source) -> str:
+    """How messages name a source: the file's name, or 'the data' for in-memory tables."""
+    return Path(source).name if isinstance(source, (str, os.PathLike)) else "the data"
 
 
 def _positional(df: pd.DataFrame) -> pd.DataFrame:

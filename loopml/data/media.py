@@ -36,6 +36,33 @@ def resolve(value: str, base_dir: Path | None) -> Path:
     return path
 
 
+#: the one answer a request gets for a media path that is missing, not a file, absolute or outside the
+#: media root: a client learns nothing about the server's disk beyond the files it may read
+NOT_SERVED = "no such file in the server's media folder"
+
+
+def served_path(value: object, root: Path) -> Path | None:
+    """The file a request's media value names inside ``root`` (relative paths only, canonicalised,
+    symlinks followed and still confined), or None when there is no such readable file."""
+    if not isinstance(value, str) or "\x00" in value or not value.strip():
+        return None
+    text = value.strip()
+    if Path(text).is_absolute() or text.startswith("~"):
+        return None
+    try:
+        path = (root / text).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+    except (OSError, RuntimeError, ValueError):  # name too long, symlink loop, ...: not a file we serve
+        return None
+
+
+def check_image_pixels(size: tuple[int, int], limit: int) -> None:
+    """Refuse an image by its header: a few hundred bytes of PNG can declare gigapixels (a decompression bomb)."""
+    width, height = size
+    if width * height > limit:
+        raise ValueError(f"{width}x{height} pixels declared, over the limit of {limit:,} (max_pixels)")
+
+
 def folder_table(root: Path) -> pd.DataFrame:
     """``root/<class>/<file>`` -> a table with a path column (``image`` or ``audio``) and ``label``."""
     rows, kinds = [], set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,9 @@ class DataConfig(StrictModel):
     quoting: bool = True
     #: rows with too many fields: error (the default, naming the lines) or skip (and report them)
     bad_rows: Literal["error", "skip"] = "error"
+    #: numbers that are infinite or beyond the float32 range (inf, -inf, 1e308) in number columns
+    #: and a number target: error (the default, naming column and row) or missing (and report them)
+    non_finite: Literal["error", "missing"] = "error"
     #: folder that image/audio paths in the table are relative to, and confined to
     #: (default: the data file's folder; for DataFrames, the working directory)
     media_root: str | None = None
@@ -115,7 +119,7 @@ def read_table(source: Source, cfg: DataConfig | None = None) -> pd.DataFrame:
             if fmt == "parquet":
                 df = pd.read_parquet(path)
             elif fmt == "jsonl":
-                df = pd.read_json(path, lines=True, encoding=cfg.encoding)
+                df = _read_jsonl(path, cfg.encoding)
             else:
                 df = _read_delimited(path, cfg, "\t" if fmt == "tsv" else None)
         except UnicodeDecodeError as e:
@@ -149,6 +153,33 @@ def _records(records: list[dict] | dict) -> pd.DataFrame:
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise LoopmlError("records must be a non-empty list of {column: value} mappings")
     return pd.DataFrame.from_records(rows)
+
+
+def _read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
+    """JSON lines (or one JSON array) read with the json module, as the server reads a request:
+    floats exactly as written (pandas' reader rounds some) and no dates guessed from column names."""
+    with open(path, encoding=encoding) as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LoopmlError(f"{path.name}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        lines = list(range(1, len(rows) + 1)) if isinstance(rows, list) else []
+    else:
+        rows, lines = [], []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise LoopmlError(f"{path.name}: line {number} is not valid JSON ({e.msg})") from None
+            lines.append(number)
+    for row, number in zip(rows, lines, strict=True):
+        if not isinstance(row, dict):
+            raise LoopmlError(f"{path.name}: record {number} is not a JSON object of column: value")
+    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
 
 
 def _names(names: list[str], width: int, where: str) -> list[str]:

@@ -125,6 +125,7 @@ def fix_length(x: np.ndarray, length: int) -> np.ndarray:
 class _Bad(Exception):
     def __init__(self, where: str, why: str) -> None:
         super().__init__(f"{where}: {why}")
+        self.why = why
 
 
 def load_audio(path: Path, sample_rate: int, samples: int) -> np.ndarray:
@@ -166,8 +167,8 @@ class AudioFeature(FeatureType):
             path = resolve(value, base)  # a path outside the data folder is always an error
             try:
                 return load_audio(path, rate, samples), None
-            except _Bad as e:
-                return None, str(e)
+            except _Bad as e:  # named as given, never by the resolved (server) path
+                return None, f"{value.strip()}: {e.why}"
 
         values = column.tolist()
         if len(values) < 64:

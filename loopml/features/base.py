@@ -7,13 +7,71 @@ registered in ``FEATURE_TYPES``.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from loopml.plugins import Registry
+
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+_LONGEST_NUMBER = 64
+_BOOLEAN_WORDS = {"true": "1", "false": "0"}
+
+
+def is_missing(value: object) -> bool:
+    """None, NaN, pandas' NA/NaT and blank strings: what every reader may turn an empty cell into."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    if isinstance(value, float | np.floating):
+        return value != value
+    return isinstance(value, str) and not value.strip()
+
+
+def canonical_key(value: object) -> str | None:
+    """The one string form of a cell value used to fit and look up categories, binary values,
+    text and class labels, whatever the source: CSV, Parquet, a DataFrame of any dtype or JSON.
+
+    None for a missing value (see ``is_missing``). Numbers: whole numbers print as integers
+    (``2``, ``2.0``, ``np.int8(2)`` and the string ``"2.0"`` are all ``"2"``), others in the
+    shortest form that reads back to the same float. Booleans, and the words true/false in any
+    case, are the numbers they equal in Python and pandas: ``"1"``/``"0"``. Other strings are
+    stripped of outer whitespace.
+    """
+    if is_missing(value):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return "1" if value else "0"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return _number_key(float(str(value)) if isinstance(value, np.float16 | np.float32) else float(value))
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    text = str(value).strip()
+    # a number that arrived as text (a JSON string, an object column); long digit runs stay text
+    if len(text) <= _LONGEST_NUMBER and _DECIMAL.fullmatch(text):
+        return str(int(text)) if _INTEGER.fullmatch(text) else _number_key(float(text))
+    return _BOOLEAN_WORDS.get(text.lower(), text)
+
+
+def _number_key(number: float) -> str:
+    if math.isinf(number):
+        return "inf" if number > 0 else "-inf"
+    if number.is_integer():
+        return str(int(number))
+    return repr(number)
+
+
+def canonical_keys(column: pd.Series | list) -> list[str | None]:
+    """``canonical_key`` of every value (plain Python over the values: no dtype surprises)."""
+    values = column.tolist() if isinstance(column, pd.Series) else column
+    return [canonical_key(v) for v in values]
 
 
 class StrictModel(BaseModel):
@@ -51,7 +109,12 @@ class FeatureType:
     def missing_rows(self, column: pd.Series) -> pd.Series:
         """Rows the ``missing: drop`` policy removes from training data."""
         if getattr(self.config, "missing", None) == "drop":
-            return column.isna()
+            return pd.Series([is_missing(v) for v in column.tolist()], index=column.index, dtype=bool)
+        return pd.Series(False, index=column.index)
+
+    def unusable(self, column: pd.Series) -> pd.Series:
+        """Present values this fitted feature cannot read (predict refuses them, or with
+        ``coerce`` reads them as missing). Types that can read anything (category, text) keep this."""
         return pd.Series(False, index=column.index)
 
     def encoder_inputs(self) -> dict:

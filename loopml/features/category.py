@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 import pandas as pd
 import torch
 from pydantic import Field
 
-from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel
+from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel, canonical_key, canonical_keys
 
 UNKNOWN = 0  # index of the bucket for unseen, rare and (by default) missing values
 MISSING_TOKEN = "<missing>"
@@ -22,16 +23,20 @@ class CategoryConfig(StrictModel):
     max_vocab: int = 10_000
 
 
-def is_missing(value: object) -> bool:
-    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
-
-
-def as_strings(column: pd.Series) -> pd.Series:
-    return column.map(lambda v: str(v).strip(), na_action="ignore")
+def fill_key(config: CategoryConfig, mode: str | None) -> str:
+    """The key a missing value is looked up as: its own bucket, or the training mode."""
+    return mode if config.missing == "mode" and mode else MISSING_TOKEN
 
 
 @FEATURE_TYPES.register("category")
 class CategoryFeature(FeatureType):
+    """Values are compared by ``canonical_key``: ``2``, ``2.0`` and ``"2"`` are one category.
+
+    Missing values (None, NaN, blank strings) are a category of their own (``missing: constant``)
+    or the training mode; values unseen in training, or seen fewer than ``min_frequency`` times,
+    share the unknown bucket (id 0).
+    """
+
     Config = CategoryConfig
     infer_priority = 90  # the fallback for anything not claimed by a more specific type
     tensor_dtype = torch.long
@@ -40,31 +45,38 @@ class CategoryFeature(FeatureType):
     def infer(cls, column: pd.Series, stats: dict) -> bool:
         return True
 
-    def _fill(self, column: pd.Series, mode: str | None) -> pd.Series:
-        values = as_strings(column)
-        return values.fillna(mode if self.config.missing == "mode" and mode else MISSING_TOKEN)
-
     def fit(self, column: pd.Series) -> dict:
         cfg: CategoryConfig = self.config
-        present = as_strings(column.dropna())
-        mode = present.mode().iloc[0] if len(present) else None
-        counts = self._fill(column, mode).value_counts()
-        counts = counts[counts >= cfg.min_frequency]
-        # ties broken by value so the vocabulary does not depend on row order
-        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_vocab]
-        self.state = {"vocab": [value for value, _ in ordered], "mode": mode}
+        keys = canonical_keys(column)
+        present = Counter(k for k in keys if k is not None)
+        # the most frequent value, ties broken by value so the mode does not depend on row order
+        mode = min(present.items(), key=lambda kv: (-kv[1], kv[0]))[0] if present else None
+        fill = fill_key(cfg, mode)
+        counts = Counter(fill if k is None else k for k in keys)
+        ordered = sorted(((k, n) for k, n in counts.items() if n >= cfg.min_frequency), key=lambda kv: (-kv[1], kv[0]))
+        self.state = {"vocab": [value for value, _ in ordered[: cfg.max_vocab]], "mode": mode}
+        self._index_of = None
         return self.state
+
+    def _lookup(self) -> dict[str, int]:
+        vocab = self.state["vocab"]
+        if getattr(self, "_index_of", None) is not vocab:
+            # bundles saved before canonical keys hold '1.0'-style keys: canonicalise them here,
+            # first sighting wins when two old keys now mean the same value
+            index: dict[str, int] = {}
+            for i, value in enumerate(vocab):
+                key = value if value == MISSING_TOKEN else canonical_key(value)
+                index.setdefault(MISSING_TOKEN if key is None else key, i + 1)
+            self._index, self._index_of = index, vocab
+        return self._index
 
     def transform(self, column: pd.Series) -> torch.Tensor:
         # plain Python over the values: as fast as pandas for big columns, 10x faster for the one-row
         # batches a server sees
-        vocab = self.state["vocab"]
-        if getattr(self, "_index_of", None) is not vocab:
-            self._index, self._index_of = {value: i + 1 for i, value in enumerate(vocab)}, vocab
+        index = self._lookup()
         mode = self.state["mode"]
-        fill = mode if self.config.missing == "mode" and mode else MISSING_TOKEN
-        index = self._index
-        ids = [index.get(fill if is_missing(v) else str(v).strip(), UNKNOWN) for v in column.tolist()]
+        fill = fill_key(self.config, None if mode is None else canonical_key(mode))
+        ids = [index.get(fill if k is None else k, UNKNOWN) for k in canonical_keys(column)]
         return torch.tensor(ids, dtype=torch.int64)
 
     def encoder_inputs(self) -> dict:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pydantic import Field
 
-from loopml.data.media import IMAGE_EXTENSIONS, extension_ratio, resolve
+from loopml.data.media import IMAGE_EXTENSIONS, check_image_pixels, extension_ratio, resolve
 from loopml.errors import LoopmlError
 from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel
 
@@ -48,6 +48,8 @@ class ImageConfig(StrictModel):
     #: a missing or undecodable image: error (naming the file) or skip the row in training
     on_error: Literal["error", "skip"] = "error"
     augment: AugmentConfig = AugmentConfig()
+    #: larger images (by their declared width x height) are refused before decoding
+    max_pixels: int = Field(50_000_000, ge=1)
 
 
 def _is_array(value: object) -> bool:
@@ -81,15 +83,17 @@ class ImageFeature(FeatureType):
         if not isinstance(value, str) or not value.strip():
             raise _Bad(repr(value), "no image path")
         path = resolve(value, base)
+        shown = value.strip()  # messages name the value as given, never the resolved (server) path
         try:
             image = Image.open(path)
+            check_image_pixels(image.size, self.config.max_pixels)  # from the header, before decoding
             image.load()  # decode now: truncated files fail here, not later
             return image
         except FileNotFoundError:
-            raise _Bad(str(path), "file not found") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise _Bad(shown, "file not found") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
             reason = str(e).replace(f"'{path}'", "").replace(str(path), "").strip(" :") or type(e).__name__
-            raise _Bad(str(path), f"cannot decode image ({reason})") from None
+            raise _Bad(shown, f"cannot decode image ({reason})") from None
 
     def _decode(self, column: pd.Series, size, channels) -> tuple[list[np.ndarray | None], list[str]]:
         base = Path(column.attrs["base_dir"]) if column.attrs.get("base_dir") else None

@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel
+from loopml.data.validate import out_of_range
+from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel, is_missing
 
 
 class NumberConfig(StrictModel):
@@ -84,6 +85,10 @@ class NumberFeature(FeatureType):
         if s["indicator"]:
             parts.append(missing.astype(np.float64))
         return torch.from_numpy(np.stack(parts, axis=1).astype(np.float32))
+
+    def unusable(self, column: pd.Series) -> pd.Series:
+        present = np.array([not is_missing(v) for v in column.tolist()], dtype=bool)
+        return pd.Series(present & (np.isnan(as_numbers(column)) | out_of_range(column)), index=column.index)
 
     def encoder_inputs(self) -> dict:
         bins = max(len(self.state.get("edges", [])) - 1, 0)

@@ -11,6 +11,17 @@ from loopml.features.base import FEATURE_TYPES, FeatureType
 from loopml.features.target import Target
 
 
+def records_frame(records: list[dict], columns: list[str]) -> pd.DataFrame:
+    """JSON records (as a server or ``predict`` receives them) as the frame the features read.
+
+    Columns stay ``object`` so each value reaches ``canonical_key`` as it was sent: no int -> float
+    widening that would depend on the other rows of the batch (a big integer id next to a null).
+    An absent key is a missing value.
+    """
+    return pd.DataFrame({c: pd.Series([r.get(c) for r in records], dtype=object) for c in columns},
+                        index=pd.RangeIndex(len(records)), columns=columns)
+
+
 class Preprocessor:
     def __init__(self, features: dict[str, FeatureType], target: Target) -> None:
         self.features, self.target = features, target

@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 
 from loopml.errors import LoopmlError
+from loopml.features.base import canonical_key, canonical_keys
 
 KINDS = ("binary", "category", "number")
 
@@ -35,7 +36,12 @@ class Target:
             mean, std = (float(numbers.mean()), float(numbers.std()) or 1.0) if normalize else (0.0, 1.0)
             self.state = {"mean": mean, "std": std}
             return self.state
-        classes = sorted({_label(v) for v in values}, key=lambda v: (str(type(v)), v))
+        # one class per canonical key: 1, 1.0 and "1" in one column are one class
+        by_key: dict[str, object] = {}
+        for v in values.tolist():
+            by_key.setdefault(canonical_key(v), _label(v))
+        by_key.pop(None, None)
+        classes = sorted(by_key.values(), key=lambda v: (str(type(v)), v))
         if len(classes) < 2:
             raise LoopmlError(
                 f"target '{self.column}' has only one class ({classes[0] if classes else 'none'}); "
@@ -45,12 +51,24 @@ class Target:
             if len(classes) != 2:
                 raise LoopmlError(f"target '{self.column}' is binary but has {len(classes)} classes")
             if positive_class is not None:
-                positive = _label(positive_class)
-                if positive not in classes:
-                    raise LoopmlError(f"positive_class {positive!r} is not a class of '{self.column}': {classes}")
+                keys = {canonical_key(c): c for c in classes}
+                if canonical_key(positive_class) not in keys:
+                    raise LoopmlError(f"positive_class {positive_class!r} is not a class of '{self.column}': {classes}")
+                positive = keys[canonical_key(positive_class)]
                 classes = [c for c in classes if c != positive] + [positive]
         self.state = {"classes": classes}
         return self.state
+
+    def _class_index(self) -> dict[str, int]:
+        index: dict[str, int] = {}
+        for i, c in enumerate(self.classes):
+            index.setdefault(canonical_key(c), i)
+        return index
+
+    def class_of(self, label: object) -> object | None:
+        """The class a label (from feedback, a file, JSON) stands for, as at training; None if none."""
+        i = self._class_index().get(canonical_key(label))
+        return None if i is None else self.classes[i]
 
     def transform(self, column: pd.Series) -> torch.Tensor:
         if column.isna().any():
@@ -62,8 +80,10 @@ class Target:
                 raise LoopmlError(f"target '{self.column}' has a non-numeric value {bad!r}")
             scaled = (numbers.to_numpy(dtype=np.float64) - self.state["mean"]) / self.state["std"]
             return torch.from_numpy(scaled.astype(np.float32))
-        index = {str(c): i for i, c in enumerate(self.classes)}
-        keys = column.map(lambda v: str(_label(v)))
+        index = self._class_index()
+        keys = pd.Series(canonical_keys(column), index=column.index, dtype=object)
+        if keys.isna().any():  # blank strings: missing, as in a CSV
+            raise LoopmlError(f"target '{self.column}' has {int(keys.isna().sum())} missing values")
         unseen = sorted(set(keys) - set(index))
         if unseen:
             raise LoopmlError(

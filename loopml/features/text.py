@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel
+from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel, canonical_keys
 
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1
 
@@ -57,7 +57,9 @@ class TextFeature(FeatureType):
 
     @staticmethod
     def _texts(column: pd.Series) -> list[str]:
-        return column.fillna("").astype(str).tolist()
+        # canonical_key: a column read as numbers (2.0 from a CSV with gaps) tokenises like the
+        # JSON string "2"; missing values are the empty text
+        return [key or "" for key in canonical_keys(column)]
 
     # -- pretrained models -------------------------------------------------------------------------
     @staticmethod

@@ -51,6 +51,7 @@ def retrain_command(
     store: StoreOpt = None,
 ) -> None:
     """Train a candidate on the champion's data + feedback, gate it against the champion, promote if it wins."""
+    from loopml.loop.feedback_rows import describe_skipped
     from loopml.loop.policy import load_policy
     from loopml.loop.retrain import retrain, should_retrain
     from loopml.registry import Store
@@ -61,8 +62,14 @@ def retrain_command(
         if fire:
             typer.echo(f"retraining {name}: {why}")
             decision = retrain(s, name, p, reason=why)
-            verdict = "PROMOTED" if decision["promoted"] else "rejected"
-            typer.echo(f"candidate {name}:{decision['candidate_version']} {verdict}: {decision['reason']}")
+            skipped = (decision.get("numbers") or {}).get("feedback_skipped") or {}
+            if skipped:
+                typer.echo(describe_skipped(skipped))
+            if decision.get("candidate_version") is None:
+                typer.echo(f"no candidate: {decision['reason']}")
+            else:
+                verdict = "PROMOTED" if decision["promoted"] else "rejected"
+                typer.echo(f"candidate {name}:{decision['candidate_version']} {verdict}: {decision['reason']}")
         else:
             typer.echo(f"no retrain: {why}")
         if not watch:

@@ -1,7 +1,8 @@
 """Reference statistics (kept with each model version) and drift of a window of inputs against them.
 
-Every column becomes a histogram over the same buckets — numbers over the training deciles,
-categories over their most frequent training values, text over its most frequent words, each with
+Every column becomes a histogram over the same buckets — numbers over their point masses (a value
+holding ≥ 5% of the rows, like the zeros of a mostly-zero column, gets a bucket of its own) and the
+deciles of the rest, categories over their most frequent training values, text over its most frequent words, each with
 "other" and "missing" buckets — and the population stability index (PSI) compares the two:
 PSI ≥ 0.2 is drift, 0.1–0.2 a warning (the usual reading). Numbers also get the Kolmogorov-Smirnov
 test and the Wasserstein distance (in training standard deviations); categories chi-square and
@@ -22,6 +23,8 @@ DRIFT, WARN = 0.2, 0.1
 SAMPLE = 2000
 TOP_VALUES, TOP_WORDS = 20, 50
 MIN_ROWS = 50
+#: a number holding at least this share of the training rows gets a bucket of its own
+POINT_SHARE = 0.05
 _WORD = re.compile(r"\w+")
 _EPS = 1e-4
 
@@ -40,10 +43,12 @@ def column_reference(values: pd.Series, kind: str, seed: int = 0) -> dict | None
         present = numbers.dropna().to_numpy(dtype=np.float64)
         if not len(present):
             return None
-        edges = np.unique(np.quantile(present, np.linspace(0.1, 0.9, 9)))
+        points = point_masses(present)
+        rest = present[~np.isin(present, points)]
+        edges = np.unique(np.quantile(rest, np.linspace(0.1, 0.9, 9))) if len(rest) else np.array([])
         sample = np.random.default_rng(seed).choice(present, min(SAMPLE, len(present)), replace=False)
-        ref = {"kind": "number", "edges": edges.tolist(), "sample": np.round(sample, 6).tolist(),
-               "std": float(present.std()) or 1.0}
+        ref = {"kind": "number", "points": points.tolist(), "edges": edges.tolist(),
+               "sample": np.round(sample, 6).tolist(), "std": float(present.std()) or 1.0}
     elif kind in ("category", "binary"):
         counts = values.dropna().map(lambda v: str(v).strip()).value_counts()
         ref = {"kind": "category", "values": counts.index[:TOP_VALUES].tolist()}
@@ -56,15 +61,37 @@ def column_reference(values: pd.Series, kind: str, seed: int = 0) -> dict | None
     return ref
 
 
+def point_masses(present: np.ndarray) -> np.ndarray:
+    """Values that alone hold at least POINT_SHARE of the rows (at most TOP_VALUES of them).
+
+    Decile edges cannot split such a value: with 92% zeros every decile is 0, all rows land in one
+    bucket and the PSI cannot see the rest move. A bucket of its own per point mass, and deciles of
+    the remaining rows, can.
+    """
+    values, counts = np.unique(present, return_counts=True)
+    heavy = counts >= POINT_SHARE * len(present)
+    order = np.argsort(-counts[heavy], kind="stable")[:TOP_VALUES]
+    return np.sort(values[heavy][order])
+
+
+def _number_buckets(numbers: np.ndarray, ref: dict) -> np.ndarray:
+    """Counts per bucket: one per point mass, then the bins between the edges of the rest."""
+    points = np.asarray(ref.get("points", []), dtype=np.float64)  # references before point masses: none
+    edges = ref["edges"]
+    at_point = np.isin(numbers, points)
+    point_counts = np.array([np.count_nonzero(numbers[at_point] == p) for p in points], dtype=np.float64)
+    rest = np.bincount(np.searchsorted(edges, numbers[~at_point], side="right"),
+                       minlength=len(edges) + 1).astype(np.float64)
+    return np.concatenate([point_counts, rest])
+
+
 def histogram(values: pd.Series, ref: dict, counts_too: bool = False) -> np.ndarray | tuple[np.ndarray, float]:
     """Shares per bucket: the reference's bins or values, then 'other', then 'missing' (and the count)."""
     missing = _missing(values)
     if ref["kind"] == "number":
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
         missing = np.isnan(numbers)
-        buckets = np.bincount(np.searchsorted(ref["edges"], numbers[~missing], side="right"),
-                              minlength=len(ref["edges"]) + 1).astype(np.float64)
-        counts = np.append(buckets, [0.0, missing.sum()])
+        counts = np.append(_number_buckets(numbers[~missing], ref), [0.0, missing.sum()])
     else:
         index = {v: i for i, v in enumerate(ref["values"])}
         counts = np.zeros(len(ref["values"]) + 2)

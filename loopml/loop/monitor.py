@@ -24,30 +24,36 @@ def live_metrics(feedback: list[dict], task: str) -> dict:
 
 
 def monitor(store, name: str, alias: str = "production", since: float | None = None, until: float | None = None,
-            last: int | None = None, record: bool = True) -> dict:
+            last: int | None = None, record: bool = True, served: tuple[int, object] | None = None) -> dict:
     """Drift of the logged inputs (``since``..``until``, or the ``last`` N predictions) against the
-    reference of the version the alias points at, plus live metrics from feedback in that window."""
-    import loopml
+    reference of the version the alias points at, plus live metrics from feedback in that window.
 
-    version = store.resolve(f"{name}@{alias}")
-    model = loopml.load(version["path"])
+    ``served``: (version, loaded model) already in memory — the server passes the model it serves,
+    so an interval costs a windowed query, not a bundle load.
+    """
+    if served is not None:
+        number, model = served
+    else:
+        import loopml
+
+        version = store.resolve(f"{name}@{alias}")
+        number, model = int(version["version"]), loopml.load(version["path"])
     if not model.reference:
-        raise LoopmlError(f"{name}:{version['version']} has no reference statistics (trained before monitoring existed)")
+        raise LoopmlError(f"{name}:{number} has no reference statistics (trained before monitoring existed)")
     until = until or time.time()
-    rows = store.list_predictions(name, since or 0.0, until)
-    if last:
-        rows = rows[-last:]
+    rows = store.prediction_window(name, since, until, last)
     start = rows[0]["created_at"] if rows else (since or until)
     frame = pd.DataFrame([r["inputs"] for r in rows])
     result = window_drift(frame, [r["outputs"]["prediction"] for r in rows], model.reference)
     feedback = [f for f in store.list_feedback(name, start) if f["created_at"] <= until]
-    result["live"] = live_metrics(feedback, model.preprocessor.target.kind)
+    kind = model.preprocessor.target.kind
+    result["live"] = live_metrics(feedback, kind)
     test = model.metrics.get("test", {})
-    metric = "mae" if model.preprocessor.target.kind == "number" else "accuracy"
+    metric = "mae" if kind == "number" else "accuracy"
     if metric in result["live"] and metric in test:
         result["live"]["test_" + metric] = test[metric]
         result["live"]["change"] = result["live"][metric] - test[metric]
-    result.update(model=name, version=int(version["version"]), start=start, end=until)
+    result.update(model=name, version=number, start=start, end=until)
     if record:
-        result["window_id"] = store.add_drift_window(name, int(version["version"]), start, until, result)
+        result["window_id"] = store.add_drift_window(name, number, start, until, result)
     return result

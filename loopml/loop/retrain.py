@@ -1,7 +1,8 @@
 """Retraining from feedback, and the gate that decides whether the candidate replaces the champion.
 
-The candidate trains on the champion's training rows plus the older feedback; the newest feedback is
-held back. Both models are then scored on that held-back window and on the champion's original test
+The candidate trains on the champion's training rows (rebuilt from the split record in its model
+directory: files' rows and earlier turns' feedback) plus the older new feedback; the newest feedback
+is held back. Both models are then scored on that held-back window and on the champion's original test
 rows (never trained on); the candidate is promoted only if it wins on the window by the policy's
 margin, is right significantly more often there (McNemar), and does not lose more than the
 tolerance on the original test set. Every decision is recorded with its numbers.
@@ -20,11 +21,12 @@ from scipy.stats import binomtest
 
 from loopml.errors import LoopmlError
 from loopml.loop.policy import Policy
+from loopml.registry.faults import pause_point
 
 SPLIT_COLUMN = "__loopml_split__"
 
 
-def feedback_frame(feedback: list[dict], target: str) -> pd.DataFrame:
+def feedback_frame(feedback: list[dict], target: str) -> pd.DataFrame:  # kept for callers of the old API
     """One row per distinct input (the latest label wins), oldest first, with feedback id and time."""
     latest: dict[str, dict] = {}
     for f in feedback:
@@ -34,19 +36,6 @@ def feedback_frame(feedback: list[dict], target: str) -> pd.DataFrame:
         latest.pop(key, None)  # re-insert so order follows the latest label
         latest[key] = {**f["inputs"], target: f["label"], "_feedback_id": f["id"], "_at": f["created_at"]}
     return pd.DataFrame(list(latest.values()))
-
-
-def original_split(champion, data_path: str) -> dict[str, pd.DataFrame]:
-    """The champion's train/validation/test rows, split again exactly as its training split them."""
-    from loopml.data.read import read_table
-    from loopml.data.split import split_frame
-
-    cfg = champion.config
-    target = champion.preprocessor.target.column
-    df = read_table(data_path, cfg.data).reset_index(drop=True)
-    df = df[df[target].notna()]
-    parts, _ = split_frame(df, target, cfg.split, champion.preprocessor.target.kind != "number")
-    return parts
 
 
 def should_retrain(store, name: str, policy: Policy) -> tuple[bool, str]:
@@ -82,8 +71,8 @@ def gate(champion, candidate, window: pd.DataFrame, test: pd.DataFrame, policy: 
     g = policy.gate
     champ_window, champ_right = _scores(champion, window, g.metric)
     cand_window, cand_right = _scores(candidate, window, g.metric)
-    champ_test, _ = _scores(champion, test, g.metric)
-    cand_test, _ = _scores(candidate, test, g.metric)
+    champ_test, _ = _scores(champion, test, g.metric) if len(test) else (float("nan"), None)
+    cand_test, _ = _scores(candidate, test, g.metric) if len(test) else (float("nan"), None)
     only_candidate = int((cand_right & ~champ_right).sum())
     only_champion = int((champ_right & ~cand_right).sum())
     discordant = only_candidate + only_champion
@@ -98,7 +87,7 @@ def gate(champion, candidate, window: pd.DataFrame, test: pd.DataFrame, policy: 
         return False, why, numbers
     if candidate.preprocessor.target.kind != "number" and p_value >= g.significance:
         return False, f"gain {gain:+.4f} on held-back feedback is not significant (McNemar p={p_value:.3f})", numbers
-    if regression > g.max_test_regression:
+    if len(test) and regression > g.max_test_regression:  # a champion without a test split: window only
         return False, (f"{g.metric} on the original test set falls {champ_test:.4f} → {cand_test:.4f} "
                        f"(more than {g.max_test_regression})"), numbers
     return True, (f"{g.metric} on held-back feedback {champ_window:.4f} → {cand_window:.4f} (p={p_value:.3f}); "
@@ -106,27 +95,53 @@ def gate(champion, candidate, window: pd.DataFrame, test: pd.DataFrame, policy: 
 
 
 def retrain(store, name: str, policy: Policy, reason: str = "manual", progress: bool = False) -> dict:
-    """Train a candidate from the champion's data + feedback, register it, gate it, maybe promote it."""
+    """Train a candidate from the champion's data + new feedback, gate it, register it with its
+    decision, promote it if it won and the champion did not move meanwhile.
+
+    One retrain per model at a time (a lock in the store); a second one records that it did not
+    start and returns. Any failure records a 'failed' decision and re-raises: no version is ever
+    left without a decision.
+    """
+    from loopml.registry.gating import LockHeld, LockKeeper
+
+    keeper = LockKeeper(store, name)
+    try:
+        keeper.acquire()
+    except LockHeld as e:
+        store.add_gate_decision(name, None, store.alias_version(name, policy.alias), False, str(e), {"skipped": "locked"})
+        return {"promoted": False, "reason": str(e), "candidate_version": None, "locked": True}
+    try:
+        return _retrain(store, name, policy, reason, progress, keeper)
+    except BaseException as e:  # recorded, then re-raised unchanged: the audit trail shows every attempt
+        why = f"failed: {e}" if isinstance(e, LoopmlError) else f"failed: {type(e).__name__}: {e}"
+        store.add_gate_decision(name, None, store.alias_version(name, policy.alias), False, why[:2000],
+                                {"failed": True})
+        raise
+    finally:
+        keeper.release()
+
+
+def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keeper) -> dict:
     import loopml
     from loopml.config import _deep_merge
+    from loopml.loop.feedback_rows import usable_feedback
+    from loopml.loop.training_data import champion_splits, feedback_ids, feedback_part
 
     champion_version = store.resolve(f"{name}@{policy.alias}")
+    champion_number = int(champion_version["version"])
     champion = loopml.load(champion_version["path"])
-    target = champion.preprocessor.target.column
-    data_path = policy.data.training_data or champion.info.get("data_source")
-    if not data_path or not Path(data_path).is_file():
-        raise LoopmlError(f"cannot find the champion's training data ({data_path}); set data.training_data in the policy")
-    rows = feedback_frame(store.list_feedback(name), target)
+    parts, record = champion_splits(store, name, champion, policy.data.training_data)
+    rows, skipped = usable_feedback(store.list_feedback(name), champion, exclude_ids=feedback_ids(record))
+    counts = {"feedback_rows": len(rows), "feedback_skipped": dict(skipped),
+              "feedback_skipped_total": int(sum(skipped.values()))}
     n_holdout = int(round(len(rows) * policy.data.holdout_fraction))
     if n_holdout < policy.data.min_holdout:
         reason_text = f"not enough feedback: {len(rows)} labelled rows, {n_holdout} to hold back (< {policy.data.min_holdout})"
-        store.add_gate_decision(name, None, int(champion_version["version"]), False, reason_text, {"feedback_rows": len(rows)})
-        return {"promoted": False, "reason": reason_text, "candidate_version": None}
+        store.add_gate_decision(name, None, champion_number, False, reason_text, counts)
+        return {"promoted": False, "reason": reason_text, "candidate_version": None, "numbers": counts}
     learn, window = rows.iloc[: len(rows) - n_holdout], rows.iloc[len(rows) - n_holdout :]
-    parts = original_split(champion, data_path)
-    columns = list(parts["train"].columns)
-    frames = [parts["train"].assign(**{SPLIT_COLUMN: "train"}), parts["validation"].assign(**{SPLIT_COLUMN: "validation"}),
-              parts["test"].assign(**{SPLIT_COLUMN: "test"})]
+    columns = list(dict.fromkeys([*parts["train"].columns, *learn.columns.drop(["_feedback_id", "_at"])]))
+    frames = [parts[split].reindex(columns=columns).assign(**{SPLIT_COLUMN: split}) for split in ("train", "validation", "test")]
     extra = learn.reindex(columns=columns).assign(**{SPLIT_COLUMN: "train"})
     frames += [extra] * policy.data.feedback_weight
     data = pd.concat(frames, ignore_index=True)
@@ -136,21 +151,26 @@ def retrain(store, name: str, policy: Policy, reason: str = "manual", progress: 
     started = time.time()
     candidate = loopml.Model(config).fit(data, progress=progress, track=f"retrain-{name}", store=store,
                                          warm_start=champion if policy.start == "warm" else None)
-    with tempfile.TemporaryDirectory() as tmp:
-        candidate.save(Path(tmp) / "candidate")  # tracked: the run now holds the artifact
-        lineage = {"reason": reason, "parent_version": int(champion_version["version"]), "start": policy.start,
-                   "feedback_ids": [int(i) for i in learn["_feedback_id"]],
-                   "feedback_from": float(learn["_at"].min()) if len(learn) else None,
-                   "feedback_to": float(learn["_at"].max()) if len(learn) else None,
-                   "held_back_ids": [int(i) for i in window["_feedback_id"]], "training_data": data_path,
-                   "training_rows": len(parts["train"]) + len(extra) * policy.data.feedback_weight}
-        version = store.register(name, run=candidate.run_id, description=f"retrained: {reason}",
-                                 parent_version=int(champion_version["version"]), lineage=lineage)
+    candidate.info["splits"] = {**record, "train": [*record.get("train", []),
+                                                    feedback_part(learn, policy.data.feedback_weight)]}
     promoted, why, numbers = gate(champion, candidate, window.drop(columns=["_feedback_id", "_at"]),
                                   parts["test"], policy)
-    numbers.update(train_seconds=time.time() - started, feedback_rows=len(rows), learned_rows=len(learn))
-    if promoted:
-        store.promote(name, version["version"], policy.alias, reason=f"gate passed: {why}", actor="loopml retrain")
-    store.add_gate_decision(name, int(version["version"]), int(champion_version["version"]), promoted, why, numbers)
-    return {"promoted": promoted, "reason": why, "candidate_version": int(version["version"]),
-            "champion_version": int(champion_version["version"]), "numbers": numbers}
+    numbers.update(train_seconds=time.time() - started, learned_rows=len(learn), **counts)
+    if keeper.lost:
+        promoted, why = False, f"lock lost during training (another retrain took it over); not promoted. Gate: {why}"
+    lineage = {"reason": reason, "parent_version": champion_number, "start": policy.start,
+               "feedback_ids": [int(i) for i in learn["_feedback_id"]],
+               "feedback_from": float(learn["_at"].min()) if len(learn) else None,
+               "feedback_to": float(learn["_at"].max()) if len(learn) else None,
+               "held_back_ids": [int(i) for i in window["_feedback_id"]],
+               "training_data": sorted({p["source"] for p in record.get("train", []) if p.get("source")}),
+               "training_rows": len(parts["train"]) + len(extra) * policy.data.feedback_weight}
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate.save(Path(tmp) / "candidate")  # tracked: the run now holds the artifact
+        pause_point("retrain.before_decide")
+        outcome = store.register_decided(name, run=candidate.run_id, description=f"retrained: {reason}", lineage=lineage,
+                                         champion_version=champion_number, alias=policy.alias, promote=promoted,
+                                         reason=why, numbers=numbers, lock_token=keeper.token)
+    return {"promoted": outcome["promoted"], "reason": outcome["reason"],
+            "candidate_version": int(outcome["version"]["version"]), "champion_version": champion_number,
+            "numbers": numbers}

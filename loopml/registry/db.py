@@ -75,6 +75,8 @@ feedback = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("model_name", sa.String(128)),
     sa.Column("prediction_id", sa.String(32)), sa.Column("inputs", sa.JSON), sa.Column("label", sa.JSON),
     sa.Column("created_at", sa.Float),
+    # 0005: a snapshot of the prediction, so feedback never depends on its prediction row
+    sa.Column("prediction_outputs", sa.JSON), sa.Column("model_version", sa.Integer),
 )
 
 drift_windows = sa.Table(
@@ -90,6 +92,12 @@ gate_decisions = sa.Table(
     sa.Column("candidate_version", sa.Integer), sa.Column("champion_version", sa.Integer),
     sa.Column("promoted", sa.Boolean), sa.Column("reason", sa.Text), sa.Column("numbers", sa.JSON),
     sa.Column("at", sa.Float),
+)
+model_locks = sa.Table(
+    "model_locks", metadata,
+    sa.Column("name", sa.String(128), primary_key=True), sa.Column("purpose", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(32)), sa.Column("host", sa.String(255)), sa.Column("pid", sa.Integer),
+    sa.Column("acquired_at", sa.Float), sa.Column("expires_at", sa.Float),
 )
 
 
@@ -108,6 +116,7 @@ def create_engine(url: str) -> Engine:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed, connect_args={"timeout": 60})
         _sqlite_transactions(engine)
+        _sqlite_damage_is_user_error(engine)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver loopml installs
@@ -132,6 +141,22 @@ def _sqlite_transactions(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE) else "BEGIN")
+
+
+def _sqlite_damage_is_user_error(engine: Engine) -> None:
+    """A damaged database file (overwritten, truncated) fails on whichever query reads the bad page
+    first: every such failure becomes one line naming the store, not an internal error."""
+    import sqlite3
+
+    where = engine.url.render_as_string(hide_password=True)
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context) -> None:
+        # SQLITE_CORRUPT / SQLITE_NOTADB raise the base class; locks, constraints, ... raise subclasses
+        if type(context.original_exception) is sqlite3.DatabaseError:
+            message = str(context.original_exception).strip().splitlines()[0]
+            raise LoopmlError(f"the store {where} is damaged ({message}); restore it from a backup "
+                              "or point --store / LOOPML_STORE at another one")
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
@@ -161,7 +186,7 @@ def open_database(url: str | None = None) -> Engine:
         revision = current_revision(engine)
         if revision != HEAD:
             migrate(engine)
-    except sa.exc.OperationalError as e:
+    except sa.exc.DatabaseError as e:  # OperationalError (unreachable, locked) and a damaged file alike
         raise LoopmlError(f"cannot open the store {engine.url.render_as_string(hide_password=True)}: "
                           f"{str(e.orig).strip().splitlines()[0]}") from None
     return engine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from loopml.errors import LoopmlError
 from loopml.registry import db
@@ -17,19 +18,64 @@ class Records:
     writer: sa.engine.Engine
 
     def log_predictions(self, rows: list[dict]) -> None:
-        """Insert prediction rows (id, model_name, model_version, created_at, inputs, outputs, latency_ms)."""
-        if rows:
-            with self.writer.begin() as c:
-                c.execute(db.predictions.insert(), rows)
+        """Insert prediction rows (id, model_name, model_version, created_at, inputs, outputs, latency_ms).
+
+        Rows whose id is already in the store are skipped, so a spool replayed after a crash (some of
+        its rows written, some not) lands exactly once."""
+        if not rows:
+            return
+        with self.writer.begin() as c:
+            dialect = c.dialect.name
+            if dialect in ("sqlite", "postgresql"):
+                insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+                c.execute(insert(db.predictions).on_conflict_do_nothing(index_elements=["id"]), rows)
+                return
+            ids = [r["id"] for r in rows]
+            known = set(c.execute(sa.select(db.predictions.c.id).where(db.predictions.c.id.in_(ids))).scalars())
+            fresh = [r for r in rows if r["id"] not in known]
+            if fresh:
+                c.execute(db.predictions.insert(), fresh)
 
     def add_feedback(self, model_name: str, label: object, prediction_id: str | None = None,
-                     inputs: dict | None = None) -> int:
+                     inputs: dict | None = None, outputs: dict | None = None, model_version: int | None = None) -> int:
+        """``outputs``/``model_version`` (and ``inputs``) snapshot the prediction the feedback is about, so the row
+        stands on its own: before its prediction reaches the store, and after retention deleted it."""
         if prediction_id is None and inputs is None:
             raise LoopmlError("feedback needs a prediction_id or the inputs it is about")
         with self.writer.begin() as c:
             result = c.execute(db.feedback.insert().values(
-                model_name=model_name, prediction_id=prediction_id, inputs=inputs, label=label, created_at=time.time()))
+                model_name=model_name, prediction_id=prediction_id, inputs=inputs, label=label, created_at=time.time(),
+                prediction_outputs=outputs, model_version=model_version))
             return int(result.inserted_primary_key[0])
+
+    def prune_predictions(self, model_name: str, older_than: float | None = None, keep_rows: int | None = None,
+                          chunk: int = 5000, max_chunks: int = 100) -> int:
+        """Delete ``model_name``'s predictions created before ``older_than`` (a time) or beyond the newest
+        ``keep_rows``, ``chunk`` rows per transaction (short write locks), at most ``max_chunks`` per call.
+        Feedback rows carry a snapshot of their prediction, so none of them needs its prediction kept."""
+        p = db.predictions
+        if keep_rows is not None:
+            with self.engine.connect() as c:
+                cutoff = c.execute(sa.select(p.c.created_at).where(p.c.model_name == model_name)
+                                   .order_by(p.c.created_at.desc()).offset(keep_rows - 1).limit(1)).scalar()
+            if cutoff is None:
+                return 0
+            older_than = cutoff if older_than is None else max(older_than, cutoff)
+        if older_than is None:
+            return 0
+        deleted = 0
+        for _ in range(max_chunks):
+            ids = (sa.select(p.c.id).where(p.c.model_name == model_name, p.c.created_at < older_than)
+                   .limit(chunk).scalar_subquery())
+            with self.writer.begin() as c:
+                if c.dialect.name == "mysql":  # no LIMIT inside IN (subquery)
+                    ids = list(c.execute(sa.select(p.c.id).where(p.c.model_name == model_name,
+                                                                 p.c.created_at < older_than).limit(chunk)).scalars())
+                n = c.execute(p.delete().where(p.c.id.in_(ids))).rowcount
+            deleted += n
+            if n < chunk:
+                break
+        return deleted
 
     def get_prediction(self, prediction_id: str) -> dict | None:
         with self.engine.connect() as c:
@@ -48,20 +94,41 @@ class Records:
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(query)]
 
+    def prediction_window(self, model_name: str, since: float | None = None, until: float | None = None,
+                          last: int | None = None) -> list[dict]:
+        """The logged predictions monitoring looks at, oldest first: those in ``since``..``until`` and,
+        with ``last``, only the newest ``last`` of them. The database does the windowing (newest first
+        over the (model_name, created_at) index, LIMIT), so the cost follows the window, not the log."""
+        p = db.predictions
+        query = sa.select(p.c.created_at, p.c.inputs, p.c.outputs).where(p.c.model_name == model_name)
+        if since is not None:
+            query = query.where(p.c.created_at >= since)
+        if until is not None:
+            query = query.where(p.c.created_at <= until)
+        query = query.order_by(p.c.created_at.desc())
+        if last:
+            query = query.limit(last)
+        with self.engine.connect() as c:
+            rows = [dict(r._mapping) for r in c.execute(query)]
+        return rows[::-1]
+
     def list_feedback(self, model_name: str, since: float = 0.0) -> list[dict]:
         """Feedback rows with the inputs of their prediction filled in where it was logged."""
         joined = db.feedback.outerjoin(db.predictions, db.feedback.c.prediction_id == db.predictions.c.id)
         query = (sa.select(db.feedback, db.predictions.c.inputs.label("prediction_inputs"),
-                           db.predictions.c.outputs.label("prediction_outputs"),
-                           db.predictions.c.model_version.label("model_version"))
+                           db.predictions.c.outputs.label("logged_outputs"),
+                           db.predictions.c.model_version.label("logged_version"))
                  .select_from(joined)
                  .where(db.feedback.c.model_name == model_name, db.feedback.c.created_at >= since)
                  .order_by(db.feedback.c.id))
         with self.engine.connect() as c:
             rows = [dict(r._mapping) for r in c.execute(query)]
-        for row in rows:
+        for row in rows:  # the feedback's own snapshot first; older rows have only the logged prediction
             row["inputs"] = row["inputs"] if row["inputs"] is not None else row.pop("prediction_inputs")
             row.pop("prediction_inputs", None)
+            logged_outputs, logged_version = row.pop("logged_outputs"), row.pop("logged_version")
+            row["prediction_outputs"] = row["prediction_outputs"] if row["prediction_outputs"] is not None else logged_outputs
+            row["model_version"] = row["model_version"] if row["model_version"] is not None else logged_version
         return rows
 
     def add_drift_window(self, model_name: str, version: int, start: float, end: float, result: dict) -> int:

@@ -26,6 +26,7 @@ from loopml.errors import LoopmlError, did_you_mean
 from loopml.registry import db
 from loopml.registry.artifacts import ArtifactRoot
 from loopml.registry.faults import pause_point
+from loopml.registry.gating import Gating
 from loopml.registry.records import Records
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -59,7 +60,7 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-class Store(Records):
+class Store(Records, Gating):
     """Opened on first use: constructing one creates nothing (a failed command leaves no database)."""
 
     def __init__(self, url: str | None = None, artifacts: str | None = None) -> None:
@@ -105,6 +106,43 @@ class Store(Records):
             ))
         return run_id
 
+    def resume_run(self, run_id: str) -> bool:
+        """Mark an interrupted run as running again in this process; False when the store has no such run."""
+        with self.writer.begin() as c:
+            found = c.execute(db.runs.update().where(db.runs.c.id == run_id, db.runs.c.status != "finished").values(
+                status="running", ended_at=None, duration=None, error=None, host=socket.gethostname(), pid=os.getpid(),
+            )).rowcount
+        return bool(found)
+
+    def forget_metrics_from(self, run_id: str, step: int) -> None:
+        """Drop a run's metrics from ``step`` on (epochs logged after its last checkpoint, about to be redone)."""
+        with self.writer.begin() as c:
+            c.execute(db.run_metrics.delete().where(db.run_metrics.c.run_id == run_id, db.run_metrics.c.step >= step))
+
+    def reap_runs(self) -> int:
+        """Mark ``killed`` the running runs whose process died on this host; how many were marked.
+
+        Runs of other hosts are left as they are: their process cannot be seen from here.
+        """
+        from loopml.registry.liveness import pid_alive
+
+        host = socket.gethostname()
+        with self.engine.connect() as c:
+            running = c.execute(sa.select(db.runs.c.id, db.runs.c.pid, db.runs.c.started_at).where(
+                db.runs.c.status == "running", db.runs.c.host == host)).all()
+        dead = [r for r in running if not pid_alive(r.pid)]
+        if not dead:
+            return 0
+        now = time.time()
+        with self.writer.begin() as c:
+            for r in dead:  # still running and still that pid: a resume may have taken the run over meanwhile
+                c.execute(db.runs.update().where(db.runs.c.id == r.id, db.runs.c.status == "running",
+                                                 db.runs.c.pid == r.pid).values(
+                    status="killed", ended_at=now, duration=now - (r.started_at or now),
+                    error=f"process {r.pid} on {host} ended without finishing the run",
+                ))
+        return len(dead)
+
     def log_metrics(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
         rows = [{"run_id": run_id, "step": step, "key": k, "value": float(v)} for k, v in metrics.items()
                 if isinstance(v, (int, float))]
@@ -136,6 +174,7 @@ class Store(Records):
         return uri
 
     def get_run(self, run_id: str) -> dict:
+        self.reap_runs()
         with self.engine.connect() as c:
             row = _row(c.execute(sa.select(db.runs).where(db.runs.c.id == run_id)).first())
             if row is None:  # a unique prefix is enough, like git
@@ -152,6 +191,7 @@ class Store(Records):
         return {**row, "history": list(epochs.values())}
 
     def list_runs(self, experiment: str | None = None, limit: int = 50) -> list[dict]:
+        self.reap_runs()
         query = sa.select(db.runs).order_by(db.runs.c.started_at.desc()).limit(limit)
         if experiment:
             query = query.where(db.runs.c.experiment == experiment)
@@ -160,12 +200,14 @@ class Store(Records):
 
     # -- registering ------------------------------------------------------------------------
     def register(self, name: str, *, run: str | None = None, path: str | os.PathLike | None = None,
-                 description: str = "", parent_version: int | None = None, lineage: dict | None = None) -> dict:
+                 description: str = "", parent_version: int | None = None, lineage: dict | None = None,
+                 within=None) -> dict:
         """A new version of ``name`` from a run's model or a model directory.
 
         The artifact is stored first; the version row is created in one transaction that also
         takes the model's lock, so concurrent registrations get consecutive, distinct versions and
-        a crash before commit leaves no version behind.
+        a crash before commit leaves no version behind. ``within(connection, version)`` runs inside
+        that transaction (the gate records its decision there: no version without a decision).
         """
         check_name(name)
         if (run is None) == (path is None):
@@ -196,6 +238,8 @@ class Store(Records):
                     ))
                     c.execute(db.registered_models.update().where(db.registered_models.c.name == name)
                               .values(latest_version=version))
+                    if within is not None:
+                        within(c, version)
                     pause_point("register.before_commit")
                 return self.get_version(name, version)
             except sa.exc.IntegrityError:  # lost a race creating the model row: try again
@@ -333,13 +377,11 @@ class Store(Records):
 
     def diff(self, name: str, v1: int, v2: int) -> dict:
         """Metric deltas, config differences and lineage of two versions."""
-        import yaml
+        from loopml.registry.resolved import resolved_config
 
         a, b = self.get_version(name, v1), self.get_version(name, v2)
-        configs = []
-        for row in (a, b):
-            text = (self.artifacts.fetch(row["artifact_uri"]) / "config.yaml").read_text(encoding="utf-8")
-            configs.append(flatten(yaml.safe_load(text)))
+        # the effective configs: `auto` and defaults spelled out, so equal models show no differences
+        configs = [flatten(resolved_config(self.artifacts.fetch(row["artifact_uri"]))) for row in (a, b)]
         keys = sorted(set(configs[0]) | set(configs[1]))
         config = {k: (configs[0].get(k), configs[1].get(k)) for k in keys if configs[0].get(k) != configs[1].get(k)}
         metrics = {}

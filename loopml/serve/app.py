@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -23,11 +24,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from loopml.errors import LoopmlError
-from loopml.serve.batcher import Batcher, QueueFull
+from loopml.serve.batcher import Batcher, BatchFailed, QueueFull
 from loopml.serve.limits import LimitsAndMetrics
 from loopml.serve.metrics import ServerMetrics
-from loopml.serve.predlog import PredictionLog
-from loopml.serve.schema import FeedbackResponse, ModelInfo, PredictResponse, feedback_model, input_model
+from loopml.serve.predlog import DURABILITY, LogUnavailable, PredictionLog, default_spool_dir, parse_retention
+from loopml.serve.schema import FeedbackResponse, ModelInfo, PredictResponse, StrictJSONResponse, printable
+from loopml.serve.swap import LoadFailure, input_schema, predict_body, rebind, request_models
 
 log = logging.getLogger("loopml.serve")
 
@@ -50,6 +52,13 @@ class ServeSettings(BaseModel):
     monitor_interval_s: float = Field(60.0, ge=0)
     monitor_rows: int = Field(1000, ge=50)
     media_root: str | None = None
+    #: fsync: acknowledged predictions are fsync'd to a local spool first; spool: written, no fsync; none: memory
+    log_durability: str = Field("fsync", pattern=f"^({'|'.join(DURABILITY)})$")
+    spool_dir: str | None = None
+    log_max_backlog: int = Field(100_000, ge=1)
+    #: prune this model's prediction log: an age (30d, 12h, 45m) or a row count; None keeps everything
+    log_retention: str | None = None
+    log_retention_interval_s: float = Field(300.0, gt=0)
 
 
 @dataclass
@@ -77,7 +86,7 @@ def load_served(settings: ServeSettings, store) -> Served:
         onnx_path = Path(".loopml/onnx") / f"{name}.onnx"
     if settings.media_root:
         model.config.data.media_root = settings.media_root
-    runner = make_runner(model, settings.backend, onnx_path, settings.threads)
+    runner = make_runner(model, settings.backend, onnx_path, settings.threads, settings.media_root)
     try:  # warm up: the first batch pays for lazy initialisation, not a user
         runner.predict(model_example(model, 2).to_dict(orient="records"))
     except LoopmlError as e:
@@ -87,6 +96,7 @@ def load_served(settings: ServeSettings, store) -> Served:
 
 def create_app(settings: ServeSettings) -> FastAPI:
     from loopml.registry import Store
+    from loopml.registry.db import store_url
 
     store = Store(settings.store, settings.artifacts)
     state = {"served": load_served(settings, store), "ready": False}
@@ -94,9 +104,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     metrics = ServerMetrics()
     metrics.model_version.labels(first.name).set(first.version)
     pre = first.model.preprocessor
-    skipped = [c.name for c in first.model.schema.columns if c.type == "skip"]
-    Input = input_model(first.name, {c: f.config.type for c, f in pre.features.items()}, skipped)
-    Feedback = feedback_model(Input)
+    Input, Feedback = request_models(first)
+    state["input_model"] = Input.__name__
+    load_failure = LoadFailure()
     alias = settings.model.split("@", 1)[1] if "@" in settings.model and not Path(settings.model).exists() else None
 
     def infer(records: list[dict]) -> list[dict]:
@@ -109,27 +119,48 @@ def create_app(settings: ServeSettings) -> FastAPI:
     arriving = {"requests": 0}  # predict requests inside the handler, before the batcher has them
     batcher = Batcher(infer, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics.observe_batch,
                       arriving=lambda: arriving["requests"])
-    predictions = PredictionLog(store)
+    spool_dir = settings.spool_dir or default_spool_dir(store_url(settings.store))
+    predictions = PredictionLog(store, settings.log_durability, spool_dir if settings.log_durability != "none" else None,
+                                settings.log_max_backlog, metrics=metrics)
+    retention = parse_retention(settings.log_retention) if settings.log_retention else None
+
+    async def prune_log() -> None:
+        while True:
+            await asyncio.sleep(settings.log_retention_interval_s)
+            seconds, rows = retention
+            try:
+                deleted = await run_in_threadpool(store.prune_predictions, state["served"].name,
+                                                  time.time() - seconds if seconds else None, rows)
+            except SQLAlchemyError as e:
+                log.warning("prediction-log retention skipped: %s", e)
+                continue
+            if deleted:
+                metrics.log_pruned.inc(deleted)
+                log.info("prediction-log retention: deleted %d rows of %s", deleted, state["served"].name)
 
     async def watch_alias() -> None:
         while True:
             await asyncio.sleep(settings.poll_interval_s)
-            await swap_if_moved()
+            try:
+                await swap_if_moved()
+            except Exception:  # noqa: BLE001  the watcher outlives any one failure, or the server stops following
+                log.exception("alias check failed")
 
     async def watch_drift() -> None:
         from loopml.loop.monitor import monitor
 
         while True:
             await asyncio.sleep(settings.monitor_interval_s)
+            served = state["served"]  # its reference, already in memory: no bundle load per interval
             try:
-                result = await run_in_threadpool(monitor, store, state["served"].name, alias, None, None,
-                                                 settings.monitor_rows)
+                result = await run_in_threadpool(monitor, store, served.name, alias, None, None,
+                                                 settings.monitor_rows, True, (served.version, served.model))
             except (LoopmlError, SQLAlchemyError) as e:
                 log.warning("monitoring skipped: %s", e)
                 continue
             metrics.observe_drift(state["served"].name, result)
 
-    async def swap_if_moved() -> bool:
+    async def swap_if_moved(retry_failed: bool = False) -> bool:
         current = state["served"]
         try:
             version = await run_in_threadpool(store.alias_version, current.name, alias)
@@ -138,8 +169,25 @@ def create_app(settings: ServeSettings) -> FastAPI:
             return False
         if version is None or version == current.version:
             return False
-        new = await run_in_threadpool(load_served, settings, store)  # loaded and warmed off the loop
+        if version == load_failure.version and not retry_failed:
+            return False  # known bad: wait for the alias to move again (or an admin reload)
+        try:
+            new = await run_in_threadpool(load_served, settings, store)  # loaded and warmed off the loop
+        except Exception as e:  # noqa: BLE001  whatever breaks loading a version (corrupt weights, bad config,
+            # missing files), the version serving now is still good: keep it, report, keep watching
+            load_failure.record(version, e)
+            metrics.load_failures.labels(current.name).inc()
+            metrics.failed_version.labels(current.name).set(version)
+            log.error("%s:%s failed to load, still serving version %s: %s", current.name, version, current.version, e)
+            return False
+        if input_schema(new) != input_schema(current):  # validation and docs follow the new columns
+            new_input, new_feedback = request_models(new)
+            rebind(app, {"predict": predict_body(new_input), "feedback": new_feedback})
+            state["input_model"] = new_input.__name__
+            log.info("input schema changed with %s:%s: request models and OpenAPI rebuilt", new.name, new.version)
         state["served"] = new
+        load_failure.clear()
+        metrics.failed_version.labels(new.name).set(0)
         gc.freeze()
         metrics.model_version.labels(new.name).set(new.version)
         metrics.swaps.labels(new.name).inc()
@@ -151,17 +199,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
         batcher.start()
         watcher = asyncio.create_task(watch_alias()) if alias else None
         drift_task = asyncio.create_task(watch_drift()) if alias and settings.monitor_interval_s else None
+        prune_task = asyncio.create_task(prune_log()) if retention else None
         gc.freeze()  # the model and libraries are long-lived: keep them out of full collections (p99 pauses)
         state["ready"] = True
         yield
         state["ready"] = False
-        for task in (watcher, drift_task):
+        for task in (watcher, drift_task, prune_task):
             if task:
                 task.cancel()
-        await batcher.close()  # in-flight requests are answered first (uvicorn drains them before this)
+        await batcher.close(timeout=30.0)  # in-flight requests are answered first (uvicorn drains them before this)
         await run_in_threadpool(predictions.close)
+        metrics.close()
 
-    app = FastAPI(title=f"loopml: {first.name}", version="1", lifespan=lifespan,
+    app = FastAPI(title=f"loopml: {first.name}", version="1", lifespan=lifespan, default_response_class=StrictJSONResponse,
                   description=f"Predictions from {first.reference} (target '{pre.target.column}', {pre.target.kind}).")
     app.add_middleware(CountArrivals, counter=arriving)
     app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
@@ -170,28 +220,41 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if not settings.api_keys:
             return
         given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not any(hmac.compare_digest(given, key) for key in settings.api_keys):
+        if not any(_same_secret(given, key) for key in settings.api_keys):
             raise _HTTP(401, "missing or wrong API key (X-API-Key header)")
 
     def admin(request: Request) -> None:
         if not settings.admin_token:
             raise _HTTP(403, "admin endpoints are disabled: start the server with --admin-token")
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given, settings.admin_token):
+        if not _same_secret(given, settings.admin_token):
             raise _HTTP(401, "missing or wrong admin token (Authorization: Bearer …)")
 
     @app.exception_handler(_HTTP)
     async def _http(_request: Request, exc: _HTTP) -> JSONResponse:
         headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+        return StrictJSONResponse({"detail": printable(exc.detail)}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, exc: Exception) -> JSONResponse:
+        # the last resort (a bug): a JSON 500 naming no internals; the traceback goes to the server log
+        log.error("internal error: %s: %s", type(exc).__name__, exc)
+        return StrictJSONResponse({"detail": "internal server error"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
-        first_error = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        # drop pydantic's union branch names ('TitanicInput', 'list[TitanicInput]') from the location
-        where = ".".join(str(p) for p in first_error["loc"] if p not in ("body", Input.__name__, f"list[{Input.__name__}]"))
-        return JSONResponse({"detail": f"{where or 'body'}: {first_error['msg']}", "errors": errors}, status_code=422)
+        errors = [{"loc": [p if isinstance(p, int) else printable(p) for p in e.get("loc", ())],
+                   "msg": printable(e.get("msg", "")), "type": e.get("type", "")} for e in exc.errors()]
+        # a hostile value fails every branch of a union: name what is wrong, not "should be a valid boolean"
+        first_error = next((e for e in errors if e["type"] in _HOSTILE), errors[0] if errors else None) \
+            or {"loc": [], "msg": "invalid request", "type": ""}
+        if first_error["type"] in _HOSTILE:
+            first_error = {**first_error, "msg": _HOSTILE[first_error["type"]]}
+        # drop pydantic's model and union branch names ('TitanicInput', 'list[TitanicInput]', 'int') from the location
+        name = state["input_model"]
+        where = ".".join(str(p) for p in first_error["loc"]
+                         if p not in ("body", name, f"list[{name}]") and not _BRANCH.fullmatch(str(p)))
+        return StrictJSONResponse({"detail": f"{where or 'body'}: {first_error['msg']}", "errors": errors}, status_code=422)
 
     def queued(request: Request) -> None:
         if request.scope.pop("loopml.arriving", False):
@@ -219,6 +282,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise _HTTP(503, "the server is at capacity; retry shortly") from None
         except LoopmlError as e:
             raise _HTTP(422, str(e)) from None
+        except BatchFailed as e:
+            log.error("inference failed: %s", e)
+            raise _HTTP(500, "inference failed (a server error, logged); retry or report it") from None
         latency_ms = (time.perf_counter() - start) * 1000
         now = time.time()
         out, rows = [], []
@@ -229,11 +295,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
                          "inputs": record, "outputs": {"prediction": result["prediction"],
                                                        "probabilities": result["probabilities"]},
                          "latency_ms": latency_ms})
-        predictions.put(rows)
+        try:
+            await predictions.put(rows)  # returns once the rows are durable (the spool); never blocks the loop
+        except LogUnavailable as e:
+            raise _HTTP(503, f"{e}; retry shortly") from None
         metrics.predictions.labels(served.name).inc(len(rows))
         # the response model documents the shape; building the JSON directly skips re-validating our own output
-        return Response(json.dumps({"model": served.name, "version": results[0]["version"], "predictions": out}),
-                        media_type="application/json")
+        return Response(json.dumps({"model": served.name, "version": results[0]["version"], "predictions": out},
+                                   allow_nan=False), media_type="application/json")
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, status_code=201, dependencies=[Depends(client_key)],
               summary="The true label of a prediction (stored before the response)")
@@ -245,12 +314,22 @@ def create_app(settings: ServeSettings) -> FastAPI:
         label = _check_label(served.model.preprocessor.target, body.label)
         if body.prediction_id is None and body.inputs is None:
             raise _HTTP(422, "body: give prediction_id, or inputs for a case the model has not seen")
-        unknown = body.prediction_id is not None and body.prediction_id not in predictions.pending and \
-            await run_in_threadpool(store.get_prediction, body.prediction_id) is None
-        if unknown:
-            raise _HTTP(404, f"no prediction with id '{body.prediction_id}'")
         inputs = body.inputs.model_dump(by_alias=True) if body.inputs is not None else None
-        feedback_id = await run_in_threadpool(store.add_feedback, name, label, body.prediction_id, inputs)
+        outputs = version = None
+        try:
+            if body.prediction_id is not None:  # acknowledged but maybe not in the store yet: the log has it then
+                logged = predictions.lookup(body.prediction_id) or \
+                    await run_in_threadpool(store.get_prediction, body.prediction_id)
+                if logged is None:
+                    raise _HTTP(404, f"no prediction with id '{body.prediction_id}'")
+                # a snapshot on the feedback row: it never depends on the prediction row (spooled, or pruned later)
+                inputs = inputs if inputs is not None else logged["inputs"]
+                outputs, version = logged["outputs"], logged["model_version"]
+            feedback_id = await run_in_threadpool(store.add_feedback, name, label, body.prediction_id, inputs,
+                                                  outputs, version)
+        except SQLAlchemyError as e:
+            log.error("feedback not stored: %s", e)
+            raise _HTTP(503, "the store is unavailable; the feedback was not stored, retry shortly") from None
         metrics.feedback.labels(name).inc()
         return FeedbackResponse(feedback_id=feedback_id, model=name)
 
@@ -259,7 +338,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         s = state["served"]
         target = s.model.preprocessor.target
         return [ModelInfo(name=s.name, reference=s.reference, version=s.version, task=target.kind, target=target.column,
-                          classes=[str(c) for c in target.classes] or None, backend=s.runner.backend)]
+                          classes=[str(c) for c in target.classes] or None, backend=s.runner.backend,
+                          last_load_error=load_failure.as_dict())]
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict:
@@ -267,18 +347,20 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/ready", summary="Model loaded and warm")
     async def ready() -> JSONResponse:
-        ok = state["ready"]
-        return JSONResponse({"ready": ok, "version": state["served"].version}, status_code=200 if ok else 503)
+        log_health = predictions.health()
+        ok = state["ready"] and log_health["status"] != "unavailable"  # degraded: still answering, rows wait
+        return StrictJSONResponse({"ready": ok, "version": state["served"].version, "prediction_log": log_health},
+                                  status_code=200 if ok else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
-        metrics.log_queue.set(predictions.queue.qsize())
+        metrics.log_queue.set(predictions.health()["backlog"])
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/admin/reload", dependencies=[Depends(admin)], summary="Check the alias now and swap if it moved")
     async def reload() -> dict:
-        swapped = await swap_if_moved() if alias else False
-        return {"swapped": swapped, "version": state["served"].version}
+        swapped = await swap_if_moved(retry_failed=True) if alias else False
+        return {"swapped": swapped, "version": state["served"].version, "last_load_error": load_failure.as_dict()}
 
     app.state.loopml = state
     app.state.predictions = predictions
@@ -302,6 +384,16 @@ class CountArrivals:
                 self.counter["requests"] -= 1
 
 
+_HOSTILE = {"finite_number": "not a finite number (NaN, Infinity and overflowing values are refused)",
+            "string_unicode": "not valid Unicode text (a lone surrogate such as \\ud800?)"}
+_BRANCH = re.compile(r"str|int|float|bool|none|(function-\w+|list|json-or-python|nullable)\[.*\]")
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison on bytes: header values arrive as latin-1 text, keys are UTF-8."""
+    return hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8"))
+
+
 class _HTTP(Exception):  # noqa: N818  (a response, not a failure)
     def __init__(self, status: int, detail: str) -> None:
         self.status, self.detail = status, detail
@@ -312,10 +404,10 @@ def _check_label(target, label: object) -> object:
         if isinstance(label, bool) or not isinstance(label, (int, float)):
             raise _HTTP(422, f"label: a number is expected for '{target.column}'")
         return label
-    known = {str(c): c for c in target.classes}
-    if str(label) not in known:
-        raise _HTTP(422, f"label: {label!r} is not a class of '{target.column}' ({', '.join(known)})")
-    return known[str(label)]
+    known = target.class_of(label)  # by canonical key: 1, 1.0 and "1" are one class, as in training
+    if known is None:
+        raise _HTTP(422, f"label: {label!r} is not a class of '{target.column}' ({', '.join(map(str, target.classes))})")
+    return known
 
 
 def create_app_from_env() -> FastAPI:

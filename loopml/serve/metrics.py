@@ -1,40 +1,106 @@
-"""Prometheus metrics of one server (its own registry, so tests and workers never share state)."""
+"""Prometheus metrics of one server (its own registry, so tests and workers never share state).
+
+With several worker processes (``loopml serve --workers N``) every worker writes its values to
+files in ``PROMETHEUS_MULTIPROC_DIR`` (a private temporary folder per server, see ``multiprocess_dir``)
+and ``/metrics`` aggregates them all: counters and histograms are summed over workers, gauges say how
+(``multiprocess_mode``), so a scrape that lands on any worker reports the whole server.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+@contextmanager
+def multiprocess_dir() -> Iterator[str]:
+    """A fresh private folder for the workers' metric files, set in the environment they inherit,
+    removed afterwards (stale files of an earlier server would be counted again)."""
+    folder = tempfile.mkdtemp(prefix="loopml-metrics-")
+    before = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("loopml_requests", "HTTP requests", ["route", "status"], registry=self.registry)
+        r = self.registry
+        self.requests = Counter("loopml_requests", "HTTP requests", ["route", "status"], registry=r)
         self.latency = Histogram("loopml_request_seconds", "HTTP request latency", ["route", "status"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("loopml_batch_size", "Rows per inference batch", buckets=BATCH_BUCKETS,
-                                    registry=self.registry)
-        self.queue_depth = Gauge("loopml_queue_depth", "Rows waiting for inference", registry=self.registry)
-        self.model_version = Gauge("loopml_model_version", "Version being served", ["model"], registry=self.registry)
-        self.feedback = Counter("loopml_feedback", "Feedback labels stored", ["model"], registry=self.registry)
-        self.predictions = Counter("loopml_predictions", "Predictions made", ["model"], registry=self.registry)
-        self.swaps = Counter("loopml_model_swaps", "Hot swaps to a new version", ["model"], registry=self.registry)
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("loopml_batch_size", "Rows per inference batch", buckets=BATCH_BUCKETS, registry=r)
+        # gauges across workers: queues add up; what every worker reports alike (version, drift) is the latest
+        self.queue_depth = Gauge("loopml_queue_depth", "Rows waiting for inference", registry=r,
+                                 multiprocess_mode="livesum")
+        self.model_version = Gauge("loopml_model_version", "Version being served", ["model"], registry=r,
+                                   multiprocess_mode="livemostrecent")
+        self.feedback = Counter("loopml_feedback", "Feedback labels stored", ["model"], registry=r)
+        self.predictions = Counter("loopml_predictions", "Predictions made", ["model"], registry=r)
+        self.swaps = Counter("loopml_model_swaps", "Hot swaps to a new version", ["model"], registry=r)
+        self.load_failures = Counter("loopml_model_load_failures", "Versions the alias pointed at that failed to load",
+                                     ["model"], registry=r)
+        self.failed_version = Gauge("loopml_model_failed_version",
+                                    "The version that last failed to load (0 = none since the last good swap)",
+                                    ["model"], registry=r, multiprocess_mode="livemostrecent")
         self.drift_psi = Gauge("loopml_drift_psi", "Population stability index of the last monitoring window",
-                               ["model", "column"], registry=self.registry)
-        self.drift = Gauge("loopml_drift", "1 when the last monitoring window flagged drift", ["model"], registry=self.registry)
+                               ["model", "column"], registry=r, multiprocess_mode="livemostrecent")
+        self.drift = Gauge("loopml_drift", "1 when the last monitoring window flagged drift", ["model"], registry=r,
+                           multiprocess_mode="livemostrecent")
         self.live_accuracy = Gauge("loopml_live_accuracy", "Accuracy on feedback in the last monitoring window", ["model"],
-                                   registry=self.registry)
-        self.log_queue = Gauge("loopml_prediction_log_queue", "Prediction rows not yet in the store",
-                               registry=self.registry)
+                                   registry=r, multiprocess_mode="livemostrecent")
+        self.log_queue = Gauge("loopml_prediction_log_queue", "Prediction rows not yet in the store", registry=r,
+                               multiprocess_mode="livesum")
+        # the prediction log's health (predlog.py)
+        self.log_refused = Counter("loopml_prediction_log_refused_requests",
+                                   "Predict requests refused (503): the prediction log is unavailable", registry=r)
+        self.log_rejected = Counter("loopml_prediction_log_rejected", "Prediction rows the store refused (kept aside)",
+                                    registry=r)
+        self.log_write_failures = Counter("loopml_prediction_log_write_failures", "Failed prediction-log store writes",
+                                          registry=r)
+        self.log_degraded = Gauge("loopml_prediction_log_degraded", "1 while prediction-log store writes are failing",
+                                  registry=r, multiprocess_mode="livemax")
+        self.log_pruned = Counter("loopml_prediction_log_pruned", "Prediction rows deleted by --log-retention", registry=r)
 
     def observe_batch(self, rows: int, queued: int) -> None:
         self.batch_size.observe(rows)
         self.queue_depth.set(queued)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not multiprocess():
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess as mp
+
+        aggregated = CollectorRegistry()
+        mp.MultiProcessCollector(aggregated)
+        return generate_latest(aggregated)
+
+    def close(self) -> None:
+        """This worker is stopping: its live gauges leave the aggregate."""
+        if multiprocess():
+            from prometheus_client import multiprocess as mp
+
+            mp.mark_process_dead(os.getpid())
 
     def observe_drift(self, model: str, result: dict) -> None:
         columns = dict(result.get("columns", {}))

@@ -2,41 +2,80 @@
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 
+from loopml.data.media import NOT_SERVED, served_path
 from loopml.errors import LoopmlError
+from loopml.features.pipeline import records_frame  # the one JSON -> frame path
 
 
 class TorchRunner:
     backend = "torch"
 
-    def __init__(self, model, threads: int | None = None) -> None:
+    def __init__(self, model, threads: int | None = None, media_root: str | os.PathLike | None = None) -> None:
         self.model = model
         self.pre = model.preprocessor
         self.columns = list(self.pre.features)
+        #: request media paths are relative to this folder and confined to it (default: the working directory)
+        self.media_root = Path(media_root or Path.cwd()).expanduser().resolve()
+        self.media_columns = [c for c, f in self.pre.features.items() if f.config.type in ("image", "audio")]
         if threads:
             torch.set_num_threads(threads)
         model.network.eval()
 
     def frame(self, records: list[dict]) -> pd.DataFrame:
-        return pd.DataFrame.from_records(records, columns=self.columns)
+        return records_frame(records, self.columns)
 
     def outputs(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():
             return self.model.network(inputs).numpy()
 
     def predict(self, records: list[dict]) -> list[dict]:
-        inputs = self.pre.transform(self.frame(records))
+        frame = self.frame(records)
+        self._check_media(frame)
+        frame.attrs["base_dir"] = str(self.media_root)
+        inputs = self.pre.transform(frame)
+        _check_finite_inputs(inputs)
         labels, proba = self.pre.target.decode(self.outputs(inputs))
         classes = [str(c) for c in self.pre.target.classes]
         out = []
         for i, label in enumerate(labels):
             value = label.item() if hasattr(label, "item") else label
-            out.append({"prediction": value,
-                        "probabilities": dict(zip(classes, map(float, proba[i]), strict=True)) if proba is not None else None})
+            probabilities = dict(zip(classes, map(float, proba[i]), strict=True)) if proba is not None else None
+            if not _finite(value) or (probabilities and not all(map(math.isfinite, probabilities.values()))):
+                raise LoopmlError(f"record {i}: the model's output is not a finite number (an input far outside "
+                                  "the training range?)")
+            out.append({"prediction": value, "probabilities": probabilities})
         return out
+
+    def _check_media(self, frame: pd.DataFrame) -> None:
+        for column in self.media_columns:
+            for i, value in enumerate(frame[column].tolist()):
+                if served_path(value, self.media_root) is None:
+                    shown = repr(value)[:120]
+                    raise LoopmlError(f"record {i}: {column}: {shown}: {NOT_SERVED}")
+
+
+def _finite(value: object) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _check_finite_inputs(inputs: dict[str, torch.Tensor]) -> None:
+    """A finite JSON number can still overflow in preprocessing (1e308 scaled, or cast to float32)."""
+    for column, tensor in inputs.items():
+        if not isinstance(tensor, torch.Tensor) or not torch.is_floating_point(tensor):
+            continue
+        bad = ~torch.isfinite(tensor)
+        if bad.any():
+            row = int(bad.reshape(len(tensor), -1).any(dim=1).nonzero()[0, 0])
+            raise LoopmlError(f"record {row}: {column}: the value is out of range for this model "
+                              "(not a finite number after preprocessing)")
 
 
 class OnnxRunner(TorchRunner):
@@ -44,8 +83,8 @@ class OnnxRunner(TorchRunner):
 
     backend = "onnx"
 
-    def __init__(self, model, onnx_path, threads: int | None = None) -> None:
-        super().__init__(model, threads)
+    def __init__(self, model, onnx_path, threads: int | None = None, media_root: str | os.PathLike | None = None) -> None:
+        super().__init__(model, threads, media_root)
         import onnxruntime as ort
 
         from loopml.serve.onnx import export_onnx
@@ -62,11 +101,12 @@ class OnnxRunner(TorchRunner):
         return self.session.run(None, feed)[0]
 
 
-def make_runner(model, backend: str = "torch", onnx_path=None, threads: int | None = None):
+def make_runner(model, backend: str = "torch", onnx_path=None, threads: int | None = None,
+                media_root: str | os.PathLike | None = None):
     if backend == "torch":
-        return TorchRunner(model, threads)
+        return TorchRunner(model, threads, media_root)
     if backend == "onnx":
         if onnx_path is None:
             raise LoopmlError("the onnx backend needs a path for the exported model")
-        return OnnxRunner(model, onnx_path, threads)
+        return OnnxRunner(model, onnx_path, threads, media_root)
     raise LoopmlError(f"unknown backend {backend!r}: use torch or onnx")

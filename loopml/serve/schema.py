@@ -3,19 +3,51 @@ validation (422 naming the field), the error messages and the OpenAPI docs."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+
+
+def _encodable(value: str) -> str:
+    """Refuse lone UTF-16 surrogates ("\\ud800"): valid in a JSON escape, not text anything downstream can store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text (a lone surrogate at character {e.start})") from None
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """Any JSON value (an ignored column), held to the same rules: real text, finite numbers."""
+    if isinstance(value, str):
+        return _encodable(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("not a finite number (NaN and Infinity are not accepted)")
+    if isinstance(value, dict):
+        return {_encodable(str(k)): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value
+
+
+#: a JSON string that is real text
+Text = Annotated[str, AfterValidator(_encodable)]
+JSONValue = Annotated[Any, AfterValidator(_json_value)]
+#: every request model: unknown fields refused, NaN / Infinity / 1e309 refused (422), not passed on
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 #: JSON types a column of each feature type accepts (None = missing, where preprocessing allows it)
 JSON_TYPES: dict[str, Any] = {
     "number": float | None,
-    "binary": Union[bool, int, float, str, None],  # noqa: UP007
-    "category": Union[str, int, float, None],  # noqa: UP007
-    "text": str | None,
-    "image": str,
-    "audio": str,
+    "binary": Union[bool, int, float, Text, None],  # noqa: UP007
+    "category": Union[Text, int, float, None],  # noqa: UP007
+    "text": Text | None,
+    "image": Text,
+    "audio": Text,
 }
 DESCRIPTIONS = {"number": "a number (null = missing)", "binary": "one of the two values seen in training",
                 "category": "a category (unseen values are allowed)", "text": "free text",
@@ -43,9 +75,9 @@ def input_model(model_name: str, feature_types: dict[str, str], skipped: list[st
         fields[_field_name(column, taken)] = (annotation, Field(... if required else None, alias=column,
                                                                 description=DESCRIPTIONS.get(kind, kind)))
     for column in skipped:  # row ids and the like: accepted, ignored
-        fields[_field_name(column, taken)] = (Any, Field(None, alias=column, description="ignored by the model"))
+        fields[_field_name(column, taken)] = (JSONValue, Field(None, alias=column, description="ignored by the model"))
     title = re.sub(r"\W", "_", model_name).title().replace("_", "") + "Input"
-    return create_model(title, __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields)
+    return create_model(title, __config__=ConfigDict(**STRICT, populate_by_name=False), **fields)
 
 
 class Prediction(BaseModel):
@@ -65,6 +97,12 @@ class FeedbackResponse(BaseModel):
     model: str
 
 
+class LoadError(BaseModel):
+    version: int = Field(description="the version the alias points at, which failed to load")
+    error: str
+    at: float = Field(description="unix time of the last attempt")
+
+
 class ModelInfo(BaseModel):
     name: str
     reference: str
@@ -73,14 +111,29 @@ class ModelInfo(BaseModel):
     target: str
     classes: list[str] | None = None
     backend: str
+    last_load_error: LoadError | None = Field(None, description="the alias moved to a version that failed to load; "
+                                                              "the version above keeps serving")
+
+
+class StrictJSONResponse(JSONResponse):
+    """Strict JSON only: NaN / Infinity are refused (a bug, not an answer) and text is ASCII-escaped,
+    so even a lone surrogate echoed in an error message cannot break the response."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def printable(text: object) -> str:
+    """Text for a message: lone surrogates shown as escapes instead of failing to encode."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def feedback_model(inputs: type[BaseModel]) -> type[BaseModel]:
     """The true label of a prediction (by id), or of inputs the model never saw."""
     return create_model(
-        "Feedback", __config__=ConfigDict(extra="forbid"), __doc__=feedback_model.__doc__,
-        prediction_id=(str | None, Field(None, max_length=32, description="from a predict response")),
+        "Feedback", __config__=STRICT, __doc__=feedback_model.__doc__,
+        prediction_id=(Text | None, Field(None, max_length=32, description="from a predict response")),
         inputs=(inputs | None, Field(None, description="instead of prediction_id")),
-        label=(Union[str, int, float, bool], Field(description="the true class or value")),  # noqa: UP007
-        model=(str | None, Field(None, description="model name (default: the served model)")),
+        label=(Union[Text, int, float, bool], Field(description="the true class or value")),  # noqa: UP007
+        model=(Text | None, Field(None, description="model name (default: the served model)")),
     )

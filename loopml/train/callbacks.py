@@ -108,11 +108,14 @@ class ProgressBar(Callback):
             console=console, transient=False, disable=not console.is_terminal,
         )
         self.progress.start()
+        self._last_loss, self._last_val = 0.0, ""
         self.task = self.progress.add_task("train", total=trainer.steps_per_epoch, epoch=0, loss=0.0, val="")
         self.console = console
 
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
-        self.progress.reset(self.task, total=trainer.steps_per_epoch, epoch=f"{epoch + 1}/{trainer.config.epochs}")
+        # reset() replaces every field, so all the columns' fields go with it (not just the epoch)
+        self.progress.reset(self.task, total=trainer.steps_per_epoch, epoch=f"{epoch + 1}/{trainer.config.epochs}",
+                            loss=self._last_loss, val=self._last_val)
 
     def on_batch_end(self, trainer: Trainer, step: int, loss: float) -> None:
         if step % 8 == 0:  # refreshing on every batch costs more than a small batch itself
@@ -120,6 +123,7 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
         val = f"val_{self.metric} {logs[f'val_{self.metric}']:.4f}"
+        self._last_loss, self._last_val = logs["train_loss"], val
         self.progress.update(self.task, completed=trainer.steps_per_epoch, loss=logs["train_loss"], val=val)
         if not self.console.is_terminal:
             print(

@@ -1,0 +1,132 @@
+"""Feedback as training rows: the ones a retrain can use, and a count of the others by reason.
+
+Feedback is stored as sent; a row that training cannot use (no inputs, a lone surrogate, 1e308, a
+label the champion has no class for) is skipped and counted, never allowed to stop a retrain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import torch
+
+from loopml.errors import LoopmlError
+
+#: the largest float32: larger magnitudes overflow the tensors
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+SCALARS = (str, int, float, bool)
+
+
+def _bad_scalar(value: object) -> str | None:
+    """Why a single JSON value cannot go into a training frame (None when it can)."""
+    if value is None:
+        return None
+    if not isinstance(value, SCALARS):
+        return "a value is not a single number or text"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text that is not valid Unicode (a lone surrogate)"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a non-finite number"
+    if not isinstance(value, bool) and abs(value) > FLOAT32_MAX:
+        return "a number out of range"
+    return None
+
+
+def _row_problem(f: dict, columns: list[str]) -> str | None:
+    inputs = f.get("inputs")
+    if not isinstance(inputs, dict) or not inputs:
+        return "no inputs"
+    if not any(col in inputs for col in columns):
+        return "none of the model's input columns"
+    if f.get("label") is None:
+        return "no label"
+    for value in (f["label"], *(inputs.get(col) for col in columns)):
+        why = _bad_scalar(value)
+        if why:
+            return why
+    return None
+
+
+def usable_feedback(feedback: list[dict], champion, exclude_ids: set[int] = frozenset()) -> tuple[pd.DataFrame, Counter]:
+    """One row per distinct input (the latest label wins), oldest first, with ``_feedback_id`` and
+    ``_at``; rows the champion cannot encode are left out and counted by reason."""
+    pre = champion.preprocessor
+    columns, target = list(pre.features), pre.target.column
+    skipped: Counter = Counter()
+    latest: dict[str, dict] = {}
+    for f in feedback:
+        if int(f["id"]) in exclude_ids:
+            continue
+        why = _row_problem(f, columns)
+        if why:
+            skipped[why] += 1
+            continue
+        row = {col: f["inputs"].get(col) for col in columns}
+        key = json.dumps(row, sort_keys=True, default=str)
+        latest.pop(key, None)  # re-insert so order follows the latest label
+        latest[key] = {**row, target: f["label"], "_feedback_id": int(f["id"]), "_at": float(f["created_at"])}
+    frame = pd.DataFrame(list(latest.values()), columns=[*columns, target, "_feedback_id", "_at"])
+    if not len(frame):
+        return frame, skipped
+    keep = _encodable(frame, pre, skipped)
+    frame = frame[keep].reset_index(drop=True)
+    for col, feature in pre.features.items():  # JSON numbers with nulls arrive as objects: match the file's dtype
+        if feature.config.type == "number":
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")  # unusable values were dropped above
+    return frame, skipped
+
+
+def _encodable(frame: pd.DataFrame, pre, skipped: Counter) -> np.ndarray:
+    """Rows whose every value the champion's fitted preprocessing reads into finite tensors."""
+    keep = np.ones(len(frame), dtype=bool)
+    for col, feature in pre.features.items():
+        unusable = getattr(feature, "unusable", None)
+        if unusable is not None:
+            bad = np.asarray(unusable(frame[col]), dtype=bool) & keep
+            skipped[f"a value '{col}' cannot read"] += int(bad.sum())
+            keep &= ~bad
+    rows = np.flatnonzero(keep)
+    batch = frame.iloc[rows]
+    if _encode_problem(batch, pre) is None:  # the usual case: one pass over all rows
+        finite = np.ones(len(rows), dtype=bool)
+        for t in [*pre.transform(batch).values(), pre.transform_target(batch)]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and len(t) == len(rows):
+                finite &= torch.isfinite(t.reshape(len(rows), -1)).all(1).numpy()
+        skipped["a value that encodes to a non-finite number"] += int((~finite).sum())
+        keep[rows[~finite]] = False
+    else:  # find the rows that fail, one at a time
+        for i in rows:
+            why = _encode_problem(frame.iloc[[i]], pre)
+            if why:
+                skipped[why] += 1
+                keep[i] = False
+    for k in [k for k, n in skipped.items() if n == 0]:
+        del skipped[k]
+    return keep
+
+
+def _encode_problem(row: pd.DataFrame, pre) -> str | None:
+    try:
+        tensors = [*pre.transform(row).values(), pre.transform_target(row)]
+    except LoopmlError as e:  # e.g. a label that is not one of the champion's classes
+        return f"cannot be encoded ({str(e).split(';')[0]})"
+    except (ValueError, TypeError):  # pandas / torch on a value of an unexpected type
+        return "cannot be encoded (a value of the wrong type)"
+    if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
+        return "a value that encodes to a non-finite number"
+    return None
+
+
+def describe_skipped(skipped: dict) -> str:
+    """'skipped 3 feedback rows it cannot use: no inputs (2), a number out of range (1)'."""
+    total = sum(skipped.values())
+    return f"skipped {total} feedback row{'s' if total != 1 else ''} it cannot use: " + ", ".join(
+        f"{why} ({n})" for why, n in sorted(skipped.items(), key=lambda kv: -kv[1]))

@@ -1,0 +1,116 @@
+"""The champion's own train/validation/test rows, rebuilt from the split record in its model directory.
+
+Every model directory records, per split, the parts it was made of: rows of a file (by position,
+with a fingerprint of their values) or feedback rows (by id, with the weight they had). A retrained
+model records its champion's parts plus the feedback it learned from, so any number of turns can
+rebuild exactly what each model was trained and tested on, and the gate scores on the champion's
+real test rows. When the data behind a part changed, retraining refuses rather than guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from loopml.data.split import SPLITS, decode_rows, encode_rows, rows_fingerprint
+from loopml.errors import LoopmlError
+from loopml.loop.feedback_rows import usable_feedback
+
+
+def model_columns(model) -> list[str]:
+    return [*model.preprocessor.features, model.preprocessor.target.column]
+
+
+def feedback_ids(record: dict) -> set[int]:
+    """Every feedback id a split record trained on."""
+    return {int(i) for part in record.get("train", []) for i in part.get("feedback", [])}
+
+
+def champion_splits(store, name: str, champion, training_data: str | None) -> tuple[dict[str, pd.DataFrame], dict]:
+    """(frames per split, the record they came from). ``training_data`` replaces the path of the
+    champion's main data file (moved, or the model was trained on an in-memory frame)."""
+    record = champion.info.get("splits")
+    if not record:
+        return _legacy_splits(champion, training_data)
+    reader = _Reader(store, name, champion, training_data)
+    frames = {}
+    for split in SPLITS:
+        parts = [reader.part(split, part) for part in record.get(split, [])]
+        parts = [p for p in parts if len(p)]
+        frames[split] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=model_columns(champion))
+    return frames, record
+
+
+class _Reader:
+    def __init__(self, store, name: str, champion, training_data: str | None) -> None:
+        self.store, self.name, self.champion, self.training_data = store, name, champion, training_data
+        self.columns = model_columns(champion)
+        self._files: dict[str, pd.DataFrame] = {}
+        self._feedback: list[dict] | None = None
+
+    def part(self, split: str, part: dict) -> pd.DataFrame:
+        if "feedback" in part:
+            return self._feedback_part(split, part)
+        source = self.training_data if part.get("role") == "data" and self.training_data else part.get("source")
+        if source is None:
+            raise LoopmlError(f"the champion's {split} rows came from in-memory data; set data.training_data in the "
+                              "policy to the file they were read from")
+        if not Path(source).exists():
+            raise LoopmlError(f"cannot find the champion's {split} data ({source}); set data.training_data in the "
+                              "policy if the file moved")
+        frame = self._read(source)
+        positions = decode_rows(part["rows"])
+        if len(positions) and positions[-1] >= len(frame):
+            raise LoopmlError(self._changed(split, source, f"it has {len(frame)} rows, the champion used row "
+                                                           f"{int(positions[-1]) + 1}"))
+        rows = frame.iloc[positions]
+        found = rows_fingerprint(rows, self.columns)
+        if found != part["fingerprint"]:
+            raise LoopmlError(self._changed(split, source, f"fingerprint {found}, recorded {part['fingerprint']}"))
+        return rows
+
+    def _changed(self, split: str, source: str, detail: str) -> str:
+        return (f"the champion's {split} rows in {source} changed since it was trained ({detail}); retraining needs "
+                "the exact rows it was trained and tested on: restore that file, or train a new champion by hand")
+
+    def _read(self, source: str) -> pd.DataFrame:
+        from loopml.data.read import read_table
+
+        if source not in self._files:
+            self._files[source] = read_table(source, self.champion.config.data).reset_index(drop=True)
+        return self._files[source]
+
+    def _feedback_part(self, split: str, part: dict) -> pd.DataFrame:
+        if self._feedback is None:
+            self._feedback = self.store.list_feedback(self.name)
+        wanted = [int(i) for i in part["feedback"]]
+        chosen = set(wanted)  # one part was deduplicated when it was made: no input repeats inside it
+        rows, _ = usable_feedback([f for f in self._feedback if int(f["id"]) in chosen], self.champion)
+        if len(rows) != len(wanted):
+            raise LoopmlError(f"{len(wanted) - len(rows)} of the {len(wanted)} feedback rows in the champion's {split} "
+                              "split are gone from the store (or lost their inputs); cannot rebuild its training data")
+        rows = rows.drop(columns=["_feedback_id", "_at"])
+        return pd.concat([rows] * int(part.get("weight", 1)), ignore_index=True)
+
+
+def feedback_part(rows: pd.DataFrame, weight: int) -> dict:
+    return {"feedback": [int(i) for i in rows["_feedback_id"]], "weight": int(weight)}
+
+
+def _legacy_splits(champion, training_data: str | None) -> tuple[dict[str, pd.DataFrame], dict]:
+    """A model directory from before split records: split its training file again as it was split."""
+    from loopml.data.read import read_table
+    from loopml.data.split import split_frame
+
+    data_path = training_data or champion.info.get("data_source")
+    if not data_path or not Path(data_path).is_file():
+        raise LoopmlError(f"cannot find the champion's training data ({data_path}); set data.training_data in the policy")
+    cfg, target = champion.config, champion.preprocessor.target.column
+    df = read_table(data_path, cfg.data).reset_index(drop=True)
+    df = df[df[target].notna()]
+    frames, _ = split_frame(df, target, cfg.split, champion.preprocessor.target.kind != "number")
+    columns = model_columns(champion)
+    record = {split: [{"role": "data", "source": str(Path(data_path).resolve()), "rows": encode_rows(part.index.tolist()),
+                       "fingerprint": rows_fingerprint(part, columns)}] for split, part in frames.items()}
+    return frames, record

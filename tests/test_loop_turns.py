@@ -1,0 +1,280 @@
+"""The loop over many turns: split records, bad feedback, one retrain at a time, compare-and-set promotion."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import yaml
+
+import loopml
+from loopml.cli import main
+from loopml.errors import LoopmlError
+from loopml.loop import retrain as retrain_module
+from loopml.loop.policy import load_policy
+from loopml.loop.retrain import retrain
+from loopml.registry import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("LOOPML_TEST_POSTGRES_URL")
+POLICY = {"data": {"holdout_fraction": 0.3, "min_holdout": 30, "feedback_weight": 3},
+          "gate": {"metric": "accuracy", "margin": 0.01, "max_test_regression": 0.02}, "train": {"training": {"epochs": 12}}}
+CODES = {0: None, 1: ("K1", "K2", "K3"), 2: ("Q1", "Q2", "Q3"), 3: ("Z1", "Z2", "Z3")}
+
+
+def make(n: int, seed: int, codes: tuple | None = None) -> pd.DataFrame:
+    """``kind`` drives the label; ``codes``: an upstream system renames its values (the model must relearn)."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    kind = rng.choice(["alpha", "beta", "gamma"], size=n)
+    score = a - 0.7 * b + np.where(kind == "alpha", 2.5, np.where(kind == "beta", -2.5, 0.0))
+    df = pd.DataFrame({"a": a, "b": b, "kind": kind, "label": np.where(score + rng.normal(scale=0.4, size=n) > 0, "pos", "neg")})
+    if codes:
+        df["kind"] = df["kind"].map(dict(zip(("alpha", "beta", "gamma"), codes, strict=True)))
+    return df
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh store: a SQLite file, or a private schema on the PostgreSQL server (as in test_registry)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("LOOPML_TEST_POSTGRES_URL is not set (.ci/run sets it to the local PostgreSQL server)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.begin() as c:
+        c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def champion_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("turns")
+    data = root / "train.csv"
+    make(900, 0).to_csv(data, index=False)
+    model = loopml.Model(target="label", training={"epochs": 10}).fit(data, progress=False, cache_dir=False)
+    return model.save(root / "champion")
+
+
+def _store(url: str, tmp_path: Path, champion: Path) -> Store:
+    store = Store(url, str(tmp_path / "artifacts"))
+    store.register("clf", path=champion)
+    store.promote("clf", 1)
+    return store
+
+
+def _feed(store: Store, frame: pd.DataFrame) -> None:
+    for row in frame.to_dict("records"):
+        label = row.pop("label")
+        store.add_feedback("clf", label, inputs=row)
+
+
+def _policy_file(tmp_path: Path, **overrides) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump({**POLICY, **overrides}))
+    return path
+
+
+# -- item: the loop runs any number of turns ------------------------------------------------------
+def test_three_turns_in_a_row_each_gated_and_promoted(champion_dir, tmp_path, capsys):
+    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+    policy = _policy_file(tmp_path)
+    for turn in (1, 2, 3):
+        _feed(store, make(300, 10 + turn, CODES[turn]))
+        assert main(["retrain", "clf", "--store", store._url, "--policy", str(policy)]) == 0
+        out = capsys.readouterr().out
+        assert f"candidate clf:{turn + 1} PROMOTED" in out, out
+        assert store.resolve("clf@production")["version"] == turn + 1
+    decisions = [d for d in store.list_gate_decisions("clf") if d["candidate_version"] is not None]
+    assert [(d["candidate_version"], d["champion_version"], d["promoted"]) for d in decisions] == \
+        [(2, 1, True), (3, 2, True), (4, 3, True)]
+    # turn 3 trained on the file's rows and on the feedback of all three turns (each exactly once)
+    record = loopml.load("clf:4", store=store._url).info["splits"]
+    fed = [p for p in record["train"] if "feedback" in p]
+    assert len(fed) == 3 and len({i for p in fed for i in p["feedback"]}) == sum(len(p["feedback"]) for p in fed) == 630
+    assert record["test"] == loopml.load(champion_dir).info["splits"]["test"]  # one test set for every turn
+    latest = loopml.load("clf@production", store=store._url)
+    for turn in (1, 2, 3):  # the last model still knows every coding it was taught
+        assert latest.evaluate(make(300, 90 + turn, CODES[turn]))["accuracy"] > 0.85
+
+
+# -- item: the gate scores the champion's real test rows ------------------------------------------
+def test_gate_uses_the_champions_test_file_and_refuses_when_it_changed(tmp_path, capsys):
+    train, val, test = tmp_path / "train.csv", tmp_path / "val.csv", tmp_path / "test.csv"
+    make(700, 0).to_csv(train, index=False)
+    make(150, 1).to_csv(val, index=False)
+    make(200, 2).to_csv(test, index=False)
+    model = loopml.Model(target="label", training={"epochs": 10}).fit(train, validation=val, test=test,
+                                                                        progress=False, cache_dir=False)
+    record = model.info["splits"]
+    assert record["test"][0]["source"] == str(test.resolve()) and record["test"][0]["rows"]["count"] == 200
+    assert record["validation"][0]["source"] == str(val.resolve())
+    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, model.save(tmp_path / "champion"))
+    _feed(store, make(300, 3, CODES[1]))
+    decision = retrain(store, "clf", load_policy(POLICY))
+    numbers = decision["numbers"]
+    assert numbers["test_rows"] == 200
+    assert numbers["champion_test"] == pytest.approx(model.evaluate(test)["accuracy"])
+    frame = pd.read_csv(test)  # one label flipped: the rows behind the champion's test score changed
+    frame.loc[5, "label"] = "pos" if frame.loc[5, "label"] == "neg" else "neg"
+    frame.to_csv(test, index=False)
+    store.promote("clf", 1, reason="back to the hand-trained champion")
+    versions = len(store.list_versions("clf"))
+    with pytest.raises(LoopmlError, match=r"champion's test rows in .*test\.csv changed since it was trained"):
+        retrain(store, "clf", load_policy(POLICY))
+    assert main(["retrain", "clf", "--store", store._url]) == 2
+    err = capsys.readouterr().err + capsys.readouterr().out
+    assert "changed since it was trained" in err and "Traceback" not in err
+    assert len(store.list_versions("clf")) == versions  # nothing registered
+    assert store.list_gate_decisions("clf")[-1]["reason"].startswith("failed: the champion's test rows")
+
+
+# -- item: bad feedback rows are skipped and counted ----------------------------------------------
+def test_bad_feedback_rows_are_skipped_counted_and_never_stop_a_retrain(champion_dir, tmp_path, capsys):
+    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+    good = make(300, 4, CODES[1])
+    _feed(store, good.iloc[:150])
+    row = good.iloc[0].drop("label").to_dict()
+    store.add_feedback("clf", "pos", inputs={**row, "kind": "K\ud800"})  # a lone surrogate
+    store.add_feedback("clf", "pos", inputs={**row, "a": 1e308})
+    store.add_feedback("clf", "neg", inputs={})
+    store.add_feedback("clf", "neg", inputs={"unrelated": 1})
+    store.add_feedback("clf", "neg", inputs={**row, "a": "old"})
+    store.add_feedback("clf", None, inputs=row)
+    store.add_feedback("clf", {"nested": 1}, inputs=row)
+    store.add_feedback("clf", "maybe", inputs=row)  # not a class of the champion
+    store.add_feedback("clf", "pos", prediction_id="f" * 32)  # its prediction was never logged
+    _feed(store, good.iloc[150:])
+    assert main(["retrain", "clf", "--store", store._url, "--policy", str(_policy_file(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 9 feedback rows it cannot use" in out and "candidate clf:2" in out, out
+    numbers = store.list_gate_decisions("clf")[-1]["numbers"]
+    assert numbers["feedback_skipped_total"] == 9 and numbers["feedback_rows"] == 300
+    assert numbers["feedback_skipped"]["no inputs"] == 2
+
+
+def test_a_failed_retrain_leaves_no_undecided_version(champion_dir, tmp_path, monkeypatch):
+    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+    _feed(store, make(150, 5, CODES[1]))
+
+    def broken_gate(*args, **kwargs):
+        raise RuntimeError("the gate broke")
+
+    monkeypatch.setattr(retrain_module, "gate", broken_gate)
+    with pytest.raises(RuntimeError, match="the gate broke"):
+        retrain(store, "clf", load_policy({**POLICY, "train": {"training": {"epochs": 2}}}))
+    assert [v["version"] for v in store.list_versions("clf")] == [1]
+    assert store.list_gate_decisions("clf")[-1]["reason"] == "failed: RuntimeError: the gate broke"
+    assert store.lock_holder("clf") is None  # and the lock was released
+
+
+# -- item: one retrain at a time, compare-and-set promotion ---------------------------------------
+def test_two_concurrent_retrain_processes_promote_exactly_once(champion_dir, tmp_path, store_url):
+    store = _store(store_url, tmp_path, champion_dir)
+    _feed(store, make(300, 6, CODES[1]))
+    policy = _policy_file(tmp_path)
+    env = {**os.environ, "LOOPML_ARTIFACTS": str(tmp_path / "artifacts")}
+    command = [sys.executable, "-m", "loopml", "retrain", "clf", "--store", store_url, "--policy", str(policy)]
+    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    promotions = [e for e in store.alias_history("clf", "production") if e["actor"] == "loopml retrain"]
+    assert len(promotions) == 1, outputs
+    winner = [o for o in outputs if "PROMOTED" in o]
+    loser = [o for o in outputs if "PROMOTED" not in o]
+    assert len(winner) == 1 and len(loser) == 1, outputs
+    assert "another retrain of 'clf' is running" in loser[0] or "champion moved" in loser[0], loser[0]
+    reasons = [d["reason"] for d in store.list_gate_decisions("clf")]
+    assert sum("another retrain" in r or "champion moved" in r for r in reasons) == 1, reasons
+
+
+def test_promotion_is_refused_when_the_champion_moved_during_the_gate(champion_dir, tmp_path, store_url, monkeypatch):
+    store = _store(store_url, tmp_path, champion_dir)
+    store.register("clf", path=champion_dir, description="a second, hand-promoted version")
+    _feed(store, make(300, 7, CODES[1]))
+    real_gate = retrain_module.gate
+
+    def gate_while_someone_promotes(*args, **kwargs):
+        result = real_gate(*args, **kwargs)
+        store.promote("clf", 2, reason="promoted by hand meanwhile")
+        return result
+
+    monkeypatch.setattr(retrain_module, "gate", gate_while_someone_promotes)
+    decision = retrain(store, "clf", load_policy(POLICY))
+    assert decision["promoted"] is False and decision["reason"].startswith("champion moved: clf@production points at "
+                                                                           "version 2 now, not the gated version 1")
+    assert store.resolve("clf@production")["version"] == 2
+    last = store.list_gate_decisions("clf")[-1]
+    assert (last["candidate_version"], last["champion_version"], last["promoted"]) == (3, 1, False)
+
+
+def test_the_lock_survives_a_holder_killed_with_sigkill(champion_dir, tmp_path):
+    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+    _feed(store, make(300, 8, CODES[1]))
+    pause = tmp_path / "paused"
+    env = {**os.environ, "LOOPML_ARTIFACTS": str(tmp_path / "artifacts"), "LOOPML_PAUSE_AT": "retrain.before_decide",
+           "LOOPML_PAUSE_FILE": str(pause)}
+    holder = subprocess.Popen([sys.executable, "-m", "loopml", "retrain", "clf", "--store", store._url, "--policy",
+                               str(_policy_file(tmp_path))], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not pause.exists() and holder.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert pause.exists(), "the holder never reached the pause point"
+        busy = retrain(store, "clf", load_policy(POLICY))
+        assert busy["locked"] and "another retrain of 'clf' is running" in busy["reason"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert [v["version"] for v in store.list_versions("clf")] == [1]  # killed before deciding: nothing registered
+    decision = retrain(store, "clf", load_policy(POLICY))  # the dead holder's lock does not block
+    assert decision["candidate_version"] == 2 and decision["promoted"], decision["reason"]
+
+
+def test_lock_rows_expire_and_belong_to_their_owner(champion_dir, tmp_path, store_url):
+    from loopml.registry.gating import LockHeld
+
+    store = _store(store_url, tmp_path, champion_dir)
+    token = store.acquire_lock("clf", ttl=60)
+    with pytest.raises(LockHeld, match="another retrain of 'clf' is running"):
+        store.acquire_lock("clf")
+    store.release_lock("clf", "not-the-owner")
+    assert store.lock_holder("clf")["owner"] == token
+    with store.writer.begin() as c:  # a holder on another host that stopped renewing
+        c.execute(sa.text("UPDATE model_locks SET host = 'elsewhere', expires_at = :t"), {"t": time.time() - 1})
+    second = store.acquire_lock("clf")
+    assert second != token and store.renew_lock("clf", token) is False and store.renew_lock("clf", second)
+    with store.writer.begin() as c:  # a live-looking lock on another host is respected until it expires
+        c.execute(sa.text("UPDATE model_locks SET host = 'elsewhere', expires_at = :t"), {"t": time.time() + 60})
+    with pytest.raises(LockHeld):
+        store.acquire_lock("clf")
+    with pytest.raises(LoopmlError, match="no model named 'other'"):
+        store.acquire_lock("other")
+
+
+def test_split_rows_round_trip_and_fingerprints_see_values_not_order():
+    from loopml.data.split import decode_rows, encode_rows, rows_fingerprint
+
+    for positions in ([], [0], [3, 5, 9], list(range(0, 100_000, 3))):
+        assert decode_rows(encode_rows(positions)).tolist() == positions
+    df = make(50, 9)
+    columns = ["a", "b", "kind", "label"]
+    assert rows_fingerprint(df, columns) == rows_fingerprint(df.iloc[::-1].assign(extra=1), columns)
+    assert rows_fingerprint(df, columns) != rows_fingerprint(df.assign(a=df.a.round(3)), columns)
+    assert rows_fingerprint(df.assign(n=[1] * 50), [*columns, "n"]) == \
+        rows_fingerprint(df.assign(n=[1.0] * 50), [*columns, "n"])  # 1 read as int or float: the same value
