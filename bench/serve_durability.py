@@ -40,7 +40,8 @@ SIZES = (1, 200, 1000)
 
 def _records(features, start: int, n: int) -> list[dict]:
     rows = features.iloc[[(start + i) % len(features) for i in range(n)]]
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")]
+    return [{k: None if v != v else (v.item() if hasattr(v, "item") else v) for k, v in r.items()}  # NaN: missing
+            for r in rows.to_dict("records")]
 
 
 def kill_run(ref: str, store_url: str, features, clients: int, seconds: float, durability: str) -> dict:

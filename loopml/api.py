@@ -17,7 +17,7 @@ from loopml.bundle import read_bundle, write_bundle
 from loopml.config import Config, load_config
 from loopml.data.read import Source, read_table
 from loopml.errors import LoopmlError, did_you_mean
-from loopml.evaluate.analysis import class_balance, evaluate_split, score
+from loopml.evaluate.analysis import class_balance, evaluate_split, score, score_one
 from loopml.evaluate.explain import explain_rows, importance_metric, permutation_importance
 from loopml.evaluate.threshold import tune_threshold
 from loopml.features.pipeline import Preprocessor
@@ -26,6 +26,7 @@ from loopml.prepare import Prepared, prepare
 from loopml.schema import Schema
 from loopml.train import Trainer, default_callbacks, predict_batches
 from loopml.train.sampling import resample
+from loopml.train.threads import ThreadShare
 from loopml.train.trainer import TensorData
 
 #: in a checkpoint folder: the tracked run it belongs to, so --resume continues that run
@@ -152,10 +153,15 @@ class Model:
         return prepared
 
     def _train(self, prepared: Prepared, monitor: str, checkpoint_dir, resume, progress, extra_callbacks) -> Model:
+        # threads: this process's fair share of its CPUs, unless set explicitly (train/threads.py)
+        with ThreadShare(self.config.training.threads) as threads:
+            return self._train_network(prepared, monitor, checkpoint_dir, resume, progress, [*extra_callbacks, threads])
+
+    def _train_network(self, prepared: Prepared, monitor: str, checkpoint_dir, resume, progress, extra_callbacks) -> Model:
         cfg = self.config.training
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # torch.use_deterministic_algorithms also imports torch._inductor (1-2 s) to set a flag that
+        # only torch.compile reads; loopml does not compile, so set the eager-mode flag alone
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
         self.network = build_network(self.preprocessor, self.config, self._class_weights(prepared))
         initial = self._initial_weights
@@ -231,7 +237,7 @@ class Model:
             for name, out in outputs.items()
         }
         metric = importance_metric(self.schema.target_kind, monitor)
-        importance = permutation_importance(self.network, splits["validation"], self._score, metric,
+        importance = permutation_importance(self.network, splits["validation"], self._metric_scorer(metric), metric,
                                             seed=self.config.training.seed)
         data = {"sizes": {name: len(split) for name, split in splits.items()}, "train_rows_after_sampling": train_rows,
                 "class_balance": class_balance(self.preprocessor, {n: s.target for n, s in splits.items()})}
@@ -278,6 +284,13 @@ class Model:
             proba = t.decode(outputs.numpy())[1]
             return {"accuracy": float((proba.argmax(1) == target.long().numpy()).mean())}
         return score(self.preprocessor, outputs.numpy(), target.numpy())
+
+    def _metric_scorer(self, metric: str):
+        """Scores ``metric`` alone: permutation importance needs one number ~50 times, not every metric."""
+        def scorer(outputs: torch.Tensor, target: torch.Tensor) -> dict:
+            return {metric: score_one(self.preprocessor, outputs.numpy(), target.numpy(), metric)}
+
+        return scorer
 
     # -- using a trained model ---------------------------------------------------------------------
     def _require_trained(self) -> None:
@@ -328,7 +341,8 @@ class Model:
             return self.evaluation["importance"]
         _, inputs, target = self._labelled(data)
         metric = importance_metric(self.schema.target_kind, self.config.training.early_stopping.metric)
-        return permutation_importance(self.network, TensorData(inputs, target), self._score, metric, repeats, seed)
+        return permutation_importance(self.network, TensorData(inputs, target), self._metric_scorer(metric), metric,
+                                      repeats, seed)
 
     def explain(self, data: Source, rows: list[int] | None = None, n_steps: int = 32) -> list[dict]:
         """Integrated-gradients attributions for some rows of ``data`` (default: the first 5)."""

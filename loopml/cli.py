@@ -139,6 +139,9 @@ def train(
     if report.get("non_finite_as_missing"):
         counts = ", ".join(f"{col} ({n})" for col, n in report["non_finite_as_missing"].items())
         _echo(f"read non-finite or out-of-range numbers as missing (data.non_finite: missing): {counts}")
+    if report.get("non_numeric_as_missing"):
+        counts = ", ".join(f"{col} ({n})" for col, n in report["non_numeric_as_missing"].items())
+        _echo(f"read text in number columns as missing: {counts}")
     dup = report.get("split", {}).get("duplicate_rows")
     if dup:
         how = {"group": "each kept within a single split", "drop": "dropped (first copy kept)",

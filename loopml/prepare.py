@@ -21,7 +21,12 @@ from safetensors.torch import save_file
 from loopml.config import Config, resolve_feature
 from loopml.data.read import Source, fingerprint, read_table
 from loopml.data.split import SPLITS, split_frame
-from loopml.data.validate import check_enough_rows, check_finite, check_number_target
+from loopml.data.validate import (
+    check_enough_rows,
+    check_finite,
+    check_number_target,
+    non_numeric_in_number_columns,
+)
 from loopml.errors import LoopmlError
 from loopml.features.base import FEATURE_TYPES
 from loopml.features.pipeline import Preprocessor
@@ -94,13 +99,17 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
     schema = build_schema(main, config, ignore=ignore)
     report: dict = {"skipped_lines": main.attrs.get("skipped_lines", [])}
     target_col = schema.target
-    names = {name: _display_name(src) for name, src in sources.items() if src is not None}
+    names = {name: _display_name(src) or (None if name == "data" else f"the {name} data")
+             for name, src in sources.items() if src is not None}
     check_number_target(frames, schema, names)
     numbers = [c.name for c in schema.inputs if c.type == "number"]
     numbers += [target_col] if schema.target_kind == "number" else []
     non_finite = check_finite(frames, numbers, config.data.non_finite, names)
     if non_finite:
         report["non_finite_as_missing"] = non_finite
+    text_in_numbers = non_numeric_in_number_columns(frames, [c.name for c in schema.inputs if c.type == "number"], names)
+    if text_in_numbers:
+        report["non_numeric_as_missing"] = text_in_numbers
     dropped = {}
     for name in list(frames):
         missing = frames[name][target_col].isna() if target_col in frames[name] else None
@@ -109,7 +118,7 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
             frames[name] = frames[name][~missing]
     report["missing_target_rows_dropped"] = dropped
     main = frames["data"]  # every split comes from the labelled rows only
-    check_enough_rows(main, config.split, names["data"], dropped.get("data", 0),
+    check_enough_rows(main, config.split, names["data"] or "the data", dropped.get("data", 0),
                       carve={"validation": "validation" not in frames, "test": "test" not in frames})
     schema.check_trainable()
     # the main file supplies whichever of validation/test was not given as its own data
@@ -144,9 +153,9 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
     return Prepared(schema, pre, splits, report, data_fingerprint, frames=parts, rows=rows)
 
 
-def _display_name(source: Source) -> str:
-    """How messages name a source: the file's name, or 'the data' for in-memory tables."""
-    return Path(source).name if isinstance(source, (str, os.PathLike)) else "the data"
+def _display_name(source: Source) -> str | None:
+    """How messages name a source: the file's name (None for in-memory tables)."""
+    return Path(source).name if isinstance(source, (str, os.PathLike)) else None
 
 
 def _positional(df: pd.DataFrame) -> pd.DataFrame:
@@ -159,7 +168,13 @@ def _positional(df: pd.DataFrame) -> pd.DataFrame:
 def _tensors(pre: Preprocessor, df: pd.DataFrame | None) -> TensorData | None:
     if df is None or not len(df):
         return None
-    return TensorData(pre.transform(df), pre.transform_target(df))
+    inputs, target = pre.transform(df), pre.transform_target(df)
+    # a backstop behind the value checks: training on a NaN or inf ends in an obscure failure later
+    for col, tensor in {**inputs, pre.target.column: target}.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise LoopmlError(f"column '{col}' gives non-finite values after preprocessing; check its values "
+                              "and its settings (e.g. normalize: none with very large numbers)")
+    return TensorData(inputs, target)
 
 
 def _cache_key(config: Config, fingerprints: dict) -> str:

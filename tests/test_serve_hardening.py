@@ -105,3 +105,50 @@ def test_batcher_close_times_out_and_answers_what_is_still_queued():
     took, outcomes = _run(scenario())
     assert took < 2.0
     assert all(isinstance(o, QueueFull) for o in outcomes), outcomes  # answered (503), not left hanging
+
+
+# -- a real server: hostile values ------------------------------------------------------------------
+from test_serve import Server, registered  # noqa: E402, F401  (the fixture)
+
+JSON_HEADERS = {"content-type": "application/json", "x-api-key": "k1"}
+
+
+def test_hostile_values_are_4xx_in_strict_json(registered):  # noqa: F811
+    url, _, _ = registered
+    server = Server("clf@production", url, "--api-key", "k1", "--admin-token", "t0ken")
+    try:
+        post = server.client.post
+        cases = {
+            "1e308 (finite, overflows in preprocessing)": ("/v1/models/clf/predict", '{"x1": 1e308, "x2": 0}', 422),
+            "-1e308": ("/v1/models/clf/predict", '[{"x1": 0}, {"x1": -1e308}]', 422),
+            "1e309 (parses as inf)": ("/v1/models/clf/predict", '{"x1": 1e309}', 422),
+            "Infinity literal": ("/v1/models/clf/predict", '{"x2": Infinity}', 422),
+            "NaN literal": ("/v1/models/clf/predict", '{"x1": NaN}', 422),
+            "NaN in a category": ("/v1/models/clf/predict", '{"color": NaN}', 422),
+            "lone surrogate in text": ("/v1/models/clf/predict", '{"note": "fine \\ud800"}', 422),
+            "lone surrogate as a key": ("/v1/models/clf/predict", '{"\\udfff": 1}', 422),
+            "lone surrogate label": ("/v1/feedback", '{"label": "\\ud800", "inputs": {"x1": 1}}', 422),
+            "NaN label": ("/v1/feedback", '{"label": NaN, "inputs": {"x1": 1}}', 422),
+            "inf in feedback inputs": ("/v1/feedback", '{"label": "yes", "inputs": {"x1": -Infinity}}', 422),
+        }
+        for what, (path, body, status) in cases.items():
+            r = post(path, content=body, headers=JSON_HEADERS)
+            assert r.status_code == status, (what, r.status_code, r.text)
+            detail = strict_json(r.text)["detail"]
+            assert "\n" not in detail and "Traceback" not in detail, (what, detail)
+        assert "finite" in strict_json(post("/v1/models/clf/predict", content='{"x1": 1e309}',
+                                            headers=JSON_HEADERS).text)["detail"]
+        assert "x1" in strict_json(post("/v1/models/clf/predict", content='{"x1": 1e308}', headers=JSON_HEADERS).text)["detail"]
+        # non-ASCII (latin-1) header bytes: a wrong key, not a crash
+        for headers in ({"x-api-key": "k\xe9y".encode("latin-1")}, {"authorization": b"Bearer \xff\xfe"}):
+            r = post("/v1/models/clf/predict", json={"x1": 1}, headers=headers)
+            assert r.status_code == 401, r.text
+            strict_json(r.text)
+        r = post("/v1/admin/reload", headers={"authorization": "Bearer t\xf6ken".encode("latin-1")})
+        assert r.status_code == 401, r.text
+        ok = post("/v1/models/clf/predict", json={"x1": 1e30, "x2": 0.5}, headers={"x-api-key": "k1"})
+        assert ok.status_code in (200, 422), ok.text  # large but finite after scaling: answered, strictly
+        strict_json(ok.text)
+        assert server.client.get("/ready").status_code == 200  # none of this broke the server
+    finally:
+        server.stop()

@@ -148,3 +148,27 @@ def check_enough_rows(df: pd.DataFrame, split, name: str, missing_target: int, c
         f"{name} has too few rows: {have} with a target{also}; training needs at least {need}, "
         f"one for each split ({', '.join(carved)})"
     )
+
+
+def non_numeric_in_number_columns(frames: dict[str, pd.DataFrame], columns: list[str],
+                                  names: dict[str, str]) -> dict[str, int]:
+    """Training reads the few text values of a number column (``n/a``, ``-``) as missing: count them
+    per column for the report; a number column with no number at all is a mistake, not missing data."""
+    counts: dict[str, int] = {}
+    for name, frame in frames.items():
+        for col in columns:
+            if col not in frame.columns:
+                continue
+            column = frame[col]
+            present = column.notna().to_numpy()
+            text = present & pd.to_numeric(column, errors="coerce").isna().to_numpy()
+            if not text.any():
+                continue
+            if name == "data" and text.sum() == present.sum():
+                where = f" of {names[name]}" if names.get(name) else ""
+                raise LoopmlError(
+                    f"column '{col}' is a number column but holds no numbers, e.g. {_example(column, text)}{where}; "
+                    "set its type to category or text"
+                )
+            counts[col] = counts.get(col, 0) + int(text.sum())
+    return counts

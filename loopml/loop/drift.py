@@ -50,7 +50,9 @@ def column_reference(values: pd.Series, kind: str, seed: int = 0) -> dict | None
         ref = {"kind": "number", "points": points.tolist(), "edges": edges.tolist(),
                "sample": np.round(sample, 6).tolist(), "std": float(present.std()) or 1.0}
     elif kind in ("category", "binary"):
-        counts = values.dropna().map(lambda v: str(v).strip()).value_counts()
+        from loopml.features.base import canonical_keys  # the features' keys: CSV 2.0 and JSON 2 are one value
+
+        counts = pd.Series([k for k in canonical_keys(values) if k is not None], dtype=object).value_counts()
         ref = {"kind": "category", "values": counts.index[:TOP_VALUES].tolist()}
     elif kind == "text":
         counts = Counter(w for text in values.dropna() for w in _words(text))
@@ -93,10 +95,13 @@ def histogram(values: pd.Series, ref: dict, counts_too: bool = False) -> np.ndar
         missing = np.isnan(numbers)
         counts = np.append(_number_buckets(numbers[~missing], ref), [0.0, missing.sum()])
     else:
-        index = {v: i for i, v in enumerate(ref["values"])}
+        from loopml.features.base import canonical_key
+
+        category = ref["kind"] == "category"  # references saved with '1.0'-style keys read the same
+        index = {(canonical_key(v) if category else v): i for i, v in enumerate(ref["values"])}
         counts = np.zeros(len(ref["values"]) + 2)
         for value in values[~missing]:
-            for token in (_words(value) if ref["kind"] == "text" else [str(value).strip()]):
+            for token in ([canonical_key(value)] if category else _words(value)):
                 counts[index.get(token, len(ref["values"]))] += 1
         counts[-1] = missing.sum()
     shares = counts / max(counts.sum(), 1.0)

@@ -61,7 +61,7 @@ def usable_feedback(feedback: list[dict], champion, exclude_ids: set[int] = froz
     pre = champion.preprocessor
     columns, target = list(pre.features), pre.target.column
     skipped: Counter = Counter()
-    latest: dict[str, dict] = {}
+    rows = []
     for f in feedback:
         if int(f["id"]) in exclude_ids:
             continue
@@ -69,15 +69,15 @@ def usable_feedback(feedback: list[dict], champion, exclude_ids: set[int] = froz
         if why:
             skipped[why] += 1
             continue
-        row = {col: f["inputs"].get(col) for col in columns}
-        key = json.dumps(row, sort_keys=True, default=str)
-        latest.pop(key, None)  # re-insert so order follows the latest label
-        latest[key] = {**row, target: f["label"], "_feedback_id": int(f["id"]), "_at": float(f["created_at"])}
-    frame = pd.DataFrame(list(latest.values()), columns=[*columns, target, "_feedback_id", "_at"])
+        rows.append({**{col: f["inputs"].get(col) for col in columns}, target: f["label"],
+                     "_feedback_id": int(f["id"]), "_at": float(f["created_at"])})
+    frame = pd.DataFrame(rows, columns=[*columns, target, "_feedback_id", "_at"])
     if not len(frame):
         return frame, skipped
-    keep = _encodable(frame, pre, skipped)
-    frame = frame[keep].reset_index(drop=True)
+    frame = frame[_encodable(frame, pre, skipped)]
+    # one row per distinct input, the latest usable label winning, in the order of those latest labels
+    keys = [json.dumps(r, sort_keys=True, default=str) for r in frame[columns].to_dict("records")]
+    frame = frame[~pd.Series(keys).duplicated(keep="last").to_numpy()].reset_index(drop=True)
     for col, feature in pre.features.items():  # JSON numbers with nulls arrive as objects: match the file's dtype
         if feature.config.type == "number":
             frame[col] = pd.to_numeric(frame[col], errors="coerce")  # unusable values were dropped above

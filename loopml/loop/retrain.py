@@ -58,12 +58,14 @@ def should_retrain(store, name: str, policy: Policy) -> tuple[bool, str]:
 
 def _scores(model, frame: pd.DataFrame, metric: str) -> tuple[float, np.ndarray]:
     target = model.preprocessor.target.column
-    metrics = model.evaluate(frame)
+    # coerce: the champion's own rows may hold values its training read as missing (a stray 'n/a'
+    # in a number column); the gate scores them the same way instead of refusing them
+    metrics = model.evaluate(frame, coerce=True)
     if metric not in metrics:
         raise LoopmlError(f"gate metric '{metric}' is not available for this model (have: {', '.join(metrics)})")
     if model.preprocessor.target.kind == "number":
         return metrics[metric], np.zeros(len(frame), dtype=bool)
-    correct = np.array([str(p) == str(a) for p, a in zip(model.predict(frame), frame[target], strict=True)])
+    correct = np.array([str(p) == str(a) for p, a in zip(model.predict(frame, coerce=True), frame[target], strict=True)])
     return metrics[metric], correct
 
 

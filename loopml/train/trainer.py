@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from loopml.config import TrainingConfig
+from loopml.errors import LoopmlError
 from loopml.train.callbacks import BestModel, Callback, Checkpoint, History
 from loopml.train.optim import Schedule, make_optimizer
 from loopml.train.state import load_state
@@ -131,6 +132,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "rng": torch.get_rng_state(),
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "callback_types": [type(cb).__name__ for cb in self.callbacks],
         }
 
     def resume(self, directory: Path) -> bool:
@@ -142,10 +144,25 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
-        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=True):
-            cb.load_state_dict(cb_state)
+        self._load_callback_states(state["callbacks"], state.get("callback_types"))
         self.epoch, self.elapsed, self.stop_reason = state["epoch"], state["elapsed"], state["stop_reason"]
         return True
+
+
+    def _load_callback_states(self, states: list[dict], types: list[str] | None) -> None:
+        """Give each callback the state saved by the callback of its type (in order), so a run resumed
+        with other callbacks (say untracked, no progress bar) still gets history and best weights back."""
+        if types is None:  # a checkpoint of an older loopml: states by position
+            for cb, cb_state in zip(self.callbacks, states, strict=True):
+                cb.load_state_dict(cb_state)
+            return
+        saved = list(zip(types, states, strict=True))
+        for cb in self.callbacks:
+            match = next((i for i, (name, _) in enumerate(saved) if name == type(cb).__name__), None)
+            if match is not None:
+                cb.load_state_dict(saved.pop(match)[1])
+            elif cb.state_dict():
+                raise LoopmlError(f"the checkpoint has no state for the {type(cb).__name__} callback: cannot resume")
 
 
 def param_groups(model: nn.Module, base_lr: float) -> list[dict]:
