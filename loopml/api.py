@@ -159,9 +159,7 @@ class Model:
 
     def _train_network(self, prepared: Prepared, monitor: str, checkpoint_dir, resume, progress, extra_callbacks) -> Model:
         cfg = self.config.training
-        # torch.use_deterministic_algorithms also imports torch._inductor (1-2 s) to set a flag that
-        # only torch.compile reads; loopml does not compile, so set the eager-mode flag alone
-        torch._C._set_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
         self.network = build_network(self.preprocessor, self.config, self._class_weights(prepared))
         initial = self._initial_weights

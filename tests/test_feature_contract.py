@@ -178,3 +178,47 @@ def _write(folder, text: str):
     path = folder / "rows.csv"
     path.write_text(text)
     return path
+
+
+def test_a_model_trained_from_csv_serves_json_values_as_trained(tmp_path):
+    """The issue's case end to end: CSV with gaps -> train -> the server's runner on JSON 2 / 2.0 / "2" / true."""
+    import loopml
+    from loopml.serve.runner import TorchRunner
+    from loopml.serve.schema import input_model
+
+    rng = np.random.default_rng(0)
+    n = 120
+    level = rng.integers(1, 4, n).astype(object)
+    flag = rng.integers(0, 2, n).astype(object)
+    level[5], flag[7] = None, None  # one gap each: pandas reads both columns as floats
+    label = np.where((level == 3) | (flag == 1), "hi", "lo")
+    path = tmp_path / "train.csv"
+    pd.DataFrame({"level": level, "flag": flag, "label": label}).to_csv(path, index=False)
+    model = loopml.Model(target="label", features={"level": {"type": "category"}, "flag": {"type": "binary"}},
+                         training={"epochs": 3, "seed": 0}).fit(path, progress=False, cache_dir=False)
+    pre = model.preprocessor
+    assert pre.features["level"].state["vocab"][:3] != ["1.0", "2.0", "3.0"]
+    assert set(pre.features["level"].state["vocab"]) >= {"1", "2", "3"}
+
+    rows = pd.read_csv(path).drop(columns=["label"]).iloc[:20]
+    expected = model.predict_proba(rows).to_numpy()
+    request_model = input_model("m", {c: f.config.type for c, f in pre.features.items()}, [])
+    runner = TorchRunner(model)
+    csv_values = rows.to_dict(orient="records")
+    spellings = {
+        "ints": lambda v: None if pd.isna(v) else int(v),
+        "floats": lambda v: None if pd.isna(v) else float(v),
+        "strings": lambda v: None if pd.isna(v) else str(int(v)),
+    }
+    for spelling, as_json in spellings.items():
+        payload = json.loads(json.dumps([{c: as_json(v) for c, v in r.items()} for r in csv_values]))
+        records = [request_model.model_validate(r).model_dump(by_alias=True) for r in payload]
+        served = runner.predict(records)
+        got = np.array([[p["probabilities"][str(c)] for c in pre.target.classes] for p in served])
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7, err_msg=spelling)
+        alone = runner.predict(records[:1])[0]["probabilities"]
+        assert alone == served[0]["probabilities"], spelling
+    as_bools = [{"level": 2, "flag": bool(v) if not pd.isna(v) else None} for v in rows["flag"]]
+    served = runner.predict([request_model.model_validate(r).model_dump(by_alias=True) for r in as_bools])
+    ints = runner.predict([{"level": 2, "flag": None if pd.isna(v) else int(v)} for v in rows["flag"]])
+    assert served == ints

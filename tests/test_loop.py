@@ -7,9 +7,10 @@ import pytest
 import loopml
 from loopml.cli import main
 from loopml.loop.drift import window_drift
+from loopml.loop.feedback_rows import usable_feedback
 from loopml.loop.monitor import monitor
 from loopml.loop.policy import load_policy
-from loopml.loop.retrain import feedback_frame, retrain, should_retrain
+from loopml.loop.retrain import retrain, should_retrain
 from loopml.registry import Store
 
 POLICY = {"trigger": {"min_feedback": 100}, "data": {"holdout_fraction": 0.3, "min_holdout": 30, "feedback_weight": 3},
@@ -102,12 +103,13 @@ def test_real_feedback_retrains_promotes_and_records_lineage(champion, tmp_path)
     assert store.rollback("clf")["to_version"] == 1
 
 
-def test_feedback_is_deduplicated_latest_label_wins():
-    rows = [{"id": 1, "inputs": {"a": 1}, "label": "neg", "created_at": 1.0},
-            {"id": 2, "inputs": {"a": 2}, "label": "pos", "created_at": 2.0},
-            {"id": 3, "inputs": {"a": 1}, "label": "pos", "created_at": 3.0}]
-    frame = feedback_frame(rows, "label")
-    assert frame["a"].tolist() == [2, 1] and frame["label"].tolist() == ["pos", "pos"]
+def test_feedback_is_deduplicated_latest_label_wins(champion):
+    model, _ = champion
+    rows = [{"id": 1, "inputs": {"a": 1, "b": 0, "kind": "alpha"}, "label": "neg", "created_at": 1.0},
+            {"id": 2, "inputs": {"a": 2, "b": 0, "kind": "alpha"}, "label": "pos", "created_at": 2.0},
+            {"id": 3, "inputs": {"a": 1, "b": 0, "kind": "alpha"}, "label": "pos", "created_at": 3.0}]
+    frame, skipped = usable_feedback(rows, model)
+    assert frame["a"].tolist() == [2, 1] and frame["label"].tolist() == ["pos", "pos"] and not skipped
 
 
 def test_monitor_and_retrain_commands(champion, tmp_path, capsys):

@@ -244,7 +244,7 @@ def test_the_lock_survives_a_holder_killed_with_sigkill(champion_dir, tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert [v["version"] for v in store.list_versions("clf")] == [1]  # killed before deciding: nothing registered
-    decision = retrain(store, "clf", load_policy(POLICY))  # the dead holder's lock does not block
+    decision = retrain(store, "clf", load_policy({**POLICY, "train": {"training": {"epochs": 6}}}))  # not blocked
     assert decision["candidate_version"] == 2 and decision["promoted"], decision["reason"]
 
 
@@ -280,3 +280,86 @@ def test_split_rows_round_trip_and_fingerprints_see_values_not_order():
     assert rows_fingerprint(df, columns) != rows_fingerprint(df.assign(a=df.a.round(3)), columns)
     assert rows_fingerprint(df.assign(n=[1] * 50), [*columns, "n"]) == \
         rows_fingerprint(df.assign(n=[1.0] * 50), [*columns, "n"])  # 1 read as int or float: the same value
+
+
+def test_migration_0006_adds_and_removes_the_lock_table(store_url):
+    from alembic import command
+    from alembic.config import Config
+
+    from loopml.registry.db import MIGRATIONS, create_engine, migrate
+
+    engine = create_engine(store_url)
+    migrate(engine)
+    assert sa.inspect(engine).has_table("model_locks")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "0005")
+    assert not sa.inspect(engine).has_table("model_locks")
+    migrate(engine)
+    assert sa.inspect(engine).has_table("model_locks")
+    engine.dispose()
+
+
+def test_a_model_without_a_split_record_is_split_again_and_gets_one(champion_dir, tmp_path):
+    """Model directories from before split records: the training file is split again, as before."""
+    from loopml.loop.training_data import champion_splits
+
+    model = loopml.load(champion_dir)
+    record = model.info["splits"]
+    model.info["splits"] = None
+    with pytest.raises(LoopmlError, match="cannot find the champion's training data"):
+        champion_splits(None, "clf", model, str(tmp_path / "gone.csv"))
+    frames, rebuilt = champion_splits(None, "clf", model, None)
+    assert rebuilt == record and [len(frames[s]) for s in ("train", "validation", "test")] == \
+        [p[0]["rows"]["count"] for p in (record["train"], record["validation"], record["test"])]
+    # an old retrained model (trained on a frame with the retrain's split column): its ancestor's split
+    model.config = model.config.model_copy(update={"split": model.config.split.model_copy(
+        update={"column": "__loopml_split__"})})
+    assert champion_splits(None, "clf", model, None)[1] == record
+
+
+def test_a_moved_training_file_is_found_through_the_policy(champion_dir, tmp_path):
+    from loopml.loop.training_data import champion_splits
+
+    model = loopml.load(champion_dir)
+    source = Path(model.info["splits"]["train"][0]["source"])
+    moved = tmp_path / "moved.csv"
+    moved.write_bytes(source.read_bytes())
+    model.info["splits"] = {s: [{**p, "source": str(tmp_path / "was-here.csv")} for p in parts]
+                            for s, parts in model.info["splits"].items()}
+    with pytest.raises(LoopmlError, match=r"cannot find the champion's train data .*set data.training_data"):
+        champion_splits(None, "clf", model, None)
+    frames, _ = champion_splits(None, "clf", model, str(moved))
+    assert len(frames["test"]) == model.info["splits"]["test"][0]["rows"]["count"]
+
+
+def test_the_lock_keeper_renews_and_notices_a_takeover(champion_dir, tmp_path):
+    from loopml.registry.gating import LockKeeper
+
+    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+    with LockKeeper(store, "clf", ttl=0.6) as keeper:
+        first = store.lock_holder("clf")["expires_at"]
+        time.sleep(0.9)
+        assert store.lock_holder("clf")["expires_at"] > first and not keeper.lost  # renewed, still ours
+        with store.writer.begin() as c:
+            c.execute(sa.text("UPDATE model_locks SET owner = 'someone-else'"))
+        deadline = time.time() + 10
+        while not keeper.lost and time.time() < deadline:
+            time.sleep(0.05)
+        assert keeper.lost
+    assert store.lock_holder("clf")["owner"] == "someone-else"  # release never deletes another owner's lock
+
+
+def test_a_champion_split_by_its_own_column_is_rebuilt_without_it(tmp_path):
+    from loopml.loop.training_data import champion_splits
+
+    data = make(300, 11).assign(fold=["train"] * 200 + ["validation"] * 40 + ["test"] * 60)
+    data.to_csv(tmp_path / "folds.csv", index=False)
+    model = loopml.Model(target="label", split={"column": "fold"}, training={"epochs": 2}).fit(
+        tmp_path / "folds.csv", progress=False, cache_dir=False)
+    frames, _ = champion_splits(None, "clf", model, None)
+    assert [len(frames[s]) for s in ("train", "validation", "test")] == [200, 40, 60]
+    assert "fold" not in frames["train"].columns
+    assert frames["test"]["a"].tolist() == data["a"].iloc[240:].tolist()  # exactly the rows marked test

@@ -2,6 +2,7 @@
 failures never block the event loop and show on /ready and /metrics; retention bounds the log."""
 
 import json
+import os
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
+from test_registry import store_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
 from test_serve import Server
 
 import loopml
@@ -113,7 +115,7 @@ class FailingStore:
         return getattr(self.store, name)
 
 
-def test_store_down_never_blocks_the_loop_and_shows_on_ready_and_metrics(model_store, tmp_path):
+def test_store_down_never_blocks_the_loop_and_shows_on_ready_and_metrics(model_store, tmp_path, caplog):
     from loopml.serve.app import ServeSettings, create_app
 
     root, model_dir, features = model_store
@@ -144,6 +146,7 @@ def test_store_down_never_blocks_the_loop_and_shows_on_ready_and_metrics(model_s
         text = c.get("/metrics").text
         assert "loopml_prediction_log_write_failures_total" in text and "loopml_prediction_log_queue 1000.0" in text
         assert "loopml_prediction_log_refused_requests_total 1.0" in text
+        assert "prediction log: store writes failing" in caplog.text  # and in the server's log
         failing.down.clear()  # the store is back: the writer catches up by itself
         deadline = time.time() + 15
         while c.get("/ready").json().get("prediction_log", {}).get("status") != "ok":
@@ -201,12 +204,14 @@ def test_a_row_the_store_refuses_is_set_aside_not_retried_forever(tmp_path):
     assert not list(tmp_path.glob("*.spool"))  # everything else is in the store: the spool is gone
 
 
-def test_retention_by_age_and_by_rows(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "a"))
+def test_retention_by_age_and_by_rows(store_url, tmp_path):  # noqa: F811
+    store = Store(store_url, str(tmp_path / "a"))
     now = time.time()
     rows = [{"id": f"{i:032x}", "model_name": "clf", "model_version": 1, "created_at": now - (100 - i) * 3600,
              "inputs": {"x": i}, "outputs": {"prediction": "yes"}, "latency_ms": 1.0} for i in range(100)]
     store.log_predictions(rows + [{**rows[0], "id": "f" * 32, "model_name": "other"}])
+    store.log_predictions(rows[:3] + [rows[3]])  # a replayed spool: rows already there are skipped
+    assert len(store.list_predictions("clf")) == 100
     fid = store.add_feedback("clf", "yes", rows[0]["id"], rows[0]["inputs"], outputs=rows[0]["outputs"], model_version=1)
     assert store.prune_predictions("clf", older_than=now - 50 * 3600 - 1, chunk=7) == 50
     assert len(store.list_predictions("clf")) == 50 and len(store.list_predictions("other")) == 1
@@ -239,3 +244,47 @@ def test_server_prunes_on_its_retention_interval(model_store):
     finally:
         assert server.stop()
     assert len(Store(url).list_predictions("clf")) == 3
+
+
+def test_migration_0005_backfills_the_feedback_snapshot(store_url):  # noqa: F811
+    engine = db.create_engine(store_url)
+    db.migrate(engine, "0004")
+    with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO predictions (id, model_name, model_version, created_at, inputs, outputs) "
+                          "VALUES ('p1', 'clf', 3, 1.0, :inputs, :outputs)"),
+                  {"inputs": json.dumps({"x": 1}), "outputs": json.dumps({"prediction": "yes"})})
+        c.execute(sa.text("INSERT INTO feedback (model_name, prediction_id, label, created_at) "
+                          "VALUES ('clf', 'p1', '\"no\"', 2.0)"))
+    db.migrate(engine)
+    engine.dispose()
+    store = Store(store_url)
+    assert store.prune_predictions("clf", older_than=10.0) == 1  # the prediction is gone, the feedback keeps it
+    [fb] = store.list_feedback("clf")
+    assert fb["inputs"] == {"x": 1} and fb["prediction_outputs"] == {"prediction": "yes"} and fb["model_version"] == 3
+
+
+def test_a_dead_process_spool_is_replayed_once_and_a_live_one_is_left_alone(tmp_path):
+    from loopml.serve.spool import Spool
+
+    class Rows:
+        def __init__(self) -> None:
+            self.rows: list[dict] = []
+
+        def log_predictions(self, rows):
+            self.rows.extend(rows)
+
+    dead = Spool(tmp_path, fsync=True)
+    dead.append([[{"id": "a"}, {"id": "b"}], [{"id": "c"}]])
+    with open(dead.path(dead.seq), "ab") as f:
+        f.write(b'[{"id": "torn"')  # cut mid-write by the kill: never acknowledged
+    dead_fd = dead._fd
+    dead._lock_file.close()  # the process is gone: its lock is free
+    alive = Spool(tmp_path, fsync=False)
+    alive.append([[{"id": "z"}]])
+    store = Rows()
+    log = PredictionLog(store, durability="spool", spool_dir=tmp_path)
+    assert sorted(r["id"] for r in store.rows) == ["a", "b", "c"] and log.replayed_rows == 3
+    assert not dead.path(dead.seq).exists() and alive.path(alive.seq).exists()
+    log.close()
+    os.close(dead_fd)
+    alive.close(everything_committed=False)

@@ -21,6 +21,7 @@ from loopml.plugins import Registry
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _LONGEST_NUMBER = 64
+_NUMBER_START = set("0123456789+-.")
 _BOOLEAN_WORDS = {"true": "1", "false": "0"}
 
 
@@ -43,6 +44,11 @@ def canonical_key(value: object) -> str | None:
     case, are the numbers they equal in Python and pandas: ``"1"``/``"0"``. Other strings are
     stripped of outer whitespace.
     """
+    kind = type(value)
+    if kind is str:  # the common case first
+        return _text_key(value)
+    if kind is float:
+        return None if value != value else _number_key(value)
     if is_missing(value):
         return None
     if isinstance(value, bool | np.bool_):
@@ -50,14 +56,21 @@ def canonical_key(value: object) -> str | None:
     if isinstance(value, int | np.integer):
         return str(int(value))
     if isinstance(value, float | np.floating):
+        # float32 0.1 is 0.10000000149...: its own shortest form, as it prints
         return _number_key(float(str(value)) if isinstance(value, np.float16 | np.float32) else float(value))
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
-    text = str(value).strip()
+    return _text_key(str(value))
+
+
+def _text_key(value: str) -> str | None:
+    text = value.strip()
+    if not text:
+        return None
     # a number that arrived as text (a JSON string, an object column); long digit runs stay text
-    if len(text) <= _LONGEST_NUMBER and _DECIMAL.fullmatch(text):
+    if len(text) <= _LONGEST_NUMBER and text[0] in _NUMBER_START and _DECIMAL.fullmatch(text):
         return str(int(text)) if _INTEGER.fullmatch(text) else _number_key(float(text))
-    return _BOOLEAN_WORDS.get(text.lower(), text)
+    return _BOOLEAN_WORDS.get(text.lower(), text) if len(text) <= 5 else text
 
 
 def _number_key(number: float) -> str:
@@ -71,7 +84,20 @@ def _number_key(number: float) -> str:
 def canonical_keys(column: pd.Series | list) -> list[str | None]:
     """``canonical_key`` of every value (plain Python over the values: no dtype surprises)."""
     values = column.tolist() if isinstance(column, pd.Series) else column
-    return [canonical_key(v) for v in values]
+    # columns repeat values: remember each (type, value) once. The type is part of the key so
+    # that only same-typed values meet (1 == 1.0 == True already share a key, but pd.NA must
+    # never be compared); unhashable values (arrays) are computed each time
+    seen: dict = {}
+    out = []
+    for v in values:
+        try:
+            key = seen[(type(v), v)]
+        except KeyError:
+            key = seen[(type(v), v)] = canonical_key(v)
+        except TypeError:
+            key = canonical_key(v)
+        out.append(key)
+    return out
 
 
 class StrictModel(BaseModel):

@@ -87,6 +87,9 @@ class NumberFeature(FeatureType):
         return torch.from_numpy(np.stack(parts, axis=1).astype(np.float32))
 
     def unusable(self, column: pd.Series) -> pd.Series:
+        """Text that is not a number ('old'), and numbers beyond the float32 range (inf, 1e308)."""
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            return pd.Series(out_of_range(column), index=column.index)  # no text possible: vectorised
         present = np.array([not is_missing(v) for v in column.tolist()], dtype=bool)
         return pd.Series(present & (np.isnan(as_numbers(column)) | out_of_range(column)), index=column.index)
 

@@ -18,7 +18,7 @@ def records_frame(records: list[dict], columns: list[str]) -> pd.DataFrame:
     widening that would depend on the other rows of the batch (a big integer id next to a null).
     An absent key is a missing value.
     """
-    return pd.DataFrame({c: pd.Series([r.get(c) for r in records], dtype=object) for c in columns},
+    return pd.DataFrame({c: [r.get(c) for r in records] for c in columns}, dtype=object,
                         index=pd.RangeIndex(len(records)), columns=columns)
 
 

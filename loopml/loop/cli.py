@@ -50,7 +50,11 @@ def retrain_command(
     watch: Annotated[float | None, typer.Option(help="Keep checking the trigger every this many seconds.")] = None,
     store: StoreOpt = None,
 ) -> None:
-    """Train a candidate on the champion's data + feedback, gate it against the champion, promote if it wins."""
+    """Train a candidate on the champion's data + feedback, gate it against the champion, promote if it wins.
+
+    One retrain per model at a time (a second one says so and exits 0); unusable feedback rows are
+    skipped and counted."""
+    from loopml.errors import LoopmlError
     from loopml.loop.feedback_rows import describe_skipped
     from loopml.loop.policy import load_policy
     from loopml.loop.retrain import retrain, should_retrain
@@ -61,7 +65,14 @@ def retrain_command(
         fire, why = should_retrain(s, name, p) if (if_triggered or watch) else (True, "manual")
         if fire:
             typer.echo(f"retraining {name}: {why}")
-            decision = retrain(s, name, p, reason=why)
+            try:
+                decision = retrain(s, name, p, reason=why)
+            except LoopmlError as e:
+                if not watch:
+                    raise
+                typer.echo(f"error: {e} (recorded; watching on)", err=True)  # the next trigger needs new feedback
+                time.sleep(watch)
+                continue
             skipped = (decision.get("numbers") or {}).get("feedback_skipped") or {}
             if skipped:
                 typer.echo(describe_skipped(skipped))

@@ -10,7 +10,6 @@ tolerance on the original test set. Every decision is recorded with its numbers.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,21 +20,8 @@ from scipy.stats import binomtest
 
 from loopml.errors import LoopmlError
 from loopml.loop.policy import Policy
+from loopml.loop.training_data import RETRAIN_SPLIT_COLUMN as SPLIT_COLUMN
 from loopml.registry.faults import pause_point
-
-SPLIT_COLUMN = "__loopml_split__"
-
-
-def feedback_frame(feedback: list[dict], target: str) -> pd.DataFrame:  # kept for callers of the old API
-    """One row per distinct input (the latest label wins), oldest first, with feedback id and time."""
-    latest: dict[str, dict] = {}
-    for f in feedback:
-        if f.get("inputs") is None:
-            continue
-        key = json.dumps(f["inputs"], sort_keys=True, default=str)
-        latest.pop(key, None)  # re-insert so order follows the latest label
-        latest[key] = {**f["inputs"], target: f["label"], "_feedback_id": f["id"], "_at": f["created_at"]}
-    return pd.DataFrame(list(latest.values()))
 
 
 def should_retrain(store, name: str, policy: Policy) -> tuple[bool, str]:
@@ -73,8 +59,8 @@ def gate(champion, candidate, window: pd.DataFrame, test: pd.DataFrame, policy: 
     g = policy.gate
     champ_window, champ_right = _scores(champion, window, g.metric)
     cand_window, cand_right = _scores(candidate, window, g.metric)
-    champ_test, _ = _scores(champion, test, g.metric) if len(test) else (float("nan"), None)
-    cand_test, _ = _scores(candidate, test, g.metric) if len(test) else (float("nan"), None)
+    champ_test, _ = _scores(champion, test, g.metric) if len(test) else (None, None)  # no test split: window only
+    cand_test, _ = _scores(candidate, test, g.metric) if len(test) else (None, None)
     only_candidate = int((cand_right & ~champ_right).sum())
     only_champion = int((champ_right & ~cand_right).sum())
     discordant = only_candidate + only_champion
@@ -83,17 +69,17 @@ def gate(champion, candidate, window: pd.DataFrame, test: pd.DataFrame, policy: 
                "champion_window": champ_window, "candidate_window": cand_window,
                "champion_test": champ_test, "candidate_test": cand_test,
                "only_candidate_right": only_candidate, "only_champion_right": only_champion, "mcnemar_p": p_value}
-    gain, regression = cand_window - champ_window, champ_test - cand_test
+    gain, regression = cand_window - champ_window, champ_test - cand_test if len(test) else 0.0
     if gain < g.margin:
         why = f"{g.metric} on held-back feedback {cand_window:.4f} vs {champ_window:.4f}: gain {gain:+.4f} < margin {g.margin}"
         return False, why, numbers
     if candidate.preprocessor.target.kind != "number" and p_value >= g.significance:
         return False, f"gain {gain:+.4f} on held-back feedback is not significant (McNemar p={p_value:.3f})", numbers
-    if len(test) and regression > g.max_test_regression:  # a champion without a test split: window only
+    if regression > g.max_test_regression:
         return False, (f"{g.metric} on the original test set falls {champ_test:.4f} → {cand_test:.4f} "
                        f"(more than {g.max_test_regression})"), numbers
-    return True, (f"{g.metric} on held-back feedback {champ_window:.4f} → {cand_window:.4f} (p={p_value:.3f}); "
-                  f"original test {champ_test:.4f} → {cand_test:.4f}"), numbers
+    tested = f"original test {champ_test:.4f} → {cand_test:.4f}" if len(test) else "no original test rows"
+    return True, f"{g.metric} on held-back feedback {champ_window:.4f} → {cand_window:.4f} (p={p_value:.3f}); {tested}", numbers
 
 
 def retrain(store, name: str, policy: Policy, reason: str = "manual", progress: bool = False) -> dict:

@@ -17,6 +17,9 @@ from loopml.data.split import SPLITS, decode_rows, encode_rows, rows_fingerprint
 from loopml.errors import LoopmlError
 from loopml.loop.feedback_rows import usable_feedback
 
+#: the column a retrain's training frame says train/validation/test in
+RETRAIN_SPLIT_COLUMN = "__loopml_split__"
+
 
 def model_columns(model) -> list[str]:
     return [*model.preprocessor.features, model.preprocessor.target.column]
@@ -34,10 +37,11 @@ def champion_splits(store, name: str, champion, training_data: str | None) -> tu
     if not record:
         return _legacy_splits(champion, training_data)
     reader = _Reader(store, name, champion, training_data)
+    own_split_column = champion.config.split.column  # the user's train/test column: the record replaces it
     frames = {}
     for split in SPLITS:
         parts = [reader.part(split, part) for part in record.get(split, [])]
-        parts = [p for p in parts if len(p)]
+        parts = [p.drop(columns=[own_split_column], errors="ignore") if own_split_column else p for p in parts if len(p)]
         frames[split] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=model_columns(champion))
     return frames, record
 
@@ -107,9 +111,12 @@ def _legacy_splits(champion, training_data: str | None) -> tuple[dict[str, pd.Da
     if not data_path or not Path(data_path).is_file():
         raise LoopmlError(f"cannot find the champion's training data ({data_path}); set data.training_data in the policy")
     cfg, target = champion.config, champion.preprocessor.target.column
+    split = cfg.split
+    if split.column == RETRAIN_SPLIT_COLUMN:  # an old retrained model: its first ancestor's random split
+        split = split.model_copy(update={"column": None})
     df = read_table(data_path, cfg.data).reset_index(drop=True)
     df = df[df[target].notna()]
-    frames, _ = split_frame(df, target, cfg.split, champion.preprocessor.target.kind != "number")
+    frames, _ = split_frame(df, target, split, champion.preprocessor.target.kind != "number")
     columns = model_columns(champion)
     record = {split: [{"role": "data", "source": str(Path(data_path).resolve()), "rows": encode_rows(part.index.tolist()),
                        "fingerprint": rows_fingerprint(part, columns)}] for split, part in frames.items()}

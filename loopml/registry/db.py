@@ -143,6 +143,11 @@ def _sqlite_transactions(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE) else "BEGIN")
 
 
+class DamagedStore(LoopmlError, sa.exc.SQLAlchemyError):
+    """A damaged store file: a user error (one line, exit 2) that code retrying store failures
+    (``except SQLAlchemyError``: the prediction log, the lock renewer, the server) still catches."""
+
+
 def _sqlite_damage_is_user_error(engine: Engine) -> None:
     """A damaged database file (overwritten, truncated) fails on whichever query reads the bad page
     first: every such failure becomes one line naming the store, not an internal error."""
@@ -155,8 +160,8 @@ def _sqlite_damage_is_user_error(engine: Engine) -> None:
         # SQLITE_CORRUPT / SQLITE_NOTADB raise the base class; locks, constraints, ... raise subclasses
         if type(context.original_exception) is sqlite3.DatabaseError:
             message = str(context.original_exception).strip().splitlines()[0]
-            raise LoopmlError(f"the store {where} is damaged ({message}); restore it from a backup "
-                              "or point --store / LOOPML_STORE at another one")
+            raise DamagedStore(f"the store {where} is damaged ({message}); restore it from a backup "
+                               "or point --store / LOOPML_STORE at another one")
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

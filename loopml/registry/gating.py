@@ -22,7 +22,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from loopml.errors import LoopmlError
+from loopml.errors import LoopmlError, did_you_mean
 from loopml.registry import db
 from loopml.registry.liveness import pid_alive
 
@@ -119,12 +119,12 @@ class Gating:
             reason=reason, numbers=numbers, at=now))
         return {"promoted": promote, "reason": reason, "decision_id": int(decision.inserted_primary_key[0])}
 
-    @staticmethod
-    def _lock_model_row(c, name: str) -> None:
+    def _lock_model_row(self, c, name: str) -> None:
         found = c.execute(sa.select(db.registered_models.c.name).where(db.registered_models.c.name == name)
                           .with_for_update()).first()
         if found is None:
-            raise LoopmlError(f"no model named '{name}'")
+            known = [r[0] for r in c.execute(sa.select(db.registered_models.c.name))]
+            raise LoopmlError(f"no model named '{name}'{did_you_mean(name, known)}")
 
 
 def _alive(lock, now: float, host: str) -> bool:

@@ -320,6 +320,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             if body.prediction_id is not None:  # acknowledged but maybe not in the store yet: the log has it then
                 logged = predictions.lookup(body.prediction_id) or \
                     await run_in_threadpool(store.get_prediction, body.prediction_id)
+                if logged is None:  # with --workers N another worker may have it queued: give its writer a moment
+                    await asyncio.sleep(0.25)
+                    logged = await run_in_threadpool(store.get_prediction, body.prediction_id)
                 if logged is None:
                     raise _HTTP(404, f"no prediction with id '{body.prediction_id}'")
                 # a snapshot on the feedback row: it never depends on the prediction row (spooled, or pruned later)

@@ -54,7 +54,7 @@ class PredictionLog:
         self.pending: dict[str, dict] = {}  # id -> row: acknowledged, not yet in the store (feedback may name them)
         self.written = self.write_failures = self.rejected_rows = self.replayed_rows = self.refused = 0
         self.failing_since: float | None = None
-        self._last_warning = self._refused_at = 0.0
+        self._last_warning = self._refused_at = self._spool_failed_at = 0.0
         self.spool_error: str | None = None
         self._to_store: queue.Queue[tuple[int | None, list[dict]] | None] = queue.Queue()
         self._batch: list[tuple[int | None, list[dict]]] = []  # being written: kept until it is in the store
@@ -97,8 +97,8 @@ class PredictionLog:
 
     def _admit(self, rows: list[dict]) -> None:
         reason = None
-        if self.spool_error is not None:
-            reason = "the prediction log cannot write its spool"
+        if self.spool_error is not None and time.monotonic() - self._spool_failed_at < 1.0:
+            reason = "the prediction log cannot write its spool"  # after a second, one request tries again
         elif len(self.pending) + len(rows) > self.max_backlog:
             reason = f"the prediction log is {len(self.pending)} rows behind the store"
         if reason:
@@ -145,6 +145,7 @@ class PredictionLog:
                 if self.spool_error is None:
                     log.error("prediction spool write failed: %s", e)
                 self.spool_error = str(e)
+                self._spool_failed_at = time.monotonic()
             for rows, future, loop in taken:
                 if error is None:
                     self._to_store.put((seq, rows))

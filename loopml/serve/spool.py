@@ -35,6 +35,7 @@ class Spool:
         self.committed: dict[int, int] = {}  # segment -> rows in the store
         self.seq = -1
         self._fd = -1
+        self._torn = False
         self._open_next()
 
     def path(self, seq: int) -> Path:
@@ -52,16 +53,25 @@ class Spool:
 
     def append(self, requests: list[list[dict]]) -> int:
         """Write the rows of several requests in one go (and fsync them); returns their segment."""
-        if self._size >= self.segment_bytes or (self._size and time.monotonic() - self._opened_at > SEGMENT_SECONDS):
+        if self._torn or self._size >= self.segment_bytes or \
+                (self._size and time.monotonic() - self._opened_at > SEGMENT_SECONDS):
             old = self._fd
             self._open_next()
+            self._torn = False
             os.close(old)
         data = b"".join(json.dumps(rows, separators=(",", ":")).encode() + b"\n" for rows in requests)
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        if self.fsync:
-            os.fdatasync(self._fd)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+            if self.fsync:
+                os.fdatasync(self._fd)
+        except OSError:  # disk full: cut what was half-written, or start a new file, so later lines stay whole
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._torn = True
+            raise
         self._size += len(data)
         with self._guard:
             self.written[self.seq] += sum(len(rows) for rows in requests)

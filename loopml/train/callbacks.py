@@ -22,6 +22,7 @@ class Callback:
     def on_batch_end(self, trainer: Trainer, step: int, loss: float) -> None: ...
     def on_epoch_end(self, trainer: Trainer, logs: dict) -> None: ...
     def on_train_end(self, trainer: Trainer) -> None: ...
+    def on_train_abort(self, trainer: Trainer) -> None: ...
 
     def state_dict(self) -> dict:
         return {}
@@ -133,3 +134,7 @@ class ProgressBar(Callback):
 
     def on_train_end(self, trainer: Trainer) -> None:
         self.progress.stop()
+
+    def on_train_abort(self, trainer: Trainer) -> None:
+        if self.progress is not None:
+            self.progress.stop()  # shows the cursor again

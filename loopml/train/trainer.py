@@ -63,27 +63,34 @@ class Trainer:
         self.steps_per_epoch = -(-len(train) // cfg.batch_size)
         for cb in self.callbacks:
             cb.on_train_begin(self)
-        while self.epoch < cfg.epochs and self.stop_reason is None:
-            start = time.perf_counter()
+        try:
+            while self.epoch < cfg.epochs and self.stop_reason is None:
+                start = time.perf_counter()
+                for cb in self.callbacks:
+                    cb.on_epoch_begin(self, self.epoch)
+                train_loss, train_metrics = self._train_epoch(train)
+                val_outputs = self.predict(val.inputs)
+                with torch.inference_mode():
+                    val_loss = float(self.model.loss(val_outputs, val.target))
+                self.schedule.step(val_loss)
+                self.elapsed += time.perf_counter() - start
+                logs = {
+                    "epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                    **{f"train_{k}": v for k, v in train_metrics.items()},
+                    **{f"val_{k}": v for k, v in self.metric_fn(val_outputs, val.target).items()},
+                    "lr": self.optimizer.param_groups[0]["lr"], "time": time.perf_counter() - start,
+                }
+                self.epoch += 1
+                if cfg.max_time and self.elapsed >= cfg.max_time:
+                    self.stop_reason = f"time limit of {cfg.max_time:g}s reached"
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, logs)
+        except BaseException:  # an error or Ctrl-C: callbacks let go of what they hold (the terminal)
             for cb in self.callbacks:
-                cb.on_epoch_begin(self, self.epoch)
-            train_loss, train_metrics = self._train_epoch(train)
-            val_outputs = self.predict(val.inputs)
-            with torch.inference_mode():
-                val_loss = float(self.model.loss(val_outputs, val.target))
-            self.schedule.step(val_loss)
-            self.elapsed += time.perf_counter() - start
-            logs = {
-                "epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                **{f"train_{k}": v for k, v in train_metrics.items()},
-                **{f"val_{k}": v for k, v in self.metric_fn(val_outputs, val.target).items()},
-                "lr": self.optimizer.param_groups[0]["lr"], "time": time.perf_counter() - start,
-            }
-            self.epoch += 1
-            if cfg.max_time and self.elapsed >= cfg.max_time:
-                self.stop_reason = f"time limit of {cfg.max_time:g}s reached"
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, logs)
+                abort = getattr(cb, "on_train_abort", None)  # callbacks written before the hook have none
+                if abort is not None:
+                    abort(self)
+            raise
         for cb in self.callbacks:
             cb.on_train_end(self)
         return self.history
