@@ -95,7 +95,8 @@ def race(champion: Path, url: str, policy: Path, artifacts: Path, racers: int) -
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     promotions = [e for e in store.alias_history("clf", "production") if e["actor"] == "loopml retrain"]
     lost = sum("another retrain" in o or "champion moved" in o for o in outputs)
-    return {"promotions": len(promotions), "lost_lock_or_cas": lost, "exit_codes": [p.returncode for p in procs]}
+    return {"promotions": len(promotions), "lost_lock_or_cas": lost, "exit_codes": [p.returncode for p in procs],
+            "last_lines": [o.strip().splitlines()[-1:] for o in outputs]}
 
 
 def main() -> None:

@@ -113,28 +113,44 @@ def test_explicit_threads_announce_nothing(tmp_path, monkeypatch):
         assert not any(tmp_path.iterdir())
 
 
-def test_training_imports_nothing_it_does_not_need(tmp_path):
-    """A fit (no report) must not pull in matplotlib, captum, transformers, fastapi or ONNX.
+def _modules_after(code: str, cwd) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
-    (torch._dynamo and torch._inductor do come: torch.optim imports them at its first step.)"""
-    code = """
+
+HEAVY = ["matplotlib", "captum", "transformers", "fastapi", "onnx", "onnxruntime", "torchvision", "torchaudio"]
+TRAIN_ONLY = ["sklearn", "scipy"]  # splitting and metrics: training needs them, loading and predicting do not
+
+
+def test_training_imports_nothing_it_does_not_need(tmp_path):
+    """`import loopml.api` pulls in no plotting, explaining, serving or scikit-learn; a fit (no report)
+    no plotting, explaining or serving; loading a model and predicting no scikit-learn either.
+
+    (torch._dynamo and torch._inductor do come with a fit: torch.optim imports them at first use.)"""
+    watched = HEAVY + TRAIN_ONLY
+    loaded = _modules_after(f"""
 import json, sys
 import numpy as np, pandas as pd
 import loopml.api
-after_import = sorted(m for m in HEAVY if m in sys.modules)
+after_import = sorted(m for m in {watched!r} if m in sys.modules)
 rng = np.random.default_rng(0)
-df = pd.DataFrame({"x": rng.normal(size=200), "c": rng.choice(["a", "b"], size=200)})
+df = pd.DataFrame({{"x": rng.normal(size=200), "c": rng.choice(["a", "b"], size=200)}})
 df["y"] = np.where(df.x > 0, "p", "n")
-loopml.api.Model(target="y", training={"epochs": 2}).fit(df, progress=False, cache_dir=False)
-print(json.dumps({"import": after_import, "fit": sorted(m for m in HEAVY if m in sys.modules)}))
-"""
-    heavy = ["matplotlib", "captum", "transformers", "fastapi", "onnx", "onnxruntime", "torchvision", "torchaudio"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", f"HEAVY = {heavy!r}\n{code}"], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+model = loopml.api.Model(target="y", training={{"epochs": 2}}).fit(df, progress=False, cache_dir=False)
+model.save("model")
+print(json.dumps({{"import": after_import, "fit": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
+""", tmp_path)
     assert loaded == {"import": [], "fit": []}
+    served = _modules_after(f"""
+import json, sys
+import loopml
+model = loopml.load("model")
+model.predict([{{"x": 0.5, "c": "a"}}, {{"x": -1.0, "c": "b"}}])
+print(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))
+""", tmp_path)
+    assert served == []
 
 
 @pytest.mark.parametrize("kind", ["binary", "category", "number"])
@@ -162,3 +178,13 @@ def test_one_metric_alone_equals_the_full_score(kind):
     full = score(pre, outputs, target)
     for name in names:
         assert score_one(pre, outputs, target, name) == pytest.approx(full[name], rel=1e-9, abs=1e-12), name
+
+
+def test_a_runtime_folder_others_may_write_is_not_trusted(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOOPML_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with th.ThreadShare(None, folder=shared / "training") as share:
+        assert share._file is None and share.threads == th.fair_share(th.available_cpus(), 1)

@@ -76,7 +76,7 @@ def test_kill_9_under_mixed_batch_traffic_loses_no_acknowledged_row(model_store)
     threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
-    time.sleep(4.0)
+    time.sleep(3.0)
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(10)
     stop.set()
@@ -288,3 +288,43 @@ def test_a_dead_process_spool_is_replayed_once_and_a_live_one_is_left_alone(tmp_
     log.close()
     os.close(dead_fd)
     alive.close(everything_committed=False)
+
+
+def test_a_spool_that_cannot_be_written_refuses_then_recovers(tmp_path, monkeypatch):
+    import asyncio
+    import errno
+
+    from loopml.serve.predlog import LogUnavailable
+
+    class Rows:
+        def __init__(self) -> None:
+            self.rows: list[dict] = []
+
+        def log_predictions(self, rows):
+            self.rows.extend(rows)
+
+    store = Rows()
+    log = PredictionLog(store, durability="fsync", spool_dir=tmp_path, interval_s=0.01)
+    real_append = log.spool.append
+    disk = {"full": True}
+
+    def append(requests):
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(requests)
+
+    monkeypatch.setattr(log.spool, "append", append)
+
+    async def scenario() -> None:
+        with pytest.raises(LogUnavailable):
+            await log.put([{"id": "p1"}])  # not acknowledged
+        assert log.health()["status"] == "unavailable" and "p1" not in log.pending
+        with pytest.raises(LogUnavailable):
+            await log.put([{"id": "p2"}])  # refused at once for a second
+        disk["full"] = False
+        await asyncio.sleep(1.1)
+        await log.put([{"id": "p3"}])  # one request tries again, and it works
+
+    asyncio.run(scenario())
+    log.close()
+    assert [r["id"] for r in store.rows] == ["p3"] and log.health()["status"] == "ok"

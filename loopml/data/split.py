@@ -7,7 +7,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import Field
-from sklearn.model_selection import train_test_split
 
 from loopml.data.read import _holds_arrays, row_hashes
 from loopml.errors import LoopmlError
@@ -117,6 +116,8 @@ def _strata(labels: np.ndarray, classification: bool) -> np.ndarray | None:
 
 
 def _take(items: np.ndarray, fraction: float, strata, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split  # here: loading or serving a model never needs it
+
     if fraction <= 0 or len(items) < 2:
         return items, items[:0]
     try:

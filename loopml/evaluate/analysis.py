@@ -12,7 +12,6 @@ import io
 import numpy as np
 import pandas as pd
 import torch
-from sklearn import metrics as skm
 
 from loopml.evaluate.metrics import classification_metrics, regression_metrics
 from loopml.features.pipeline import Preprocessor
@@ -35,6 +34,8 @@ def score(pre: Preprocessor, outputs: np.ndarray, target: np.ndarray) -> dict:
 
 def score_one(pre: Preprocessor, outputs: np.ndarray, target: np.ndarray, metric: str) -> float:
     """``score(...)[metric]`` without computing the other metrics (permutation importance asks ~50 times)."""
+    from sklearn import metrics as skm
+
     t = pre.target
     decoded, proba = t.decode(outputs)
     if t.kind == "number":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
 
 #: metrics where lower is better (everything else: higher is better)
 LOWER_IS_BETTER = {"loss", "log_loss", "mae", "rmse", "mse"}
@@ -11,6 +10,8 @@ LOWER_IS_BETTER = {"loss", "log_loss", "mae", "rmse", "mse"}
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list, threshold: float | None = None) -> dict:
     """``y_true`` holds class indices; ``proba`` is [n, n_classes]; ``threshold`` applies to binary tasks."""
+    from sklearn import metrics as skm  # here, not at import: loading or serving a model never needs it
+
     from loopml.features.target import predicted_class
 
     y_pred = predicted_class(proba, threshold)
@@ -66,6 +67,8 @@ def calibration(y_true: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict:
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    from sklearn import metrics as skm
+
     mse = float(skm.mean_squared_error(y_true, y_pred))
     return {
         "mae": float(skm.mean_absolute_error(y_true, y_pred)),

@@ -17,6 +17,7 @@ backoff and surface in ``health()`` (for /ready), the metrics and the server log
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -140,7 +141,7 @@ class PredictionLog:
                 seq = self.spool.append([rows for rows, _, _ in taken])
                 error = None
                 self.spool_error = None
-            except OSError as e:  # disk full, folder removed: refuse new rows until a write works again
+            except Exception as e:  # noqa: BLE001  (disk full, folder removed, or a bug: fail these requests, keep going)
                 error = e
                 if self.spool_error is None:
                     log.error("prediction spool write failed: %s", e)
@@ -153,7 +154,8 @@ class PredictionLog:
                     for row in rows:
                         self.pending.pop(row["id"], None)
                 if future is not None:
-                    loop.call_soon_threadsafe(_settle, future, error)
+                    with contextlib.suppress(RuntimeError):  # the event loop is closed: no one waits for the answer
+                        loop.call_soon_threadsafe(_settle, future, error)
 
     # -- the store thread ---------------------------------------------------------------------
     def _store_loop(self) -> None:
@@ -284,7 +286,9 @@ class PredictionLog:
             self._recovered()
             self.replayed_rows += total
             if total:
-                log.warning("prediction log: replayed %d rows from the spool of a stopped server (%s)", total, owner)
+                log.warning("prediction log: replayed %d rows from the spool of a stopped server (%s; rows already "
+                            "in the store skipped)",
+                            total, owner)
 
     def _replay(self, rows: list[dict]) -> None:
         try:

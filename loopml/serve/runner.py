@@ -71,11 +71,11 @@ def _check_finite_inputs(inputs: dict[str, torch.Tensor]) -> None:
     for column, tensor in inputs.items():
         if not isinstance(tensor, torch.Tensor) or not torch.is_floating_point(tensor):
             continue
-        bad = ~torch.isfinite(tensor)
-        if bad.any():
-            row = int(bad.reshape(len(tensor), -1).any(dim=1).nonzero()[0, 0])
-            raise LoopmlError(f"record {row}: {column}: the value is out of range for this model "
-                              "(not a finite number after preprocessing)")
+        if bool(tensor.isfinite().all()):
+            continue
+        row = int((~tensor.isfinite()).reshape(len(tensor), -1).any(dim=1).nonzero()[0, 0])
+        raise LoopmlError(f"record {row}: {column}: the value is out of range for this model "
+                          "(not a finite number after preprocessing)")
 
 
 class OnnxRunner(TorchRunner):

@@ -42,10 +42,11 @@ class Spool:
         return self.directory / f"{self.owner}.{seq:08d}.spool"
 
     def _open_next(self) -> None:
+        fd = os.open(self.path(self.seq + 1), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # may fail: no state changed
         with self._guard:
             previous = self.seq
             self.seq += 1
-            self._fd = os.open(self.path(self.seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._fd = fd
             self._opened_at, self._size = time.monotonic(), 0
             self.written[self.seq] = self.committed[self.seq] = 0
         if previous >= 0:

@@ -114,6 +114,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _owned(folder: Path) -> bool:
+    """``folder`` and its parent belong to this user and no one else may write to them."""
+    if not hasattr(os, "getuid"):
+        return True
+    for path in (folder, folder.parent):
+        info = path.lstat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022 or path.is_symlink():
+            return False
+    return True
+
+
 def live_trainings(folder: Path) -> int:
     """Trainings holding a pid file in ``folder`` whose process still runs (stale files are removed)."""
     count = 0
@@ -153,10 +164,13 @@ class ThreadShare(Callback):
             self._set(self.explicit)
             return self
         try:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.folder.mkdir(exist_ok=True, mode=0o700)
+            if not _owned(self.folder):  # e.g. /tmp/loopml-<uid> created by someone else: do not trust it
+                raise PermissionError(self.folder)
             self._file = self.folder / str(os.getpid())
             self._file.write_text("")
-        except OSError:  # no writable runtime folder: count this training alone
+        except OSError:  # no usable runtime folder: count this training alone
             self._file = None
         self.adjust()
         return self
