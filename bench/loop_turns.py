@@ -1,6 +1,6 @@
 """The loop over many turns, and retrains racing each other (bench/results/loop_turns.json).
 
-Turns: a champion trained from a CSV file, then T turns of (300 feedback rows from an upstream
+Turns: a champion trained from a CSV file, then T turns of (600 feedback rows from an upstream
 system that renamed its category values again -> `loopml retrain`), unattended; each turn must be
 gated and decided (and here, promoted). Races: R rounds of K `loopml retrain` processes started at
 once against one champion; every round must end with exactly one promotion, the others saying the
@@ -73,7 +73,7 @@ def turns(champion: Path, url: str, policy: Path, artifacts: Path, n: int) -> di
     env = {**os.environ, "LOOPML_ARTIFACTS": str(artifacts)}
     seconds, verdicts = [], []
     for turn in range(1, n + 1):
-        feed(store, make(300, 100 + turn, turn))
+        feed(store, make(600, 100 + turn, turn))
         start = time.perf_counter()
         out = subprocess.run(retrain_command(url, policy), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
         seconds.append(time.perf_counter() - start)
@@ -88,14 +88,16 @@ def race(champion: Path, url: str, policy: Path, artifacts: Path, racers: int) -
     store = Store(url, str(artifacts))
     store.register("clf", path=champion)
     store.promote("clf", 1)
-    feed(store, make(300, 7, 1))
+    feed(store, make(600, 7, 1))
     env = {**os.environ, "LOOPML_ARTIFACTS": str(artifacts)}
     procs = [subprocess.Popen(retrain_command(url, policy), env=env, cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(racers)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     promotions = [e for e in store.alias_history("clf", "production") if e["actor"] == "loopml retrain"]
     lost = sum("another retrain" in o or "champion moved" in o for o in outputs)
-    return {"promotions": len(promotions), "lost_lock_or_cas": lost, "exit_codes": [p.returncode for p in procs],
+    decided = [d for d in store.list_gate_decisions("clf") if d["candidate_version"] is not None]
+    return {"promotions": len(promotions), "candidates_decided": len(decided), "lost_lock_or_cas": lost,
+            "exit_codes": [p.returncode for p in procs],
             "last_lines": [o.strip().splitlines()[-1:] for o in outputs]}
 
 

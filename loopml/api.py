@@ -344,8 +344,7 @@ class Model:
 
     def explain(self, data: Source, rows: list[int] | None = None, n_steps: int = 32) -> list[dict]:
         """Integrated-gradients attributions for some rows of ``data`` (default: the first 5)."""
-        self._require_trained()
-        df = read_table(data, self.config.data)
+        df = self._read_inputs(data, coerce=False)  # the same values as predict reads, or an error
         rows = list(range(min(5, len(df)))) if rows is None else rows
         bad = [r for r in rows if not 0 <= r < len(df)]
         if bad:

@@ -201,15 +201,22 @@ def read_yaml(source: str | Path, what: str, sections: str) -> dict:
 
 #: far more than any real config needs, far less than Python's recursion limit (validation recurses)
 MAX_DEPTH = 32
+#: values counted with repeats: YAML anchors can expand a small file exponentially ("billion laughs")
+MAX_VALUES = 100_000
 
 
 def check_depth(value: Any, what: str) -> None:
-    """A one-line error for mappings/lists nested deeper than MAX_DEPTH (iterative: cannot overflow)."""
+    """A one-line error for mappings/lists nested deeper than MAX_DEPTH, or holding more than
+    MAX_VALUES values once anchors are expanded (iterative: cannot overflow the stack)."""
     stack = [(value, 0, "")]
+    seen = 0
     while stack:
         node, depth, where = stack.pop()
+        seen += 1
         if depth > MAX_DEPTH:
             raise LoopmlError(f"{what} nests more than {MAX_DEPTH} levels deep (at {where.lstrip('.')[:80]}...)")
+        if seen > MAX_VALUES:
+            raise LoopmlError(f"{what} holds more than {MAX_VALUES:,} values (anchors counted each time they are used)")
         if isinstance(node, dict):
             stack.extend((v, depth + 1, f"{where}.{k}") for k, v in node.items())
         elif isinstance(node, list | tuple):

@@ -21,12 +21,7 @@ from safetensors.torch import save_file
 from loopml.config import Config, resolve_feature
 from loopml.data.read import Source, fingerprint, read_table
 from loopml.data.split import SPLITS, split_frame
-from loopml.data.validate import (
-    check_enough_rows,
-    check_finite,
-    check_number_target,
-    non_numeric_in_number_columns,
-)
+from loopml.data.validate import check_enough_rows, check_training_values
 from loopml.errors import LoopmlError
 from loopml.features.base import FEATURE_TYPES
 from loopml.features.pipeline import Preprocessor
@@ -101,15 +96,7 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
     target_col = schema.target
     names = {name: _display_name(src) or (None if name == "data" else f"the {name} data")
              for name, src in sources.items() if src is not None}
-    check_number_target(frames, schema, names)
-    numbers = [c.name for c in schema.inputs if c.type == "number"]
-    numbers += [target_col] if schema.target_kind == "number" else []
-    non_finite = check_finite(frames, numbers, config.data.non_finite, names)
-    if non_finite:
-        report["non_finite_as_missing"] = non_finite
-    text_in_numbers = non_numeric_in_number_columns(frames, [c.name for c in schema.inputs if c.type == "number"], names)
-    if text_in_numbers:
-        report["non_numeric_as_missing"] = text_in_numbers
+    report.update(check_training_values(frames, schema, config.data.non_finite, names))
     dropped = {}
     for name in list(frames):
         missing = frames[name][target_col].isna() if target_col in frames[name] else None

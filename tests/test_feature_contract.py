@@ -1,6 +1,8 @@
 """The feature-type contract for every registered type, and the train/serve skew it guards against."""
 
+import datetime
 import json
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
@@ -138,6 +140,9 @@ def test_blank_target_is_missing_not_a_class():
     ("12345678901234567891", "12345678901234567891"), (float("inf"), "inf"), ("red ", "red"),
     (None, None), (float("nan"), None), (pd.NA, None), (pd.NaT, None), ("", None), ("   ", None),
     ("9" * 100, "9" * 100), ("1_000", "1_000"), ("nan", "nan"),
+    (Decimal("2.50"), "2.5"), (Decimal("2"), "2"), (pd.Timestamp("2020-01-02"), "2020-01-02"),
+    (datetime.date(2020, 1, 2), "2020-01-02"), (datetime.datetime(2020, 1, 2), "2020-01-02"),
+    (pd.Timestamp("2020-01-02 10:30"), "2020-01-02 10:30:00"), (b" x ", "x"),
 ])
 def test_canonical_key(value, key):
     assert canonical_key(value) == key

@@ -23,6 +23,7 @@ import pytest
 from test_bad_input import TRAIN, Run, Step, assert_user_error, cli, make_table, tree
 
 import loopml
+import loopml.config
 from loopml.errors import LoopmlError
 
 SCENARIOS: dict[str, Callable[[Path], list[list[str]]]] = {}
@@ -110,8 +111,7 @@ def _deep_config(cwd: Path) -> list[list[str]]:
     make_table().to_csv(cwd / "data.csv", index=False)
     (cwd / "lists.yaml").write_text("training: " + "[" * 10_000 + "]" * 10_000 + "\n")
     (cwd / "maps.yaml").write_text("training: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n")
-    (cwd / "forty.yaml").write_text("training:\n" + "".join("  " * i + f"  k{i}:\n" for i in range(40)) + "\n")
-    return [train_step("data.csv", "--config", name) for name in ("lists.yaml", "maps.yaml", "forty.yaml")]
+    return [train_step("data.csv", "--config", name) for name in ("lists.yaml", "maps.yaml")]
 
 
 @scenario
@@ -222,13 +222,32 @@ def test_one_row_file_says_too_few_rows(runs) -> None:
 
 def test_deeply_nested_config(runs) -> None:
     run = run_of(runs, "deep_config")
-    lists, maps, forty = run.steps
+    lists, maps = run.steps
     assert_user_error(lists, "config lists.yaml nests too deeply (at most 32 levels)")
     assert_user_error(maps, "config maps.yaml nests too deeply (at most 32 levels)")
-    assert_user_error(forty, "config forty.yaml nests more than 32 levels deep (at training.k0.k1.")
     for step in run.steps:
         assert "RecursionError" not in step.stderr
         assert_unchanged(run, step)
+
+
+def test_config_nesting_and_anchor_expansion_limits(tmp_path: Path) -> None:
+    """Nesting YAML can parse but validation could not, and anchors that expand a tiny file a
+    billion-fold ("billion laughs"): both refused before validation walks them."""
+    forty = tmp_path / "forty.yaml"
+    forty.write_text("training:\n" + "".join("  " * i + f"  k{i}:\n" for i in range(40)) + "\n")
+    with pytest.raises(LoopmlError, match=r"config forty.yaml nests more than 32 levels deep \(at training\.k0\.k1\."):
+        loopml.config.load_config(forty, target="Survived")
+    laughs = tmp_path / "laughs.yaml"
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    laughs.write_text("\n".join(lines) + "\ntarget: Survived\ntraining: {epochs: *a8}\n")
+    with pytest.raises(LoopmlError, match=r"config laughs.yaml holds more than 100,000 values"):
+        loopml.config.load_config(laughs)
+    with pytest.raises(LoopmlError, match=r"config nests more than 32 levels deep"):
+        deep: list = []
+        for _ in range(10_000):
+            deep = [deep]
+        loopml.config.load_config({"target": "Survived", "training": {"epochs": deep}})
 
 
 def test_number_target_with_text_values(runs) -> None:

@@ -222,6 +222,8 @@ def test_media_paths_resolve_against_media_root_and_stay_inside(image_server):
         assert str(media) not in detail and str(elsewhere) not in detail, (what, detail)
         details.add(detail)
     assert len(details) == 1, details  # one message whatever the reason: no existence oracle
+    for path in ("/v1/models", "/openapi.json"):  # a model served from a folder: not named by its server path
+        assert str(media.parent) not in server.client.get(path).text
 
 
 def test_decompression_bombs_are_refused_before_decoding(image_server):

@@ -22,6 +22,7 @@ from conftest import ROOT
 
 import loopml
 from loopml.registry import Store, db
+from test_registry import store_url  # noqa: F401  (the SQLite / PostgreSQL store fixture)
 
 CLI = [sys.executable, "-m", "loopml"]
 
@@ -177,15 +178,24 @@ def _fake_running_run(store: Store, host: str, pid: int) -> str:
     return run_id
 
 
-def test_reaper_keeps_live_runs_and_marks_dead_pids_on_this_host(tmp_path):
-    store = Store()
+def test_reaper_and_resume_on_sqlite_and_postgresql(store_url, tmp_path):
+    store = Store(store_url, str(tmp_path / "artifacts"))
     alive = store.start_run("x", {})  # this process
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     dead = _fake_running_run(store, socket.gethostname(), child.pid)
+    store.log_metrics(dead, 0, {"loss": 1.0})
+    store.log_metrics(dead, 1, {"loss": 0.5})
+    elsewhere = _fake_running_run(store, f"elsewhere-{uuid.uuid4().hex[:6]}", child.pid)
     assert store.get_run(dead)["status"] == "killed"
-    assert store.get_run(alive)["status"] == "running"
-    assert store.end_run(alive, "finished")["status"] == "finished"
+    assert store.get_run(alive)["status"] == "running" and store.get_run(elsewhere)["status"] == "running"
+    assert store.resume_run(dead) is True  # taken over by this process: live again, error cleared
+    resumed = store.get_run(dead)
+    assert resumed["status"] == "running" and resumed["pid"] == os.getpid() and resumed["error"] is None
+    store.forget_metrics_from(dead, 1)
+    assert [e["epoch"] for e in store.get_run(dead)["history"]] == [0]
+    assert store.end_run(dead, "finished")["status"] == "finished"
+    assert store.resume_run(dead) is False and store.resume_run("0" * 32) is False  # finished / unknown
 
 
 # -- item 4: --resume continues the run ------------------------------------------------------------------

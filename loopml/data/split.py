@@ -136,7 +136,7 @@ def rows_fingerprint(df: pd.DataFrame, columns: list[str]) -> str:
     for col in sorted(columns):
         values = df[col] if col in df.columns else pd.Series([None] * len(df))
         if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-            canonical[col] = values.to_numpy(dtype="float64")
+            canonical[col] = values.to_numpy(dtype="float64", na_value=np.nan)  # nullable Int64/boolean too
         elif _holds_arrays(values):  # in-memory images: row_hashes hashes their bytes
             canonical[col] = values.to_numpy()
         else:

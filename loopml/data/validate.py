@@ -111,6 +111,25 @@ def describe_coerced(counts: dict[str, int]) -> str:
     return f"coerced {sum(counts.values())} value(s) to missing: {parts}"
 
 
+def check_training_values(frames: dict[str, pd.DataFrame], schema, non_finite: Literal["error", "missing"],
+                          names: dict[str, str]) -> dict:
+    """The value checks of a training's data (every file of it), before anything is fitted.
+
+    Returns the report entries: values read as missing per column, by reason.
+    """
+    check_number_target(frames, schema, names)
+    numbers = [c.name for c in schema.inputs if c.type == "number"]
+    report = {}
+    counts = check_finite(frames, numbers + ([schema.target] if schema.target_kind == "number" else []),
+                          non_finite, names)
+    if counts:
+        report["non_finite_as_missing"] = counts
+    counts = non_numeric_in_number_columns(frames, numbers, names)
+    if counts:
+        report["non_numeric_as_missing"] = counts
+    return report
+
+
 def check_number_target(frames: dict[str, pd.DataFrame], schema, names: dict[str, str]) -> None:
     """A target set to (or inferred as) a number must hold numbers: name the first that is not."""
     if schema.target_kind != "number":

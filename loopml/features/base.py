@@ -7,6 +7,7 @@ registered in ``FEATURE_TYPES``.
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from typing import Any, ClassVar
@@ -60,7 +61,9 @@ def canonical_key(value: object) -> str | None:
         return _number_key(float(str(value)) if isinstance(value, np.float16 | np.float32) else float(value))
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
-    return _text_key(str(value))
+    if isinstance(value, datetime.datetime) and value.tzinfo is None and value.time() == datetime.time():
+        return value.strftime("%Y-%m-%d")  # a date column read as timestamps: the date, as a JSON client writes it
+    return _text_key(str(value))  # Decimal('2.50') -> '2.5' through the number-in-text rule
 
 
 def _text_key(value: str) -> str | None:

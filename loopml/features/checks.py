@@ -219,6 +219,9 @@ def check_missing_and_unseen(type_name: str, sample: Sample, where: str) -> None
                 raise AssertionError(f"{where}: {label} value {value!r} should be an error")
             continue
         tensor = feature.transform(_column(values, sample))
+        if label == "missing" and getattr(feature.config, "missing", None) == "drop":
+            dropped = feature.missing_rows(_column(values, sample))
+            assert dropped.all(), f"{where}: missing: drop keeps {values[int((~dropped).argmax())]!r}"
         for i in range(1, len(values) if label == "missing" else 1):  # every spelling of missing is one value
             _same(tensor[i : i + 1], tensor[:1], f"{where}: {label} {values[i]!r} vs {values[0]!r}")
         expect(feature, tensor)

@@ -28,8 +28,9 @@ def _strings(values: list, pad: str = "") -> list:
 # -- category -----------------------------------------------------------------------------------
 def _expect_category_missing(feature: FeatureType, tensor: torch.Tensor) -> None:
     vocab = feature.state["vocab"]
-    expected = vocab.index(MISSING_TOKEN) + 1 if MISSING_TOKEN in vocab else UNKNOWN
-    assert (tensor == expected).all(), f"missing values should be id {expected} ({MISSING_TOKEN}), got {tensor}"
+    token = feature.state["mode"] if feature.config.missing == "mode" else MISSING_TOKEN
+    expected = vocab.index(token) + 1 if token in vocab else UNKNOWN
+    assert (tensor == expected).all(), f"missing values should be id {expected} ({token}), got {tensor}"
 
 
 def _expect_category_unknown(feature: FeatureType, tensor: torch.Tensor) -> None:
@@ -57,6 +58,10 @@ def category_samples(folder: Path) -> list[Sample]:
                     "category": _series(colours, "category")},
             json_forms={"strings": colours, "padded strings": _strings(colours, " ")},
             other=_series(["a", "b", "a"], object), unseen=["purple", 3, "Red"], **common),
+        Sample(
+            "strings, missing: mode", {"missing": "mode"},
+            frames={"object": _series(colours, object), "string": _series(colours, "string")},
+            json_forms={"strings": colours}, other=_series(["a", "b", "a", None], object), unseen=["purple"], **common),
         Sample(
             "booleans with gaps", {},
             frames={"object": _series(flags, object), "boolean": _series(flags, "boolean"),
@@ -99,6 +104,10 @@ def binary_samples(folder: Path) -> list[Sample]:
             frames={"object": _series(words, object), "string": _series(words, "string")},
             json_forms={"strings": words, "padded strings": _strings(words, " ")},
             other=_series(["t", "f", "f"], object), unseen=["perhaps"], **common),
+        Sample(
+            "0/1, missing: drop", {"missing": "drop"},
+            frames={"float64": _series(bits, "float64"), "object": _series(bits, object)},
+            json_forms={"ints": bits}, other=_series([1, 0, 0], "int64"), unseen=[7], **common),
     ]
 
 

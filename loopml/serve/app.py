@@ -84,6 +84,7 @@ def load_served(settings: ServeSettings, store) -> Served:
     else:
         model, name, number = loopml.load(reference), Path(reference).resolve().name, 0
         onnx_path = Path(".loopml/onnx") / f"{name}.onnx"
+        reference = name  # what clients see (/v1/models, /docs): never a server path
     if settings.media_root:
         model.config.data.media_root = settings.media_root
     runner = make_runner(model, settings.backend, onnx_path, settings.threads, settings.media_root)
