@@ -77,8 +77,8 @@ def turns(champion: Path, url: str, policy: Path, artifacts: Path, n: int) -> di
         start = time.perf_counter()
         out = subprocess.run(retrain_command(url, policy), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
         seconds.append(time.perf_counter() - start)
-        verdicts.append("PROMOTED" if "PROMOTED" in out.stdout else "rejected" if "rejected" in out.stdout else
-                        f"error rc={out.returncode}: {(out.stdout + out.stderr).strip().splitlines()[-1:]}")
+        last = (out.stdout + out.stderr).strip().splitlines()[-1:]
+        verdicts.append(f"rc={out.returncode}: {last[0] if last else ''}")
     decided = [d for d in store.list_gate_decisions("clf") if d["candidate_version"] is not None]
     return {"turns": n, "verdicts": verdicts, "decided": len(decided), "seconds_per_turn": seconds,
             "production_version": store.alias_version("clf", "production")}

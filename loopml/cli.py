@@ -74,7 +74,8 @@ def train(
     data: DataOpt,
     target: TargetOpt = None,
     config: ConfigOpt = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Model directory to write.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Model directory to write (default: a new models/<target>-<date>-<time>-<id>).")] = None,
     validation: Annotated[Path | None, typer.Option(help="Separate validation file.")] = None,
     test: Annotated[Path | None, typer.Option(help="Separate test file.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,

@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT
+from test_registry import store_url  # noqa: F401  (the SQLite / PostgreSQL store fixture)
 
 import loopml
 from loopml.registry import Store, db
-from test_registry import store_url  # noqa: F401  (the SQLite / PostgreSQL store fixture)
 
 CLI = [sys.executable, "-m", "loopml"]
 
@@ -149,6 +149,18 @@ def test_resume_without_output_and_overwrite_of_a_foreign_folder_are_refused_up_
     assert not Store().list_runs()  # refused before any run was recorded
 
 
+def test_default_output_names_are_fresh_and_safe(tmp_path):
+    from loopml.train.workdir import claim_output
+
+    claims = [claim_output(None, "../odd/target name", root=tmp_path / "models") for _ in range(5)]
+    names = {c.output.name for c in claims}
+    assert len(names) == 5 and all(n.startswith("odd_target_name-") for n in names)
+    assert all(c.output.parent == tmp_path / "models" and c.checkpoints.is_dir() for c in claims)
+    for c in claims:
+        c.release(keep_checkpoints=False)
+    assert not (tmp_path / "models").exists()  # nothing written: nothing left behind
+
+
 # -- item 3: kill -9 -------------------------------------------------------------------------------------
 def test_a_run_killed_with_sigkill_is_reported_killed(tmp_path, small_csv):
     store = Store()
@@ -178,7 +190,7 @@ def _fake_running_run(store: Store, host: str, pid: int) -> str:
     return run_id
 
 
-def test_reaper_and_resume_on_sqlite_and_postgresql(store_url, tmp_path):
+def test_reaper_and_resume_on_sqlite_and_postgresql(store_url, tmp_path):  # noqa: F811
     store = Store(store_url, str(tmp_path / "artifacts"))
     alive = store.start_run("x", {})  # this process
     child = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -38,14 +39,29 @@ class OutputClaim:
     checkpoints: Path
     notes: list[str] = field(default_factory=list)
     _lock: IO | None = None
+    #: parent folders this claim created: removed again (when empty) if no model was written
+    _made: list[Path] = field(default_factory=list)
 
     def release(self, keep_checkpoints: bool) -> None:
         """Drop the claim; the checkpoint folder stays only when asked (an interrupted run)."""
         if not keep_checkpoints:
             shutil.rmtree(self.checkpoints, ignore_errors=True)  # still locked: nobody else is inside
+            if not self.output.exists():
+                for folder in self._made:
+                    try:
+                        folder.rmdir()
+                    except OSError:  # not empty: another run uses it too
+                        break
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """mkdir -p, returning the folders it created, deepest first."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -58,22 +74,22 @@ def claim_output(output: Path | None, default_name: str, *, overwrite: bool = Fa
     if output is None:
         if resume:
             raise LoopmlError("--resume needs --output: the model directory of the interrupted run")
-        return _claim_fresh(root, default_name)
+        return _claim_fresh(root, re.sub(r"[^A-Za-z0-9_.-]+", "_", default_name).strip("._") or "model")
     return _claim_named(Path(output), overwrite, resume)
 
 
 def _claim_fresh(root: Path, name: str) -> OutputClaim:
-    root.mkdir(parents=True, exist_ok=True)
+    made = _make_parents(root)
     for _ in range(100):
         out = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         partial = checkpoint_dir(out)
         if out.exists():
             continue
         try:
-            partial.mkdir()  # exclusive: a name another process just took fails here
+            partial.mkdir(parents=True)  # exclusive: a name another process just took fails here
         except FileExistsError:
             continue
-        claim = OutputClaim(out, partial, _lock=_lock(partial, out))
+        claim = OutputClaim(out, partial, _lock=_lock(partial, out), _made=made)
         if claim._lock is None or out.exists():  # pragma: no cover - another process raced us for a random name
             claim.release(keep_checkpoints=True)
             continue
@@ -88,13 +104,14 @@ def _claim_named(out: Path, overwrite: bool, resume: bool) -> OutputClaim:
         raise LoopmlError(f"refusing to overwrite {out}: it is not a loopml model directory")
     partial = checkpoint_dir(out)
     created = not partial.exists()
-    partial.mkdir(parents=True, exist_ok=True)
+    made = _make_parents(out.parent)
+    partial.mkdir(parents=True, exist_ok=True)  # parents again: a failing run may have removed an empty one
     handle = _lock(partial, out)
     if handle is None:
         owner = _owner(partial)
         raise LoopmlError(f"output {out} is being written by another training ({owner}); "
                           "choose another --output or wait for it to finish")
-    claim = OutputClaim(out, partial, _lock=handle)
+    claim = OutputClaim(out, partial, _lock=handle, _made=made)
     # checked again under the lock: a run that finished meanwhile has written the output
     if out.exists() and not overwrite:
         claim.release(keep_checkpoints=not created)
