@@ -231,3 +231,21 @@ def test_a_model_trained_from_csv_serves_json_values_as_trained(tmp_path):
     served = runner.predict([request_model.model_validate(r).model_dump(by_alias=True) for r in as_bools])
     ints = runner.predict([{"level": 2, "flag": None if pd.isna(v) else int(v), "noise": 0.0} for v in rows["flag"]])
     assert served == ints
+
+
+def test_jsonl_reads_values_as_the_server_does(tmp_path):
+    """No dates guessed from column names, floats exactly as written (pandas' reader rounds some)."""
+    rows = [{"date": "2020-01-01", "v": 1.0000000000000002, "c": 2}, {"date": "2020-01-02", "v": 0.1 + 0.2, "c": None}]
+    rng = np.random.default_rng(0)
+    rows += [{"date": "2020-01-03", "v": float(x), "c": 1} for x in rng.random(500) * 1000]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    df = read_table(path)
+    assert df["date"].tolist()[:2] == ["2020-01-01", "2020-01-02"]
+    assert df["v"].tolist() == [r["v"] for r in rows]
+    array = tmp_path / "rows.json"
+    array.write_text(json.dumps(rows[:2]))
+    assert read_table(array)["v"].tolist() == [r["v"] for r in rows[:2]]
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(LoopmlError, match="record 2 is not a JSON object"):
+        read_table(tmp_path / "bad.jsonl")

@@ -145,10 +145,10 @@ def source_columns(type_name: str, sample: Sample, folder: Path) -> dict[str, pd
 def served_frame(type_name: str, payload: list[dict], media_dir: Path | None = None) -> pd.DataFrame:
     """JSON records as the server turns them into a frame: its request model, then its runner's frame."""
     from loopml.features.pipeline import records_frame
-    from loopml.serve.schema import input_model
+    from loopml.serve.schema import input_model, request_records
 
     request_model = input_model("check", {COLUMN: type_name}, [])
-    records = [request_model.model_validate(row).model_dump(by_alias=True) for row in payload]
+    records = request_records([request_model.model_validate(row) for row in payload])
     frame = records_frame(records, [COLUMN])
     if media_dir is not None:
         frame.attrs["base_dir"] = str(media_dir)

@@ -28,7 +28,7 @@ from loopml.serve.batcher import Batcher, BatchFailed, QueueFull
 from loopml.serve.limits import LimitsAndMetrics
 from loopml.serve.metrics import ServerMetrics
 from loopml.serve.predlog import DURABILITY, LogUnavailable, PredictionLog, default_spool_dir, parse_retention
-from loopml.serve.schema import FeedbackResponse, ModelInfo, PredictResponse, StrictJSONResponse, printable
+from loopml.serve.schema import FeedbackResponse, ModelInfo, PredictResponse, StrictJSONResponse, printable, request_records
 from loopml.serve.swap import LoadFailure, input_schema, predict_body, rebind, request_models
 
 log = logging.getLogger("loopml.serve")
@@ -275,7 +275,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise _HTTP(422, "body: an empty list has nothing to predict")
         if len(items) > settings.max_records:
             raise _HTTP(413, f"body: at most {settings.max_records} records per request")
-        records = [item.model_dump(by_alias=True) for item in items]
+        records = request_records(items)  # the conversion the feature contract checks
         start = time.perf_counter()
         try:
             results = await batcher.submit(records)

@@ -80,6 +80,11 @@ def input_model(model_name: str, feature_types: dict[str, str], skipped: list[st
     return create_model(title, __config__=ConfigDict(**STRICT, populate_by_name=False), **fields)
 
 
+def request_records(items: list[BaseModel]) -> list[dict]:
+    """Validated request records as the runner's frame reads them ({column: value as sent})."""
+    return [item.model_dump(by_alias=True) for item in items]
+
+
 class Prediction(BaseModel):
     prediction_id: str
     prediction: Any = Field(description="the predicted class, or number for regression")
