@@ -33,7 +33,7 @@ from bench.common import write_result  # noqa: E402
 from loopml.registry import Store  # noqa: E402
 
 POLICY = {"data": {"holdout_fraction": 0.3, "min_holdout": 30, "feedback_weight": 3},
-          "gate": {"metric": "accuracy", "margin": 0.01, "max_test_regression": 0.02}, "train": {"training": {"epochs": 8}}}
+          "gate": {"metric": "accuracy", "margin": 0.01, "max_test_regression": 0.02}, "train": {"training": {"epochs": 12}}}
 
 
 def make(n: int, seed: int, turn: int = 0) -> pd.DataFrame:

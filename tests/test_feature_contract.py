@@ -142,7 +142,8 @@ def test_blank_target_is_missing_not_a_class():
     ("9" * 100, "9" * 100), ("1_000", "1_000"), ("nan", "nan"),
     (Decimal("2.50"), "2.5"), (Decimal("2"), "2"), (pd.Timestamp("2020-01-02"), "2020-01-02"),
     (datetime.date(2020, 1, 2), "2020-01-02"), (datetime.datetime(2020, 1, 2), "2020-01-02"),
-    (pd.Timestamp("2020-01-02 10:30"), "2020-01-02 10:30:00"), (b" x ", "x"),
+    (pd.Timestamp("2020-01-02 10:30"), "2020-01-02 10:30:00"), (b" x ", "x"), ("2\u0662", "2\u0662"),
+    ("\ud800", "\ud800"), (".5", "0.5"), ("5.", "5"), ("-0", "0"), ("1e999", "inf"),
 ])
 def test_canonical_key(value, key):
     assert canonical_key(value) == key

@@ -145,8 +145,8 @@ def test_gate_uses_the_champions_test_file_and_refuses_when_it_changed(tmp_path,
 
 
 # -- item: bad feedback rows are skipped and counted ----------------------------------------------
-def test_bad_feedback_rows_are_skipped_counted_and_never_stop_a_retrain(champion_dir, tmp_path, capsys):
-    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+def test_bad_feedback_rows_are_skipped_counted_and_never_stop_a_retrain(champion_dir, tmp_path, store_url, capsys):
+    store = _store(store_url, tmp_path, champion_dir)
     good = make(300, 4, CODES[1])
     _feed(store, good.iloc[:150])
     row = good.iloc[0].drop("label").to_dict()

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict
 
 from loopml.plugins import Registry
 
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_INTEGER = re.compile(r"[+-]?\d+")
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 _LONGEST_NUMBER = 64
 _NUMBER_START = set("0123456789+-.")
 _BOOLEAN_WORDS = {"true": "1", "false": "0"}
