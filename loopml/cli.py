@@ -264,7 +264,9 @@ def explain(
     explanation_section(report, explanations)
     path = report.write(output or folder / "explain.html")
     _atomic_write(path.with_suffix(".json"), json.dumps({"importance": importance, "rows": explanations}))
-    if importance:
+    if importance and importance.get("unavailable"):
+        typer.echo(f"feature importance not computed: {importance['unavailable']}")
+    elif importance:
         top = ", ".join(f"{f['feature']} ({f['mean']:.4f})" for f in importance["features"][:5])
         typer.echo(f"top features by {importance['metric']} drop: {top}")
     typer.echo(f"explanations: {path} and {path.with_suffix('.json')}")

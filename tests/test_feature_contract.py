@@ -232,6 +232,9 @@ def test_a_model_trained_from_csv_serves_json_values_as_trained(tmp_path):
     served = runner.predict([request_model.model_validate(r).model_dump(by_alias=True) for r in as_bools])
     ints = runner.predict([{"level": 2, "flag": None if pd.isna(v) else int(v), "noise": 0.0} for v in rows["flag"]])
     assert served == ints
+    for third in (2, "yes", 0.5):  # the same rule as `loopml predict`: a third value is refused, not read as the fill
+        with pytest.raises(LoopmlError, match="flag: .* is not one of the two values seen in training"):
+            runner.predict([{"level": 2, "flag": 1, "noise": 0.0}, {"level": 2, "flag": third, "noise": 0.0}])
 
 
 def test_jsonl_reads_values_as_the_server_does(tmp_path):

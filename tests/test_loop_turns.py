@@ -98,6 +98,7 @@ def test_three_turns_in_a_row_each_gated_and_promoted(champion_dir, tmp_path, ca
         out = capsys.readouterr().out
         assert f"candidate clf:{turn + 1} PROMOTED" in out, out
         assert store.resolve("clf@production")["version"] == turn + 1
+        assert (Path(store.resolve("clf@production")["path"]) / "report.html").is_file()  # retrained versions have a report
     decisions = [d for d in store.list_gate_decisions("clf") if d["candidate_version"] is not None]
     assert [(d["candidate_version"], d["champion_version"], d["promoted"]) for d in decisions] == \
         [(2, 1, True), (3, 2, True), (4, 3, True)]

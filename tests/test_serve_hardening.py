@@ -342,3 +342,70 @@ def test_metrics_aggregate_all_workers(registered):  # noqa: F811
     finally:
         assert server.stop()
     assert not (set(glob.glob(f"{tempfile.gettempdir()}/loopml-metrics-*")) - before)  # removed when it stops
+
+
+# -- a swap to other input columns while a request waits -------------------------------------------
+def test_a_request_validated_for_old_columns_is_not_answered_by_a_version_with_other_columns(tmp_path, monkeypatch):
+    """Request B is validated against v1's columns and queued behind A; v2 (other columns) is promoted before B
+    reaches the runner. B must not be answered by v2 with its columns dropped: 503, send it again."""
+    import threading
+    import time
+
+    import numpy as np
+    import pandas as pd
+    from fastapi.testclient import TestClient
+
+    import loopml
+    from loopml.registry import Store
+    from loopml.serve import runner as runner_module
+    from loopml.serve.app import ServeSettings, create_app
+
+    rng = np.random.default_rng(0)
+    x1 = rng.normal(size=200)
+    old = pd.DataFrame({"x1": x1, "color": rng.choice(["red", "blue"], size=200), "label": np.where(x1 > 0, "y", "n")})
+    new = pd.DataFrame({"x1": x1, "depth": rng.normal(size=200), "label": old["label"]})
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    store = Store(url, str(tmp_path / "artifacts"))
+    for i, frame in enumerate((old, new), start=1):
+        model = loopml.Model(target="label", training={"epochs": 1, "seed": i}).fit(frame, progress=False, cache_dir=False)
+        store.register("w", path=model.save(tmp_path / f"m{i}"))
+    store.promote("w", 1)
+
+    entered, release = threading.Event(), threading.Event()
+    original = runner_module.TorchRunner.predict
+
+    def held(self, records):  # request A (x1 = 111) holds the runner until released
+        if records and records[0].get("x1") == 111.0:
+            entered.set()
+            release.wait(30)
+        return original(self, records)
+
+    monkeypatch.setattr(runner_module.TorchRunner, "predict", held)
+    settings = ServeSettings(model="w@production", store=url, artifacts=str(tmp_path / "artifacts"), poll_interval_s=0.05,
+                             monitor_interval_s=0, log_durability="none", max_wait_ms=0)
+    with TestClient(create_app(settings)) as client:
+        answers = {}
+
+        def send(key, body):
+            answers[key] = client.post("/v1/models/w/predict", json=body)
+
+        a = threading.Thread(target=send, args=("a", {"x1": 111.0, "color": "red"}))
+        a.start()
+        assert entered.wait(30)
+        b = threading.Thread(target=send, args=("b", {"x1": 1.0, "color": "blue"}))
+        b.start()
+        time.sleep(0.3)  # B validated against v1's columns and waiting in the queue
+        store.promote("w", 2)
+        deadline = time.time() + 30
+        while client.get("/v1/models").json()[0]["version"] != 2:
+            assert time.time() < deadline, "no swap"
+            time.sleep(0.05)
+        release.set()
+        a.join(30)
+        b.join(30)
+        assert answers["a"].status_code == 200 and answers["a"].json()["version"] == 1
+        assert answers["b"].status_code == 503, answers["b"].text  # not silently answered by v2 without 'color'
+        assert "send it again" in answers["b"].json()["detail"]
+        again = client.post("/v1/models/w/predict", json={"x1": 1.0, "color": "blue"})
+        assert again.status_code == 422 and "color" in again.json()["detail"]
+        assert client.post("/v1/models/w/predict", json={"x1": 1.0, "depth": 0.5}).json()["version"] == 2

@@ -44,7 +44,11 @@ def permutation_importance(
     def metric_of(inputs: dict[str, torch.Tensor]) -> float:
         return float(score(predict_batches(network, inputs, batch_size), data.target)[metric])
 
-    baseline = metric_of(data.inputs)
+    try:
+        baseline = metric_of(data.inputs)
+    except KeyError:  # the scorer omits a metric the rows cannot define (roc_auc with one class present)
+        return {"metric": metric, "baseline": None, "repeats": repeats, "rows": len(data), "features": [],
+                "unavailable": f"{metric} cannot be computed on these rows (only one class present?)"}
     features = []
     for column in network.columns:
         drops = []

@@ -216,6 +216,10 @@ def _worst_section(report: Report, ev: dict) -> None:
 
 
 def importance_section(report: Report, imp: dict, where: str) -> None:
+    if imp.get("unavailable"):
+        report.add("importance", "Feature importance",
+                   f'<p class="muted">Not computed on the {html.escape(where)} rows: {html.escape(imp["unavailable"])}.</p>')
+        return
     rows = [[f["feature"], f["mean"], f["std"]] for f in imp["features"]]
     report.add("importance", "Feature importance", report.figure("importance", plots.importance(imp))
                + f'<p class="muted">Permutation importance on {imp["rows"]} {html.escape(where)} rows; '

@@ -154,7 +154,7 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
                "training_data": sorted({p["source"] for p in record.get("train", []) if p.get("source")}),
                "training_rows": len(parts["train"]) + len(extra) * policy.data.feedback_weight}
     with tempfile.TemporaryDirectory() as tmp:
-        candidate.save(Path(tmp) / "candidate")  # tracked: the run now holds the artifact
+        candidate.save(Path(tmp) / "candidate", report=True)  # tracked: the run now holds the artifact, report included
         pause_point("retrain.before_decide")
         outcome = store.register_decided(name, run=candidate.run_id, description=f"retrained: {reason}", lineage=lineage,
                                          champion_version=champion_number, alias=policy.alias, promote=promoted,

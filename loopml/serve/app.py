@@ -107,6 +107,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     pre = first.model.preprocessor
     Input, Feedback = request_models(first)
     state["input_model"] = Input.__name__
+    # which columns a request was validated against, and which columns each served version reads: a swap to
+    # other columns while a request waits must not answer it with columns dropped or read as missing
+    validated_with: dict[type, tuple] = {Input: input_schema(first)}
+    schema_of: dict[int, tuple] = {first.version: input_schema(first)}
     load_failure = LoadFailure()
     alias = settings.model.split("@", 1)[1] if "@" in settings.model and not Path(settings.model).exists() else None
 
@@ -181,8 +185,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
             metrics.failed_version.labels(current.name).set(version)
             log.error("%s:%s failed to load, still serving version %s: %s", current.name, version, current.version, e)
             return False
+        schema_of[new.version] = input_schema(new)
         if input_schema(new) != input_schema(current):  # validation and docs follow the new columns
             new_input, new_feedback = request_models(new)
+            validated_with[new_input] = input_schema(new)
             rebind(app, {"predict": predict_body(new_input), "feedback": new_feedback})
             state["input_model"] = new_input.__name__
             log.info("input schema changed with %s:%s: request models and OpenAPI rebuilt", new.name, new.version)
@@ -275,6 +281,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise _HTTP(422, "body: an empty list has nothing to predict")
         if len(items) > settings.max_records:
             raise _HTTP(413, f"body: at most {settings.max_records} records per request")
+        validated = validated_with.get(type(items[0]))
+        if validated != schema_of.get(served.version):
+            raise _SchemaMoved()
         records = request_records(items)  # the conversion the feature contract checks
         start = time.perf_counter()
         try:
@@ -286,6 +295,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         except BatchFailed as e:
             log.error("inference failed: %s", e)
             raise _HTTP(500, "inference failed (a server error, logged); retry or report it") from None
+        if any(schema_of.get(r["version"]) != validated for r in results):
+            raise _SchemaMoved()
         latency_ms = (time.perf_counter() - start) * 1000
         now = time.time()
         out, rows = [], []
@@ -401,6 +412,12 @@ def _same_secret(given: str, expected: str) -> bool:
 class _HTTP(Exception):  # noqa: N818  (a response, not a failure)
     def __init__(self, status: int, detail: str) -> None:
         self.status, self.detail = status, detail
+
+
+class _SchemaMoved(_HTTP):
+    def __init__(self) -> None:
+        super().__init__(503, "a version with other input columns was promoted while this request waited; "
+                              "send it again (it will be checked against the new columns)")
 
 
 def _check_label(target, label: object) -> object:

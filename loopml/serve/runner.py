@@ -25,6 +25,7 @@ class TorchRunner:
         #: request media paths are relative to this folder and confined to it (default: the working directory)
         self.media_root = Path(media_root or Path.cwd()).expanduser().resolve()
         self.media_columns = [c for c, f in self.pre.features.items() if f.config.type in ("image", "audio")]
+        self.binary_columns = [c for c, f in self.pre.features.items() if f.config.type == "binary"]
         if threads:
             torch.set_num_threads(threads)
         model.network.eval()
@@ -39,6 +40,7 @@ class TorchRunner:
     def predict(self, records: list[dict]) -> list[dict]:
         frame = self.frame(records)
         self._check_media(frame)
+        self._check_binary(frame)
         frame.attrs["base_dir"] = str(self.media_root)
         inputs = self.pre.transform(frame)
         _check_finite_inputs(inputs)
@@ -53,6 +55,17 @@ class TorchRunner:
                                   "the training range?)")
             out.append({"prediction": value, "probabilities": probabilities})
         return out
+
+    def _check_binary(self, frame: pd.DataFrame) -> None:
+        """A third value in a binary column is refused, as ``loopml predict`` refuses it (not read as the fill)."""
+        for column in self.binary_columns:
+            feature = self.pre.features[column]
+            bad = np.asarray(feature.unusable(frame[column]), dtype=bool)
+            if bad.any():
+                i = int(bad.nonzero()[0][0])
+                seen = ", ".join(repr(v) for v in feature.state.get("values", []))
+                raise LoopmlError(f"record {i}: {column}: {repr(frame[column].iloc[i])[:120]} is not one of the two "
+                                  f"values seen in training ({seen})")
 
     def _check_media(self, frame: pd.DataFrame) -> None:
         for column in self.media_columns:
