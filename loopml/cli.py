@@ -175,6 +175,8 @@ def evaluate(
     """Score a saved model on labelled data and write an HTML report of it."""
     from loopml.evaluate.report import model_report
 
+    if output:
+        _check_output_file(output, (data,))
     m, name, folder = _open_model(model, store)
     evaluation = m.evaluation_of(data, data.stem, coerce=coerce)
     _note_coerced(m.last_coerced)
@@ -309,12 +311,21 @@ def serve(
 
     from loopml.serve.app import ServeSettings, create_app
 
+    if not 1 <= port <= 65535:
+        raise _user_error(f"--port {port} is not a port (1 to 65535)")
+    for option, value in (("--workers", workers), ("--max-batch-size", max_batch_size), ("--max-queue", max_queue),
+                          ("--threads", 1 if threads is None else threads)):
+        if value < 1:
+            raise _user_error(f"{option} must be at least 1 (got {value})")
+    if max_wait_ms < 0 or monitor_interval < 0:
+        raise _user_error("--max-wait-ms and --monitor-interval cannot be negative")
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, port)}
     except socket.gaierror:
         raise _user_error(f"cannot resolve --host {host!r}") from None
     if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses) and not admin_token:
         raise _user_error(f"refusing to bind {host} (not loopback) without --admin-token (or LOOPML_ADMIN_TOKEN)")
+    _check_port_free(host, port)
     from loopml.errors import did_you_mean
     from loopml.serve.predlog import DURABILITY, parse_retention
 
@@ -336,8 +347,9 @@ def serve(
                              log_retention_interval_s=log_retention_interval)
     if media_root and not Path(media_root).expanduser().is_dir():
         raise _user_error(f"--media-root is not a folder: {media_root}")
-    _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
     if workers > 1:
+        _check_loadable(settings)  # a worker that cannot load its model is respawned by uvicorn, forever
+        _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
         from loopml.serve.metrics import multiprocess_dir
 
         os.environ["LOOPML_SERVE"] = settings.model_dump_json()
@@ -345,7 +357,36 @@ def serve(
             uvicorn.run("loopml.serve.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
                         log_level="warning", timeout_graceful_shutdown=30)
     else:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+        application = create_app(settings)  # a model that cannot be served is its one error line, before "serving"
+        _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
+        uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def _check_loadable(settings) -> None:
+    """The model each worker will load, loaded once here: its error is one line before any worker starts."""
+    import loopml
+    from loopml.registry import Store
+    from loopml.registry.store import REF
+
+    if REF.match(settings.model) and not Path(settings.model).exists():
+        loopml.load(Store(settings.store, settings.artifacts).resolve(settings.model)["path"])
+    else:
+        loopml.load(settings.model)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A port another process listens on is the user's problem (one line, exit 2), not uvicorn's exit 3."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise _user_error(f"cannot listen on {host}:{port}: "
+                              f"{'the port is in use' if e.errno == errno.EADDRINUSE else e.strerror}") from None
 
 
 def _open_model(ref: str, store: str | None):
@@ -385,6 +426,8 @@ def predict(
     """Predict labels (and class probabilities) for every row of a file."""
     from loopml.data.read import read_table
 
+    if output is not None:
+        _check_output_file(output, (data,), (".csv", ".tsv", ".jsonl", ".parquet"))
     m = _open_model(model, store)[0]
     frame = read_table(data, m.config.data)
     out = m.predictions(frame, coerce=coerce)
@@ -401,8 +444,11 @@ def predict(
     if suffix not in writers:
         raise _user_error(f"cannot write {output.name}: use .csv, .tsv, .jsonl or .parquet")
     tmp = output.with_name(f".{output.name}.tmp")
-    writers[suffix](tmp)
-    os.replace(tmp, output)
+    try:
+        writers[suffix](tmp)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
     typer.echo(f"{len(out)} predictions written to {output}")
 
 
@@ -486,8 +532,23 @@ def _print_metrics(metrics: dict) -> None:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_output_file(output: Path, inputs: tuple[Path, ...] = (), suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse an output file that cannot be written, before any work (and never over an input file)."""
+    if suffixes and output.suffix.lower() not in suffixes:
+        raise _user_error(f"cannot write {output.name}: use {', '.join(suffixes[:-1])} or {suffixes[-1]}")
+    if output.is_dir():
+        raise _user_error(f"output {output} is a directory: give a file name")
+    if not output.parent.is_dir():
+        raise _user_error(f"output folder {output.parent} does not exist")
+    if any(output.exists() and i.exists() and output.samefile(i) for i in inputs):
+        raise _user_error(f"output {output} is the input file: choose another name")
 
 
 def _user_error(message: str) -> Exception:
@@ -500,7 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     from loopml.errors import LoopmlError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click returns a raised typer.Exit's code instead of exiting with it
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            return code
     except LoopmlError as e:
         _echo(f"error: {e}")
         return 2

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +44,47 @@ def test_unstratified_split_with_a_one_class_validation_trains_and_marks_importa
     importance = json.loads((tmp_path / "out" / "evaluation.json").read_text())["importance"]
     assert importance["features"] == [] and "roc_auc" in importance["unavailable"]
     assert "Not computed on the validation rows" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_ctrl_c_during_training_exits_130_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path):
+    from loopml.registry import Store
+
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"x": rng.normal(size=120), "label": rng.choice(["a", "b"], 120)}).to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "c.yaml").write_text("target: {column: label}\ntraining: {epochs: 5000, early_stopping: {patience: 5000}}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(CLI + ["train", "-d", "d.csv", "-c", "c.yaml", "-q", "-o", "m"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "m.partial" / "last.safetensors").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err  # an interrupted training is not a success (`train && predict`)
+    assert "--resume" in err and "Traceback" not in err
+    assert (tmp_path / "m.partial" / "last.safetensors").exists() and not (tmp_path / "m").exists()
+    assert [r["status"] for r in Store().list_runs()] == ["killed"]
+
+
+def test_predict_and_evaluate_refuse_unwritable_outputs_up_front_and_never_overwrite_the_input(tmp_path):
+    import loopml
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60).round(3), "label": rng.choice(["a", "b"], 60)})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    loopml.Model(target="label", training={"epochs": 1}).fit(frame).save(tmp_path / "m", report=False)
+    (tmp_path / "adir").mkdir()
+    cases = {
+        ("predict", "nodir/sub/p.csv"): "output folder nodir/sub does not exist",
+        ("evaluate", "nodir/e.json"): "output folder nodir does not exist",
+        ("evaluate", "adir"): "output adir is a directory",
+        ("predict", "d.csv"): "output d.csv is the input file",
+        ("evaluate", "./d.csv"): "output d.csv is the input file",
+    }
+    before = (tmp_path / "d.csv").read_bytes()
+    for (command, output), message in cases.items():
+        assert message in _user_error(_cli([command, "m", "-d", "d.csv", "-o", output], tmp_path))
+    assert (tmp_path / "d.csv").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "d.csv", "m"]  # no temp file, no report
+    assert list((tmp_path / "adir").iterdir()) == []

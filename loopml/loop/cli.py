@@ -21,9 +21,17 @@ def monitor_command(
     store: StoreOpt = None,
 ) -> None:
     """Input and prediction drift of the logged traffic, and live metrics from feedback (stored per window)."""
+    from loopml.errors import LoopmlError
     from loopml.loop.monitor import monitor
     from loopml.registry import Store
 
+    # 0 would silently mean "the whole log" (and a negative --window an empty future one): refuse both
+    if last is not None and last < 1:
+        raise LoopmlError(f"--last must be at least 1 (got {last})")
+    if window is not None and not window > 0:
+        raise LoopmlError(f"--window must be a positive number of seconds (got {window})")
+    if report is not None and report.is_dir():
+        raise LoopmlError(f"--report {report} is a folder; give the HTML file to write, e.g. {report / 'drift.html'}")
     s = Store(store)
     since = time.time() - window if window else None
     result = monitor(s, name, alias, since=since, last=last)
@@ -35,11 +43,16 @@ def monitor_command(
                      p["level"]])
     _table(f"{name}:{result['version']} — {result['rows']} predictions, drift: {'YES' if result['drift'] else 'no'}",
            ["column", "kind", "PSI", "noise", "KS", "Wasserstein/σ", "χ² p", "level"], rows)
+    if result.get("status", "ok") != "ok":
+        typer.echo(f"no drift computed: {result['status']} in this window")
     typer.echo(f"live: {json.dumps(result['live'])}")
     if report:
         from loopml.loop.report import drift_report
 
-        path = drift_report(s, name, result).write(report)
+        try:
+            path = drift_report(s, name, result).write(report)
+        except OSError as e:  # an unwritable place: one line, not a traceback (the window is recorded)
+            raise LoopmlError(f"cannot write the drift report to {report}: {e.strerror or e}") from None
         typer.echo(f"drift report: {path}")
 
 
@@ -67,10 +80,11 @@ def retrain_command(
             typer.echo(f"retraining {name}: {why}")
             try:
                 decision = retrain(s, name, p, reason=why)
-            except LoopmlError as e:
+            except Exception as e:  # noqa: BLE001  an unattended watcher outlives one failed turn (retrain recorded it)
                 if not watch:
                     raise
-                typer.echo(f"error: {e} (recorded; watching on)", err=True)  # the next trigger needs new feedback
+                what = str(e) if isinstance(e, LoopmlError) else f"{type(e).__name__}: {e}"
+                typer.echo(f"error: {what} (recorded; watching on)", err=True)  # the next trigger needs new feedback
                 time.sleep(watch)
                 continue
             skipped = (decision.get("numbers") or {}).get("feedback_skipped") or {}

@@ -76,12 +76,34 @@ def usable_feedback(feedback: list[dict], champion, exclude_ids: set[int] = froz
         return frame, skipped
     frame = frame[_encodable(frame, pre, skipped)]
     # one row per distinct input, the latest usable label winning, in the order of those latest labels
-    keys = [json.dumps(r, sort_keys=True, default=str) for r in frame[columns].to_dict("records")]
+    keys = input_keys(frame, columns)
     frame = frame[~pd.Series(keys).duplicated(keep="last").to_numpy()].reset_index(drop=True)
     for col, feature in pre.features.items():  # JSON numbers with nulls arrive as objects: match the file's dtype
         if feature.config.type == "number":
             frame[col] = pd.to_numeric(frame[col], errors="coerce")  # unusable values were dropped above
     return frame, skipped
+
+
+def _key_value(value: object) -> object:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
+        return float(value)  # 7 and 7.0 (an int column, or one a missing value made float) are one input
+    return value
+
+
+def input_keys(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """One string per row naming its input values, the same whatever dtype the frame gave them."""
+    return [json.dumps({c: _key_value(r[c]) for c in columns}, sort_keys=True, default=str)
+            for r in frame[columns].to_dict("records")]
+
+
+def superseded_ids(learned: pd.DataFrame, new: pd.DataFrame, columns: list[str]) -> set[int]:
+    """Ids of ``learned`` feedback rows (an earlier turn trained on them) whose input a ``new`` row
+    labels again: the latest label wins across turns, so the earlier row leaves the training data."""
+    relabelled = set(input_keys(new, columns))
+    return {int(i) for i, key in zip(learned["_feedback_id"], input_keys(learned, columns), strict=True)
+            if key in relabelled}
 
 
 def _encodable(frame: pd.DataFrame, pre, skipped: Counter) -> np.ndarray:
@@ -93,36 +115,41 @@ def _encodable(frame: pd.DataFrame, pre, skipped: Counter) -> np.ndarray:
             bad = np.asarray(unusable(frame[col]), dtype=bool) & keep
             skipped[f"a value '{col}' cannot read"] += int(bad.sum())
             keep &= ~bad
-    rows = np.flatnonzero(keep)
-    batch = frame.iloc[rows]
-    if _encode_problem(batch, pre) is None:  # the usual case: one pass over all rows
-        finite = np.ones(len(rows), dtype=bool)
-        for t in [*pre.transform(batch).values(), pre.transform_target(batch)]:
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and len(t) == len(rows):
-                finite &= torch.isfinite(t.reshape(len(rows), -1)).all(1).numpy()
-        skipped["a value that encodes to a non-finite number"] += int((~finite).sum())
-        keep[rows[~finite]] = False
-    else:  # find the rows that fail, one at a time
-        for i in rows:
-            why = _encode_problem(frame.iloc[[i]], pre)
-            if why:
-                skipped[why] += 1
-                keep[i] = False
+    _keep_encodable(frame, np.flatnonzero(keep), pre, skipped, keep)
     for k in [k for k, n in skipped.items() if n == 0]:
         del skipped[k]
     return keep
 
 
-def _encode_problem(row: pd.DataFrame, pre) -> str | None:
+def _keep_encodable(frame: pd.DataFrame, rows: np.ndarray, pre, skipped: Counter, keep: np.ndarray) -> None:
+    """Encode ``rows`` in one batch; when that fails, halve it and retry each half, so k bad rows
+    among n cost about 2·k·log2(n) encodings instead of n (rows encode the same alone or in a batch)."""
+    if not len(rows):
+        return
+    batch = frame.iloc[rows]
     try:
-        tensors = [*pre.transform(row).values(), pre.transform_target(row)]
-    except LoopmlError as e:  # e.g. a label that is not one of the champion's classes
-        return f"cannot be encoded ({str(e).split(';')[0]})"
-    except (ValueError, TypeError):  # pandas / torch on a value of an unexpected type
-        return "cannot be encoded (a value of the wrong type)"
-    if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
-        return "a value that encodes to a non-finite number"
-    return None
+        tensors = [*pre.transform(batch).values(), pre.transform_target(batch)]
+    except (LoopmlError, ValueError, TypeError) as e:  # a bad value somewhere in this batch
+        if len(rows) > 1:
+            middle = len(rows) // 2
+            _keep_encodable(frame, rows[:middle], pre, skipped, keep)
+            _keep_encodable(frame, rows[middle:], pre, skipped, keep)
+            return
+        if isinstance(e, LoopmlError):  # e.g. a label that is not one of the champion's classes
+            skipped[f"cannot be encoded ({str(e).split(';')[0]})"] += 1
+        else:  # pandas / torch on a value of an unexpected type
+            skipped["cannot be encoded (a value of the wrong type)"] += 1
+        keep[rows[0]] = False
+        return
+    finite = np.ones(len(rows), dtype=bool)
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            if len(t) == len(rows):
+                finite &= torch.isfinite(t.reshape(len(rows), -1)).all(1).numpy()
+            elif len(rows) == 1 and not bool(torch.isfinite(t).all()):
+                finite[:] = False
+    skipped["a value that encodes to a non-finite number"] += int((~finite).sum())
+    keep[rows[~finite]] = False
 
 
 def describe_skipped(skipped: dict) -> str:

@@ -44,8 +44,11 @@ def monitor(store, name: str, alias: str = "production", since: float | None = N
     rows = store.prediction_window(name, since, until, last)
     start = rows[0]["created_at"] if rows else (since or until)
     frame = pd.DataFrame([r["inputs"] for r in rows])
-    result = window_drift(frame, [r["outputs"]["prediction"] for r in rows], model.reference)
-    feedback = [f for f in store.list_feedback(name, start) if f["created_at"] <= until]
+    # inputs drift whoever served them; predictions and their feedback only judge the version that made them
+    ours = [r["outputs"]["prediction"] for r in rows if r.get("model_version") in (None, number)]
+    result = window_drift(frame, ours, model.reference)
+    feedback = [f for f in store.list_feedback(name, start)
+                if f["created_at"] <= until and f.get("model_version") in (None, number)]
     kind = model.preprocessor.target.kind
     result["live"] = live_metrics(feedback, kind)
     test = model.metrics.get("test", {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from loopml.errors import LoopmlError
 from loopml.features.base import StrictModel
@@ -41,7 +41,7 @@ class Gate(StrictModel):
 
 
 class Policy(StrictModel):
-    alias: str = "production"
+    alias: str = Field("production", min_length=1)
     #: scratch = refit preprocessing and weights; warm = keep the champion's preprocessing and start
     #: from its weights (fine-tuning: cannot learn category values the champion never saw)
     start: Literal["scratch", "warm"] = "scratch"
@@ -50,6 +50,15 @@ class Policy(StrictModel):
     gate: Gate = Gate()
     #: config overrides for the candidate, e.g. {training: {epochs: 20}}
     train: dict = {}
+
+    @field_validator("train")
+    @classmethod
+    def _keeps_split_and_target(cls, train: dict) -> dict:
+        # the candidate must train on the champion's split (its test rows never trained on) and predict its target
+        fixed = [key for key in ("split", "target") if key in train]
+        if fixed:
+            raise ValueError(f"'{fixed[0]}' cannot be overridden: a candidate keeps the champion's {fixed[0]}")
+        return train
 
 
 def load_policy(source: str | Path | dict | None) -> Policy:

@@ -112,16 +112,21 @@ def retrain(store, name: str, policy: Policy, reason: str = "manual", progress: 
 def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keeper) -> dict:
     import loopml
     from loopml.config import _deep_merge
-    from loopml.loop.feedback_rows import usable_feedback
+    from loopml.loop.feedback_rows import superseded_ids, usable_feedback
     from loopml.loop.training_data import champion_splits, feedback_ids, feedback_part
 
     champion_version = store.resolve(f"{name}@{policy.alias}")
     champion_number = int(champion_version["version"])
     champion = loopml.load(champion_version["path"])
-    parts, record = champion_splits(store, name, champion, policy.data.training_data)
-    rows, skipped = usable_feedback(store.list_feedback(name), champion, exclude_ids=feedback_ids(record))
+    feedback = store.list_feedback(name)
+    learned_ids = feedback_ids(champion.info.get("splits") or {})
+    rows, skipped = usable_feedback(feedback, champion, exclude_ids=learned_ids)
+    # a new label for an input an earlier turn learned replaces it (the latest label wins across turns)
+    learned, _ = usable_feedback([f for f in feedback if int(f["id"]) in learned_ids], champion)
+    relabelled = superseded_ids(learned, rows, list(champion.preprocessor.features))
+    parts, record = champion_splits(store, name, champion, policy.data.training_data, drop_feedback=relabelled)
     counts = {"feedback_rows": len(rows), "feedback_skipped": dict(skipped),
-              "feedback_skipped_total": int(sum(skipped.values()))}
+              "feedback_skipped_total": int(sum(skipped.values())), "feedback_relabelled": len(relabelled)}
     n_holdout = int(round(len(rows) * policy.data.holdout_fraction))
     if n_holdout < policy.data.min_holdout:
         reason_text = f"not enough feedback: {len(rows)} labelled rows, {n_holdout} to hold back (< {policy.data.min_holdout})"

@@ -30,12 +30,15 @@ def feedback_ids(record: dict) -> set[int]:
     return {int(i) for part in record.get("train", []) for i in part.get("feedback", [])}
 
 
-def champion_splits(store, name: str, champion, training_data: str | None) -> tuple[dict[str, pd.DataFrame], dict]:
+def champion_splits(store, name: str, champion, training_data: str | None,
+                    drop_feedback: set[int] = frozenset()) -> tuple[dict[str, pd.DataFrame], dict]:
     """(frames per split, the record they came from). ``training_data`` replaces the path of the
-    champion's main data file (moved, or the model was trained on an in-memory frame)."""
+    champion's main data file (moved, or the model was trained on an in-memory frame);
+    ``drop_feedback``: feedback ids left out (relabelled since), and out of the returned record."""
     record = champion.info.get("splits")
     if not record:
         return _legacy_splits(champion, training_data)
+    record = without_feedback(record, drop_feedback)
     reader = _Reader(store, name, champion, training_data)
     own_split_column = champion.config.split.column  # the user's train/test column: the record replaces it
     frames = {}
@@ -96,6 +99,26 @@ class _Reader:
                               "split are gone from the store (or lost their inputs); cannot rebuild its training data")
         rows = rows.drop(columns=["_feedback_id", "_at"])
         return pd.concat([rows] * int(part.get("weight", 1)), ignore_index=True)
+
+
+def without_feedback(record: dict, ids: set[int]) -> dict:
+    """``record`` with the feedback ``ids`` taken out of its parts (parts left empty dropped)."""
+    if not ids:
+        return record
+    out = {}
+    for split, parts in record.items():
+        if not isinstance(parts, list):
+            out[split] = parts
+            continue
+        kept = []
+        for part in parts:
+            if "feedback" in part:
+                part = {**part, "feedback": [i for i in part["feedback"] if int(i) not in ids]}
+                if not part["feedback"]:
+                    continue
+            kept.append(part)
+        out[split] = kept
+    return out
 
 
 def feedback_part(rows: pd.DataFrame, weight: int) -> dict:

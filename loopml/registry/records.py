@@ -100,7 +100,7 @@ class Records:
         with ``last``, only the newest ``last`` of them. The database does the windowing (newest first
         over the (model_name, created_at) index, LIMIT), so the cost follows the window, not the log."""
         p = db.predictions
-        query = sa.select(p.c.created_at, p.c.inputs, p.c.outputs).where(p.c.model_name == model_name)
+        query = sa.select(p.c.created_at, p.c.inputs, p.c.outputs, p.c.model_version).where(p.c.model_name == model_name)
         if since is not None:
             query = query.where(p.c.created_at >= since)
         if until is not None:

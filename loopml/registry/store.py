@@ -268,8 +268,9 @@ class Store(Records, Gating):
                 known = [r[0] for r in c.execute(sa.select(db.registered_models.c.name))]
                 raise LoopmlError(f"no model named '{name}'{did_you_mean(name, known)}")
             number = model.latest_version if version == "latest" else int(version)
-            row = _row(c.execute(sa.select(db.model_versions).where(
-                db.model_versions.c.name == name, db.model_versions.c.version == number)).first())
+            row = None if not 1 <= number <= (model.latest_version or 0) else _row(  # 10**30: a query SQLite refuses
+                c.execute(sa.select(db.model_versions).where(
+                    db.model_versions.c.name == name, db.model_versions.c.version == number)).first())
             if row is None:
                 raise LoopmlError(f"'{name}' has no version {version} (latest is {model.latest_version})")
             row["aliases"] = sorted(r[0] for r in c.execute(sa.select(db.aliases.c.alias).where(

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
+from loopml.data.validate import FLOAT32_MAX, NUMBER_RANGE
 from loopml.errors import LoopmlError
 from loopml.serve.batcher import Batcher, BatchFailed, QueueFull
 from loopml.serve.limits import LimitsAndMetrics
@@ -261,7 +262,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
         name = state["input_model"]
         where = ".".join(str(p) for p in first_error["loc"]
                          if p not in ("body", name, f"list[{name}]") and not _BRANCH.fullmatch(str(p)))
-        return StrictJSONResponse({"detail": f"{where or 'body'}: {first_error['msg']}", "errors": errors}, status_code=422)
+        answer = {"detail": f"{where or 'body'}: {first_error['msg']}", "errors": errors[:_MAX_ERRORS_LISTED]}
+        if len(errors) > _MAX_ERRORS_LISTED:  # a 1 MB body of bad fields must not answer megabytes
+            answer["errors_total"] = len(errors)
+        return StrictJSONResponse(answer, status_code=422)
 
     def queued(request: Request) -> None:
         if request.scope.pop("loopml.arriving", False):
@@ -327,6 +331,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if body.prediction_id is None and body.inputs is None:
             raise _HTTP(422, "body: give prediction_id, or inputs for a case the model has not seen")
         inputs = body.inputs.model_dump(by_alias=True) if body.inputs is not None else None
+        if inputs is not None:  # what a prediction would refuse, a retrain cannot use: refuse it now
+            if all(v is None for v in inputs.values()):
+                raise _HTTP(422, "inputs: no values (a case with every column missing teaches a retrain nothing)")
+            try:
+                await run_in_threadpool(served.runner.prepare, [inputs])
+            except LoopmlError as e:
+                raise _HTTP(422, f"inputs: {str(e).removeprefix('record 0: ')}") from None
         outputs = version = None
         try:
             if body.prediction_id is not None:  # acknowledged but maybe not in the store yet: the log has it then
@@ -335,7 +346,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 if logged is None:  # with --workers N another worker may have it queued: give its writer a moment
                     await asyncio.sleep(0.25)
                     logged = await run_in_threadpool(store.get_prediction, body.prediction_id)
-                if logged is None:
+                if logged is None:  # the store is slow: the sibling's acknowledged row is still only in its spool
+                    logged = await run_in_threadpool(predictions.find_spooled, body.prediction_id)
+                if logged is None or logged["model_name"] != name:  # another model's row is not this one's case
                     raise _HTTP(404, f"no prediction with id '{body.prediction_id}'")
                 # a snapshot on the feedback row: it never depends on the prediction row (spooled, or pruned later)
                 inputs = inputs if inputs is not None else logged["inputs"]
@@ -369,7 +382,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
-        metrics.log_queue.set(predictions.health()["backlog"])
+        log_health = predictions.health()
+        metrics.log_queue.set(log_health["backlog"])
+        metrics.log_degraded.set(int(log_health["status"] != "ok"))  # also a write that hangs, not only one that fails
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/admin/reload", dependencies=[Depends(admin)], summary="Check the alias now and swap if it moved")
@@ -401,6 +416,7 @@ class CountArrivals:
 
 _HOSTILE = {"finite_number": "not a finite number (NaN, Infinity and overflowing values are refused)",
             "string_unicode": "not valid Unicode text (a lone surrogate such as \\ud800?)"}
+_MAX_ERRORS_LISTED = 20
 _BRANCH = re.compile(r"str|int|float|bool|none|(function-\w+|list|json-or-python|nullable)\[.*\]")
 
 
@@ -424,6 +440,8 @@ def _check_label(target, label: object) -> object:
     if target.kind == "number":
         if isinstance(label, bool) or not isinstance(label, (int, float)):
             raise _HTTP(422, f"label: a number is expected for '{target.column}'")
+        if not abs(label) <= FLOAT32_MAX:  # training refuses such a target: a retrain could not use the row
+            raise _HTTP(422, f"label: {label!r} for '{target.column}' is not {NUMBER_RANGE}")
         return label
     known = target.class_of(label)  # by canonical key: 1, 1.0 and "1" are one class, as in training
     if known is None:

@@ -43,6 +43,9 @@ class LogUnavailable(Exception):
 
 
 class PredictionLog:
+    #: a store write taking longer than this (a locked SQLite file, a hung connection) shows as degraded on /ready
+    stall_s = 5.0
+
     def __init__(self, store, durability: str = "fsync", spool_dir: str | os.PathLike | None = None,
                  max_backlog: int = 100_000, batch_rows: int = 1000, interval_s: float = 0.05, metrics=None) -> None:
         if durability not in DURABILITY:
@@ -55,6 +58,7 @@ class PredictionLog:
         self.pending: dict[str, dict] = {}  # id -> row: acknowledged, not yet in the store (feedback may name them)
         self.written = self.write_failures = self.rejected_rows = self.replayed_rows = self.refused = 0
         self.failing_since: float | None = None
+        self.writing_since: float | None = None  # a store write in progress since then (None: none)
         self._last_warning = self._refused_at = self._spool_failed_at = 0.0
         self.spool_error: str | None = None
         self._to_store: queue.Queue[tuple[int | None, list[dict]] | None] = queue.Queue()
@@ -115,6 +119,31 @@ class PredictionLog:
         """An acknowledged prediction not yet in the store."""
         return self.pending.get(prediction_id)
 
+    def find_spooled(self, prediction_id: str) -> dict | None:
+        """An acknowledged prediction in any spool of this folder: a sibling worker's, not yet in the store."""
+        if self.spool is None:
+            return None
+        needle = json.dumps({"id": prediction_id}, separators=(",", ":"))[1:-1].encode()  # as the spool writes it
+        for segment in self.spool.directory.glob("*.spool"):
+            try:
+                data = segment.read_bytes()
+            except OSError:  # in the store by now, and deleted
+                continue
+            at = data.find(needle)
+            while at >= 0:
+                end = data.find(b"\n", at)
+                if end < 0:
+                    break  # a torn last line: never acknowledged
+                try:
+                    rows = json.loads(data[data.rfind(b"\n", 0, at) + 1:end])
+                except ValueError:
+                    rows = []
+                found = next((r for r in rows if isinstance(r, dict) and r.get("id") == prediction_id), None)
+                if found is not None:
+                    return found
+                at = data.find(needle, end)
+        return None
+
     def health(self) -> dict:
         backlog = len(self.pending)
         status, reason = "ok", None
@@ -125,6 +154,9 @@ class PredictionLog:
             reason = f"store writes failing for {time.time() - self.failing_since:.0f} s; {backlog} rows waiting"
             if self._refused_at > self.failing_since:  # the backlog is full: predict answers 503
                 status = "unavailable"
+        elif self.writing_since is not None and time.time() - self.writing_since > self.stall_s:
+            status = "degraded"  # neither an answer nor an error from the store: it hangs (locked, unreachable)
+            reason = f"a store write has been waiting for {time.time() - self.writing_since:.0f} s; {backlog} rows waiting"
         return {"status": status, "reason": reason, "backlog": backlog, "durability": self.durability,
                 "write_failures": self.write_failures, "rejected_rows": self.rejected_rows}
 
@@ -195,6 +227,7 @@ class PredictionLog:
 
     def _commit(self) -> bool:
         rows = [row for _, part in self._batch for row in part]
+        self.writing_since = time.time()
         try:
             self.store.log_predictions(rows)
         except TRANSIENT as e:
@@ -204,6 +237,8 @@ class PredictionLog:
             log.warning("prediction log: a batch was refused (%s); writing its rows one by one", type(e).__name__)
             if not self._commit_one_by_one(rows):
                 return False
+        finally:
+            self.writing_since = None
         self._succeeded()
         return True
 

@@ -37,13 +37,18 @@ class TorchRunner:
         with torch.inference_mode():
             return self.model.network(inputs).numpy()
 
-    def predict(self, records: list[dict]) -> list[dict]:
+    def prepare(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        """The checks and preprocessing of a prediction, without the network (feedback inputs pass them too)."""
         frame = self.frame(records)
         self._check_media(frame)
         self._check_binary(frame)
         frame.attrs["base_dir"] = str(self.media_root)
         inputs = self.pre.transform(frame)
         _check_finite_inputs(inputs)
+        return inputs
+
+    def predict(self, records: list[dict]) -> list[dict]:
+        inputs = self.prepare(records)
         labels, proba = self.pre.target.decode(self.outputs(inputs))
         classes = [str(c) for c in self.pre.target.classes]
         out = []
