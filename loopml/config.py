@@ -183,6 +183,8 @@ def load_config(source: str | Path | dict | None = None, **overrides: Any) -> Co
 def read_yaml(source: str | Path, what: str, sections: str) -> dict:
     """A YAML file holding a mapping, or a one-line LoopmlError naming the problem."""
     path = Path(source)
+    if path.is_dir():
+        raise LoopmlError(f"{what} {source} is a directory, not a YAML file")
     if not path.is_file():
         raise LoopmlError(f"{what} file not found: {source}")
     try:
@@ -191,6 +193,8 @@ def read_yaml(source: str | Path, what: str, sections: str) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise LoopmlError(f"{what} {path.name} is not valid YAML{where}") from None
+    except UnicodeDecodeError as e:
+        raise LoopmlError(f"{what} {path.name} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     except RecursionError:  # the YAML composer recurses once per level of nesting
         raise LoopmlError(f"{what} {path.name} nests too deeply (at most {MAX_DEPTH} levels)") from None
     if not isinstance(raw, dict):

@@ -88,3 +88,25 @@ def test_predict_and_evaluate_refuse_unwritable_outputs_up_front_and_never_overw
     assert (tmp_path / "d.csv").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "d.csv", "m"]  # no temp file, no report
     assert list((tmp_path / "adir").iterdir()) == []
+
+
+def test_a_repeated_header_name_is_refused_not_silently_renamed(tmp_path):
+    import pytest
+
+    from loopml.data.read import read_table
+    from loopml.errors import LoopmlError
+
+    (tmp_path / "dup.csv").write_text("x,color,x,label\n1,red,2,a\n3,blue,4,b\n")
+    with pytest.raises(LoopmlError, match="duplicate column names in the header: x"):
+        read_table(tmp_path / "dup.csv")
+    (tmp_path / "fine.csv").write_text("x,x.1,label\n1,2,a\n")  # a real 'x.1' column stays allowed
+    assert list(read_table(tmp_path / "fine.csv").columns) == ["x", "x.1", "label"]
+
+
+def test_a_config_that_is_a_folder_or_not_utf8_is_one_clear_line(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe garbage")
+    pd.DataFrame({"x": [1, 2, 3], "label": ["a", "b", "a"]}).to_csv(tmp_path / "d.csv", index=False)
+    assert "conf is a directory" in _user_error(_cli(["train", "-d", "d.csv", "-c", "conf", "--no-track"], tmp_path))
+    assert "bin.yaml is not UTF-8 text" in _user_error(_cli(["train", "-d", "d.csv", "-c", "bin.yaml", "--no-track"], tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin.yaml", "conf", "d.csv"]

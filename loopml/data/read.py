@@ -216,7 +216,7 @@ def _read_delimited(path: Path, cfg: DataConfig, default_delimiter: str | None) 
     if cfg.names:
         options["names"] = cfg.names
     try:
-        return pd.read_csv(path, on_bad_lines="error", **options)
+        return _refuse_renamed_duplicates(pd.read_csv(path, on_bad_lines="error", **options), path, cfg, options)
     except pd.errors.EmptyDataError:
         raise LoopmlError(f"file has no columns to read: {path.name}") from None
     except pd.errors.ParserError as e:
@@ -229,8 +229,21 @@ def _read_delimited(path: Path, cfg: DataConfig, default_delimiter: str | None) 
             f"{path.name}: {len(bad)} malformed row(s) with too many fields, at line(s) {shown}; "
             "fix them or set data.bad_rows: skip (--skip-bad-rows)"
         )
-    df = pd.read_csv(path, on_bad_lines="skip", **options)
+    df = _refuse_renamed_duplicates(pd.read_csv(path, on_bad_lines="skip", **options), path, cfg, options)
     df.attrs["skipped_lines"] = bad
+    return df
+
+
+def _refuse_renamed_duplicates(df: pd.DataFrame, path: Path, cfg: DataConfig, options: dict) -> pd.DataFrame:
+    """pandas renames a repeated header name ('x', 'x' -> 'x', 'x.1'): refuse it, as for any other source."""
+    columns = [str(c) for c in df.columns]
+    if not cfg.header or cfg.names or not any(c.rpartition(".")[0] in columns for c in columns):
+        return df
+    header = pd.read_csv(path, **{**options, "header": None}, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+    names = [str(n) for n in header]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise LoopmlError(f"{path.name}: duplicate column names in the header: {', '.join(dupes)}")
     return df
 
 
