@@ -1,11 +1,15 @@
+import os
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("LOOPML_TEST_POSTGRES_URL")
 sys.path.insert(0, str(ROOT))  # for bench.realdata
 
 from bench import realdata  # noqa: E402
@@ -41,3 +45,22 @@ def tabular() -> pd.DataFrame:
         "note": [f"{w} item number {i % 7}" for i, w in enumerate(words)],
         "label": np.where(score > 0, "pos", "neg"),
     })
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh, empty store: a SQLite file, or a private schema on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("LOOPML_TEST_POSTGRES_URL is not set (.ci/run sets it to the local PostgreSQL server)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.begin() as c:
+        c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()

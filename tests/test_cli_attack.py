@@ -110,3 +110,19 @@ def test_a_config_that_is_a_folder_or_not_utf8_is_one_clear_line(tmp_path):
     assert "conf is a directory" in _user_error(_cli(["train", "-d", "d.csv", "-c", "conf", "--no-track"], tmp_path))
     assert "bin.yaml is not UTF-8 text" in _user_error(_cli(["train", "-d", "d.csv", "-c", "bin.yaml", "--no-track"], tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin.yaml", "conf", "d.csv"]
+
+
+def test_too_few_names_for_a_headerless_file_and_an_unknown_encoding_are_refused(tmp_path):
+    import pytest
+
+    from loopml.data.read import DataConfig, read_table
+    from loopml.errors import LoopmlError
+
+    (tmp_path / "n.csv").write_text("1.5,red,a\n2.5,blue,b\n")
+    # pandas would silently turn the unnamed leading field into the index and drop it
+    with pytest.raises(LoopmlError, match="data.names has 2 names but n.csv has 3 columns"):
+        read_table(tmp_path / "n.csv", DataConfig(header=False, names=["color", "label"]))
+    assert list(read_table(tmp_path / "n.csv", DataConfig(header=False, names=["x", "color", "label"])).columns) == [
+        "x", "color", "label"]
+    with pytest.raises(LoopmlError, match="unknown encoding 'bogus'"):
+        read_table(tmp_path / "n.csv", DataConfig(encoding="bogus"))

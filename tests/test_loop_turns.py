@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ from loopml.loop.retrain import retrain
 from loopml.registry import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("LOOPML_TEST_POSTGRES_URL")
 POLICY = {"data": {"holdout_fraction": 0.3, "min_holdout": 30, "feedback_weight": 3},
           "gate": {"metric": "accuracy", "margin": 0.01, "max_test_regression": 0.02}, "train": {"training": {"epochs": 12}}}
 CODES = {0: None, 1: ("K1", "K2", "K3"), 2: ("Q1", "Q2", "Q3"), 3: ("Z1", "Z2", "Z3")}
@@ -39,25 +37,6 @@ def make(n: int, seed: int, codes: tuple | None = None) -> pd.DataFrame:
     if codes:
         df["kind"] = df["kind"].map(dict(zip(("alpha", "beta", "gamma"), codes, strict=True)))
     return df
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    """A fresh store: a SQLite file, or a private schema on the PostgreSQL server (as in test_registry)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'registry.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("LOOPML_TEST_POSTGRES_URL is not set (.ci/run sets it to the local PostgreSQL server)")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-    with admin.begin() as c:
-        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as c:
-        c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 @pytest.fixture(scope="module")

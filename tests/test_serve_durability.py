@@ -14,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
-from test_registry import store_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
 from test_serve import Server
 
 import loopml
@@ -204,7 +203,7 @@ def test_a_row_the_store_refuses_is_set_aside_not_retried_forever(tmp_path):
     assert not list(tmp_path.glob("*.spool"))  # everything else is in the store: the spool is gone
 
 
-def test_retention_by_age_and_by_rows(store_url, tmp_path):  # noqa: F811
+def test_retention_by_age_and_by_rows(store_url, tmp_path):
     store = Store(store_url, str(tmp_path / "a"))
     now = time.time()
     rows = [{"id": f"{i:032x}", "model_name": "clf", "model_version": 1, "created_at": now - (100 - i) * 3600,
@@ -246,7 +245,7 @@ def test_server_prunes_on_its_retention_interval(model_store):
     assert len(Store(url).list_predictions("clf")) == 3
 
 
-def test_migration_0005_backfills_the_feedback_snapshot(store_url):  # noqa: F811
+def test_migration_0005_backfills_the_feedback_snapshot(store_url):
     engine = db.create_engine(store_url)
     db.migrate(engine, "0004")
     with engine.begin() as c:

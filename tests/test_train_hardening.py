@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT
-from test_registry import store_url  # noqa: F401  (the SQLite / PostgreSQL store fixture)
 
 import loopml
 from loopml.registry import Store, db
@@ -190,7 +189,7 @@ def _fake_running_run(store: Store, host: str, pid: int) -> str:
     return run_id
 
 
-def test_reaper_and_resume_on_sqlite_and_postgresql(store_url, tmp_path):  # noqa: F811
+def test_reaper_and_resume_on_sqlite_and_postgresql(store_url, tmp_path):
     store = Store(store_url, str(tmp_path / "artifacts"))
     alive = store.start_run("x", {})  # this process
     child = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -115,6 +116,10 @@ def read_table(source: Source, cfg: DataConfig | None = None) -> pd.DataFrame:
     else:
         path = check_file(source)
         fmt = cfg.format if cfg.format != "auto" else FORMATS.get(path.suffix.lower(), "csv")
+        try:
+            codecs.lookup(cfg.encoding)
+        except LookupError:
+            raise LoopmlError(f"unknown encoding '{cfg.encoding}' (data.encoding, --encoding)") from None
         try:
             if fmt == "parquet":
                 df = pd.read_parquet(path)
@@ -236,6 +241,9 @@ def _read_delimited(path: Path, cfg: DataConfig, default_delimiter: str | None) 
 
 def _refuse_renamed_duplicates(df: pd.DataFrame, path: Path, cfg: DataConfig, options: dict) -> pd.DataFrame:
     """pandas renames a repeated header name ('x', 'x' -> 'x', 'x.1'): refuse it, as for any other source."""
+    if cfg.names and not isinstance(df.index, pd.RangeIndex):  # pandas made the unnamed leading fields the index
+        raise LoopmlError(f"data.names has {len(cfg.names)} names but {path.name} has "
+                          f"{len(cfg.names) + df.index.nlevels} columns")
     columns = [str(c) for c in df.columns]
     if not cfg.header or cfg.names or not any(c.rpartition(".")[0] in columns for c in columns):
         return df
