@@ -433,6 +433,10 @@ def predict(
     out = m.predictions(frame, coerce=coerce)
     _note_coerced(m.last_coerced)
     if include_inputs:
+        clash = [c for c in out.columns if c in frame.columns]
+        if clash:
+            raise _user_error(f"--include-inputs: input column(s) {', '.join(clash)} have the names of output columns; "
+                              "rename them or drop --include-inputs")
         out = frame.reset_index(drop=True).join(out)
     if output is None:
         out.to_csv(sys.stdout, index=False)

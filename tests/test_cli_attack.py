@@ -126,3 +126,14 @@ def test_too_few_names_for_a_headerless_file_and_an_unknown_encoding_are_refused
         "x", "color", "label"]
     with pytest.raises(LoopmlError, match="unknown encoding 'bogus'"):
         read_table(tmp_path / "n.csv", DataConfig(encoding="bogus"))
+
+
+def test_include_inputs_with_an_input_column_named_like_an_output_is_a_user_error(tmp_path):
+    import loopml
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60).round(3), "label": rng.choice(["a", "b"], 60)})
+    loopml.Model(target="label", training={"epochs": 1}).fit(frame).save(tmp_path / "m", report=False)
+    frame.assign(label_prediction="zz").to_csv(tmp_path / "q.csv", index=False)
+    line = _user_error(_cli(["predict", "m", "-d", "q.csv", "--include-inputs", "-o", "out.csv"], tmp_path))
+    assert "label_prediction" in line and not (tmp_path / "out.csv").exists()
