@@ -34,6 +34,10 @@ CACHE_FORMAT = 2
 TRAINING_ONLY_TARGET_KEYS = {"class_weights", "sampling", "sampling_ratio", "threshold", "threshold_metric"}
 
 
+#: columns loopml adds itself (e.g. the split column of a retraining's data) start with this
+RESERVED_PREFIX = "__loopml_"
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("LOOPML_CACHE_DIR", ".loopml/cache"))
 
@@ -91,6 +95,10 @@ def _prepare(config: Config, sources: dict[str, Source | None], data_fingerprint
     frames = {name: _positional(read_table(src, config.data)) for name, src in sources.items() if src is not None}
     main = frames["data"]
     ignore = (config.split.column,) if config.split.column else ()
+    reserved = [c for c in main.columns if str(c).startswith(RESERVED_PREFIX) and c not in ignore]
+    if reserved:  # loopml's own columns (retraining's split column): a user's column of that name would be overwritten
+        raise LoopmlError(f"column '{reserved[0]}': names starting with '{RESERVED_PREFIX}' are reserved for loopml; "
+                          "rename the column")
     schema = build_schema(main, config, ignore=ignore)
     report: dict = {"skipped_lines": main.attrs.get("skipped_lines", [])}
     target_col = schema.target

@@ -363,3 +363,14 @@ def test_api_number_column_without_numbers() -> None:
     with pytest.raises(LoopmlError, match=r"column 'city' is a number column but holds no numbers, e.g. 'Paris' at row 1"):
         loopml.Model(target="Survived", features={"city": {"type": "number"}}).fit(
             make_table().assign(city=["Lima", "Paris"] * 100).iloc[1:], progress=False)
+
+
+def test_a_column_named_like_loopmls_own_is_refused():
+    """Retraining adds '__loopml_split__' to its data: a user's column of that name would be silently overwritten."""
+    from loopml.errors import LoopmlError
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=60), "__loopml_split__": rng.choice(["x", "y"], 60),
+                       "label": rng.choice(["p", "q"], 60)})
+    with pytest.raises(LoopmlError, match="'__loopml_split__': names starting with '__loopml_' are reserved"):
+        loopml.Model(target="label", training={"epochs": 1}).fit(df, progress=False, cache_dir=False)
