@@ -72,6 +72,12 @@ class NumberFeature(FeatureType):
         return self.state
 
     def transform(self, column: pd.Series) -> torch.Tensor:
+        # a value far outside the training range overflows to inf here; the callers refuse non-finite
+        # tensors with a message naming the column, so numpy's warning would only be noise in the log
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._transform(column)
+
+    def _transform(self, column: pd.Series) -> torch.Tensor:
         s = self.state
         values = as_numbers(column)
         missing = np.isnan(values)
