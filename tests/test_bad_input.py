@@ -94,10 +94,11 @@ def scenario(name: str):
     return register
 
 
-def execute(name: str, base: Path) -> Run:
+def execute(name: str, base: Path, scenarios: dict | None = None) -> Run:
+    """Run scenario ``name`` (from ``scenarios``, by default this module's) in a fresh folder under ``base``."""
     cwd, cache = base / "work", base / "cache"
     cwd.mkdir(parents=True)
-    commands = SCENARIOS[name](cwd)
+    commands = (SCENARIOS if scenarios is None else scenarios)[name](cwd)
     before = tree(cwd)
     steps = []
     for args in commands:

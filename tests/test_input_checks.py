@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_bad_input import TRAIN, Run, Step, assert_user_error, cli, make_table, tree
+from test_bad_input import TRAIN, Run, Step, assert_user_error, make_table
+from test_bad_input import execute as run_scenario
 
 import loopml
 import loopml.config
@@ -35,15 +36,7 @@ def scenario(fn: Callable[[Path], list[list[str]]]) -> Callable[[Path], list[lis
 
 
 def execute(name: str, base: Path) -> Run:
-    cwd, cache = base / "work", base / "cache"
-    cwd.mkdir(parents=True)
-    commands = SCENARIOS[name](cwd)
-    before = tree(cwd)
-    steps = []
-    for args in commands:
-        proc = cli(args, cwd, cache)
-        steps.append(Step(args, proc.returncode, proc.stdout, proc.stderr, tree(cwd)))
-    return Run(cwd, before, steps)
+    return run_scenario(name, base, SCENARIOS)
 
 
 @pytest.fixture(scope="module")
