@@ -186,10 +186,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
             metrics.failed_version.labels(current.name).set(version)
             log.error("%s:%s failed to load, still serving version %s: %s", current.name, version, current.version, e)
             return False
-        schema_of[new.version] = input_schema(new)
-        if input_schema(new) != input_schema(current):  # validation and docs follow the new columns
+        schema_of[new.version] = columns = input_schema(new)
+        if columns != schema_of[current.version]:  # validation and docs follow the new columns
             new_input, new_feedback = request_models(new)
-            validated_with[new_input] = input_schema(new)
+            validated_with[new_input] = columns
             rebind(app, {"predict": predict_body(new_input), "feedback": new_feedback})
             state["input_model"] = new_input.__name__
             log.info("input schema changed with %s:%s: request models and OpenAPI rebuilt", new.name, new.version)
