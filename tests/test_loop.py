@@ -17,14 +17,18 @@ POLICY = {"trigger": {"min_feedback": 100}, "data": {"holdout_fraction": 0.3, "m
           "gate": {"metric": "accuracy", "margin": 0.01, "max_test_regression": 0.01}, "train": {"training": {"epochs": 12}}}
 
 
-def make(n: int, seed: int, recode: bool = False) -> pd.DataFrame:
+RECODED = ("K1", "K2", "K3")  # an upstream system starts sending codes instead of names
+
+
+def make(n: int, seed: int, codes: tuple | None = None) -> pd.DataFrame:
+    """``kind`` drives the label; ``codes``: an upstream system renames its values (the model must relearn)."""
     rng = np.random.default_rng(seed)
     a, b = rng.normal(size=n), rng.normal(size=n)
     kind = rng.choice(["alpha", "beta", "gamma"], size=n)
     score = a - 0.7 * b + np.where(kind == "alpha", 2.5, np.where(kind == "beta", -2.5, 0.0))
     df = pd.DataFrame({"a": a, "b": b, "kind": kind, "label": np.where(score + rng.normal(scale=0.4, size=n) > 0, "pos", "neg")})
-    if recode:  # an upstream system starts sending codes instead of names
-        df["kind"] = df["kind"].map({"alpha": "K1", "beta": "K2", "gamma": "K3"})
+    if codes:
+        df["kind"] = df["kind"].map(dict(zip(("alpha", "beta", "gamma"), codes, strict=True)))
     return df
 
 
@@ -37,24 +41,28 @@ def champion(tmp_path_factory):
     return model, model.save(root / "champion")
 
 
-def _store(tmp_path, champion_dir) -> Store:
-    store = Store(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "artifacts"))
+def _store(tmp_path, champion_dir, url: str | None = None) -> Store:
+    """A store (a SQLite file in ``tmp_path`` unless ``url``) with ``champion_dir`` as clf:1 in production."""
+    store = Store(url or f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "artifacts"))
     store.register("clf", path=champion_dir)
     store.promote("clf", 1)
     return store
 
 
-def _feed(store: Store, frame: pd.DataFrame) -> None:
+def _feed(store: Store, frame: pd.DataFrame) -> list[int]:
+    """Each row as feedback on its inputs; the feedback ids."""
+    ids = []
     for row in frame.to_dict("records"):
         label = row.pop("label")
-        store.add_feedback("clf", label, inputs=row)
+        ids.append(store.add_feedback("clf", label, inputs=row))
+    return ids
 
 
 def test_drift_flags_shifted_windows_and_not_unshifted_ones(champion):
     model, _ = champion
     false_alarms = sum(window_drift(w := make(300, 100 + s).drop(columns=["label"]), list(model.predict(w)),
                                     model.reference)["drift"] for s in range(10))
-    hits = sum(window_drift(w := make(300, 200 + s, recode=True).drop(columns=["label"]), list(model.predict(w)),
+    hits = sum(window_drift(w := make(300, 200 + s, codes=RECODED).drop(columns=["label"]), list(model.predict(w)),
                             model.reference)["drift"] for s in range(10))
     assert false_alarms == 0 and hits == 10
     shifted = make(300, 1).assign(a=lambda d: d.a + 2.0).drop(columns=["label"])
@@ -85,7 +93,7 @@ def test_real_feedback_retrains_promotes_and_records_lineage(champion, tmp_path)
     store = _store(tmp_path, champion_dir)
     policy = load_policy(POLICY)
     assert should_retrain(store, "clf", policy)[0] is False
-    shifted = make(300, 7, recode=True)
+    shifted = make(300, 7, codes=RECODED)
     _feed(store, shifted)
     fire, why = should_retrain(store, "clf", policy)
     assert fire and "300 new feedback" in why
@@ -97,7 +105,7 @@ def test_real_feedback_retrains_promotes_and_records_lineage(champion, tmp_path)
     assert v2["lineage"]["feedback_from"] <= v2["lineage"]["feedback_to"]
     numbers = store.list_gate_decisions("clf")[-1]["numbers"]
     assert numbers["candidate_window"] > numbers["champion_window"] + 0.1 and numbers["mcnemar_p"] < 0.05
-    fresh = make(500, 8, recode=True)
+    fresh = make(500, 8, codes=RECODED)
     assert loopml.load("clf@production", store=store._url).evaluate(fresh)["accuracy"] > model.evaluate(fresh)["accuracy"] + 0.1
     assert should_retrain(store, "clf", policy)[0] is False  # the decision consumed that feedback
     assert store.rollback("clf")["to_version"] == 1
@@ -115,7 +123,7 @@ def test_feedback_is_deduplicated_latest_label_wins(champion):
 def test_monitor_and_retrain_commands(champion, tmp_path, capsys):
     _, champion_dir = champion
     store = _store(tmp_path, champion_dir)
-    rows = make(200, 3, recode=True)
+    rows = make(200, 3, codes=RECODED)
     model = loopml.load("clf:1", store=store._url)
     store.log_predictions([{"id": f"{i:032x}", "model_name": "clf", "model_version": 1, "created_at": 1000.0 + i,
                             "inputs": r, "outputs": {"prediction": p, "probabilities": None}, "latency_ms": 1.0}

@@ -2,18 +2,17 @@
 
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from test_loop import _feed, _store
 
 import loopml
 from loopml.cli import main
 from loopml.loop import retrain as retrain_module
 from loopml.loop.policy import load_policy
 from loopml.loop.retrain import retrain
-from loopml.registry import Store
 
 POLICY = {"data": {"holdout_fraction": 0.3, "min_holdout": 10, "feedback_weight": 1},
           "train": {"training": {"epochs": 2}}}
@@ -33,21 +32,6 @@ def champion_dir(tmp_path_factory):
     make(300, 0).to_csv(data, index=False)
     model = loopml.Model(target="label", training={"epochs": 3}).fit(data, progress=False, cache_dir=False)
     return model.save(root / "champion")
-
-
-def _store(tmp_path: Path, champion: Path) -> Store:
-    store = Store(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "artifacts"))
-    store.register("clf", path=champion)
-    store.promote("clf", 1)
-    return store
-
-
-def _feed(store: Store, frame: pd.DataFrame) -> list[int]:
-    ids = []
-    for row in frame.to_dict("records"):
-        label = row.pop("label")
-        ids.append(store.add_feedback("clf", label, inputs=row))
-    return ids
 
 
 def test_a_label_corrected_in_a_later_turn_replaces_the_one_an_earlier_turn_learned(champion_dir, tmp_path, monkeypatch):

@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
+from test_loop import RECODED, _feed, _store, make
 
 import loopml
 from loopml.cli import main
@@ -19,24 +19,11 @@ from loopml.errors import LoopmlError
 from loopml.loop import retrain as retrain_module
 from loopml.loop.policy import load_policy
 from loopml.loop.retrain import retrain
-from loopml.registry import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = {"data": {"holdout_fraction": 0.3, "min_holdout": 30, "feedback_weight": 3},
           "gate": {"metric": "accuracy", "margin": 0.01, "max_test_regression": 0.02}, "train": {"training": {"epochs": 12}}}
-CODES = {0: None, 1: ("K1", "K2", "K3"), 2: ("Q1", "Q2", "Q3"), 3: ("Z1", "Z2", "Z3")}
-
-
-def make(n: int, seed: int, codes: tuple | None = None) -> pd.DataFrame:
-    """``kind`` drives the label; ``codes``: an upstream system renames its values (the model must relearn)."""
-    rng = np.random.default_rng(seed)
-    a, b = rng.normal(size=n), rng.normal(size=n)
-    kind = rng.choice(["alpha", "beta", "gamma"], size=n)
-    score = a - 0.7 * b + np.where(kind == "alpha", 2.5, np.where(kind == "beta", -2.5, 0.0))
-    df = pd.DataFrame({"a": a, "b": b, "kind": kind, "label": np.where(score + rng.normal(scale=0.4, size=n) > 0, "pos", "neg")})
-    if codes:
-        df["kind"] = df["kind"].map(dict(zip(("alpha", "beta", "gamma"), codes, strict=True)))
-    return df
+CODES = {0: None, 1: RECODED, 2: ("Q1", "Q2", "Q3"), 3: ("Z1", "Z2", "Z3")}
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +35,6 @@ def champion_dir(tmp_path_factory):
     return model.save(root / "champion")
 
 
-def _store(url: str, tmp_path: Path, champion: Path) -> Store:
-    store = Store(url, str(tmp_path / "artifacts"))
-    store.register("clf", path=champion)
-    store.promote("clf", 1)
-    return store
-
-
-def _feed(store: Store, frame: pd.DataFrame) -> None:
-    for row in frame.to_dict("records"):
-        label = row.pop("label")
-        store.add_feedback("clf", label, inputs=row)
-
-
 def _policy_file(tmp_path: Path, **overrides) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump({**POLICY, **overrides}))
@@ -69,7 +43,7 @@ def _policy_file(tmp_path: Path, **overrides) -> Path:
 
 # -- item: the loop runs any number of turns ------------------------------------------------------
 def test_three_turns_in_a_row_each_gated_and_promoted(champion_dir, tmp_path, capsys):
-    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+    store = _store(tmp_path, champion_dir)
     policy = _policy_file(tmp_path)
     for turn in (1, 2, 3):
         _feed(store, make(300, 10 + turn, CODES[turn]))
@@ -104,7 +78,7 @@ def test_gate_uses_the_champions_test_file_and_refuses_when_it_changed(tmp_path,
     record = model.info["splits"]
     assert record["test"][0]["source"] == str(test.resolve()) and record["test"][0]["rows"]["count"] == 200
     assert record["validation"][0]["source"] == str(val.resolve())
-    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, model.save(tmp_path / "champion"))
+    store = _store(tmp_path, model.save(tmp_path / "champion"))
     _feed(store, make(300, 3, CODES[1]))
     decision = retrain(store, "clf", load_policy(POLICY))
     numbers = decision["numbers"]
@@ -126,7 +100,7 @@ def test_gate_uses_the_champions_test_file_and_refuses_when_it_changed(tmp_path,
 
 # -- item: bad feedback rows are skipped and counted ----------------------------------------------
 def test_bad_feedback_rows_are_skipped_counted_and_never_stop_a_retrain(champion_dir, tmp_path, store_url, capsys):
-    store = _store(store_url, tmp_path, champion_dir)
+    store = _store(tmp_path, champion_dir, store_url)
     good = make(300, 4, CODES[1])
     _feed(store, good.iloc[:150])
     row = good.iloc[0].drop("label").to_dict()
@@ -149,7 +123,7 @@ def test_bad_feedback_rows_are_skipped_counted_and_never_stop_a_retrain(champion
 
 
 def test_a_failed_retrain_leaves_no_undecided_version(champion_dir, tmp_path, monkeypatch):
-    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+    store = _store(tmp_path, champion_dir)
     _feed(store, make(150, 5, CODES[1]))
 
     def broken_gate(*args, **kwargs):
@@ -165,7 +139,7 @@ def test_a_failed_retrain_leaves_no_undecided_version(champion_dir, tmp_path, mo
 
 # -- item: one retrain at a time, compare-and-set promotion ---------------------------------------
 def test_two_concurrent_retrain_processes_promote_exactly_once(champion_dir, tmp_path, store_url):
-    store = _store(store_url, tmp_path, champion_dir)
+    store = _store(tmp_path, champion_dir, store_url)
     _feed(store, make(300, 6, CODES[1]))
     policy = _policy_file(tmp_path, train={"training": {"epochs": 6}})
     env = {**os.environ, "LOOPML_ARTIFACTS": str(tmp_path / "artifacts")}
@@ -185,7 +159,7 @@ def test_two_concurrent_retrain_processes_promote_exactly_once(champion_dir, tmp
 
 
 def test_promotion_is_refused_when_the_champion_moved_during_the_gate(champion_dir, tmp_path, store_url, monkeypatch):
-    store = _store(store_url, tmp_path, champion_dir)
+    store = _store(tmp_path, champion_dir, store_url)
     store.register("clf", path=champion_dir, description="a second, hand-promoted version")
     _feed(store, make(300, 7, CODES[1]))
     real_gate = retrain_module.gate
@@ -205,7 +179,7 @@ def test_promotion_is_refused_when_the_champion_moved_during_the_gate(champion_d
 
 
 def test_the_lock_survives_a_holder_killed_with_sigkill(champion_dir, tmp_path):
-    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+    store = _store(tmp_path, champion_dir)
     _feed(store, make(300, 8, CODES[1]))
     pause = tmp_path / "paused"
     env = {**os.environ, "LOOPML_ARTIFACTS": str(tmp_path / "artifacts"), "LOOPML_PAUSE_AT": "retrain.before_decide",
@@ -231,7 +205,7 @@ def test_the_lock_survives_a_holder_killed_with_sigkill(champion_dir, tmp_path):
 def test_lock_rows_expire_and_belong_to_their_owner(champion_dir, tmp_path, store_url):
     from loopml.registry.gating import LockHeld
 
-    store = _store(store_url, tmp_path, champion_dir)
+    store = _store(tmp_path, champion_dir, store_url)
     token = store.acquire_lock("clf", ttl=60)
     with pytest.raises(LockHeld, match="another retrain of 'clf' is running"):
         store.acquire_lock("clf")
@@ -318,7 +292,7 @@ def test_a_moved_training_file_is_found_through_the_policy(champion_dir, tmp_pat
 def test_the_lock_keeper_renews_and_notices_a_takeover(champion_dir, tmp_path):
     from loopml.registry.gating import LockKeeper
 
-    store = _store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path, champion_dir)
+    store = _store(tmp_path, champion_dir)
     with LockKeeper(store, "clf", ttl=0.6) as keeper:
         first = store.lock_holder("clf")["expires_at"]
         time.sleep(0.9)
