@@ -17,6 +17,7 @@ from loopml.data.read import DataConfig
 from loopml.data.split import SplitConfig
 from loopml.errors import LoopmlError, did_you_mean
 from loopml.features import FEATURE_TYPES, StrictModel
+from loopml.learners import LEARNERS
 from loopml.models import COMBINERS, DEFAULT_ENCODERS, ENCODERS
 
 
@@ -47,6 +48,15 @@ def _feature_model(type_name: str, ftype: type) -> type[BaseModel]:
 FEATURE_MODELS: dict[str, type[BaseModel]] = {name: _feature_model(name, ft) for name, ft in FEATURE_TYPES}
 FeatureConfig = _tagged_union(list(FEATURE_MODELS.values()))
 CombinerConfig = _tagged_union([cls.Params for _, cls in COMBINERS])
+LearnerConfig = _tagged_union([cls.Params for _, cls in LEARNERS])
+
+
+class AutoMLConfig(StrictModel):
+    """``loopml train --time-budget S [--preset fast|best]``: choose, tune and ensemble learners in S seconds."""
+
+    #: wall-clock seconds for the whole fit, preprocessing included; None = AutoML off
+    time_budget: float | None = Field(None, gt=0)
+    preset: Literal["fast", "best"] = "best"
 
 #: per-type defaults applied to every column of that type before its own section
 DefaultsConfig = create_model(
@@ -136,13 +146,16 @@ class Config(StrictModel):
     defaults: DefaultsConfig = DefaultsConfig()
     combiner: CombinerConfig = Field(default_factory=lambda: COMBINERS.get("concat").Params())
     training: TrainingConfig = TrainingConfig()
+    #: which learner fits the prepared features (the network by default); ``learner: lightgbm`` works too
+    learner: LearnerConfig = Field(default_factory=lambda: LEARNERS.get("network").Params())
+    automl: AutoMLConfig = AutoMLConfig()
 
     @field_validator("target", mode="before")
     @classmethod
     def _target_shortcut(cls, value: Any) -> Any:
         return {"column": value} if isinstance(value, str) else value
 
-    @field_validator("combiner", mode="before")
+    @field_validator("combiner", "learner", mode="before")
     @classmethod
     def _combiner_shortcut(cls, value: Any) -> Any:
         return _name_to_section(value)

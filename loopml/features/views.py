@@ -1,0 +1,52 @@
+"""Views of the features for learners other than networks, from the one fitted preprocessing state.
+
+``tensors`` is ``Preprocessor.transform`` (the network's input). The two views here:
+
+- ``table``: one float64 column per number/binary feature (raw values, NaN for missing: no
+  normalisation or binning), one integer-code column per category feature (codes from the
+  category's fitted vocabulary, NaN for missing/unknown; listed in ``categorical`` with their
+  cardinality) and, for a date feature, its numeric parts. Text/image/audio columns are refused
+  by learners that read this view (a config error naming the column).
+- ``sparse``: a CSR matrix: TF-IDF of word 1-2 and char 2-5 n-grams per text column (vocabulary
+  and idf fitted on the training split and kept in the feature's JSON state), one-hot categories,
+  standardised numbers.
+
+A view that needs fitting (TF-IDF) is fitted with ``fit_view(pre, kind, train_frame)`` before
+training; its state lives in the features' ``state`` dicts, so preprocessing.json holds it and
+predict/serve compute the identical view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class TableView:
+    x: np.ndarray  # (n, columns) float64
+    columns: list[str]  # view column names: the feature name, or "feature.part" for dates
+    #: indices into ``columns`` of the integer-code (categorical) columns -> their cardinality
+    categorical: dict[int, int]
+    #: the input feature each view column comes from (for importance/attribution per feature)
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def rows(self, index: np.ndarray) -> TableView:
+        return TableView(self.x[index], self.columns, self.categorical, self.sources)
+
+
+@dataclass
+class SparseView:
+    x: object  # scipy.sparse.csr_matrix (n, d) float32
+    #: (feature, first column, end column) per input feature, in column order
+    blocks: list[tuple[str, int, int]]
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def rows(self, index: np.ndarray) -> SparseView:
+        return SparseView(self.x[index], self.blocks)
