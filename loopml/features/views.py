@@ -50,3 +50,26 @@ class SparseView:
 
     def rows(self, index: np.ndarray) -> SparseView:
         return SparseView(self.x[index], self.blocks)
+
+
+def fit_view(pre, kind: str, train) -> None:
+    """Fit what a view needs beyond the features' own state (TF-IDF vocabularies), on the training rows."""
+    if kind == "sparse":
+        from loopml.features.sparse_view import fit_sparse
+
+        fit_sparse(pre, train)
+
+
+def make_view(pre, kind: str, df):
+    """The ``kind`` view of the rows of ``df``: tensors, a TableView or a SparseView."""
+    if kind == "tensors":
+        return pre.transform(df)
+    if kind == "table":
+        from loopml.features.table_view import table_view
+
+        return table_view(pre, df)
+    if kind == "sparse":
+        from loopml.features.sparse_view import sparse_view
+
+        return sparse_view(pre, df)
+    raise ValueError(f"unknown view {kind!r}")
