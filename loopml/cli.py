@@ -92,6 +92,7 @@ def train(
     store: StoreOpt = None, artifacts: ArtifactsOpt = None,
 ) -> None:
     """Train a model on a table and save it (config, preprocessing, weights, metrics, report); record the run."""
+    _require_inputs(data=data, validation=validation, test=test, config=config)
     from loopml.api import Model
 
     training = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None} or None
@@ -222,6 +223,7 @@ def cross_validate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """K-fold cross-validation (stratified): per-fold metrics and mean ± std, as JSON and HTML."""
+    _require_inputs(data=data, config=config)
     from loopml.cv import cross_validate as run_cv
     from loopml.evaluate.report import Report, cv_section
 
@@ -280,7 +282,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (non-loopback needs --admin-token).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes, each with its own batcher.")] = 1,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    backend: Annotated[str, typer.Option(
+        help="torch, onnx or native (a learner's own predictor); a model that is not a network runs native.")] = "torch",
     threads: Annotated[int | None, typer.Option(help="Inference threads per worker.")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Rows per inference batch at most.")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.")] = 2.0,
@@ -466,6 +469,7 @@ def describe(
     encoding: EncodingOpt = None, skip_bad_rows: SkipBadOpt = False,
 ) -> None:
     """Show each column's inferred type with the evidence; write it as an editable config."""
+    _require_inputs(data=data, config=config)
     from rich.console import Console
     from rich.table import Table
 
@@ -553,6 +557,14 @@ def _check_output_file(output: Path, inputs: tuple[Path, ...] = (), suffixes: tu
         raise _user_error(f"output folder {output.parent} does not exist")
     if any(output.exists() and i.exists() and output.samefile(i) for i in inputs):
         raise _user_error(f"output {output} is the input file: choose another name")
+
+
+def _require_inputs(**paths: Path | None) -> None:
+    """A missing input file is reported before the seconds of imports that training needs."""
+    for what, path in paths.items():
+        if path is None or "://" in str(path) or path.exists():
+            continue
+        raise _user_error(f"config file not found: {path}" if what == "config" else f"file not found: {path}")
 
 
 def _user_error(message: str) -> Exception:
