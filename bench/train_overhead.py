@@ -96,10 +96,10 @@ PHASES = [
     ("torch", "use_deterministic_algorithms", "trainer_setup"),  # the first to import torch._dynamo
     ("loopml.train.trainer", "Trainer.__init__", "trainer_setup"),
     ("loopml.train.trainer", "Trainer.fit", "epochs"),
-    ("loopml.api", "Model._train_network", "train_total"),
-    ("loopml.api", "evaluate_split", "evaluation"),
-    ("loopml.api", "permutation_importance", "importance"),
-    ("loopml.api", "Model._reference", "reference"),
+    ("loopml.api", "train", "train_total"),  # the training run: fit, then the evaluation assembly
+    ("loopml.evaluate.assemble", "evaluate_split", "evaluation"),
+    ("loopml.evaluate.explain", "permutation_importance", "importance"),
+    ("loopml.evaluate.assemble", "drift_reference", "reference"),
     ("loopml.api", "Model.save", "save_total"),
     ("loopml.api", "Model.report", "report"),
     ("loopml.api", "Model.fit", "fit_total"),

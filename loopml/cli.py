@@ -38,6 +38,9 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.command("monitor")(monitor_command)
 app.command("retrain")(retrain_command)
+from loopml.tune_cli import tune_command  # noqa: E402
+
+app.command("tune")(tune_command)
 
 ModelArg = Annotated[str, typer.Argument(help="Model directory, or NAME@alias / NAME:version from the registry.",
                                          metavar="MODEL")]
@@ -90,6 +93,10 @@ def train(
     register: Annotated[str | None, typer.Option(help="Register the model as the next version of this name.")] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the run in the store.")] = True,
     store: StoreOpt = None, artifacts: ArtifactsOpt = None,
+    time_budget: Annotated[float | None, typer.Option(
+        "--time-budget", help="AutoML: choose, tune and ensemble learners in S seconds (preparation included).")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="AutoML preset with --time-budget: fast (fewer members, no bagging) or best (bagging + ensemble).")] = None,
 ) -> None:
     """Train a model on a table and save it (config, preprocessing, weights, metrics, report); record the run."""
     _require_inputs(data=data, validation=validation, test=test, config=config)
@@ -100,7 +107,8 @@ def train(
         target = "label"  # a folder-per-class layout: root/<class>/<file> becomes (path, label)
     split = {"seed": seed} if seed is not None else None
     model = Model(config, target=target, training=training, split=split,
-                  data=_data_overrides(delimiter, header, names, encoding, skip_bad_rows, media_root))
+                  data=_data_overrides(delimiter, header, names, encoding, skip_bad_rows, media_root),
+                  **_automl_sections(time_budget, preset))
     if register:
         from loopml.registry.store import check_name
 
@@ -150,9 +158,12 @@ def train(
                "keep": "kept as independent rows"}[report["split"]["duplicates"]]
         _echo(f"{dup} exact duplicate row(s) found: {how} (split.duplicates)")
     t = model.info["training"]
-    _echo(f"trained {t['epochs_run']} epochs in {t['seconds']:.1f}s ({t['stop_reason']}); "
-          f"best epoch {t['best_epoch'] + 1}; data preparation {report['prepare_seconds']:.2f}s "
-          f"(cache {report['cache']})")
+    if "epochs_run" in t:  # a network
+        done = f"trained {t['epochs_run']} epochs in {t['seconds']:.1f}s ({t['stop_reason']}); best epoch {t['best_epoch'] + 1}"
+    else:
+        done = f"trained {t.get('learner', 'the model')} in {t['seconds']:.1f}s ({t.get('stop_reason', 'done')})"
+    _echo(f"{done}; data preparation {report['prepare_seconds']:.2f}s (cache {report['cache']})")
+    _print_leaderboard(model.info.get("leaderboard") or model.info.get("training", {}).get("leaderboard"))
     _print_metrics(model.metrics)
     typer.echo(f"model saved to {path}")
     typer.echo(f"metrics: {path / 'metrics.json'}")
@@ -521,6 +532,30 @@ def _note_coerced(counts: dict[str, int]) -> None:
         from loopml.data.validate import describe_coerced
 
         _echo(f"note: {describe_coerced(counts)} (--coerce)")
+
+
+def _automl_sections(time_budget: float | None, preset: str | None) -> dict:
+    from loopml.learners.automl import automl_sections
+
+    return automl_sections(time_budget, preset)
+
+
+def _print_leaderboard(rows: list[dict] | None) -> None:
+    """AutoML's leaderboard, best first: every model it fitted, with score, fit time and predict time per row."""
+    if not rows:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="leaderboard (validation)")
+    for name in ("model", "stage", rows[0].get("metric", "score"), "accuracy", "fit s", "predict µs/row", ""):
+        table.add_column(name, justify="left" if name in ("model", "stage") else "right")
+    for r in rows:
+        acc = r.get("accuracy")
+        table.add_row(r["name"], str(r.get("stage", "")).split(" (")[0], f"{r['score']:.4f}",
+                      "" if acc is None else f"{acc:.4f}", f"{r.get('fit_seconds', 0):.1f}",
+                      f"{1e6 * (r.get('predict_seconds_per_row') or 0):.1f}", "chosen" if r.get("chosen") else "")
+    Console(stderr=True).print(table)
 
 
 def _print_metrics(metrics: dict) -> None:

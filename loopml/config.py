@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from loopml.data.read import DataConfig
 from loopml.data.split import SplitConfig
@@ -154,6 +154,23 @@ class Config(StrictModel):
     @classmethod
     def _target_shortcut(cls, value: Any) -> Any:
         return {"column": value} if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _automl_learner(cls, raw: Any) -> Any:
+        """``automl: {time_budget: S}`` without a ``learner`` means ``learner: automl``; its preset comes from ``automl``."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("automl"), dict):
+            return raw
+        automl = raw["automl"]
+        learner = raw.get("learner")
+        if learner is None and automl.get("time_budget") is not None:
+            learner = "automl"
+        if learner == "automl" or (isinstance(learner, dict) and learner.get("type") == "automl"):
+            section = {"type": "automl"} if isinstance(learner, str) else dict(learner)
+            if "preset" in automl:
+                section.setdefault("preset", automl["preset"])
+            raw = {**raw, "learner": section}
+        return raw
 
     @field_validator("combiner", "learner", mode="before")
     @classmethod

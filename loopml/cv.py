@@ -1,7 +1,8 @@
 """K-fold cross-validation: stratified, duplicates kept within one fold, preprocessing fitted per fold.
 
-Each fold is an ordinary training run on the same rows with a split column saying which rows are
-held out; the validation split (early stopping, threshold tuning) is carved from the other folds.
+Each fold is an ordinary training run (``Model.fit``: any learner the config names, AutoML
+included) on the same rows with a split column saying which rows are held out; the validation
+split (early stopping, threshold tuning) is carved from the other folds.
 The fold's data (rows + split column) is fingerprinted like any input, so re-running the same CV
 reuses the tensor cache, and nothing fitted on a held-out fold can leak into its model.
 """
@@ -68,15 +69,26 @@ def cross_validate(
         model = Model(fold_cfg).fit(fold_df, progress=progress, cache_dir=cache_dir)
         scalars = {m: v for m, v in model.metrics["test"].items() if isinstance(v, (int, float))}
         results.append({**scalars, "fold": k, "rows": int((assignment == k).sum()),
-                        "seconds": time.perf_counter() - start, "epochs": model.info["training"]["epochs_run"]})
+                        "seconds": time.perf_counter() - start, "epochs": _rounds(model)})
         if progress:
             shown = ", ".join(f"{m} {scalars[m]:.4f}" for m in ("accuracy", "f1", "roc_auc", "r2") if m in scalars)
             print(f"fold {k + 1}/{folds}: {shown}", flush=True)
-    keys = [m for m in results[0] if m not in ("fold", "rows", "seconds", "epochs") and all(m in r for r in results)]
+    keys = [m for m in results[0] if m not in ("fold", "rows", "seconds", "epochs", "learner")
+            and all(m in r for r in results)]
     return {
-        "folds": results, "k": folds, "seed": seed, "target": column, "task": kind,
+        "folds": results, "k": folds, "seed": seed, "target": column, "task": kind, "learner": cfg.learner.type,
         "mean": {m: float(np.mean([r[m] for r in results])) for m in keys},
         "std": {m: float(np.std([r[m] for r in results], ddof=1)) for m in keys},
         "description": f"{folds}-fold cross-validation, stratified on '{column}', exact duplicates kept in one fold, "
                        "preprocessing fitted on each fold's training rows only, validation carved from them.",
     }
+
+
+def _rounds(model) -> int | None:
+    """Epochs (network) or boosting rounds kept (trees) of a fold's model; None for a learner without either."""
+    epochs = model.info.get("training", {}).get("epochs_run")
+    if epochs is not None:
+        return int(epochs)
+    learner = getattr(model, "learner", None)
+    kept = (getattr(learner, "info", None) or {}).get("best_iteration")
+    return int(kept) if isinstance(kept, (int, float)) else None

@@ -266,7 +266,7 @@ def test_schema_command_prints_json_schema(tmp_path: Path) -> None:
     assert schema["required"] == ["target"]
     assert schema["additionalProperties"] is False
     features = schema["properties"]["features"]["additionalProperties"]
-    assert set(features["discriminator"]["mapping"]) == {"audio", "binary", "category", "image", "number", "skip", "text"}
+    assert set(features["discriminator"]["mapping"]) == {"audio", "binary", "category", "date", "image", "number", "skip", "text"}
     training = schema["$defs"]["TrainingConfig"]
     assert training["properties"]["epochs"] == {"default": 50, "minimum": 1, "title": "Epochs", "type": "integer"}
     refs = re.findall(r'"\$ref": "#/\$defs/([^"]+)"', result.stdout)

@@ -7,6 +7,7 @@ import pandas as pd
 
 from loopml.data.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, extension_ratio
 from loopml.features import FEATURE_TYPES
+from loopml.features.date import INFER_RATIO, date_ratio
 
 
 def column_stats(column: pd.Series) -> dict:
@@ -26,7 +27,8 @@ def column_stats(column: pd.Series) -> dict:
     mean_words = float(sample.str.split().str.len().mean()) if len(sample) else 0.0
     is_integer = numeric_ratio == 1.0 and len(numbers) > 0 and bool(np.all(np.mod(numbers, 1) == 0))
     consecutive = is_integer and unique == len(present) and numbers.max() - numbers.min() + 1 == len(present)
-    all_unique_tokens = numeric_ratio < 0.5 and unique == len(present) and mean_words <= 1
+    dates = date_ratio(present)
+    all_unique_tokens = numeric_ratio < 0.5 and unique == len(present) and mean_words <= 1 and dates < INFER_RATIO
     if all_unique_tokens:  # unique file names are media, not row ids
         all_unique_tokens = extension_ratio(present, IMAGE_EXTENSIONS | AUDIO_EXTENSIONS) < 0.5
     return {
@@ -35,10 +37,11 @@ def column_stats(column: pd.Series) -> dict:
         "missing_pct": round(100.0 * (n - len(present)) / n, 2) if n else 0.0,
         "unique": unique,
         "numeric_ratio": numeric_ratio,
+        "date_ratio": dates,
         "integer": is_integer,
         "mean_words": round(mean_words, 2),
         "mean_length": round(float(sample.str.len().mean()), 1) if len(sample) else 0.0,
-        "id_like": bool(len(present) >= 20 and (consecutive or all_unique_tokens)),
+        "id_like": bool(len(present) >= 20 and dates < INFER_RATIO and (consecutive or all_unique_tokens)),
         "samples": [str(v)[:40] for v in present.drop_duplicates().iloc[:3]],
     }
 
@@ -68,6 +71,8 @@ def reason(type_name: str, stats: dict) -> str:
         return "exactly two distinct values"
     if type_name == "number":
         return f"{stats['numeric_ratio']:.0%} of values numeric"
+    if type_name == "date":
+        return f"{stats['date_ratio']:.0%} of values ISO dates or timestamps"
     if type_name == "text":
         return f"free text: {stats['mean_words']} words on average"
     return f"{stats['unique']} distinct values"

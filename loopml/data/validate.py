@@ -87,7 +87,8 @@ def check_inputs(df: pd.DataFrame, features: dict, coerce: bool = False) -> tupl
             continue
         if not coerce:
             what = {"number": f"is not a number ({NUMBER_RANGE})",
-                    "binary": f"is not one of the two values seen in training ({_two(feature)})"}
+                    "binary": f"is not one of the two values seen in training ({_two(feature)})",
+                    "date": "is not an ISO 8601 date or timestamp (2024-03-05, 2024-03-05T12:30:00+02:00)"}
             reason = what.get(feature.config.type, "cannot be read")
             raise LoopmlError(
                 f"column '{col}': {_example(df[col], bad)} {reason}"
@@ -127,7 +128,24 @@ def check_training_values(frames: dict[str, pd.DataFrame], schema, non_finite: L
     counts = non_numeric_in_number_columns(frames, numbers, names)
     if counts:
         report["non_numeric_as_missing"] = counts
+    counts = unreadable_dates(frames, [c.name for c in schema.inputs if c.type == "date"])
+    if counts:
+        report["unreadable_dates_as_missing"] = counts
     return report
+
+
+def unreadable_dates(frames: dict[str, pd.DataFrame], columns: list[str]) -> dict[str, int]:
+    """Training reads the few values of a date column that are not ISO dates as missing: count them per column."""
+    from loopml.features.date import instants
+
+    counts: dict[str, int] = {}
+    for frame in frames.values():
+        for col in columns:
+            if col in frame.columns:
+                bad = int(instants(frame[col])[2].sum())
+                if bad:
+                    counts[col] = counts.get(col, 0) + bad
+    return counts
 
 
 def check_number_target(frames: dict[str, pd.DataFrame], schema, names: dict[str, str]) -> None:

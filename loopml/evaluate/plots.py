@@ -48,19 +48,23 @@ def class_balance(balance: dict[str, dict[str, int]]) -> bytes:
 
 
 def learning_curve(epochs: list[dict], key: str, best_epoch: int | None, title: str) -> bytes | None:
+    """``train_<key>`` and ``val_<key>`` per epoch (network: rows with a 0-based ``epoch``) or per boosting
+    round (trees: rows with a 1-based ``iteration``); ``best_epoch`` is 0-based in both."""
     train = [e.get(f"train_{key}") for e in epochs]
     val = [e.get(f"val_{key}") for e in epochs]
-    if all(v is None for v in train + val):
+    if not epochs or all(v is None for v in train + val):
         return None
+    unit = "epoch" if "epoch" in epochs[0] else "iteration"
     fig, ax = _figure()
-    x = [e["epoch"] + 1 for e in epochs]
+    x = [e["epoch"] + 1 if unit == "epoch" else e["iteration"] for e in epochs]
+    marker = "o-" if len(epochs) <= 60 else "-"
     if any(v is not None for v in train):
-        ax.plot(x, train, "o-", color=BLUE, ms=3, label="train")
+        ax.plot(x, train, marker, color=BLUE, ms=3, label="train")
     if any(v is not None for v in val):
-        ax.plot(x, val, "o-", color=ORANGE, ms=3, label="validation")
+        ax.plot(x, val, marker, color=ORANGE, ms=3, label="validation")
     if best_epoch is not None:
-        ax.axvline(best_epoch + 1, color=GREY, ls="--", label=f"best epoch ({best_epoch + 1})")
-    ax.set_xlabel("epoch")
+        ax.axvline(best_epoch + 1, color=GREY, ls="--", label=f"best {unit} ({best_epoch + 1})")
+    ax.set_xlabel(unit)
     ax.set_ylabel(key)
     ax.set_title(title)
     ax.legend()

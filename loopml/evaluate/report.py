@@ -112,7 +112,9 @@ def model_report(model, name: str, evaluation: dict | None = None, compare: tupl
         metrics[evaluation["name"]] = evaluation["metrics"]
     report.add("summary", "Summary", metrics_table(metrics) + _about(model))
     _data_section(report, model)
+    _learner_section(report, model)
     _training_section(report, model)
+    _leaderboard_section(report, model)
     if evaluation is not None:
         _evaluation_section(report, evaluation)
         _worst_section(report, evaluation)
@@ -130,7 +132,8 @@ def model_report(model, name: str, evaluation: dict | None = None, compare: tupl
 def _about(model) -> str:
     manifest = model.info.get("manifest", {})
     t = model.info.get("training", {})
-    facts = [("loopml", manifest.get("loopml_version", "")), ("created", manifest.get("created", "")),
+    facts = [("learner", learner_of(model)[0]),
+             ("loopml", manifest.get("loopml_version", "")), ("created", manifest.get("created", "")),
              ("data fingerprint", model.info.get("data_fingerprint", "")),
              ("epochs run", t.get("epochs_run", "")), ("stopped", t.get("stop_reason", ""))]
     return table(["", ""], [[k, v] for k, v in facts if v != ""])
@@ -152,9 +155,82 @@ def _data_section(report: Report, model) -> None:
     report.add("data", "Data", body)
 
 
+def learner_of(model) -> tuple[str, dict]:
+    """The learner's registered name and its parameters (the config's ``learner:`` section)."""
+    learner = getattr(model, "learner", None)
+    section = getattr(model.config, "learner", None)
+    params = section.model_dump(mode="json") if section is not None else {}
+    name = getattr(learner, "registered_name", None) or params.get("type") or "network"
+    return str(name), {k: v for k, v in params.items() if k != "type"}
+
+
+def _compact(value: object, limit: int = 160) -> str:
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, default=str, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _learner_section(report: Report, model) -> None:
+    name, params = learner_of(model)
+    learner = getattr(model, "learner", None)
+    info = dict(getattr(learner, "info", None) or {})
+    view = getattr(learner, "view", None)
+    body = f"<p>Learner <b>{html.escape(name)}</b>" + (f", reading the {html.escape(str(view))} view" if view else "") + ".</p>"
+    if params:
+        body += "<h3>Parameters</h3>" + table(["parameter", "value"], [[k, _compact(v)] for k, v in params.items()], left=2)
+    members = info.pop("members", None)
+    facts = [[k, v if isinstance(v, (int, float)) else _compact(v)] for k, v in info.items()
+             if k != "leaderboard" and v is not None and not isinstance(v, (list, dict))]
+    if facts:
+        body += "<h3>Fit</h3>" + table(["", ""], facts)
+    if isinstance(members, list) and members and all(isinstance(m, dict) for m in members):
+        body += "<h3>Members</h3>" + _dict_table(members)
+    curve = _learner_curve(report, model, learner)
+    report.add("learner", "Learner", body + curve)
+
+
+def _learner_curve(report: Report, model, learner) -> str:
+    """Per-iteration curves of a learner other than the network (trees' train/validation loss per round)."""
+    if getattr(model, "network", None) is not None or learner is None:
+        return ""  # the network's epochs are the Training section
+    history = list(getattr(learner, "history", None) or [])
+    if not history:
+        return ""
+    info = getattr(learner, "info", None) or {}
+    kept = info.get("best_iteration")  # rounds kept, 1-based
+    metric = info.get("metric") or "loss"
+    png = plots.learning_curve(history, "loss", kept - 1 if isinstance(kept, int) and kept > 0 else None,
+                               f"Loss per iteration ({metric})")
+    return f'<div class="grid">{report.figure("learner_curve", png, "loss per iteration")}</div>' if png else ""
+
+
+def leaderboard_of(model) -> list[dict] | None:
+    """AutoML's leaderboard, from wherever the model keeps it (info, evaluation or the learner's info)."""
+    learner = getattr(model, "learner", None)
+    for source in (model.info, model.evaluation, getattr(learner, "info", None) or {}):
+        board = source.get("leaderboard") if isinstance(source, dict) else None
+        if isinstance(board, list) and board and all(isinstance(r, dict) for r in board):
+            return board
+    return None
+
+
+def _dict_table(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return table(columns, [[r.get(c, "") if isinstance(r.get(c, ""), (int, float, str)) else _compact(r[c])
+                            for c in columns] for r in rows], left=1)
+
+
+def _leaderboard_section(report: Report, model) -> None:
+    board = leaderboard_of(model)
+    if board:
+        report.add("leaderboard", "Leaderboard", f'<p class="muted">{len(board)} candidates, as AutoML ranked them '
+                   "on the validation rows.</p>" + _dict_table(board))
+
+
 def _training_section(report: Report, model) -> None:
     epochs = model.history
-    if not epochs:
+    if not epochs or getattr(model, "network", "absent") is None:
         return
     t = model.info.get("training", {})
     best, monitor = t.get("best_epoch"), t.get("monitor", "loss")
@@ -238,7 +314,12 @@ def token_html(tokens: list[tuple[str, float]]) -> str:
 
 
 def explanation_section(report: Report, explanations: list[dict]) -> None:
-    body = ['<p class="muted">Integrated gradients from a reference input (unknown category, padding, black image). '
+    if any(row.get("method") == "contributions" for row in explanations):
+        how = ("The learner's own per-row contributions (trees: TreeSHAP), summed per input column, from the "
+               "model's mean score (bias).")
+    else:
+        how = "Integrated gradients from a reference input (unknown category, padding, black image)."
+    body = [f'<p class="muted">{how} '
             "Red pushes towards the predicted class (regression: towards a higher value), blue against it.</p>"]
     for k, row in enumerate(explanations):
         proba = f" (p={row['probability']:.3f})" if row.get("probability") is not None else ""

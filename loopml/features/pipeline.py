@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import torch
 from pydantic import BaseModel
@@ -23,8 +25,16 @@ def records_frame(records: list[dict], columns: list[str]) -> pd.DataFrame:
 
 
 class Preprocessor:
-    def __init__(self, features: dict[str, FeatureType], target: Target) -> None:
+    """Every input column's fitted feature and the target; ``views``: fitted state of the learners'
+    views beyond the features' own (most views keep theirs in the features' ``state``)."""
+
+    def __init__(self, features: dict[str, FeatureType], target: Target, views: dict | None = None) -> None:
         self.features, self.target = features, target
+        self.views: dict = views or {}
+
+    def copy(self) -> Preprocessor:
+        """An independent copy (through its JSON form, so nothing is shared)."""
+        return Preprocessor.from_dict(json.loads(json.dumps(self.to_dict())))
 
     @classmethod
     def create(cls, configs: dict[str, BaseModel], target: Target) -> Preprocessor:
@@ -57,12 +67,15 @@ class Preprocessor:
         return self.target.transform(df[self.target.column])
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "features": {
                 col: {"config": f.config.model_dump(mode="json"), "state": f.state} for col, f in self.features.items()
             },
             "target": {"column": self.target.column, "kind": self.target.kind, "state": self.target.state},
         }
+        if self.views:
+            out["views"] = self.views
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict) -> Preprocessor:
@@ -73,4 +86,4 @@ class Preprocessor:
             cfg = feature_config(item["config"]["type"], item["config"])
             features[col] = FEATURE_TYPES.get(cfg.type)(col, cfg, item["state"])
         t = raw["target"]
-        return cls(features, Target(t["column"], t["kind"], t["state"]))
+        return cls(features, Target(t["column"], t["kind"], t["state"]), raw.get("views"))

@@ -148,6 +148,66 @@ def number_samples(folder: Path) -> list[Sample]:
     ]
 
 
+# -- date ---------------------------------------------------------------------------------------
+def _expect_date_missing(feature: FeatureType, tensor: torch.Tensor) -> None:
+    assert (tensor[:, :-1] == 0).all() and (tensor[:, -1] == 1).all(), (
+        f"a missing date should be all zeros with the was-missing flag set, got {tensor}")
+
+
+def _expect_date_unseen(feature: FeatureType, tensor: torch.Tensor) -> None:
+    assert torch.isfinite(tensor).all(), "dates outside the training range should give finite inputs"
+    assert (tensor[:, -1] == 0).all(), "a date outside the training range is not missing"
+    assert (tensor[:, 2:-1].abs() <= 1).all(), "cyclic inputs should stay within [-1, 1]"
+
+
+def _datetimes(values: list, dtype: str) -> pd.Series:
+    return pd.to_datetime(pd.Series(values), format="ISO8601").astype(dtype)
+
+
+@register_sample("date")
+def date_samples(folder: Path) -> list[Sample]:
+    days = ["2024-03-05", "2023-12-31", None, "2024-02-29", "1999-01-01", "2024-03-05", None, "2030-07-14"]
+    naive = ["2024-03-05 12:30:00", "2024-03-05 08:15:00", "2023-01-01 00:00:00", None, "2024-11-30 23:59:59.250000",
+             "1970-01-01 00:00:00"]
+    zoned = ["2024-03-05T12:30:00+02:00", "2024-03-05T10:30:00Z", None, "2023-11-26T23:59:59.5-05:00",
+             "2024-06-30T00:00:00+00:00", "2024-12-31T22:00:00-0130"]
+    extremes = ["0001-01-01", "9999-12-31", "1969-12-31T23:59:59.999999", None, "1900-02-28T06:00"]
+    common = {"expect_missing": _expect_date_missing, "expect_unseen": _expect_date_unseen}
+    utc = pd.to_datetime(pd.Series(zoned), utc=True, format="ISO8601").astype("datetime64[ns, UTC]")
+    return [
+        Sample(
+            "dates with gaps", {},
+            frames={"object": _series(days, object), "string": _series(days, "string"),
+                    "datetime64[ns]": _datetimes(days, "datetime64[ns]"),
+                    "datetime64[s]": _datetimes(days, "datetime64[s]"),
+                    "dates": _series([None if d is None else pd.Timestamp(d).date() for d in days], object)},
+            json_forms={"strings": days, "padded strings": _strings(days, " "),
+                        "midnight timestamps": [None if d is None else f"{d}T00:00:00" for d in days]},
+            other=_series(["2010-05-05", "2011-06-06", None], object),
+            unseen=["2100-01-01", "1850-06-15", "2024-03-05T12:00:00"], **common),
+        Sample(
+            "naive timestamps", {},
+            frames={"object": _series(naive, object), "datetime64[ns]": _datetimes(naive, "datetime64[ns]"),
+                    "Timestamps": _series([None if v is None else pd.Timestamp(v) for v in naive], object)},
+            json_forms={"strings": naive, "T separator": [None if v is None else v.replace(" ", "T") for v in naive]},
+            other=_series(["2010-05-05T01:02:03", "2010-05-06"], object),
+            unseen=["2100-01-01T05:00:00", "1900-01-01"], **common),
+        Sample(
+            "timestamps with time zones", {},
+            frames={"object": _series(zoned, object), "datetime64[ns, UTC]": utc,
+                    "datetime64[ns, Kolkata]": utc.dt.tz_convert("Asia/Kolkata")},
+            json_forms={"strings": zoned,
+                        "UTC strings": [None if pd.isna(v) else v.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for v in utc]},
+            other=_series(["2010-05-05T01:02:03+05:00", "2010-05-06T00:00:00Z"], object),
+            unseen=["2100-01-01T05:00:00+14:00"], **common),
+        Sample(
+            "far dates, missing: drop", {"missing": "drop"},
+            frames={"object": _series(extremes, object), "string": _series(extremes, "string")},
+            json_forms={"strings": extremes}, other=_series(["2010-05-05", "2011-06-06"], object),
+            unseen=["2024-03-05"], **common),
+    ]
+
+
 # -- text ---------------------------------------------------------------------------------------
 def _expect_text_empty(feature: FeatureType, tensor: torch.Tensor) -> None:
     assert (tensor == 0).all(), f"a missing text should be all padding (id 0), got {tensor}"

@@ -1,10 +1,54 @@
-"""The PyTorch network (encoders per feature, a combiner, a head) as a learner."""
+"""The PyTorch network (encoders per feature, a combiner, a head) as a learner.
+
+Torch and the training loop are imported inside the methods: the config module imports this
+module to build its schema, and ``loopml.train`` imports the config (no cycles, no import cost).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
-from loopml.learners.base import LEARNERS, Learner
+import numpy as np
+
+from loopml.errors import LoopmlError
+from loopml.learners.base import LEARNERS, Budget, Context, FitData, Learner, Task
+
+#: the network's weights in the bundle (the file name every loopml bundle had before learners)
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class NetworkRun:
+    """How one fit runs (not learned state): set by the training run before ``fit``.
+
+    Without one, ``fit`` monitors the config's early-stopping metric with the default callbacks
+    and no progress bar, so the learner also trains on its own (the contract tests do that).
+    """
+
+    monitor: str | None = None
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    progress: bool = False
+    #: more callbacks (the run logger, the thread share)
+    callbacks: list = field(default_factory=list)
+    #: a warm start's weights (its class-weight buffer is dropped: this run's config decides it)
+    initial_weights: dict | None = None
+    #: ``default_callbacks``-shaped factory (the API passes its own, so tests can patch it there)
+    make_callbacks: Callable | None = None
+    #: outputs, target tensors -> per-epoch metrics
+    metric_fn: Callable | None = None
+
+
+def build_network(pre, config, class_weights: list[float] | None = None):
+    """The untrained network for a fitted preprocessor and a config."""
+    from loopml.models import FeatureSlot, LoopModel
+
+    slots = [FeatureSlot(col, f.config.encoder, f.encoder_inputs()) for col, f in pre.features.items()]
+    n_outputs = len(pre.target.classes) if pre.target.kind == "category" else 1
+    return LoopModel(slots, config.combiner, pre.target.kind, n_outputs, class_weights)
 
 
 @LEARNERS.register("network")
@@ -16,3 +60,105 @@ class NetworkLearner(Learner):
 
     class Params(Learner.Params):
         type: Literal["network"] = "network"
+
+    def __init__(self, params: Learner.Params, task: Task, context: Context | None = None) -> None:
+        if context is None:
+            raise ValueError("the network learner is built from a Context (config and preprocessor)")
+        super().__init__(params, task, context)
+        self.run: NetworkRun | None = None
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.network = None
+
+    # -- fitting -----------------------------------------------------------------------------------
+    def fit(self, data: FitData, budget: Budget) -> NetworkLearner:
+        import torch
+
+        from loopml.evaluate.assemble import epoch_metric_fn
+        from loopml.train.trainer import TensorData, Trainer, default_callbacks
+
+        self._reset()
+        config, run = self.context.config, self.run or NetworkRun()
+        cfg = config.training
+        left = budget.remaining()
+        if left is not None:  # the budget caps training time; a tighter max_time stays
+            cfg = cfg.model_copy(update={"max_time": max(1e-3, min(cfg.max_time or left, left))})
+        monitor = run.monitor or cfg.early_stopping.metric
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(cfg.seed)
+        weights = list(self.task.class_weights) if self.task.class_weights else None
+        self.network = build_network(self.context.preprocessor, config, weights)
+        if run.initial_weights is not None:
+            self._load_initial(run.initial_weights)
+        factory = run.make_callbacks or default_callbacks
+        callbacks = factory(monitor, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
+                            Path(run.checkpoint_dir) if run.checkpoint_dir else None, run.progress) + list(run.callbacks)
+        metric_fn = run.metric_fn or epoch_metric_fn(self.context.preprocessor, monitor)
+        trainer = Trainer(self.network, cfg, callbacks, metric_fn=metric_fn)
+        resumed = False
+        if run.resume:
+            if not run.checkpoint_dir:
+                raise LoopmlError("resume needs a checkpoint directory")
+            resumed = trainer.resume(Path(run.checkpoint_dir))
+        self.history = trainer.fit(_tensors(data.train, TensorData), _tensors(data.validation, TensorData))
+        self.network.eval()
+        best = next((cb for cb in callbacks if hasattr(cb, "best_epoch")), None)
+        self.info = {"epochs_run": trainer.epoch, "best_epoch": best.best_epoch if best is not None else trainer.epoch - 1,
+                     "monitor": monitor, "stop_reason": trainer.stop_reason or "epochs done",
+                     "seconds": trainer.elapsed, "resumed": resumed}
+        return self
+
+    def _load_initial(self, initial: dict) -> None:
+        weights = {k: v for k, v in initial.items() if k != "head.class_weights"}
+        try:
+            missing = self.network.load_state_dict(weights, strict=False).missing_keys
+        except RuntimeError:
+            missing = ["(shapes differ)"]
+        if [k for k in missing if k != "head.class_weights"]:
+            raise LoopmlError("warm start needs the same model architecture as the model it starts from")
+
+    # -- using it ----------------------------------------------------------------------------------
+    def predict_scores(self, x: dict) -> np.ndarray:
+        from loopml.train.trainer import predict_batches
+
+        self._require_fitted()
+        self.network.eval()
+        return predict_batches(self.network, x, self.context.config.training.eval_batch_size).numpy()
+
+    def _require_fitted(self) -> None:
+        if self.network is None:
+            raise LoopmlError("the network learner is not fitted yet")
+
+    # -- persistence -------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        from loopml.bundle import save_tensors
+
+        self._require_fitted()
+        save_tensors(self.network.state_dict(), Path(folder) / WEIGHTS)
+
+    @classmethod
+    def load(cls, folder: Path, params: Learner.Params, task: Task, context: Context | None = None) -> NetworkLearner:
+        from safetensors.torch import load_file
+
+        learner = cls(params, task, context)
+        try:
+            weights = load_file(str(Path(folder) / WEIGHTS))
+        except (OSError, ValueError, RuntimeError) as e:  # safetensors raises its own errors on a bad header
+            raise LoopmlError(f"cannot read the network weights in {folder}: {e}") from None
+        buffer = weights.get("head.class_weights")
+        class_weights = buffer.tolist() if buffer is not None and buffer.numel() else None
+        learner.network = build_network(context.preprocessor, context.config, class_weights)
+        try:
+            learner.network.load_state_dict(weights)
+        except RuntimeError:
+            raise LoopmlError(f"the weights in {folder} do not fit its config") from None
+        learner.network.eval()
+        return learner
+
+
+def _tensors(split: Any, tensor_data: type) -> Any:
+    """A Split of the tensors view as the trainer's TensorData (the target back as a tensor)."""
+    import torch
+
+    return tensor_data(split.x, torch.as_tensor(split.y))

@@ -45,6 +45,10 @@ class Policy(StrictModel):
     #: scratch = refit preprocessing and weights; warm = keep the champion's preprocessing and start
     #: from its weights (fine-tuning: cannot learn category values the champion never saw)
     start: Literal["scratch", "warm"] = "scratch"
+    #: champion = the candidate uses the champion's learner choice (its config's ``learner:`` section; for an
+    #: AutoML champion, the learner it chose); automl = run AutoML again (``automl.time_budget`` of the
+    #: champion's config, or set it in ``train``)
+    learner: Literal["champion", "automl"] = "champion"
     trigger: Trigger = Trigger()
     data: DataPolicy = DataPolicy()
     gate: Gate = Gate()

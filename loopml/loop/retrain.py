@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 from scipy.stats import binomtest
 
 from loopml.errors import LoopmlError
@@ -111,7 +112,6 @@ def retrain(store, name: str, policy: Policy, reason: str = "manual", progress: 
 
 def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keeper) -> dict:
     import loopml
-    from loopml.config import _deep_merge
     from loopml.loop.feedback_rows import superseded_ids, usable_feedback
     from loopml.loop.training_data import champion_splits, feedback_ids, feedback_part
 
@@ -138,12 +138,12 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     extra = learn.reindex(columns=columns).assign(**{SPLIT_COLUMN: "train"})
     frames += [extra] * policy.data.feedback_weight
     data = pd.concat(frames, ignore_index=True)
-    config = champion.config.model_dump(mode="json")
-    config["split"] = {**config["split"], "column": SPLIT_COLUMN}
-    config = _deep_merge(config, policy.train)
+    config, learner_note = candidate_config(champion, policy)
+    # warm start reuses network weights; other learners (trees, linear, ensembles) refit from scratch
+    warm = policy.start == "warm" and getattr(champion, "network", None) is not None
     started = time.time()
     candidate = loopml.Model(config).fit(data, progress=progress, track=f"retrain-{name}", store=store,
-                                         warm_start=champion if policy.start == "warm" else None)
+                                         warm_start=champion if warm else None)
     candidate.info["splits"] = {**record, "train": [*record.get("train", []),
                                                     feedback_part(learn, policy.data.feedback_weight)]}
     promoted, why, numbers = gate(champion, candidate, window.drop(columns=["_feedback_id", "_at"]),
@@ -151,7 +151,8 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     numbers.update(train_seconds=time.time() - started, learned_rows=len(learn), **counts)
     if keeper.lost:
         promoted, why = False, f"lock lost during training (another retrain took it over); not promoted. Gate: {why}"
-    lineage = {"reason": reason, "parent_version": champion_number, "start": policy.start,
+    lineage = {"reason": reason, "parent_version": champion_number, "start": "warm" if warm else "scratch",
+               "learner": config["learner"].get("type"), "learner_choice": learner_note,
                "feedback_ids": [int(i) for i in learn["_feedback_id"]],
                "feedback_from": float(learn["_at"].min()) if len(learn) else None,
                "feedback_to": float(learn["_at"].max()) if len(learn) else None,
@@ -167,3 +168,63 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     return {"promoted": outcome["promoted"], "reason": outcome["reason"],
             "candidate_version": int(outcome["version"]["version"]), "champion_version": champion_number,
             "numbers": numbers}
+
+
+def candidate_config(champion, policy: Policy) -> tuple[dict, str]:
+    """The candidate's config (the champion's, on the retrain split, with the policy's overrides) and how
+    its learner was chosen. ``policy.learner``: champion = the champion's learner choice -- its ``learner:``
+    section, or for an AutoML champion the learner AutoML settled on (AutoML again when that choice is not
+    one learner section); automl = AutoML again."""
+    from loopml.config import _deep_merge
+    from loopml.learners import LEARNERS
+
+    config = champion.config.model_dump(mode="json")
+    config["split"] = {**config["split"], "column": SPLIT_COLUMN}
+    chosen = config.get("learner") or {"type": "network"}
+    if policy.learner == "automl":
+        if "automl" not in LEARNERS:
+            raise LoopmlError("policy learner: automl, but no automl learner is installed")
+        config["learner"] = {"type": "automl"} if chosen.get("type") != "automl" else chosen
+        note = "automl again (policy)"
+    elif chosen.get("type") == "automl":
+        choice = automl_choice(champion)
+        if choice is not None:
+            config["learner"] = choice
+            config["automl"] = {**config.get("automl", {}), "time_budget": None}
+            note = f"the champion's AutoML choice ({choice['type']})"
+        else:
+            note = "automl again (the champion's AutoML choice is not one learner section)"
+    else:
+        note = f"the champion's learner ({chosen.get('type')})"
+    config = _deep_merge(config, policy.train)
+    if policy.learner == "automl" and not (config.get("automl") or {}).get("time_budget"):
+        raise LoopmlError("policy learner: automl needs a time budget: set train: {automl: {time_budget: SECONDS}} "
+                          "in the policy (the champion's config has none)")
+    return config, note
+
+
+def automl_choice(champion) -> dict | None:
+    """The ``learner:`` section that refits what an AutoML champion chose, without searching again:
+    ``learner.info["choice"]`` ({"type", "params"}) when AutoML recorded it, else the leaderboard row it
+    chose (its learner and parameters, when they validate as that learner's section); None otherwise."""
+    from loopml.learners import LEARNERS
+
+    info = getattr(getattr(champion, "learner", None), "info", None) or {}
+    choice = info.get("choice")
+    candidates = [choice] if isinstance(choice, dict) else []
+    board = [r for r in (info.get("leaderboard") or champion.info.get("leaderboard") or []) if isinstance(r, dict)]
+    # the row AutoML chose (``chosen``, or named by info["chosen"]); the best-ranked row as the last resort
+    chosen = [r for r in board if r.get("chosen") is True or (info.get("chosen") and r.get("name") == info["chosen"])]
+    candidates += [{"type": r.get("learner"), "params": r.get("params")} for r in (chosen or board[:1])]
+    for c in candidates:
+        kind, params = c.get("type") or c.get("learner"), c.get("params")
+        if not (isinstance(kind, str) and kind in LEARNERS and kind != "automl" and isinstance(params, dict)):
+            continue
+        cls = LEARNERS.get(kind)
+        section = {**{k: v for k, v in params.items() if k != "type"}, "type": kind}
+        try:
+            cls.Params.model_validate(section)
+        except ValidationError:  # a leaderboard row's params are not (all) the learner's own settings
+            continue
+        return section
+    return None

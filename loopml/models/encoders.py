@@ -63,7 +63,7 @@ class Passthrough(Encoder):
     class Params(EncoderParams):
         type: Literal["passthrough"] = "passthrough"
 
-    feature_types = ("number", "binary")
+    feature_types = ("number", "binary", "date")
 
     def __init__(self, params: Params, width: int, **_: object) -> None:
         super().__init__()
@@ -79,7 +79,7 @@ class Dense(Encoder):
         type: Literal["dense"] = "dense"
         dim: int = Field(16, ge=1)
 
-    feature_types = ("number", "binary")
+    feature_types = ("number", "binary", "date")
 
     def __init__(self, params: Params, width: int, **_: object) -> None:
         super().__init__()
@@ -255,4 +255,4 @@ def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
 
 #: the encoder a feature type gets when the config names none
 DEFAULT_ENCODERS = {"number": "passthrough", "binary": "passthrough", "category": "embedding", "text": "bag",
-                    "image": "cnn", "audio": "audio_cnn"}
+                    "image": "cnn", "audio": "audio_cnn", "date": "passthrough"}

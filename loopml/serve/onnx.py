@@ -1,4 +1,5 @@
-"""Export the numeric part of a model (every encoder, the combiner and the head) to ONNX.
+"""Export the numeric part of a network model (every encoder, the combiner and the head) to ONNX.
+Other learners (trees, linear, ensembles) are served by their native predictor (serve/runner.py).
 
 Preprocessing (tokenisers, vocabularies, scalers) stays in Python; the exported graph takes the
 same tensors the PyTorch network takes, one input per column, with a dynamic batch axis.
@@ -26,6 +27,11 @@ class _Positional(nn.Module):
 
 
 def export_onnx(model, path: str | os.PathLike, example_rows: int = 2) -> Path:
+    if getattr(model, "network", None) is None:
+        from loopml.serve.runner import learner_name
+
+        raise LoopmlError(f"the {learner_name(model)} learner does not convert to ONNX here (only networks do); "
+                          "serve it with --backend native")
     path = Path(path)
     if path.is_file():
         return path

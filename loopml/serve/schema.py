@@ -34,8 +34,18 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _date_text(value: str) -> str:
+    """An ISO 8601 date or timestamp, parsed as training parsed it (blank = missing); else a 422."""
+    from loopml.features.date import instant
+
+    if value.strip() and instant(value) is None:
+        raise ValueError("not an ISO 8601 date or timestamp (2024-03-05, 2024-03-05T12:30:00, optional Z or +02:00)")
+    return value
+
+
 #: a JSON string that is real text
 Text = Annotated[str, AfterValidator(_encodable)]
+DateText = Annotated[str, AfterValidator(_encodable), AfterValidator(_date_text)]
 JSONValue = Annotated[Any, AfterValidator(_json_value)]
 #: every request model: unknown fields refused, NaN / Infinity / 1e309 refused (422), not passed on
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -48,11 +58,13 @@ JSON_TYPES: dict[str, Any] = {
     "text": Text | None,
     "image": Text,
     "audio": Text,
+    "date": DateText | None,
 }
 DESCRIPTIONS = {"number": "a number (null = missing)", "binary": "one of the two values seen in training",
                 "category": "a category (unseen values are allowed)", "text": "free text",
                 "image": "path of an image file, relative to the server's media root",
-                "audio": "path of an audio file, relative to the server's media root"}
+                "audio": "path of an audio file, relative to the server's media root",
+                "date": "an ISO 8601 date or timestamp (zoned values are read in UTC; null = missing)"}
 
 
 def _field_name(column: str, taken: set[str]) -> str:

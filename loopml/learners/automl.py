@@ -1,0 +1,456 @@
+"""AutoML in a time budget: choose learners for the column types, fit them cheapest-first, tune the
+best with Optuna, bag and ensemble with what is left, and keep whichever scores best on validation.
+
+The budget is the whole fit's wall clock, preprocessing included (``Budget.started`` is set by the
+caller when the run starts). A share of it (``reserve``) is kept for what comes after ``fit``
+(evaluating the splits, importance, the report, saving). Phases, each inside its share of the time
+left after preprocessing (time a phase does not use flows to the next):
+
+1. portfolio: members in priority order (tables: LightGBM, XGBoost, LightGBM extra-trees, CatBoost,
+   LightGBM large, linear, network; text: TF-IDF linear, network), each fitted on the training
+   split with early stopping on validation. A member whose projected time (from the first member's
+   measured time and relative costs) would not fit is skipped.
+2. tuning: an Optuna study (seeded TPE, median pruning on per-fold reports) on the best tunable
+   member's learner, 3-fold CV on the training split, starting from that member's parameters;
+   its best parameters are refitted as one more member. Only when several trials fit.
+3. ensembling. ``fast``: a Caruana ensemble on the validation predictions of the members.
+   ``best``: k-fold bagging of the members the validation ensemble would use (cheapest projection
+   first) and a Caruana ensemble on their out-of-fold predictions; it replaces the best single
+   member only if it scores better on validation (the bagged folds never see the validation rows).
+
+Everything fitted is on the leaderboard (``info["leaderboard"]``, ``leaderboard.json``): learner,
+parameters, validation score, fit seconds, predict seconds per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from loopml.errors import LoopmlError
+from loopml.features import StrictModel
+from loopml.learners.base import LEARNERS, Budget, Context, FitData, Learner, Split, Task
+from loopml.learners.multiview import (
+    MULTI,
+    as_array,
+    jsonable,
+    leaf_learners,
+    member_params,
+    member_task,
+    needed_views,
+    normalise_member,
+    select_view,
+    union_views,
+)
+from loopml.learners.tuning import accuracy, metric_name, score_from_loss, tunable, tune, validation_loss
+
+#: what the fit itself needs at least after preprocessing (one fast member); below it the budget is refused
+MIN_FIT_SECONDS = 1.0
+#: fixed part of the reserve for the work after ``fit`` (evaluation, report, save)
+RESERVE_SECONDS = 0.5
+#: cost of a member relative to a default LightGBM on the same rows (measured on adult/california,
+#: one thread): the projection before a member of that learner has been timed
+RELATIVE_COST = {"lightgbm": 1.0, "xgboost": 1.5, "catboost": 15.0, "linear": 2.0, "network": 30.0}
+#: share of the fit time (after preprocessing) that each phase may end at, cumulatively
+PHASE_END = {"fast": {"portfolio": 0.75, "tuning": 1.0}, "best": {"portfolio": 0.4, "tuning": 0.55}}
+TUNING_FOLDS = 3
+MAX_BAGGED = 5
+
+_TABLE_TYPES = {"number", "binary", "category", "date"}
+_ALL_TYPES = frozenset({"number", "category", "binary", "text", "image", "audio", "date"})
+
+_LGBM_XT = {"type": "lightgbm", "extra": {"extra_trees": True}}
+_LGBM_LARGE = {"type": "lightgbm", "learning_rate": 0.03, "num_leaves": 128, "colsample_bytree": 0.9,
+               "min_child_samples": 3}
+PORTFOLIOS = {
+    ("table", "fast"): {"lightgbm": {"type": "lightgbm"}, "xgboost": {"type": "xgboost"},
+                        "catboost": {"type": "catboost"}},
+    ("table", "best"): {"lightgbm": {"type": "lightgbm"}, "xgboost": {"type": "xgboost"}, "lightgbm_xt": _LGBM_XT,
+                        "catboost": {"type": "catboost"}, "lightgbm_large": _LGBM_LARGE,
+                        "linear": {"type": "linear"}, "network": {"type": "network"}},
+    ("text", "fast"): {"linear": {"type": "linear"}},
+    ("text", "best"): {"linear": {"type": "linear"}, "network": {"type": "network"}},
+    ("media", "fast"): {"network": {"type": "network"}},
+    ("media", "best"): {"network": {"type": "network"}},
+}
+
+
+def portfolio(types: set[str], preset: str) -> dict[str, dict]:
+    """The members for these feature types, in priority order (only registered learners)."""
+    if types & {"image", "audio"}:
+        kind = "media"
+    elif "text" in types:
+        kind = "text"
+    else:
+        kind = "table"
+    chosen = {name: cfg for name, cfg in PORTFOLIOS[(kind, preset)].items() if cfg["type"] in LEARNERS}
+    if not chosen:
+        chosen = {"network": {"type": "network"}}
+    return {name: normalise_member(cfg) for name, cfg in chosen.items()}
+
+
+def automl_sections(time_budget: float | None, preset: str | None) -> dict:
+    """Config sections for ``--time-budget S [--preset P]`` / ``Model(time_budget=S, preset=P)``."""
+    from loopml.errors import did_you_mean
+
+    if preset is not None and preset not in PHASE_END:
+        raise LoopmlError(f"preset {preset!r} is not a preset{did_you_mean(preset, PHASE_END)}; choose fast or best")
+    if time_budget is None:
+        if preset is not None:
+            raise LoopmlError("a preset goes with a time budget (--time-budget S)")
+        return {}
+    if not time_budget > 0:
+        raise LoopmlError(f"the time budget must be a positive number of seconds, not {time_budget:g}")
+    automl = {"time_budget": float(time_budget), **({"preset": preset} if preset else {})}
+    # a name, not a section: it replaces a config file's learner section instead of merging into it
+    return {"automl": automl, "learner": "automl"}
+
+
+@dataclasses.dataclass(eq=False)
+class _Member:
+    name: str
+    config: dict
+    learner: Learner
+    scores: np.ndarray  # on the validation split
+    loss: float
+    fit_seconds: float
+    predict_per_row: float
+    stage: str
+
+
+@LEARNERS.register("automl")
+class AutoMLLearner(Learner):
+    """``learner: {type: automl, preset: best}`` with ``automl: {time_budget: 120}``."""
+
+    view = MULTI
+    accepts = _ALL_TYPES
+
+    class Params(Learner.Params):
+        type: Literal["automl"] = "automl"
+        preset: Literal["fast", "best"] = "best"
+        seed: int | None = None  # None: the task's seed
+        #: the portfolio, name -> learner section, in priority order; None: chosen from the column
+        #: types (``plan``), or a table portfolio when fitted without a plan
+        members: dict[str, dict[str, Any]] | None = None
+        #: bagging folds (preset best)
+        folds: int = Field(5, ge=2, le=20)
+        tune: bool = True
+        #: share of the budget kept for the work after fit (evaluation, report, save)
+        reserve: float = Field(0.1, ge=0.0, lt=0.5)
+
+        @field_validator("members", mode="before")
+        @classmethod
+        def _members(cls, value: Any) -> Any:
+            if value is None:
+                return None
+            if not isinstance(value, dict) or not value:
+                raise ValueError("members must be a non-empty mapping of name -> learner section")
+            return {str(k): normalise_member(v) for k, v in value.items()}
+
+    # -- the multi-view protocol --------------------------------------------------------------
+    @classmethod
+    def plan(cls, params: StrictModel, pre: Any) -> StrictModel:
+        """Params with the portfolio chosen from the fitted preprocessor's column types."""
+        if params.members is not None:
+            return params
+        types = {f.config.type for f in pre.features.values()} - {"skip"}
+        return params.model_copy(update={"members": portfolio(types, params.preset)})
+
+    @classmethod
+    def _members_of(cls, params: StrictModel) -> dict[str, dict]:
+        return params.members if params.members is not None else portfolio(set(_TABLE_TYPES), params.preset)
+
+    @classmethod
+    def views_for(cls, params: StrictModel) -> tuple[str, ...]:
+        return union_views([needed_views(*member_params(m)) for m in cls._members_of(params).values()])
+
+    @classmethod
+    def leaves(cls, params: StrictModel) -> list:
+        return [leaf for m in cls._members_of(params).values() for leaf in leaf_learners(*member_params(m))]
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.final: Learner | None = None
+        self.leaderboard: list[dict] = []
+
+    # -- fit -------------------------------------------------------------------------------------
+    def fit(self, data: FitData, budget: Budget) -> AutoMLLearner:
+        self._reset()
+        p = self.params
+        task = dataclasses.replace(self.task, seed=self.task.seed if p.seed is None else p.seed)
+        deadline = self._deadline(budget)
+        started = time.monotonic()
+        fit_time = None if deadline is None else deadline - started
+        members: list[_Member] = []
+        notes: list[dict] = []
+        ends = PHASE_END[p.preset]
+
+        def phase_end(name: str) -> float | None:
+            return None if deadline is None else started + ends[name] * fit_time
+
+        deferred = self._portfolio(list(self._members_of(p).items()), data, task, members, notes,
+                                   phase_end("portfolio"))
+        tuning: dict = {}
+        if p.tune:
+            tuning = self._tune(data, task, members, notes, phase_end("tuning"))
+        bagged = self._bagged_ensemble(data, task, members, notes, deadline) if p.preset == "best" else None
+        # members the portfolio phase had no time for get what bagging left
+        for name, _ in self._portfolio(deferred, data, task, members, notes, deadline):
+            notes.append({"name": name, "stage": "portfolio", "reason": "did not fit in the time left"})
+        pool = list(members)
+        if bagged is not None:
+            # bagged folds never see the validation rows: every candidate is scored there fairly
+            pool.append(bagged)
+            winner = min(pool, key=lambda m: m.loss)
+        else:
+            # Caruana on the validation predictions: its own validation score is optimistic, so it
+            # is taken whenever it uses more than one member
+            holdout = self._holdout_ensemble(data, task, members)
+            if holdout is not None:
+                pool.append(holdout)
+            winner = holdout or min(pool, key=lambda m: m.loss)
+        self.final, final_name = winner.learner, winner.name
+        rows = [self._row(m, data.validation) for m in pool]
+        for row in rows:
+            row["chosen"] = row["name"] == final_name
+        higher = task.kind == "number"
+        rows.sort(key=lambda r: -r["score"] if higher else r["score"])
+        self.leaderboard = jsonable(rows)
+        spent = time.monotonic() - budget.started
+        self.info = jsonable({
+            "leaderboard": self.leaderboard, "chosen": final_name, "preset": p.preset,
+            "predict_seconds_per_row": winner.predict_per_row,
+            "metric": metric_name(task.kind), "time_budget": budget.seconds,
+            "seconds": round(time.monotonic() - started, 3), "seconds_since_start": round(spent, 3),
+            "skipped": notes, "tuning": tuning, "members": list(self._members_of(p)),
+        })
+        return self
+
+    def _deadline(self, budget: Budget) -> float | None:
+        """When fitting must end (monotonic clock), or a LoopmlError when the budget cannot fit one member."""
+        if budget.seconds is None:
+            return None
+        reserve = self.params.reserve * budget.seconds + RESERVE_SECONDS
+        deadline = budget.started + budget.seconds - reserve
+        left = deadline - time.monotonic()
+        if left < MIN_FIT_SECONDS:
+            used = time.monotonic() - budget.started
+            need = math.ceil((used + MIN_FIT_SECONDS + RESERVE_SECONDS) / (1.0 - self.params.reserve))
+            raise LoopmlError(
+                f"time budget {budget.seconds:g}s is too small: preparing the data took {used:.1f}s and "
+                f"fitting needs at least {MIN_FIT_SECONDS:g}s more plus {reserve:.1f}s for evaluation; "
+                f"the minimum here is {need}s (--time-budget {need})")
+        return deadline
+
+    def _fit_member(self, name: str, config: dict, data: FitData, task: Task, budget: Budget,
+                    stage: str) -> _Member:
+        cls, params = member_params(config)
+        fit_data = FitData(*(Split(select_view(s.x, cls, params), s.y, s.weight) for s in (data.train, data.validation)))
+        t0 = time.monotonic()
+        learner = cls(params, member_task(task), self.context).fit(fit_data, budget)
+        fit_seconds = time.monotonic() - t0
+        return self._scored(name, config, learner, fit_data.validation, task, fit_seconds, stage)
+
+    def _scored(self, name: str, config: dict, learner: Learner, validation: Split, task: Task,
+                fit_seconds: float, stage: str) -> _Member:
+        t0 = time.monotonic()
+        scores = np.asarray(learner.predict_scores(validation.x))
+        per_row = (time.monotonic() - t0) / max(1, len(validation))
+        y = as_array(validation.y)
+        w = None if validation.weight is None else as_array(validation.weight)
+        loss = validation_loss(scores, y, task.kind, w) if len(y) else math.inf
+        return _Member(name, config, learner, scores, loss, fit_seconds, per_row, stage)
+
+    def _estimate(self, config: dict, members: list[_Member]) -> float | None:
+        """Projected seconds for a member: the same learner's last time, else relative to the first member."""
+        kind = config["type"]
+        same = [m.fit_seconds for m in members if m.config["type"] == kind]
+        if same:
+            return max(same)
+        if not members:
+            return None
+        ref = members[0]
+        rel = RELATIVE_COST.get(kind, 10.0) / RELATIVE_COST.get(ref.config["type"], 1.0)
+        return ref.fit_seconds * rel
+
+    def _portfolio(self, configs: list[tuple[str, dict]], data: FitData, task: Task, members: list[_Member],
+                   notes: list[dict], end: float | None) -> list[tuple[str, dict]]:
+        """Fit ``configs`` in order until ``end``; returns those whose projected time did not fit."""
+        errors: list[str] = []
+        deferred: list[tuple[str, dict]] = []
+        for i, (name, config) in enumerate(configs):
+            left = None if end is None else end - time.monotonic()
+            if left is not None and members:
+                estimate = self._estimate(config, members) or 0.0
+                if left <= 0 or estimate > 1.5 * left:
+                    deferred.append((name, config))
+                    continue
+            # the members after this one get a fair part: a slow learner is cut by its budget, not theirs
+            share = None if left is None else max(left, 0.2) * (1.0 if i == len(configs) - 1 else 0.6)
+            try:
+                members.append(self._fit_member(name, config, data, task, Budget(share), "portfolio"))
+            except (LoopmlError, ValueError, RuntimeError, MemoryError) as e:
+                # one failing library must not end the run: the others may fit (AutoGluon does the same)
+                errors.append(f"{name}: {e}")
+                notes.append({"name": name, "stage": "portfolio", "reason": f"failed: {e}"})
+        if not members:
+            raise LoopmlError(f"automl: every member failed; first: {errors[0]}" if errors else
+                              "automl: no member could be fitted in the budget")
+        return deferred
+
+    def _tune(self, data: FitData, task: Task, members: list[_Member], notes: list[dict],
+              end: float | None) -> dict:
+        candidates = [m for m in members if tunable(m.config["type"])]
+        if not candidates:
+            return {}
+        best = min(candidates, key=lambda m: m.loss)
+        kind = best.config["type"]
+        trial_cost = TUNING_FOLDS * best.fit_seconds * (TUNING_FOLDS - 1) / TUNING_FOLDS
+        left = None if end is None else end - time.monotonic()
+        # enough for a few trials and the refit of the winner, else tuning cannot pay
+        if left is not None and left < 4 * trial_cost + 1.5 * best.fit_seconds:
+            notes.append({"name": f"{best.name}_tuned", "stage": "tuning",
+                          "reason": f"a trial takes ~{trial_cost:.1f}s, {max(left, 0):.1f}s left"})
+            return {}
+        cls, params = member_params(best.config)
+        base = {k: v for k, v in best.config.items() if k != "type"}
+        train = Split(select_view(data.train.x, cls, params), data.train.y, data.train.weight)
+        study_budget = Budget(None if left is None else left - 1.5 * best.fit_seconds)
+        try:
+            result = tune(kind, base, member_task(task), self.context, train, budget=study_budget,
+                          trials=None if left is not None else 20, folds=TUNING_FOLDS, enqueue=base)
+        except (LoopmlError, ValueError, RuntimeError) as e:  # tuning is a bonus: the portfolio stands
+            notes.append({"name": f"{best.name}_tuned", "stage": "tuning", "reason": f"failed: {e}"})
+            return {"learner": kind, "from": best.name, "error": str(e)}
+        summary = {"learner": kind, "from": best.name, "trials": result.trials, "pruned": result.pruned,
+                   "cv_loss": result.best_loss, "seconds": round(result.seconds, 3)}
+        if not math.isfinite(result.best_loss) or result.best_is_start:
+            return {**summary, "improved": False}
+        config = normalise_member({"type": kind, **result.best_params})
+        remaining = None if end is None else max(end - time.monotonic(), 2.0 * best.fit_seconds)
+        try:
+            members.append(self._fit_member(f"{best.name}_tuned", config, data, task, Budget(remaining), "tuned"))
+        except (LoopmlError, ValueError, RuntimeError) as e:
+            notes.append({"name": f"{best.name}_tuned", "stage": "tuning", "reason": f"failed: {e}"})
+        return {**summary, "improved": True}
+
+    def _holdout_ensemble(self, data: FitData, task: Task, members: list[_Member]) -> _Member | None:
+        """Caruana on the validation predictions (preset fast): no more fitting."""
+        from loopml.learners.ensemble import EnsembleLearner
+
+        if len(members) < 2:
+            return None
+        y = as_array(data.validation.y)
+        w = None if data.validation.weight is None else as_array(data.validation.weight)
+        ensemble = EnsembleLearner.from_fitted([m.learner for m in members], task, y=y, weight=w,
+                                               scores=[m.scores for m in members], context=self.context)
+        if len(ensemble.members) < 2:
+            return None
+        return self._scored("ensemble", ensemble.params.model_dump(mode="json"), ensemble, data.validation,
+                            task, 0.0, "ensemble (weights fitted on validation)")
+
+    def _bagged_ensemble(self, data: FitData, task: Task, members: list[_Member], notes: list[dict],
+                         deadline: float | None) -> _Member | None:
+        """k-fold bagging of the useful members, then Caruana on their out-of-fold predictions (preset best)."""
+        from loopml.learners.bagging import BaggedLearner
+        from loopml.learners.ensemble import EnsembleLearner
+
+        chosen = self._useful(data, task, members)
+        concurrency = max(1, min(task.threads, self.params.folds))
+        folds = self.params.folds
+        cost = {m.name: folds * m.fit_seconds * (folds - 1) / folds / concurrency for m in chosen}
+        bagged: list[Learner] = []
+        planned = list(chosen)
+        for i, m in enumerate(chosen):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None:
+                rest = sum(cost[c.name] for c in planned[i:])
+                if cost[m.name] > left:
+                    notes.append({"name": f"bagged_{m.name}", "stage": "bagging",
+                                  "reason": f"projected {cost[m.name]:.1f}s, {max(left, 0):.1f}s left"})
+                    continue
+                share = left * cost[m.name] / rest if rest > 0 else left
+            params = BaggedLearner.Params(member=m.config, folds=folds, seed=task.seed)
+            t0 = time.monotonic()
+            try:
+                learner = BaggedLearner(params, task, self.context).fit(data, Budget(None if left is None else share))
+            except (LoopmlError, ValueError, RuntimeError) as e:
+                notes.append({"name": f"bagged_{m.name}", "stage": "bagging", "reason": f"failed: {e}"})
+                continue
+            bagged.append(learner)
+            members.append(self._scored(f"bagged_{m.name}", params.model_dump(mode="json"), learner, data.validation,
+                                        task, time.monotonic() - t0, "bagged"))
+        if len(bagged) < 2:  # a single bagged member is on the leaderboard already
+            return None
+        ensemble = EnsembleLearner.from_fitted(bagged, task, context=self.context)
+        return self._scored("ensemble", ensemble.params.model_dump(mode="json"), ensemble, data.validation,
+                            task, 0.0, "ensemble (weights fitted on out-of-fold predictions)")
+
+    def _useful(self, data: FitData, task: Task, members: list[_Member]) -> list[_Member]:
+        """Members to bag, in order: those a validation Caruana gives weight (best first), then the rest."""
+        from loopml.learners.ensemble import caruana
+        from loopml.learners.multiview import to_proba
+
+        ranked = sorted(members, key=lambda m: m.loss)
+        if len(ranked) == 1:
+            return ranked
+        y = as_array(data.validation.y)
+        weights, _ = caruana([to_proba(m.scores, task.kind) for m in ranked], y, task.kind, None)
+        useful = [m for m, w in zip(ranked, weights, strict=True) if w > 0]
+        # then the others by score: bagged, a member the holdout ensemble left out may still help
+        return (useful + [m for m in ranked if all(m is not u for u in useful)])[:MAX_BAGGED]
+
+    def _row(self, m: _Member, validation: Split) -> dict:
+        kind = self.task.kind
+        shown = m.config
+        if m.stage in ("portfolio", "tuned"):  # only what differs from the learner's defaults
+            cls, params = member_params(m.config)
+            defaults = cls.Params().model_dump(mode="json")
+            shown = {k: v for k, v in params.model_dump(mode="json").items() if k == "type" or defaults.get(k) != v}
+        return {
+            "name": m.name, "learner": m.config.get("type"), "stage": m.stage, "params": shown,
+            "metric": metric_name(kind), "score": score_from_loss(m.loss, kind),
+            "accuracy": accuracy(m.scores, as_array(validation.y), kind) if len(validation) else None,
+            "fit_seconds": round(m.fit_seconds, 3), "predict_seconds_per_row": m.predict_per_row,
+            "best_iteration": m.learner.info.get("best_iteration"),
+        }
+
+    # -- use / persistence -----------------------------------------------------------------------
+    def predict_scores(self, x: Any) -> np.ndarray:
+        if self.final is None:
+            raise RuntimeError("automl learner is not fitted")
+        return self.final.predict_scores(select_view(x, type(self.final), self.final.params))
+
+    def save(self, folder: Path) -> None:
+        if self.final is None:
+            raise RuntimeError("save() before fit()")
+        folder = Path(folder)
+        final = folder / "final"
+        final.mkdir(parents=True, exist_ok=True)
+        doc = {"type": self.final.registered_name, "params": self.final.params.model_dump(mode="json")}
+        (final / "member.json").write_text(json.dumps(doc, indent=1))
+        self.final.save(final)
+        (folder / "leaderboard.json").write_text(json.dumps(self.leaderboard, indent=1))
+        (folder / "automl.json").write_text(json.dumps({"info": self.info, "history": self.history}, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path, params: StrictModel, task: Task, context: Context | None = None) -> AutoMLLearner:
+        folder = Path(folder)
+        try:
+            doc = json.loads((folder / "final" / "member.json").read_text())
+            saved = json.loads((folder / "automl.json").read_text())
+            board = json.loads((folder / "leaderboard.json").read_text())
+        except (OSError, ValueError) as e:
+            raise LoopmlError(f"cannot read the automl model in {folder}: {e}") from None
+        learner = cls(params, task, context)
+        final_cls = LEARNERS.get(doc["type"])
+        learner.final = final_cls.load(folder / "final", final_cls.Params.model_validate(doc["params"]), task, context)
+        learner.info, learner.history, learner.leaderboard = saved["info"], saved["history"], board
+        return learner
