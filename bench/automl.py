@@ -102,7 +102,7 @@ def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, 
     return code, err[-3000:], wall, cpu
 
 
-def _wait_quiet(max_load: float | None, patience: float = 600.0) -> float:
+def _wait_quiet(max_load: float | None, patience: float = 180.0) -> float:
     """Wait (at most ``patience`` s) for the 1-minute load average to fall under ``max_load``; seconds waited."""
     start = time.perf_counter()
     while max_load is not None and os.getloadavg()[0] >= max_load and time.perf_counter() - start < patience:
@@ -116,7 +116,8 @@ def run_tool(tool: str, name: str, budget: float, files: dict, args, work: Path)
     if tool == "autogluon":
         cmd = [args.autogluon_python, str(AG_RUNNER), "--train", str(files["train"]), "--test", str(files["test"]),
                "--label", label, "--problem-type", problem, "--time-limit", str(budget),
-               "--workdir", str(work / f"ag-{name}-{budget:g}"), "--out", str(out)]
+               "--workdir", str(work / f"ag-{name}-{budget:g}"), "--out", str(out),
+               *(["--num-cpus", str(args.autogluon_num_cpus)] if args.autogluon_num_cpus else [])]
     else:
         cmd = [sys.executable, "-m", "bench.automl", "_loopml", "--train", str(files["train"]), "--test",
                str(files["test"]), "--label", label, "--budget", str(budget), "--config", args.loopml_config,
@@ -286,10 +287,12 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(SPECS), help=f"comma-separated, of {', '.join(SPECS)}")
     parser.add_argument("--tools", default="loopml,autogluon")
     parser.add_argument("--autogluon-python", default=DEFAULT_AG_PYTHON)
+    parser.add_argument("--autogluon-num-cpus", type=int, default=None,
+                        help="cores AutoGluon may use (default: AutoGluon's own choice, all of them)")
     parser.add_argument("--loopml-config", default="{}",
                         help='JSON merged into loopml\'s config, e.g. \'{"learner": "lightgbm"}\'')
     parser.add_argument("--max-load", type=float, default=None,
-                        help="before each fit, wait (up to 10 min) until the 1-minute load average is below this")
+                        help="before each fit, wait (up to 3 min) until the 1-minute load average is below this")
     parser.add_argument("--preset", choices=["fast", "best"], help="loopml's AutoML preset (default: loopml's)")
     parser.add_argument("--name", default="automl", help="result files: bench/results/<name>.{json,md}")
     parser.add_argument("--curve", action="store_true", help="also draw accuracy-vs-budget PNGs (adult, ag_news)")

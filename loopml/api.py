@@ -31,12 +31,12 @@ from loopml.train.run import (
     REGRESSION_MONITORS,  # noqa: F401  (re-exported)
     RunOptions,
     TrainResult,
+    adopt_warm_start,
     check_learner,
     check_monitor,
     learner_input,
     train,
 )
-from loopml.train.trainer import TensorData
 
 #: in a checkpoint folder: the tracked run it belongs to, so --resume continues that run
 RUN_FILE = "run.json"
@@ -102,8 +102,10 @@ class Model:
         self._reset()
         budget = Budget(self.config.automl.time_budget)  # preparation counts against it too
         prepared = self._prepare(data, validation, test, cache_dir)
-        if warm_start is not None:
-            prepared = self._adopt(prepared, warm_start)
+        if warm_start is not None:  # its preprocessing re-encodes every split, so its weights fit
+            warm_start._require_trained()
+            self._initial_weights = adopt_warm_start(self.config, prepared, warm_start)
+            self.preprocessor = prepared.preprocessor
         options = RunOptions(checkpoint_dir, resume, progress is not False, [], self._initial_weights,
                              default_callbacks, budget)
         if not track:
@@ -159,26 +161,6 @@ class Model:
             raise LoopmlError(f"target.threshold is for binary targets; this target is {self.schema.target_kind}")
         check_monitor(self.config, self.schema.target_kind)
         check_learner(self.config, self.preprocessor)
-        return prepared
-
-    def _adopt(self, prepared: Prepared, start: Model) -> Prepared:
-        """Re-encode every split with ``start``'s fitted preprocessing, so its weights fit this model."""
-        from loopml.data.split import SPLITS
-
-        start._require_trained()
-        if start.network is None or self.config.learner.type != "network":
-            raise LoopmlError("warm start is for network models: both this config's learner and the model it starts "
-                              f"from must be network (they are {self.config.learner.type} and "
-                              f"{start.learner.registered_name})")
-        pre = start.preprocessor.copy()
-        if list(pre.features) != list(self.preprocessor.features) or pre.target.column != self.preprocessor.target.column:
-            raise LoopmlError("warm start needs the same input columns and target as the model it starts from")
-        for name in SPLITS:
-            frame = prepared.raw(name, self.config)
-            prepared.splits[name] = TensorData(pre.transform(frame), pre.transform_target(frame)) \
-                if frame is not None and len(frame) else None
-        prepared.preprocessor = self.preprocessor = pre
-        self._initial_weights = start.network.state_dict()
         return prepared
 
     # -- using a trained model ---------------------------------------------------------------------

@@ -317,8 +317,12 @@ def test_saved_ensembles_predict_bit_identically_in_a_fresh_process(tmp_path):
             assert ((expected[folder] > 0) == (y_test == 1)).mean() > 0.75
             contrib = ens.members[0].contributions(test_x)
             assert contrib.shape == (200, 5)
-            np.testing.assert_allclose(contrib.sum(axis=1), np.mean(
-                [m.predict_scores(test_x["table"]) for m in ens.members[0].models.values()], axis=0), atol=1e-6)
+            np.testing.assert_allclose(contrib.sum(axis=1), ens.members[0].predict_scores(test_x), atol=1e-9)
+            whole = ens.contributions(test_x)
+            np.testing.assert_allclose(whole.sum(axis=1), expected[folder], atol=1e-9)
+            # the per-feature parts are the members' weighted ones (only the bias absorbs the probability averaging)
+            parts = sum(w * m.contributions(test_x)[:, :-1] for w, m in zip(ens.weights, ens.members, strict=True))
+            np.testing.assert_allclose(whole[:, :-1], parts, atol=1e-12)
     run = subprocess.run([sys.executable, "-c", _FRESH, str(TESTS), *map(str, expected)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     for folder, scores in expected.items():

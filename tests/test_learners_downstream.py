@@ -196,3 +196,18 @@ def test_an_automl_champion_retrains_with_its_choice():
     if "automl" in LEARNERS:
         with pytest.raises(LoopmlError, match="needs a time budget"):
             candidate_config(plain, load_policy({"learner": "automl"}))
+
+
+def test_a_multi_view_learner_serves_ranks_and_explains():
+    """A bagged learner reads a dict of views: the runner, importance and attributions follow it."""
+    from loopml.serve.runner import make_runner
+
+    model = loopml.Model(target="label", learner={"type": "bagged", "member": _learner_params(), "folds": 2}).fit(
+        make(300, 8), progress=False, cache_dir=False)
+    frame = make(60, 9)
+    runner = make_runner(model, "torch", threads=1)
+    answers = runner.predict(frame.drop(columns=["label"]).to_dict(orient="records"))
+    assert runner.backend == "native" and [a["prediction"] for a in answers] == list(model.predict(frame))
+    assert model.evaluation["importance"]["features"][0]["feature"] == "x1"
+    rows = model.explain(frame, [0, 1])
+    assert rows[0]["method"] == "contributions" and max(rows[0]["features"], key=lambda c: abs(rows[0]["features"][c])) == "x1"

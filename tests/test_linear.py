@@ -102,12 +102,14 @@ def test_view_blocks_and_columns():
 def test_json_round_trip_rebuilds_the_identical_matrix():
     df = _frame(120)
     pre = _prepared(df, "topic", "category")
+    train_view = make_view(pre, "sparse", df).x  # from the counts kept by the fit
     state = pre.features["text"].state["sparse"]
     assert state["word"]["terms"] and len(state["word"]["terms"]) == len(state["word"]["idf"])
     again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
     new = _frame(40, seed=3)
     a, b = make_view(pre, "sparse", new).x, make_view(again, "sparse", new).x
     assert (a != b).nnz == 0 and a.shape == b.shape
+    assert (train_view != make_view(again, "sparse", df).x).nnz == 0  # counted afresh after the round trip
     # one row at a time (a server) gives the rows of the batch
     one = make_view(again, "sparse", new.iloc[[5]]).x
     assert (one != a[5]).nnz == 0
@@ -204,3 +206,30 @@ def test_fresh_process_load_is_bit_identical(tmp_path):
     for kind, scores in expected.items():
         got = np.load(tmp_path / kind / "scores.npy")
         assert got.dtype == np.float64 and np.array_equal(got, scores), kind
+
+
+def test_text_block_is_sklearns_tfidf():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    df = _frame(120)
+    pre = _prepared(df, "spam", "binary")
+    new = _frame(20, seed=4)
+    view = make_view(pre, "sparse", new)
+    lo, hi = dict((n, (a, b)) for n, a, b in view.blocks)["text"]
+    vecs = [TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)]
+    for vec in vecs:
+        vec.fit(df["text"])
+    expected = np.hstack([vec.transform(new["text"]).toarray() for vec in vecs])
+    assert expected.shape == (20, hi - lo)
+    assert np.allclose(view.x[:, lo:hi].toarray(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["svm", "logistic"])
+def test_a_class_absent_from_training_is_never_predicted(model):
+    _, _, split, _, _ = _fit("category", model)
+    cls = LEARNERS.get("linear")
+    learner = cls(cls.Params(model=model), Task("category", 4)).fit(FitData(split["train"], split["val"]), Budget())
+    scores = learner.predict_scores(split["test"].x)
+    assert scores.shape[1] == 4 and not np.any(scores.argmax(1) == 3)
+    assert (scores.argmax(1) == split["test"].y).mean() > 0.95

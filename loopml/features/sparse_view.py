@@ -169,12 +169,12 @@ def _block(feature, col: str, column: pd.Series):
     if kind == "text":
         texts = _texts(feature, column)
         parts = _vectorizers(feature, col)
-        cached = feature.__dict__.pop("_sparse_train", None)
+        cached = feature.__dict__.get("_sparse_train")
         if cached is not None and cached[0] == _fingerprint(texts):
-            counts = cached[1]
+            counts = feature.__dict__.pop("_sparse_train")[1]  # used once: a server keeps no training matrix
         else:
             counts = [None if vec is None else vec.transform(texts) for vec, _ in parts]
-        return sp.hstack([_tfidf(c, idf, len(texts)) for c, (_, idf) in zip(counts, parts)], format="csr")
+        return sp.hstack([_tfidf(c, idf, len(texts)) for c, (_, idf) in zip(counts, parts, strict=True)], format="csr")
     if kind == "number":
         return sp.csr_matrix(_numbers(feature, column))
     if kind == "binary":

@@ -7,16 +7,21 @@ caller when the run starts). A share of it (``reserve``) is kept for what comes 
 left after preprocessing (time a phase does not use flows to the next):
 
 1. portfolio: members in priority order (tables: LightGBM, XGBoost, LightGBM extra-trees, CatBoost,
-   LightGBM large, linear, network; text: TF-IDF linear, network), each fitted on the training
-   split with early stopping on validation. A member whose projected time (from the first member's
-   measured time and relative costs) would not fit is skipped.
+   LightGBM large, linear; text: TF-IDF linear), each fitted on the training split with early
+   stopping on validation. A member whose projected time (from the first member's measured time
+   and relative costs) would not fit is deferred to the end, for whatever time is left then. The
+   first member's predict time also moves the end of fitting forward when the evaluation after
+   fit (permutation importance) will need more than the reserve.
 2. tuning: an Optuna study (seeded TPE, median pruning on per-fold reports) on the best tunable
    member's learner, 3-fold CV on the training split, starting from that member's parameters;
-   its best parameters are refitted as one more member. Only when several trials fit.
+   its best parameters are refitted as one more member. Only when several trials fit. Then the
+   slow members (the network), so they cannot eat the cheap members' tuning time.
 3. ensembling. ``fast``: a Caruana ensemble on the validation predictions of the members.
    ``best``: k-fold bagging of the members the validation ensemble would use (cheapest projection
    first) and a Caruana ensemble on their out-of-fold predictions; it replaces the best single
    member only if it scores better on validation (the bagged folds never see the validation rows).
+   When nothing could be bagged in time, as ``fast``. A final model whose predictions would not let
+   the evaluation after fit end inside the budget gives way to the best one that would.
 
 Everything fitted is on the leaderboard (``info["leaderboard"]``, ``leaderboard.json``): learner,
 parameters, validation score, fit seconds, predict seconds per row.
@@ -57,10 +62,21 @@ MIN_FIT_SECONDS = 1.0
 RESERVE_SECONDS = 0.5
 #: cost of a member relative to a default LightGBM on the same rows (measured on adult/california,
 #: one thread): the projection before a member of that learner has been timed
-RELATIVE_COST = {"lightgbm": 1.0, "xgboost": 1.5, "catboost": 15.0, "linear": 2.0, "network": 30.0}
+RELATIVE_COST = {"lightgbm": 1.0, "xgboost": 1.0, "catboost": 6.0, "linear": 0.5, "network": 30.0}
 #: share of the fit time (after preprocessing) that each phase may end at, cumulatively
-PHASE_END = {"fast": {"portfolio": 0.75, "tuning": 1.0}, "best": {"portfolio": 0.4, "tuning": 0.55}}
+PHASE_END = {"fast": {"portfolio": 0.6, "tuning": 0.8, "late": 1.0},
+             "best": {"portfolio": 0.4, "tuning": 0.55, "late": 0.8}}
+#: learners fitted after tuning (slow, and on tables rarely in the final ensemble)
+LATE = {"network"}
 TUNING_FOLDS = 3
+#: what the evaluation after fit predicts (evaluate/assemble.py: permutation importance with 5
+#: repeats per feature on at most 5000 validation rows): the chosen model must leave time for it
+IMPORTANCE_REPEATS = 5
+IMPORTANCE_ROWS = 5_000
+#: at most this share of the budget is kept for the evaluation after fit
+MAX_POST_FIT = 0.4
+#: a faster final model may have a validation loss up to this factor of the best one's
+LOSS_SLACK = 1.05
 MAX_BAGGED = 5
 
 _TABLE_TYPES = {"number", "binary", "category", "date"}
@@ -195,27 +211,31 @@ class AutoMLLearner(Learner):
         def phase_end(name: str) -> float | None:
             return None if deadline is None else started + ends[name] * fit_time
 
-        deferred = self._portfolio(list(self._members_of(p).items()), data, task, members, notes,
-                                   phase_end("portfolio"))
+        configs = [(n, c) for n, c in self._members_of(p).items() if c["type"] not in LATE]
+        late = [(n, c) for n, c in self._members_of(p).items() if c["type"] in LATE]
+        if not configs:  # images/audio: the network is all there is
+            configs, late = late, []
+        deferred = self._portfolio(configs[:1], data, task, members, notes, phase_end("portfolio"))
+        if deadline is not None:
+            # the first member's predict time shows what the evaluation after fit will cost: keep it
+            deadline = min(deadline, budget.started + budget.seconds - self._post_fit_seconds(members[0], data, budget))
+            fit_time = max(deadline - started, 0.0)
+        deferred += self._portfolio(configs[1:], data, task, members, notes, phase_end("portfolio"))
         tuning: dict = {}
         if p.tune:
             tuning = self._tune(data, task, members, notes, phase_end("tuning"))
+        if late:  # slow members after tuning the cheap ones, leaving room for bagging and the rest
+            deferred += self._portfolio(late, data, task, members, notes, phase_end("late"))
         bagged = self._bagged_ensemble(data, task, members, notes, deadline) if p.preset == "best" else None
         # members the portfolio phase had no time for get what bagging left
         for name, _ in self._portfolio(deferred, data, task, members, notes, deadline):
             notes.append({"name": name, "stage": "portfolio", "reason": "did not fit in the time left"})
-        pool = list(members)
-        if bagged is not None:
-            # bagged folds never see the validation rows: every candidate is scored there fairly
-            pool.append(bagged)
-            winner = min(pool, key=lambda m: m.loss)
-        else:
-            # Caruana on the validation predictions: its own validation score is optimistic, so it
-            # is taken whenever it uses more than one member
-            holdout = self._holdout_ensemble(data, task, members)
-            if holdout is not None:
-                pool.append(holdout)
-            winner = holdout or min(pool, key=lambda m: m.loss)
+        # bagged folds never see the validation rows, and the validation ensemble is scored by
+        # cross-fitting its weights: every candidate's loss is an honest validation loss
+        holdout = self._holdout_ensemble(data, task, members)
+        pool = members + [m for m in (bagged, holdout) if m is not None]
+        winner = min(pool, key=lambda m: m.loss)
+        winner, post_fit = self._affordable(winner, pool, data, budget)
         self.final, final_name = winner.learner, winner.name
         rows = [self._row(m, data.validation) for m in pool]
         for row in rows:
@@ -226,12 +246,41 @@ class AutoMLLearner(Learner):
         spent = time.monotonic() - budget.started
         self.info = jsonable({
             "leaderboard": self.leaderboard, "chosen": final_name, "preset": p.preset,
-            "predict_seconds_per_row": winner.predict_per_row,
+            "predict_seconds_per_row": winner.predict_per_row, "post_fit_estimate_s": post_fit,
             "metric": metric_name(task.kind), "time_budget": budget.seconds,
             "seconds": round(time.monotonic() - started, 3), "seconds_since_start": round(spent, 3),
             "skipped": notes, "tuning": tuning, "members": list(self._members_of(p)),
         })
         return self
+
+    def _post_fit_rows(self, data: FitData) -> int:
+        n_val = len(data.validation)
+        features = len(self.context.preprocessor.features) if self.context is not None else 10
+        return 2 * n_val + min(n_val, IMPORTANCE_ROWS) * IMPORTANCE_REPEATS * features
+
+    def _post_fit_seconds(self, member: _Member, data: FitData, budget: Budget) -> float:
+        """Seconds to keep after fit: the static reserve, or what predicting like ``member`` after fit
+        takes, capped at MAX_POST_FIT of the budget (beyond that the choice of final model adapts)."""
+        static = self.params.reserve * budget.seconds + RESERVE_SECONDS
+        projected = member.predict_per_row * self._post_fit_rows(data) + RESERVE_SECONDS
+        return max(static, min(projected, MAX_POST_FIT * budget.seconds))
+
+    def _affordable(self, winner: _Member, pool: list[_Member], data: FitData,
+                    budget: Budget) -> tuple[_Member, float]:
+        """The winner, unless predicting with it after fit (evaluation, permutation importance) would
+        overrun the budget: then the best candidate that fits among those scoring close to it (loss
+        within LOSS_SLACK), else the fastest of those: a much worse model is never taken for speed."""
+        rows = self._post_fit_rows(data)
+        cost = {id(m): m.predict_per_row * rows for m in pool}
+        if budget.seconds is None:
+            return winner, round(cost[id(winner)], 3)
+        left = budget.started + budget.seconds - time.monotonic() - RESERVE_SECONDS
+        if cost[id(winner)] <= left:
+            return winner, round(cost[id(winner)], 3)
+        close = [m for m in pool if m.loss <= winner.loss * LOSS_SLACK]
+        fits = [m for m in close if cost[id(m)] <= left]
+        chosen = min(fits, key=lambda m: m.loss) if fits else min(close, key=lambda m: cost[id(m)])
+        return chosen, round(cost[id(chosen)], 3)
 
     def _deadline(self, budget: Budget) -> float | None:
         """When fitting must end (monotonic clock), or a LoopmlError when the budget cannot fit one member."""
@@ -269,16 +318,17 @@ class AutoMLLearner(Learner):
         return _Member(name, config, learner, scores, loss, fit_seconds, per_row, stage)
 
     def _estimate(self, config: dict, members: list[_Member]) -> float | None:
-        """Projected seconds for a member: the same learner's last time, else relative to the first member."""
+        """Projected seconds for a member: the same learner's last time, else the relative cost times
+        the fastest member's time per unit of cost (the first fit also pays the library's import)."""
         kind = config["type"]
-        same = [m.fit_seconds for m in members if m.config["type"] == kind]
+        same = [m.fit_seconds for m in members if m.config["type"] == kind and m.stage == "portfolio"]
         if same:
             return max(same)
-        if not members:
+        timed = [m for m in members if m.stage == "portfolio"]
+        if not timed:
             return None
-        ref = members[0]
-        rel = RELATIVE_COST.get(kind, 10.0) / RELATIVE_COST.get(ref.config["type"], 1.0)
-        return ref.fit_seconds * rel
+        unit = min(m.fit_seconds / RELATIVE_COST.get(m.config["type"], 10.0) for m in timed)
+        return unit * RELATIVE_COST.get(kind, 10.0)
 
     def _portfolio(self, configs: list[tuple[str, dict]], data: FitData, task: Task, members: list[_Member],
                    notes: list[dict], end: float | None) -> list[tuple[str, dict]]:
@@ -342,19 +392,34 @@ class AutoMLLearner(Learner):
         return {**summary, "improved": True}
 
     def _holdout_ensemble(self, data: FitData, task: Task, members: list[_Member]) -> _Member | None:
-        """Caruana on the validation predictions (preset fast): no more fitting."""
-        from loopml.learners.ensemble import EnsembleLearner
+        """Caruana on the validation predictions of every member (single or bagged): no more fitting.
 
-        if len(members) < 2:
+        Its loss is cross-fitted (weights chosen on one half of the validation rows, scored on the
+        other, both ways), so it competes fairly with the members; the kept weights use all rows.
+        """
+        from loopml.learners.bagging import fold_indices
+        from loopml.learners.ensemble import EnsembleLearner, blend, caruana
+        from loopml.learners.multiview import from_proba, row_weights, to_proba
+
+        if len(members) < 2 or len(data.validation) < 20:
             return None
         y = as_array(data.validation.y)
         w = None if data.validation.weight is None else as_array(data.validation.weight)
+        rw = row_weights(task, y, w)
+        probas = [to_proba(m.scores, task.kind) for m in members]
+        crossed = np.zeros_like(probas[0])
+        for held in fold_indices(y, task.kind, 2, task.seed):
+            rest = np.setdiff1d(np.arange(len(y)), held, assume_unique=True)
+            weights, _ = caruana([p[rest] for p in probas], y[rest], task.kind, None if rw is None else rw[rest])
+            crossed[held] = blend([p[held] for p in probas], weights)
         ensemble = EnsembleLearner.from_fitted([m.learner for m in members], task, y=y, weight=w,
                                                scores=[m.scores for m in members], context=self.context)
         if len(ensemble.members) < 2:
             return None
-        return self._scored("ensemble", ensemble.params.model_dump(mode="json"), ensemble, data.validation,
-                            task, 0.0, "ensemble (weights fitted on validation)")
+        member = self._scored("ensemble_validation", ensemble.params.model_dump(mode="json"), ensemble,
+                              data.validation, task, 0.0, "ensemble (weights fitted on validation)")
+        member.loss = validation_loss(from_proba(crossed, task.kind), y, task.kind, w)
+        return member
 
     def _bagged_ensemble(self, data: FitData, task: Task, members: list[_Member], notes: list[dict],
                          deadline: float | None) -> _Member | None:
@@ -363,20 +428,22 @@ class AutoMLLearner(Learner):
         from loopml.learners.ensemble import EnsembleLearner
 
         chosen = self._useful(data, task, members)
+        names = {m.name for m in chosen}
+        chosen = [m for m in chosen if f"{m.name}_tuned" not in names]  # the tuned variant replaces it
         concurrency = max(1, min(task.threads, self.params.folds))
         folds = self.params.folds
         cost = {m.name: folds * m.fit_seconds * (folds - 1) / folds / concurrency for m in chosen}
         bagged: list[Learner] = []
-        planned = list(chosen)
-        for i, m in enumerate(chosen):
+        for m in chosen:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None:
-                rest = sum(cost[c.name] for c in planned[i:])
+                # in priority order, each gets what it needs: a bagged member cut short by time is
+                # worse than the single one, so one that does not fit is not started
                 if cost[m.name] > left:
                     notes.append({"name": f"bagged_{m.name}", "stage": "bagging",
                                   "reason": f"projected {cost[m.name]:.1f}s, {max(left, 0):.1f}s left"})
                     continue
-                share = left * cost[m.name] / rest if rest > 0 else left
+                share = min(left, 1.5 * cost[m.name])
             params = BaggedLearner.Params(member=m.config, folds=folds, seed=task.seed)
             t0 = time.monotonic()
             try:
@@ -390,7 +457,7 @@ class AutoMLLearner(Learner):
         if len(bagged) < 2:  # a single bagged member is on the leaderboard already
             return None
         ensemble = EnsembleLearner.from_fitted(bagged, task, context=self.context)
-        return self._scored("ensemble", ensemble.params.model_dump(mode="json"), ensemble, data.validation,
+        return self._scored("ensemble_oof", ensemble.params.model_dump(mode="json"), ensemble, data.validation,
                             task, 0.0, "ensemble (weights fitted on out-of-fold predictions)")
 
     def _useful(self, data: FitData, task: Task, members: list[_Member]) -> list[_Member]:

@@ -6,7 +6,8 @@ its out-of-fold (OOF) prediction; a prediction is the mean of the fold models' p
 threads (the GBM libraries release the GIL), each member single-threaded, ``Task.threads`` at once.
 Each fold is given 0.8 x remaining / rounds of folds left; once a fold has finished, a fold that
 its time says will not fit in what is left is skipped (recorded in ``info``), so its rows have no
-OOF prediction (``oof_mask``).
+OOF prediction (``oof_mask``). ``refit: true`` then fits one model on every row for the folds' mean
+best iteration, which alone predicts (AutoGluon's refit_full: one model to serve instead of k).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from loopml.learners.base import LEARNERS, Budget, Context, FitData, Learner, Sp
 from loopml.learners.multiview import (
     MULTI,
     as_array,
+    combine_contributions,
     concat_views,
     from_proba,
     jsonable,
@@ -229,14 +231,12 @@ class BaggedLearner(Learner):
         return from_proba(np.mean([to_proba(s, self.task.kind) for s in scores], axis=0), self.task.kind)
 
     def contributions(self, x: Any) -> np.ndarray | None:
-        """Mean of the folds' attributions (exact for numbers; for classes the rows sum to the mean fold logit)."""
+        """The mean of the folds' attributions; each row sums to ``predict_scores`` (see combine_contributions)."""
         cls, params = member_params(self.params.member)
         view = select_view(x, cls, params)
         models = [self.full] if self.full is not None else list(self.models.values())
         parts = [m.contributions(view) for m in models]
-        if not parts or any(p is None for p in parts):
-            return None
-        return np.mean(parts, axis=0)
+        return combine_contributions(parts, np.full(len(parts), 1.0 / len(parts)), self.predict_scores(x))
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

@@ -32,6 +32,7 @@ from loopml.learners.base import LEARNERS, Budget, Context, FitData, Learner, Sp
 from loopml.learners.multiview import (
     MULTI,
     as_array,
+    combine_contributions,
     from_proba,
     jsonable,
     leaf_learners,
@@ -194,7 +195,11 @@ class EnsembleLearner(Learner):
                     weight: np.ndarray | None = None, scores: list[np.ndarray] | None = None,
                     context: Context | None = None, rounds: int = 25, stack: bool = False) -> EnsembleLearner:
         """An ensemble of learners fitted elsewhere (AutoML): on their OOF (``bagged``) or the given ``scores``."""
-        params = cls.Params(members=[m.params.model_dump(mode="json") for m in members], rounds=rounds, stack=stack)
+        # a refit of these params (retrain) redoes the same: folds=0 selects on given (validation) scores
+        bagged = [m for m in members if isinstance(m, BaggedLearner)]
+        params = cls.Params(members=[m.params.model_dump(mode="json") for m in members], rounds=rounds, stack=stack,
+                            folds=0 if scores is not None else cls.Params().folds,
+                            include_validation=bool(bagged) and scores is None and bagged[0].params.include_validation)
         ensemble = cls(params, task, context)
         if scores is None:
             scores = [m.oof for m in members]  # type: ignore[attr-defined]
@@ -273,6 +278,14 @@ class EnsembleLearner(Learner):
         if self.meta is not None:
             return meta_scores(self.meta, _stack_features(scores, kind), kind)
         return from_proba(blend([to_proba(s, kind) for s in scores], self.weights), kind)
+
+    def contributions(self, x: Any) -> np.ndarray | None:
+        """Weighted members' attributions (Caruana, members reading one view); None for stacking or mixed views."""
+        if self.meta is not None or len({type(m).views_for(m.params) if m.view == MULTI else (m.view,)
+                                         for m in self.members}) != 1:
+            return None
+        parts = [m.contributions(select_view(x, type(m), m.params)) for m in self.members]
+        return combine_contributions(parts, self.weights, self.predict_scores(x))
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

@@ -200,3 +200,16 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float | int | str | bool) or value is None:
         return value
     return str(value)
+
+
+def combine_contributions(parts: list[np.ndarray | None], weights: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
+    """Members' attributions, weighted, with the bias (last column) absorbing the rest so each row sums to ``scores``.
+
+    For numbers the weighted sum is already exact; for classes the scores average probabilities, not
+    logits, so the per-feature parts are the weighted logit attributions and the bias takes the difference.
+    """
+    if not parts or any(p is None for p in parts) or len({p.shape for p in parts}) != 1:
+        return None
+    total = sum(w * p for w, p in zip(weights, parts, strict=True))
+    total[:, -1] += scores - total.sum(axis=1)
+    return total

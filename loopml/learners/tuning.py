@@ -225,11 +225,11 @@ def tune(name: str, base: dict, task: Task, context: Context | None, data: Split
 
     start = time.monotonic()
     study = make_study(name, seed=task.seed, storage=storage, study_name=study_name)
+    first_number = len(study.trials)
     if enqueue and not study.trials:
         study.enqueue_trial(start_point(name, enqueue))
     objective = cv_objective(name, base, task, context, data, folds, budget)
     durations: list[float] = []
-    first_number = len(study.trials)
 
     def stop_when_out_of_time(study_, trial) -> None:
         if trial.datetime_complete and trial.datetime_start:

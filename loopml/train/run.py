@@ -111,6 +111,25 @@ def learner_task(config: Config, pre: Preprocessor, weights: list[float] | None 
                 seed=config.training.seed, threads=max(1, threads))
 
 
+def adopt_warm_start(config: Config, prepared: Any, start: Any) -> dict:
+    """Re-encode every split of ``prepared`` with ``start``'s fitted preprocessing (a copy); its network weights."""
+    from loopml.data.split import SPLITS
+    from loopml.train.trainer import TensorData
+
+    if start.network is None or config.learner.type != "network":
+        raise LoopmlError("warm start is for network models: both this config's learner and the model it starts "
+                          f"from must be network (they are {config.learner.type} and {start.learner.registered_name})")
+    pre = start.preprocessor.copy()
+    if list(pre.features) != list(prepared.preprocessor.features) or pre.target.column != prepared.preprocessor.target.column:
+        raise LoopmlError("warm start needs the same input columns and target as the model it starts from")
+    for name in SPLITS:
+        frame = prepared.raw(name, config)
+        prepared.splits[name] = TensorData(pre.transform(frame), pre.transform_target(frame)) \
+            if frame is not None and len(frame) else None
+    prepared.preprocessor = pre
+    return start.network.state_dict()
+
+
 # -- views ----------------------------------------------------------------------------------------
 def view_kinds(cls: type[Learner], params: Any) -> tuple[str, ...]:
     """The view kinds a learner reads: its own, or every one its members read (``view = "multi"``)."""

@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, required=True)
     parser.add_argument("--workdir", required=True, help="AutoGluon's model folder (deleted by the caller)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--num-cpus", type=int, default=None, help="cores AutoGluon may use (default: its own choice)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -36,7 +37,7 @@ def main() -> None:
     test = pd.read_parquet(args.test)
     predictor = TabularPredictor(label=args.label, problem_type=args.problem_type, path=args.workdir, verbosity=1)
     fit_start = time.perf_counter()
-    predictor.fit(train, time_limit=args.time_limit)
+    predictor.fit(train, time_limit=args.time_limit, **({"num_cpus": args.num_cpus} if args.num_cpus else {}))
     fit_s = time.perf_counter() - fit_start
     features = test.drop(columns=[args.label])
     predict_start = time.perf_counter()
@@ -50,6 +51,7 @@ def main() -> None:
         "version": autogluon.tabular.__version__,
         "presets": "default (medium_quality)",
         "eval_metric": predictor.eval_metric.name,
+        "num_cpus": args.num_cpus or "auto",
         "import_s": imported - start,
         "fit_s": fit_s,
         "predict_s": predict_s,
