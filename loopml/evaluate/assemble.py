@@ -5,6 +5,7 @@ whichever learner made the scores.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,11 +69,13 @@ def set_threshold(pre: Preprocessor, target_cfg: Any, val_scores: np.ndarray, va
 
 # -- the evaluation stored with a fitted model ---------------------------------------------------
 def assemble(config: Any, prepared: Any, pre: Preprocessor, learner: Any, splits: dict, monitor: str,
-             sizes: dict[str, int], train_rows: int, inputs_fn: Callable | None = None) -> Assembled:
+             sizes: dict[str, int], train_rows: int, inputs_fn: Callable | None = None,
+             budget: Any = None) -> Assembled:
     """Threshold, metrics per held-out split, report data, importance and the drift reference.
 
     ``splits``: name -> Split in the learner's view (train included, for the class balance);
-    ``inputs_fn(frame)``: the learner's input for raw rows (permutation importance).
+    ``inputs_fn(frame)``: the learner's input for raw rows (permutation importance);
+    ``budget``: with a time budget, importance gets only what is left of it (fewer repeats and rows).
     """
     from loopml.evaluate.explain import importance_metric
 
@@ -87,7 +90,8 @@ def assemble(config: Any, prepared: Any, pre: Preprocessor, learner: Any, splits
     }
     metric = importance_metric(pre.target.kind, monitor)
     imp = importance(learner, pre, held_out["validation"].x, held_out["validation"].y, metric,
-                     prepared.raw("validation", config), seed=config.training.seed, inputs_fn=inputs_fn)
+                     prepared.raw("validation", config), seed=config.training.seed, inputs_fn=inputs_fn,
+                     budget=budget)
     targets = {name: torch.as_tensor(split.y) for name, split in splits.items() if split is not None}
     data = {"sizes": sizes, "train_rows_after_sampling": train_rows, "class_balance": class_balance(pre, targets)}
     ref = drift_reference(prepared, config, pre, scores.get("test", scores["validation"]))
@@ -115,11 +119,13 @@ def drift_reference(prepared: Any, config: Any, pre: Preprocessor, held_out_scor
 
 # -- permutation importance for every view --------------------------------------------------------
 def importance(learner: Any, pre: Preprocessor, x: Any, y: np.ndarray, metric: str, frame: Any = None,
-               repeats: int = 5, seed: int = 0, inputs_fn: Callable | None = None) -> dict:
+               repeats: int = 5, seed: int = 0, inputs_fn: Callable | None = None, budget: Any = None) -> dict:
     """Mean and spread, over ``repeats`` shuffles, of the drop in ``metric`` per input column.
 
-    The network shuffles its tensors ``x``; any other learner shuffles the view columns each
-    feature feeds, from the raw rows ``frame`` (explain.learner_importance).
+    The network shuffles its tensors ``x``; any other learner shuffles, in its computed input ``x``,
+    the view columns each feature feeds (explain.inputs_importance: no view is computed again).
+    With a time budget, the shuffles are sized to half of what is left of it (at least one repeat
+    on at least 500 rows): an ensemble of fold models predicts ~100x slower than one tree model.
     """
     network = getattr(learner, "network", None)
     if isinstance(x, dict) and network is not None and getattr(learner, "view", None) == "tensors":
@@ -128,9 +134,24 @@ def importance(learner: Any, pre: Preprocessor, x: Any, y: np.ndarray, metric: s
 
         return permutation_importance(network, TensorData(x, torch.as_tensor(y)), metric_scorer(pre, metric), metric,
                                       repeats, seed)
-    from loopml.evaluate.explain import learner_importance
+    from loopml.evaluate.explain import MAX_IMPORTANCE_ROWS, inputs_importance, take_inputs
 
     def one(scores: np.ndarray, target: np.ndarray) -> float:
         return score_one(pre, scores, target, metric)
 
-    return learner_importance(learner, pre, frame, y, one, metric, repeats, seed, inputs_fn)
+    left = budget.remaining() if budget is not None else None
+    if left is not None and len(y):
+        rows = min(len(y), MAX_IMPORTANCE_ROWS)
+        keep = np.sort(np.random.default_rng(seed).choice(len(y), rows, replace=False))
+        x, y = take_inputs(x, keep), y[keep]
+        start = time.perf_counter()
+        learner.predict_scores(x)
+        per_row = (time.perf_counter() - start) / rows
+        allowed = max(0.5, 0.5 * left)
+        shuffles = len(pre.features) + 1
+        repeats = max(1, min(repeats, int(allowed / (per_row * rows * shuffles))))
+        fit_rows = int(allowed / (per_row * repeats * shuffles))
+        if fit_rows < rows:
+            keep = np.sort(np.random.default_rng(seed + 1).choice(rows, max(500, min(rows, fit_rows)), replace=False))
+            x, y = take_inputs(x, keep), y[keep]
+    return inputs_importance(learner.predict_scores, pre, x, y, metric, repeats, seed, one)

@@ -205,14 +205,14 @@ def _permuted(inputs, slots: list[tuple], order: np.ndarray):
     return out if multi else out[None]
 
 
-def _take(inputs, index: np.ndarray):
+def take_inputs(inputs, index: np.ndarray):
     """The rows ``index`` of a view, a tensors dict or a dict of views."""
     from loopml.features.views import SparseView, TableView
 
     if isinstance(inputs, (TableView, SparseView)):
         return inputs.rows(index)
     if _is_multi(inputs):
-        return {k: _take(v, index) for k, v in inputs.items()}
+        return {k: take_inputs(v, index) for k, v in inputs.items()}
     picked = torch.from_numpy(np.asarray(index))
     return {c: t[picked] for c, t in inputs.items()}
 
@@ -232,7 +232,7 @@ def inputs_importance(
     rng = np.random.default_rng(seed)
     if len(target) > MAX_IMPORTANCE_ROWS:
         keep = np.sort(rng.choice(len(target), MAX_IMPORTANCE_ROWS, replace=False))
-        inputs, target = _take(inputs, keep), target[keep]
+        inputs, target = take_inputs(inputs, keep), target[keep]
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
 
     def metric_of(x) -> float:

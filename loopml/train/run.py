@@ -217,7 +217,7 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
         seconds = time.perf_counter() - start
         sizes = {name: len(split) for name, split in prepared.splits.items() if split is not None}
         assembled = assemble(config, prepared, pre, learner, splits, monitor, sizes, len(train_split),
-                             lambda frame: learner_input(pre, cls, config.learner, frame))
+                             lambda frame: learner_input(pre, cls, config.learner, frame), budget)
     training = {"monitor": monitor, "seconds": seconds, "stop_reason": "done", "resumed": False, **learner.info,
                 "learner": cls.registered_name}
     info = {
