@@ -243,3 +243,13 @@ def test_refit_forgets_the_earlier_fit(data):
     learner.fit(FitData(s["train"], s["val"]), Budget())
     np.testing.assert_array_equal(learner.predict_scores(s["test"].x), first)
     assert len(learner.history) == learner.info["iterations"]
+
+
+@pytest.mark.parametrize("key", ["train_dir", "allow_writing_files", "output_model", "num_threads", "nthread",
+                                 "seed", "objective", "loss_function", "device_type"])
+def test_extra_cannot_set_files_threads_seeds_or_the_objective(key):
+    from loopml.config import load_config
+    from loopml.errors import LoopmlError
+
+    with pytest.raises(LoopmlError, match="set by loopml itself"):
+        load_config({"target": "y", "learner": {"type": "lightgbm", "extra": {key: "x"}}})

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from loopml.errors import LoopmlError
 from loopml.features import StrictModel
@@ -33,8 +33,13 @@ from loopml.learners.base import Budget, Context, FitData, Learner, Split, Task
 
 META_FILE = "learner.json"
 
-#: extra library parameters a config may pass through unchecked (name -> scalar)
+#: extra library parameters a config may pass through (name -> scalar)
 ExtraParams = dict[str, bool | int | float | str]
+#: what ``extra`` may not set: files and folders the library would write or read, resources loopml
+#: sizes itself, and what fixes the meaning of the scores (objective, classes, metric)
+_RESERVED_EXTRA = ("file", "dir", "path", "snapshot", "writing", "model", "output", "input", "thread", "job",
+                   "seed", "verbos", "device", "gpu", "task_type", "objective", "loss_function", "num_class",
+                   "metric", "eval", "boost_from_average", "init_score", "base_score")
 
 
 class TreeParams(Learner.Params):
@@ -48,6 +53,15 @@ class TreeParams(Learner.Params):
     early_stopping_rounds: int = Field(50, ge=0)
     #: library parameters passed as they are (for tuning), e.g. {"min_split_gain": 0.1}
     extra: ExtraParams = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _no_reserved_extra(cls, value: dict) -> dict:
+        for key in value:
+            if any(part in key.lower() for part in _RESERVED_EXTRA):
+                raise ValueError(f"extra parameter {key!r} is set by loopml itself (files, threads, seeds, "
+                                 "objective and metric are not configurable here)")
+        return value
 
 
 class Stopper:
