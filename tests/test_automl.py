@@ -145,3 +145,20 @@ def test_tune_unknown_learner_names_the_nearest(tmp_path, capsys):
     code = main(["tune", "--data", str(data), "--target", "y", "--learner", "lightgbn", "--trials", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "did you mean 'lightgbm'" in err
+
+
+def test_mostly_numeric_tables_get_a_pairwise_member_costed_by_its_columns():
+    from loopml.features.views import TableView
+    from loopml.learners.automl import AutoMLLearner, portfolio
+    from loopml.learners.base import FitData, Split
+
+    table = {"number", "category"}
+    assert portfolio(table, "best", numeric_share=0.8)["lightgbm_pairwise"]["pairwise"] == 8
+    assert list(portfolio(table, "best", numeric_share=0.8))[:3] == ["lightgbm", "xgboost", "lightgbm_pairwise"]
+    assert "lightgbm_pairwise" not in portfolio(table, "best", numeric_share=0.3)
+    assert "lightgbm_pairwise" not in portfolio(table, "fast", numeric_share=1.0)
+    # 4 numeric + 1 categorical column: 6 pairs x 4 operations = 24 more columns on 5
+    view = TableView(np.zeros((3, 5)), list("abcde"), {4: 3}, list("abcde"))
+    data = FitData(Split({"table": view}, np.zeros(3)), Split({"table": view}, np.zeros(3)))
+    assert AutoMLLearner._column_growth({"type": "lightgbm", "pairwise": 8}, data) == pytest.approx(1 + 24 / 5)
+    assert AutoMLLearner._column_growth({"type": "lightgbm"}, data) == 1.0

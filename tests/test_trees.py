@@ -253,3 +253,36 @@ def test_extra_cannot_set_files_threads_seeds_or_the_objective(key):
 
     with pytest.raises(LoopmlError, match="set by loopml itself"):
         load_config({"target": "y", "learner": {"type": "lightgbm", "extra": {key: "x"}}})
+
+
+@pytest.mark.parametrize("name", ["lightgbm", "xgboost"])
+def test_pairwise_features_learn_a_ratio_and_survive_save_load(name, tmp_path):
+    from loopml.features.views import TableView
+    from loopml.learners.trees import choose_pairs
+
+    rng = np.random.default_rng(3)
+    n = 1200
+    x = np.column_stack([rng.uniform(1, 5, n), rng.uniform(1, 5, n), rng.normal(size=n), rng.integers(0, 3, n)])
+    y = x[:, 0] / x[:, 1] + 0.05 * rng.normal(size=n)
+    x[::17, 2] = np.nan
+    views = [TableView(x[s], ["a", "b", "noise", "code"], {3: 3}, ["a", "b", "noise", "code"])
+             for s in (slice(0, 800), slice(800, 1000), slice(1000, None))]
+    splits = [Split(v, y[s]) for v, s in zip(views, (slice(0, 800), slice(800, 1000), slice(1000, None)), strict=True)]
+    # the categorical column is never paired; the two that carry the target come first
+    assert choose_pairs(splits[0], 2) == [(0, 1)]
+    assert all(3 not in p for p in choose_pairs(splits[0], 3))
+    errors = {}
+    for k in (0, 2):
+        learner = LEARNERS.get(name)(params(name, pairwise=k), task("number"))
+        learner.fit(FitData(splits[0], splits[1]), Budget())
+        scores = learner.predict_scores(views[2])
+        errors[k] = float(np.nanmean((scores - splits[2].y) ** 2))
+        contrib = learner.contributions(views[2])
+        assert contrib.shape == (len(views[2]), 5)
+        np.testing.assert_allclose(contrib.sum(axis=1), scores, rtol=1e-5, atol=1e-5)
+    assert errors[2] < 0.8 * errors[0]
+    learner.save(tmp_path)
+    assert json.loads((tmp_path / "learner.json").read_text())["pairs"] == [[0, 1]]
+    cls = LEARNERS.get(name)
+    again = cls.load(tmp_path, cls.Params(pairwise=2), task("number"))
+    np.testing.assert_array_equal(again.predict_scores(views[2]), learner.predict_scores(views[2]))

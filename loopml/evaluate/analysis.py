@@ -67,7 +67,9 @@ def evaluate_split(
     t = pre.target
     decoded, proba = t.decode(outputs)
     if t.kind == "number":
-        y_true = target * t.state["std"] + t.state["mean"]
+        # float64: a float32 target near its ±3.4e38 limit overflows in the residuals and rounding
+        y_true = np.asarray(target, dtype=np.float64) * t.state["std"] + t.state["mean"]
+        decoded = np.asarray(decoded, dtype=np.float64)
         scores, error = decoded, np.abs(decoded - y_true)
         wrong = np.ones(len(y_true), dtype=bool)
     else:

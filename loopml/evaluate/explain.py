@@ -148,7 +148,7 @@ def learner_inputs(learner, pre, frame, inputs_fn: Callable | None = None):
 def _feature_slots(inputs) -> dict[str, list[tuple]]:
     """Per input feature, where it lives in ``inputs``: ("tensor", key, column) / ("table", key, idx) /
     ("sparse", key, (start, end)) entries; ``key`` is the view kind in a dict of views, else None."""
-    from loopml.features.views import SparseView, TableView
+    from loopml.features.views import SparseView, TableView, TextView
 
     slots: dict[str, list[tuple]] = {}
 
@@ -159,6 +159,9 @@ def _feature_slots(inputs) -> dict[str, list[tuple]]:
         elif isinstance(view, SparseView):
             for source, start, end in view.blocks:
                 slots.setdefault(source, []).append(("sparse", key, (start, end)))
+        elif isinstance(view, TextView):
+            for column in view.x:
+                slots.setdefault(column, []).append(("text", key, column))
         elif isinstance(view, dict):  # the network's tensors: column -> tensor
             for column in view:
                 slots.setdefault(column, []).append(("tensor", key, column))
@@ -174,14 +177,14 @@ def _feature_slots(inputs) -> dict[str, list[tuple]]:
 
 
 def _is_multi(inputs) -> bool:
-    return isinstance(inputs, dict) and bool(inputs) and all(k in ("tensors", "table", "sparse") for k in inputs)
+    return isinstance(inputs, dict) and bool(inputs) and all(k in ("tensors", "table", "sparse", "text") for k in inputs)
 
 
 def _permuted(inputs, slots: list[tuple], order: np.ndarray):
     """``inputs`` with one feature's values (every slot of it, in every view) moved to the rows ``order``."""
     import scipy.sparse as sp
 
-    from loopml.features.views import SparseView, TableView
+    from loopml.features.views import SparseView, TableView, TextView
 
     multi = _is_multi(inputs)
     out = dict(inputs) if multi else {None: inputs}
@@ -197,6 +200,10 @@ def _permuted(inputs, slots: list[tuple], order: np.ndarray):
             x = view.x.tocsc()
             middle = x[:, start:end].tocsr()[order]
             out[key] = SparseView(sp.hstack([x[:, :start], middle, x[:, end:]], format="csr"), view.blocks)
+        elif kind == "text":
+            texts = dict(view.x)
+            texts[where] = [texts[where][i] for i in order]
+            out[key] = TextView(texts)
         else:
             tensors = view if key in copied else dict(view)
             tensors[where] = tensors[where][torch.from_numpy(order)]
@@ -207,9 +214,9 @@ def _permuted(inputs, slots: list[tuple], order: np.ndarray):
 
 def take_inputs(inputs, index: np.ndarray):
     """The rows ``index`` of a view, a tensors dict or a dict of views."""
-    from loopml.features.views import SparseView, TableView
+    from loopml.features.views import SparseView, TableView, TextView
 
-    if isinstance(inputs, (TableView, SparseView)):
+    if isinstance(inputs, (TableView, SparseView, TextView)):
         return inputs.rows(index)
     if _is_multi(inputs):
         return {k: take_inputs(v, index) for k, v in inputs.items()}

@@ -14,6 +14,10 @@
 A view that needs fitting (TF-IDF) is fitted with ``fit_view(pre, kind, train_frame)`` before
 training; its state lives in the features' ``state`` dicts, so preprocessing.json holds it and
 predict/serve compute the identical view.
+
+- ``text``: the text columns' canonical strings (missing -> ""), per column (``TextView``), for
+  learners that embed texts themselves (``embedding_linear``). Other columns are not in it; nothing
+  to fit.
 """
 
 from __future__ import annotations
@@ -52,6 +56,28 @@ class SparseView:
         return SparseView(self.x[index], self.blocks)
 
 
+@dataclass
+class TextView:
+    #: text column -> its rows' canonical strings (the text feature's reading: missing -> "")
+    x: dict[str, list[str]]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.x.values()))) if self.x else 0
+
+    def rows(self, index: np.ndarray) -> TextView:
+        return TextView({col: [texts[int(i)] for i in index] for col, texts in self.x.items()})
+
+
+def text_view(pre, df) -> TextView:
+    from loopml.errors import LoopmlError
+
+    pre.check_columns(df)
+    x = {col: f._texts(df[col]) for col, f in pre.features.items() if f.config.type == "text"}
+    if not x:
+        raise LoopmlError("the text view needs at least one text column")
+    return TextView(x)
+
+
 def fit_view(pre, kind: str, train) -> None:
     """Fit what a view needs beyond the features' own state (TF-IDF vocabularies), on the training rows."""
     if kind == "sparse":
@@ -61,7 +87,7 @@ def fit_view(pre, kind: str, train) -> None:
 
 
 def make_view(pre, kind: str, df):
-    """The ``kind`` view of the rows of ``df``: tensors, a TableView or a SparseView."""
+    """The ``kind`` view of the rows of ``df``: tensors, a TableView, a SparseView or a TextView."""
     if kind == "tensors":
         return pre.transform(df)
     if kind == "table":
@@ -72,4 +98,6 @@ def make_view(pre, kind: str, df):
         from loopml.features.sparse_view import sparse_view
 
         return sparse_view(pre, df)
+    if kind == "text":
+        return text_view(pre, df)
     raise ValueError(f"unknown view {kind!r}")

@@ -6,6 +6,7 @@ from loopml.learners.base import LEARNERS, VIEWS, Budget, Context, FitData, Lear
 from loopml.learners import network  # noqa: E402,F401
 from loopml.learners import tree_catboost, tree_lightgbm, tree_xgboost  # noqa: E402,F401
 from loopml.learners import linear  # noqa: E402,F401
+from loopml.learners import embedding  # noqa: E402,F401
 from loopml.learners import automl, bagging, ensemble  # noqa: E402,F401  (after the members they may name)
 
 __all__ = ["LEARNERS", "VIEWS", "Budget", "Context", "FitData", "Learner", "Split", "Task"]

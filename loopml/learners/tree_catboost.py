@@ -42,6 +42,11 @@ class CatBoostLearner(TreeLearner):
     def metric_name(self) -> str:
         return _LOSSES[self.task.kind]
 
+    def library_errors(self) -> tuple[type[BaseException], ...]:
+        import catboost
+
+        return (catboost.CatBoostError,)
+
     @staticmethod
     def library_version() -> str:
         import catboost

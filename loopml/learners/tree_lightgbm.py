@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
+from loopml.errors import LoopmlError, did_you_mean
 from loopml.features.views import TableView
 from loopml.learners.base import LEARNERS, Split
 from loopml.learners.trees import Stopper, TreeLearner, TreeParams, check_target, sample_weights
+
+#: canonical LightGBM names loopml sets (or that would read/write files, or change the task)
+_MANAGED = frozenset({"objective", "metric", "num_class", "num_threads", "seed", "deterministic", "verbosity",
+                      "force_col_wise", "force_row_wise", "num_iterations", "early_stopping_round", "task", "data",
+                      "valid", "input_model", "output_model", "device_type", "boost_from_average",
+                      "save_binary", "snapshot_freq", "output_result", "machine_list_filename", "machines",
+                      "num_machines", "forcedbins_filename", "forcedsplits_filename", "parser_config_file"})
 
 _OBJECTIVES = {"binary": ("binary", "binary_logloss"), "category": ("multiclass", "multi_logloss"),
                "number": ("regression", "rmse")}
@@ -42,6 +51,24 @@ class LightGBMLearner(TreeLearner):
 
     def metric_name(self) -> str:
         return _OBJECTIVES[self.task.kind][1]
+
+    def check_extra(self, extra: dict) -> None:
+        from lightgbm.basic import _ConfigAliases
+
+        # every name and alias LightGBM reads, to its canonical name: an alias ('app' for
+        # 'objective') must not slip past the names loopml sets, nor a typo be silently ignored
+        canonical = {a: name for name, aliases in _ConfigAliases._get_all_param_aliases().items()
+                     for a in (name, *aliases)}
+        for key in extra:
+            if key not in canonical:
+                raise LoopmlError(f"learner.extra: unknown lightgbm parameter {key!r}{did_you_mean(key, canonical)}")
+            if canonical[key] in _MANAGED:
+                raise LoopmlError(f"learner.extra: {key!r} (lightgbm's {canonical[key]!r}) is set by loopml itself")
+
+    def library_errors(self) -> tuple[type[BaseException], ...]:
+        import lightgbm as lgb
+
+        return (lgb.basic.LightGBMError,)
 
     @staticmethod
     def library_version() -> str:
@@ -115,4 +142,33 @@ class LightGBMLearner(TreeLearner):
     def _load_model(self, path: Path) -> Any:
         import lightgbm as lgb
 
-        return lgb.Booster(model_file=str(path))
+        text = path.read_text(encoding="utf-8", errors="replace")
+        problem = _framing_problem(text)
+        if problem is not None:
+            raise LoopmlError(f"{path.name} is not a complete LightGBM model ({problem})")
+        # without tree_sizes LightGBM parses the trees one by one and raises on a bad one; with it, its
+        # parallel parser aborts or crashes the whole process (a served model swap included)
+        try:
+            return lgb.Booster(model_str=_TREE_SIZES.sub("", text, count=1))
+        except lgb.basic.LightGBMError as e:
+            raise LoopmlError(f"{path.name} is not a valid LightGBM model: {str(e)[:200]}") from None
+
+
+_TREE_SIZES = re.compile(r"^tree_sizes=[0-9 ]*\n", re.MULTILINE)
+
+
+def _framing_problem(text: str) -> str | None:
+    """Why a LightGBM model text is cut short (a truncated file still parses, into fewer trees), or None."""
+    head, found, _ = text.partition("\nTree=")
+    if not found or "\nend of trees" not in text:
+        return "no 'end of trees': truncated?"
+    sizes = _TREE_SIZES.search(head + "\n")
+    if sizes is not None:  # each tree starts where the header says, and the last ends at 'end of trees'
+        position = len(head) + 1
+        for size in sizes.group(0).removeprefix("tree_sizes=").split():
+            if not text.startswith("Tree=", position):
+                return "a tree is not where its size says: truncated or modified?"
+            position += int(size)
+        if not text.startswith("end of trees", position):
+            return "the trees end before 'end of trees': truncated or modified?"
+    return None

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from loopml.errors import LoopmlError, did_you_mean
 from loopml.features.views import TableView
 from loopml.learners.base import LEARNERS, Split
 from loopml.learners.trees import Stopper, TreeLearner, TreeParams, check_target, sample_weights
@@ -42,6 +43,35 @@ class XGBoostLearner(TreeLearner):
     def metric_name(self) -> str:
         return _OBJECTIVES[self.task.kind][1]
 
+    def check_extra(self, extra: dict) -> None:
+        if not extra:
+            return
+        import json
+
+        import xgboost as xgb
+
+        # XGBoost ignores a name it does not know (a warning at most): read every name it does
+        # know from the configuration of a booster with loopml's own parameters
+        params = {k: v for k, v in self.library_params().items() if k not in extra}
+        booster = xgb.Booster(params, [xgb.DMatrix(np.zeros((2, 1)), label=np.zeros(2))])
+        known: set[str] = set()
+        stack: list[Any] = [json.loads(booster.save_config())]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                known.update(node)
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+        for key in extra:
+            if key not in known:
+                raise LoopmlError(f"learner.extra: unknown xgboost parameter {key!r}{did_you_mean(key, known)}")
+
+    def library_errors(self) -> tuple[type[BaseException], ...]:
+        import xgboost as xgb
+
+        return (xgb.core.XGBoostError,)
+
     @staticmethod
     def library_version() -> str:
         import xgboost
@@ -66,7 +96,7 @@ class XGBoostLearner(TreeLearner):
     def _matrix(self, x: np.ndarray, split: Split | None = None) -> Any:
         import xgboost as xgb
 
-        types = ["c" if i in self.categorical else "q" for i in range(len(self.columns))]
+        types = ["c" if i in self.categorical else "q" for i in range(x.shape[1])]
         label = None if split is None else check_target(split, self.task)
         weight = None if split is None else sample_weights(split, self.task)
         return xgb.DMatrix(x, label=label, weight=weight, missing=np.nan, feature_names=self.generic_names(),

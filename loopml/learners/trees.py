@@ -53,6 +53,10 @@ class TreeParams(Learner.Params):
     early_stopping_rounds: int = Field(50, ge=0)
     #: library parameters passed as they are (for tuning), e.g. {"min_split_gain": 0.1}
     extra: ExtraParams = Field(default_factory=dict)
+    #: add a + b, a - b, a * b and a / b of every pair among this many numeric view columns (those
+    #: with the highest absolute rank correlation to the training target; 0 = none): ratios and
+    #: products that axis-aligned splits can only approximate. The pairs are saved with the model.
+    pairwise: int = Field(0, ge=0, le=16)
 
     @field_validator("extra")
     @classmethod
@@ -113,6 +117,43 @@ class Stopper:
         return max(self.best + 1, 1)
 
 
+PAIR_OPS = ("+", "-", "*", "/")
+
+
+def choose_pairs(train: Split, k: int) -> list[tuple[int, int]]:
+    """Every pair among the ``k`` numeric (non-categorical, non-constant) view columns with the highest
+    absolute Spearman correlation to the target (per column on the rows where it is not NaN;
+    ties: view order). Deterministic: the same rows give the same pairs."""
+    from scipy.stats import rankdata
+
+    x, y = train.x.x, np.asarray(train.y, dtype=np.float64).reshape(-1)
+    ranked: list[tuple[float, int]] = []
+    for i in range(x.shape[1]):
+        if i in train.x.categorical:
+            continue
+        ok = ~np.isnan(x[:, i]) & ~np.isnan(y)
+        if ok.sum() < 3 or np.ptp(x[ok, i]) == 0 or np.ptp(y[ok]) == 0:
+            continue
+        corr = np.corrcoef(rankdata(x[ok, i]), rankdata(y[ok]))[0, 1]
+        ranked.append((-abs(float(np.nan_to_num(corr))), i))
+    chosen = sorted(i for _, i in sorted(ranked)[:k])
+    return [(a, b) for n, a in enumerate(chosen) for b in chosen[n + 1:]]
+
+
+def pair_columns(x: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """(n, 4 * len(pairs)): a + b, a - b, a * b, a / b per pair (b == 0: NaN), in PAIR_OPS order."""
+    out = np.empty((len(x), len(PAIR_OPS) * len(pairs)), dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for k, (i, j) in enumerate(pairs):
+            a, b = x[:, i], x[:, j]
+            out[:, 4 * k] = a + b
+            out[:, 4 * k + 1] = a - b
+            out[:, 4 * k + 2] = a * b
+            out[:, 4 * k + 3] = np.where(b == 0, np.nan, a / np.where(b == 0, 1.0, b))
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
 def sample_weights(split: Split, task: Task) -> np.ndarray | None:
     """Row weights: the split's own, times the class weight of each row's class."""
     weight = None if split.weight is None else np.asarray(split.weight, dtype=np.float64).reshape(-1)
@@ -147,6 +188,8 @@ class TreeLearner(Learner):
         self.model: Any = None
         self.columns: list[str] = []
         self.categorical: dict[int, int] = {}
+        #: (i, j) view-column pairs whose arithmetic goes in after the view's columns (``pairwise``)
+        self.pairs: list[tuple[int, int]] = []
 
     # -- the contract ----------------------------------------------------------------------------
     def fit(self, data: FitData, budget: Budget) -> TreeLearner:
@@ -162,8 +205,17 @@ class TreeLearner(Learner):
             raise ValueError("training and validation views have different columns")
         self.columns, self.categorical = list(train.x.columns), dict(train.x.categorical)
         params: TreeParams = self.params  # type: ignore[assignment]
+        self.pairs = choose_pairs(train, params.pairwise) if params.pairwise else []
+        train, validation = (Split(self._augment(s.x), s.y, s.weight) for s in (train, validation))
+        self.check_extra(params.extra)
         stopper = Stopper(params.early_stopping_rounds, budget, len(validation) > 0)
-        self._train(train, validation if len(validation) else None, stopper)
+        try:
+            self._train(train, validation if len(validation) else None, stopper)
+        except self.library_errors() as e:
+            if not params.extra:  # loopml's own parameters: a bug, not the user's input
+                raise
+            reason = " ".join(str(e).split())[:300]
+            raise LoopmlError(f"learner.extra {params.extra}: {self.registered_name} refused it: {reason}") from None
         self.history = stopper.history
         self.info = {
             "best_iteration": stopper.kept,
@@ -177,13 +229,24 @@ class TreeLearner(Learner):
 
     def predict_scores(self, x: TableView) -> np.ndarray:
         self._check_view(x)
-        scores = np.asarray(self._predict(x), dtype=np.float64)
+        scores = np.asarray(self._predict(self._augment(x)), dtype=np.float64)
         return scores.reshape(len(x), -1) if self.task.kind == "category" else scores.reshape(-1)
 
     def contributions(self, x: TableView) -> np.ndarray:
         """TreeSHAP in score space: (n, columns + 1) with the bias last; (n, columns + 1, K) for category."""
         self._check_view(x)
-        return np.asarray(self._contributions(x), dtype=np.float64)
+        out = np.asarray(self._contributions(self._augment(x)), dtype=np.float64)
+        if not self.pairs:
+            return out
+        # a derived column's share goes half to each of its two view columns (sums stay the same)
+        width = len(self.columns)
+        folded = np.concatenate([out[:, :width], out[:, -1:]], axis=1)
+        for k, (i, j) in enumerate(self.pairs):
+            for op in range(len(PAIR_OPS)):
+                share = out[:, width + k * len(PAIR_OPS) + op] / 2.0
+                folded[:, i] += share
+                folded[:, j] += share
+        return folded
 
     def save(self, folder: Path) -> None:
         if self.model is None:
@@ -198,6 +261,7 @@ class TreeLearner(Learner):
             "n_classes": self.task.n_classes,
             "columns": self.columns,
             "categorical": {str(i): n for i, n in self.categorical.items()},
+            "pairs": [list(p) for p in self.pairs],
             "info": self.info,
             "history": self.history,
         }
@@ -214,6 +278,7 @@ class TreeLearner(Learner):
         learner = cls(params, task, context)
         learner.columns = list(meta["columns"])
         learner.categorical = {int(i): int(n) for i, n in meta["categorical"].items()}
+        learner.pairs = [(int(i), int(j)) for i, j in meta.get("pairs", [])]
         learner.info, learner.history = dict(meta["info"]), list(meta["history"])
         learner.model = learner._load_model(folder / cls.model_file)
         return learner
@@ -234,7 +299,16 @@ class TreeLearner(Learner):
     def generic_names(self) -> list[str]:
         # view column names are the users' (any characters); the libraries get safe ones, the
         # real names live in learner.json
-        return [f"c{i}" for i in range(len(self.columns))]
+        return [f"c{i}" for i in range(len(self.columns) + len(PAIR_OPS) * len(self.pairs))]
+
+    def _augment(self, x: TableView) -> TableView:
+        """The view with the ``pairwise`` columns appended (the view itself without pairs)."""
+        if not self.pairs:
+            return x
+        extra = pair_columns(x.x, self.pairs)
+        names = [f"{x.columns[i]}{op}{x.columns[j]}" for i, j in self.pairs for op in PAIR_OPS]
+        sources = [x.sources[i] for i, _ in self.pairs for _ in PAIR_OPS]
+        return TableView(np.concatenate([x.x, extra], axis=1), x.columns + names, x.categorical, x.sources + sources)
 
     def seconds_left(self, stopper: Stopper) -> float | None:
         return None if stopper.deadline is None else max(0.0, stopper.deadline - time.monotonic())
@@ -257,6 +331,13 @@ class TreeLearner(Learner):
 
     def metric_name(self) -> str:
         raise NotImplementedError
+
+    def check_extra(self, extra: dict) -> None:
+        """Refuse ``extra`` names the library does not know (naming the nearest) before any training."""
+
+    def library_errors(self) -> tuple[type[BaseException], ...]:
+        """The library's own error classes: with ``extra`` set, they are the user's input (exit 2)."""
+        return ()
 
     @staticmethod
     def library_version() -> str:

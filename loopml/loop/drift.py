@@ -37,7 +37,20 @@ def _words(text: object) -> list[str]:
     return _WORD.findall(str(text).lower()) if isinstance(text, str) else []
 
 
+def _days(values: pd.Series) -> pd.Series:
+    """Dates as days since 1970-01-01 (UTC for zoned values), parsed as the date feature parses them; else NaN."""
+    from loopml.features.date import DAY, instants
+
+    micros, missing, bad = instants(values)
+    days = micros / DAY
+    days[missing | bad] = np.nan
+    return pd.Series(days, index=values.index)
+
+
 def column_reference(values: pd.Series, kind: str, seed: int = 0) -> dict | None:
+    if kind == "date":  # a date drifts as its day number: the number statistics, on days
+        ref = column_reference(_days(values), "number", seed)
+        return None if ref is None else {**ref, "kind": "date"}
     if kind == "number":
         numbers = pd.to_numeric(values, errors="coerce")
         present = numbers.dropna().to_numpy(dtype=np.float64)
@@ -124,6 +137,8 @@ def level(value: float, allowance: float = 0.0) -> str:
 
 
 def column_drift(values: pd.Series, ref: dict) -> dict:
+    if ref["kind"] == "date":
+        return {**column_drift(_days(values), {**ref, "kind": "number"}), "kind": "date"}
     current, observations = histogram(values, ref, counts_too=True)
     out = {"kind": ref["kind"], "psi": psi(ref["histogram"], current),
            "js": float(jensenshannon(np.asarray(ref["histogram"]) + _EPS, current + _EPS))}

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from loopml.data.media import NOT_SERVED, served_path
+from loopml.data.validate import NUMBER_RANGE
 from loopml.errors import LoopmlError
 from loopml.features.pipeline import records_frame  # the one JSON -> frame path
 from loopml.plugins import Registry
@@ -51,6 +52,9 @@ class Runner:
         self.media_root = Path(media_root or Path.cwd()).expanduser().resolve()
         self.media_columns = [c for c, f in self.pre.features.items() if f.config.type in ("image", "audio")]
         self.binary_columns = [c for c, f in self.pre.features.items() if f.config.type == "binary"]
+        #: a tree's table view keeps raw float64 numbers, so 1e308 would pass the after-preprocessing check:
+        #: refuse what ``loopml predict`` refuses (beyond ±float32 max), whatever the learner
+        self.number_columns = [c for c, f in self.pre.features.items() if f.config.type == "number"]
 
     @classmethod
     def refuses(cls, model) -> str | None:
@@ -71,6 +75,7 @@ class Runner:
         frame = self.frame(records)
         self._check_media(frame)
         self._check_binary(frame)
+        self._check_numbers(frame)
         frame.attrs["base_dir"] = str(self.media_root)
         inputs = self.inputs(frame)
         _check_finite(inputs)
@@ -100,6 +105,14 @@ class Runner:
                 seen = ", ".join(repr(v) for v in feature.state.get("values", []))
                 raise LoopmlError(f"record {i}: {column}: {repr(frame[column].iloc[i])[:120]} is not one of the two "
                                   f"values seen in training ({seen})")
+
+    def _check_numbers(self, frame: pd.DataFrame) -> None:
+        for column in self.number_columns:
+            bad = np.asarray(self.pre.features[column].unusable(frame[column]), dtype=bool)
+            if bad.any():
+                i = int(bad.nonzero()[0][0])
+                raise LoopmlError(f"record {i}: {column}: the value is out of range for this model "
+                                  f"({repr(frame[column].iloc[i])[:60]} is not a number {NUMBER_RANGE})")
 
     def _check_media(self, frame: pd.DataFrame) -> None:
         for column in self.media_columns:
