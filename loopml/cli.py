@@ -103,7 +103,7 @@ def train(
     from loopml.api import Model
 
     training = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None} or None
-    if target is None and config is None and data.is_dir():
+    if target is None and data.is_dir() and (config is None or "target" not in _config_sections(config)):
         target = "label"  # a folder-per-class layout: root/<class>/<file> becomes (path, label)
     split = {"seed": seed} if seed is not None else None
     model = Model(config, target=target, training=training, split=split,
@@ -401,6 +401,12 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as e:
             raise _user_error(f"cannot listen on {host}:{port}: "
                               f"{'the port is in use' if e.errno == errno.EADDRINUSE else e.strerror}") from None
+
+
+def _config_sections(config: Path) -> dict:
+    from loopml.config import read_yaml
+
+    return read_yaml(config, "config", "target, features, training, ...")
 
 
 def _open_model(ref: str, store: str | None):

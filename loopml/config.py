@@ -85,6 +85,12 @@ class OutputConfig(StrictModel):
     threshold: float | Literal["auto"] = Field(0.5, description="0..1 or auto")
     threshold_metric: Literal["f1", "balanced_accuracy", "accuracy", "mcc", "precision", "recall"] = "f1"
 
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_names_as_text(cls, value: Any) -> Any:
+        # YAML reads `{0: 1, 1: 5}` with integer keys: the class labels 0 and 1, as in the data
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
     @field_validator("threshold")
     @classmethod
     def _threshold_range(cls, value: Any) -> Any:

@@ -161,4 +161,6 @@ def test_mostly_numeric_tables_get_a_pairwise_member_costed_by_its_columns():
     view = TableView(np.zeros((3, 5)), list("abcde"), {4: 3}, list("abcde"))
     data = FitData(Split({"table": view}, np.zeros(3)), Split({"table": view}, np.zeros(3)))
     assert AutoMLLearner._column_growth({"type": "lightgbm", "pairwise": 8}, data) == pytest.approx(1 + 24 / 5)
+    thin = {"type": "lightgbm", "pairwise": 8, "colsample_bytree": 0.5}
+    assert AutoMLLearner._column_growth(thin, data) == pytest.approx(0.5 * 29 / 5)
     assert AutoMLLearner._column_growth({"type": "lightgbm"}, data) == 1.0

@@ -177,7 +177,9 @@ def _feature_slots(inputs) -> dict[str, list[tuple]]:
 
 
 def _is_multi(inputs) -> bool:
-    return isinstance(inputs, dict) and bool(inputs) and all(k in ("tensors", "table", "sparse", "text") for k in inputs)
+    # values too: a network's tensors dict keys columns, and a column may be called "text"
+    return isinstance(inputs, dict) and bool(inputs) and all(
+        k in ("tensors", "table", "sparse", "text") and not isinstance(v, torch.Tensor) for k, v in inputs.items())
 
 
 def _permuted(inputs, slots: list[tuple], order: np.ndarray):

@@ -149,9 +149,13 @@ class LightGBMLearner(TreeLearner):
         # without tree_sizes LightGBM parses the trees one by one and raises on a bad one; with it, its
         # parallel parser aborts or crashes the whole process (a served model swap included)
         try:
-            return lgb.Booster(model_str=_TREE_SIZES.sub("", text, count=1))
+            booster = lgb.Booster(model_str=_TREE_SIZES.sub("", text, count=1))
         except lgb.basic.LightGBMError as e:
             raise LoopmlError(f"{path.name} is not a valid LightGBM model: {str(e)[:200]}") from None
+        if booster.num_model_per_iteration() != self.task.n_outputs:
+            raise LoopmlError(f"{path.name} has {booster.num_model_per_iteration()} outputs per round, "
+                              f"the target needs {self.task.n_outputs}: modified?")
+        return booster
 
 
 _TREE_SIZES = re.compile(r"^tree_sizes=[0-9 ]*\n", re.MULTILINE)

@@ -53,7 +53,8 @@ class XGBoostLearner(TreeLearner):
         # XGBoost ignores a name it does not know (a warning at most): read every name it does
         # know from the configuration of a booster with loopml's own parameters
         params = {k: v for k, v in self.library_params().items() if k not in extra}
-        booster = xgb.Booster(params, [xgb.DMatrix(np.zeros((2, 1)), label=np.zeros(2))])
+        tiny = xgb.DMatrix(np.arange(4.0).reshape(2, 2), label=np.arange(2.0))
+        booster = xgb.train(params, tiny, num_boost_round=0)  # configured, no trees
         known: set[str] = set()
         stack: list[Any] = [json.loads(booster.save_config())]
         while stack:

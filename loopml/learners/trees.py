@@ -280,7 +280,13 @@ class TreeLearner(Learner):
         learner.categorical = {int(i): int(n) for i, n in meta["categorical"].items()}
         learner.pairs = [(int(i), int(j)) for i, j in meta.get("pairs", [])]
         learner.info, learner.history = dict(meta["info"]), list(meta["history"])
-        learner.model = learner._load_model(folder / cls.model_file)
+        try:
+            learner.model = learner._load_model(folder / cls.model_file)
+        except LoopmlError:
+            raise
+        except Exception as e:  # noqa: BLE001  each library raises its own type (and a native backtrace) on a bad file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise LoopmlError(f"{cls.model_file} is not a valid {cls.registered_name} model: {first}") from None
         return learner
 
     # -- shared helpers --------------------------------------------------------------------------
