@@ -104,3 +104,23 @@ def test_folder_layout_with_a_config_without_target_reads_label(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and "column 'image' is image; learner lightgbm cannot take image columns" in err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("learner", [
+    {"type": "bagged", "member": {"type": "lightgbm", "num_leafs": 3}},
+    {"type": "ensemble", "members": [{"type": "lightgbm", "num_leafs": 3}]},
+    {"type": "automl", "members": {"lightgbm": {"num_leafs": 3}}},
+])
+def test_unknown_keys_inside_member_sections_name_the_nearest(learner):
+    from loopml.config import load_config
+
+    with pytest.raises(LoopmlError, match=r"member lightgbm: unknown config key 'num_leafs' \(did you mean 'num_leaves'\?\)"):
+        load_config({"target": {"column": "y"}, "learner": learner})
+
+
+def test_automl_member_section_without_type_is_the_learner_it_names():
+    from loopml.config import load_config
+
+    config = load_config({"target": {"column": "y"}, "learner": {"type": "automl", "members": {"lightgbm": {"num_leaves": 7}}}})
+    assert config.learner.members["lightgbm"]["type"] == "lightgbm"
+    assert config.learner.members["lightgbm"]["num_leaves"] == 7

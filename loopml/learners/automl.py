@@ -205,7 +205,9 @@ class AutoMLLearner(Learner):
                 return None
             if not isinstance(value, dict) or not value:
                 raise ValueError("members must be a non-empty mapping of name -> learner section")
-            return {str(k): normalise_member(v) for k, v in value.items()}
+            # {lightgbm: {num_leaves: 15}}: a section without 'type' is the learner its name names
+            return {str(k): normalise_member({"type": str(k), **v} if isinstance(v, dict) and "type" not in v else v)
+                    for k, v in value.items()}
 
     # -- the multi-view protocol --------------------------------------------------------------
     @classmethod

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from loopml.errors import LoopmlError
 from loopml.features import StrictModel
@@ -48,7 +49,13 @@ def member_params(config: Any) -> tuple[type[Learner], StrictModel]:
     if not isinstance(config, dict) or "type" not in config:
         raise LoopmlError(f"an ensemble member must be a learner name or a mapping with 'type', not {config!r}")
     cls = LEARNERS.get(str(config["type"]))
-    return cls, cls.Params.model_validate(config)
+    try:
+        return cls, cls.Params.model_validate(config)
+    except ValidationError as e:
+        from loopml.config import describe_error  # config imports the learners
+
+        # the member's own schema: its unknown keys get the nearest name, as at the top level
+        raise LoopmlError(f"member {config['type']}: {describe_error(e, cls.Params)}") from None
 
 
 def normalise_member(config: Any) -> dict:
