@@ -149,8 +149,9 @@ def test_tune_unknown_learner_names_the_nearest(tmp_path, capsys):
 
 def test_mostly_numeric_tables_get_a_pairwise_member_costed_by_its_columns():
     from loopml.features.views import TableView
-    from loopml.learners.automl import AutoMLLearner, portfolio
+    from loopml.learners.automl import AutoMLLearner
     from loopml.learners.base import FitData, Split
+    from loopml.learners.portfolio import portfolio
 
     table = {"number", "category"}
     assert portfolio(table, "best", numeric_share=0.8)["lightgbm_pairwise"]["pairwise"] == 8

