@@ -29,7 +29,7 @@ import loopml  # noqa: E402
 from bench import realdata  # noqa: E402
 from bench.common import write_result  # noqa: E402
 from loopml.registry import Store  # noqa: E402
-from loopml.serve.runner import TorchRunner  # noqa: E402
+from loopml.serve.runner import make_runner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32, 64)
@@ -73,7 +73,8 @@ def load(url: str, path: str, body_file: Path, concurrency: int, seconds: float)
 
 
 def ceiling(model, records: list[dict], seconds: float, batch: int = 64) -> float:
-    runner = TorchRunner(model, threads=1)
+    """Records per second through the model's runner (torch for networks, native otherwise), batches of ``batch``."""
+    runner = make_runner(model, threads=1)
     rows, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         runner.predict(records[:batch])

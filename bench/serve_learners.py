@@ -23,23 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import loopml  # noqa: E402
 from bench import realdata  # noqa: E402
 from bench.common import write_result  # noqa: E402
-from bench.serve import load, start_server  # noqa: E402
+from bench.serve import ceiling, load, start_server  # noqa: E402
 from loopml.registry import Store  # noqa: E402
-from loopml.serve.runner import make_runner  # noqa: E402
 
 
 def ensemble_config(folds: int) -> dict:
     members = [{"type": "bagged", "folds": folds, "member": {"type": t}} for t in ("lightgbm", "xgboost", "catboost")]
     return {"type": "ensemble", "members": members}
-
-
-def ceiling(model, records: list[dict], seconds: float, batch: int = 64) -> float:
-    runner = make_runner(model, threads=1)
-    rows, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        runner.predict(records[:batch])
-        rows += batch
-    return rows / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ from pydantic import Field, field_validator
 
 from loopml.errors import LoopmlError
 from loopml.features import StrictModel
-from loopml.learners.base import LEARNERS, Budget, Context, FitData, Learner, Split, Task
+from loopml.learners.base import ANY_FEATURE_TYPE, LEARNERS, Budget, Context, FitData, Learner, Split, Task
 from loopml.learners.multiview import (
     MULTI,
     as_array,
@@ -94,7 +94,7 @@ BAG_SLACK = 1.15
 MAX_BAGGED = 5
 
 _TABLE_TYPES = {"number", "binary", "category", "date"}
-_ALL_TYPES = frozenset({"number", "category", "binary", "text", "image", "audio", "date"})
+_ALL_TYPES = ANY_FEATURE_TYPE
 
 
 def automl_sections(time_budget: float | None, preset: str | None) -> dict:

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from loopml.errors import LoopmlError
 from loopml.features import StrictModel
-from loopml.learners.base import LEARNERS, Budget, Context, FitData, Learner, Split, Task
+from loopml.learners.base import ANY_FEATURE_TYPE, LEARNERS, Budget, Context, FitData, Learner, Split, Task
 from loopml.learners.multiview import (
     MULTI,
     as_array,
@@ -72,7 +72,7 @@ class BaggedLearner(Learner):
     """``learner: {type: bagged, member: {type: lightgbm, ...}, folds: 5}``."""
 
     view = MULTI
-    accepts = frozenset({"number", "category", "binary", "text", "image", "audio", "date"})
+    accepts = ANY_FEATURE_TYPE
 
     class Params(Learner.Params):
         type: Literal["bagged"] = "bagged"

@@ -36,8 +36,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from loopml.features import StrictModel
+from loopml.features import FEATURE_TYPES, StrictModel
 from loopml.plugins import Registry
+
+#: every registered feature type a learner can be given (``skip`` columns never reach a learner)
+ANY_FEATURE_TYPE = frozenset(FEATURE_TYPES.names()) - {"skip"}
 
 VIEWS = ("tensors", "table", "sparse", "text")
 

@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 
 from loopml.features import StrictModel
 from loopml.learners.bagging import BaggedLearner, fold_indices
-from loopml.learners.base import LEARNERS, Budget, Context, FitData, Learner, Split, Task
+from loopml.learners.base import ANY_FEATURE_TYPE, LEARNERS, Budget, Context, FitData, Learner, Split, Task
 from loopml.learners.multiview import (
     MULTI,
     as_array,
@@ -104,7 +104,7 @@ class EnsembleLearner(Learner):
     """``learner: {type: ensemble, members: [lightgbm, xgboost, catboost], stack: false}``."""
 
     view = MULTI
-    accepts = frozenset({"number", "category", "binary", "text", "image", "audio", "date"})
+    accepts = ANY_FEATURE_TYPE
 
     class Params(Learner.Params):
         type: Literal["ensemble"] = "ensemble"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from loopml.errors import LoopmlError
-from loopml.learners.base import LEARNERS, Budget, Context, FitData, Learner, Task
+from loopml.learners.base import ANY_FEATURE_TYPE, LEARNERS, Budget, Context, FitData, Learner, Task
 
 #: the network's weights in the bundle (the file name every loopml bundle had before learners)
 WEIGHTS = "model.safetensors"
@@ -56,7 +56,7 @@ class NetworkLearner(Learner):
     """Built from the config's features/combiner/training sections; reads the ``tensors`` view."""
 
     view = "tensors"
-    accepts = frozenset({"number", "category", "binary", "text", "image", "audio", "date"})
+    accepts = ANY_FEATURE_TYPE
 
     class Params(Learner.Params):
         type: Literal["network"] = "network"
