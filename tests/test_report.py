@@ -12,7 +12,7 @@ from PIL import Image
 import loopml
 from loopml.cli import main
 
-SECTIONS = ("summary", "data", "training", "evaluation", "worst-errors", "importance")
+SECTIONS = ("summary", "data", "learner", "training", "evaluation", "worst-errors", "importance")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
