@@ -72,11 +72,11 @@ def test_drift_flags_shifted_windows_and_not_unshifted_ones(champion):
 
 
 def test_the_gate_rejects_candidates_trained_on_shuffled_labels(champion, tmp_path):
-    """20 seeded trials: feedback whose labels are shuffled never gets a candidate promoted."""
+    """10 seeded trials: feedback whose labels are shuffled never gets a candidate promoted."""
     _, champion_dir = champion
     policy = load_policy(POLICY)
     promoted = []
-    for seed in range(20):
+    for seed in range(10):
         store = _store(tmp_path / f"trial{seed}", champion_dir)
         noisy = make(200, 1000 + seed)
         noisy["label"] = np.random.default_rng(seed).permutation(noisy["label"].to_numpy())
@@ -85,7 +85,7 @@ def test_the_gate_rejects_candidates_trained_on_shuffled_labels(champion, tmp_pa
         promoted.append(decision["promoted"])
         assert store.resolve("clf@production")["version"] == 1
         assert store.list_gate_decisions("clf")[-1]["promoted"] is False
-    assert promoted == [False] * 20
+    assert promoted == [False] * 10
 
 
 def test_real_feedback_retrains_promotes_and_records_lineage(champion, tmp_path):
