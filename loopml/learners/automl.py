@@ -48,10 +48,12 @@ from loopml.learners.multiview import (
     as_array,
     jsonable,
     leaf_learners,
+    load_member,
     member_params,
     member_task,
     needed_views,
     normalise_member,
+    save_member,
     select_view,
     union_views,
 )
@@ -514,25 +516,19 @@ class AutoMLLearner(Learner):
         if self.final is None:
             raise RuntimeError("save() before fit()")
         folder = Path(folder)
-        final = folder / "final"
-        final.mkdir(parents=True, exist_ok=True)
-        doc = {"type": self.final.registered_name, "params": self.final.params.model_dump(mode="json")}
-        (final / "member.json").write_text(json.dumps(doc, indent=1))
-        self.final.save(final)
+        save_member(self.final, folder / "final")
         (folder / "leaderboard.json").write_text(json.dumps(self.leaderboard, indent=1))
         (folder / "automl.json").write_text(json.dumps({"info": self.info, "history": self.history}, indent=1))
 
     @classmethod
     def load(cls, folder: Path, params: StrictModel, task: Task, context: Context | None = None) -> AutoMLLearner:
         folder = Path(folder)
+        learner = cls(params, task, context)
         try:
-            doc = json.loads((folder / "final" / "member.json").read_text())
             saved = json.loads((folder / "automl.json").read_text())
             board = json.loads((folder / "leaderboard.json").read_text())
+            learner.final = load_member(folder / "final", task, context)
         except (OSError, ValueError) as e:
             raise LoopmlError(f"cannot read the automl model in {folder}: {e}") from None
-        learner = cls(params, task, context)
-        final_cls = LEARNERS.get(doc["type"])
-        learner.final = final_cls.load(folder / "final", final_cls.Params.model_validate(doc["params"]), task, context)
         learner.info, learner.history, learner.leaderboard = saved["info"], saved["history"], board
         return learner
