@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from loopml.errors import LoopmlError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0006"
+HEAD = "0007"
 DEFAULT_URL = "sqlite:///.loopml/registry.db"
 #: execution option marking a writing transaction (SQLite: BEGIN IMMEDIATE; reads stay deferred)
 WRITE = "loopml_write"
@@ -69,6 +69,8 @@ predictions = sa.Table(
     sa.Column("id", sa.String(32), primary_key=True), sa.Column("model_name", sa.String(128)),
     sa.Column("model_version", sa.Integer), sa.Column("created_at", sa.Float), sa.Column("inputs", sa.JSON),
     sa.Column("outputs", sa.JSON), sa.Column("latency_ms", sa.Float),
+    # 0007: False for a shadow prediction (logged, never returned to the client); NULL/True = answered
+    sa.Column("served", sa.Boolean), sa.Column("shadow_of", sa.String(32)),
 )
 feedback = sa.Table(
     "feedback", metadata,
@@ -92,12 +94,31 @@ gate_decisions = sa.Table(
     sa.Column("candidate_version", sa.Integer), sa.Column("champion_version", sa.Integer),
     sa.Column("promoted", sa.Boolean), sa.Column("reason", sa.Text), sa.Column("numbers", sa.JSON),
     sa.Column("at", sa.Float),
+    # 0007: retrain | rollout | watch | loop (NULL in older rows: retrain)
+    sa.Column("kind", sa.String(32)),
 )
 model_locks = sa.Table(
     "model_locks", metadata,
     sa.Column("name", sa.String(128), primary_key=True), sa.Column("purpose", sa.String(64), primary_key=True),
     sa.Column("owner", sa.String(32)), sa.Column("host", sa.String(255)), sa.Column("pid", sa.Integer),
     sa.Column("acquired_at", sa.Float), sa.Column("expires_at", sa.Float),
+)
+#: 0007: one row per model an unattended loop worker runs; its schedule survives restarts
+loop_state = sa.Table(
+    "loop_state", metadata,
+    sa.Column("model_name", sa.String(128), primary_key=True), sa.Column("next_cycle_at", sa.Float),
+    sa.Column("last_cycle_at", sa.Float), sa.Column("cycles", sa.Integer), sa.Column("state", sa.JSON),
+    sa.Column("updated_at", sa.Float),
+)
+#: 0007: a candidate on trial (shadow / canary) or a new champion under watch; state: trial | watching | kept |
+#: promoted | rejected | rolled_back | cancelled
+rollouts = sa.Table(
+    "rollouts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("model_name", sa.String(128)),
+    sa.Column("alias", sa.String(64)), sa.Column("candidate_version", sa.Integer),
+    sa.Column("champion_version", sa.Integer), sa.Column("mode", sa.String(16)), sa.Column("percent", sa.Float),
+    sa.Column("state", sa.String(16)), sa.Column("started_at", sa.Float), sa.Column("updated_at", sa.Float),
+    sa.Column("watch_until", sa.Float), sa.Column("numbers", sa.JSON),
 )
 
 

@@ -145,11 +145,12 @@ class Records:
             return [dict(r._mapping) for r in c.execute(query)]
 
     def add_gate_decision(self, model_name: str, candidate: int | None, champion: int | None, promoted: bool,
-                          reason: str, numbers: dict) -> int:
+                          reason: str, numbers: dict, kind: str = "retrain") -> int:
+        """One row of the decisions table; ``kind``: retrain | rollout | watch | loop."""
         with self.writer.begin() as c:
             row = c.execute(db.gate_decisions.insert().values(
                 model_name=model_name, candidate_version=candidate, champion_version=champion, promoted=promoted,
-                reason=reason, numbers=numbers, at=time.time()))
+                reason=reason, numbers=numbers, at=time.time(), kind=kind))
             return int(row.inserted_primary_key[0])
 
     def list_gate_decisions(self, model_name: str) -> list[dict]:
