@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -40,6 +41,45 @@ class Gate(StrictModel):
     max_test_regression: float = Field(0.01, ge=0)
 
 
+class Rollout(StrictModel):
+    """How a candidate that passed the gate takes over: at once, beside the champion (shadow), or on a share
+    of traffic (canary); then a watch period in which a worse new champion is rolled back by itself."""
+
+    mode: Literal["direct", "shadow", "canary"] = "direct"
+    #: canary: the sticky share of requests the candidate answers
+    percent: float = Field(10.0, gt=0, lt=100)
+    #: shadow / canary: live labels on the candidate's own predictions needed before it is promoted
+    min_live_labels: int = Field(50, ge=1)
+    #: after promotion: how long the new champion is watched, and how many live labels the watch needs
+    watch_s: float = Field(3600.0, ge=0)
+    watch_min_labels: int = Field(50, ge=1)
+    #: roll back when the new champion's live metric is below the previous one's by this much, significantly
+    watch_margin: float = Field(0.02, ge=0)
+    significance: float = Field(0.05, gt=0, lt=1)
+
+    @classmethod
+    def parse_short(cls, raw: Any) -> Any:
+        """``rollout: shadow`` / ``rollout: canary(10)`` / ``rollout: direct`` as well as the full mapping."""
+        if not isinstance(raw, str):
+            return raw
+        text = raw.strip().lower()
+        match = re.fullmatch(r"canary\(\s*([0-9.]+)\s*%?\s*\)", text)
+        if match:
+            return {"mode": "canary", "percent": float(match.group(1))}
+        if text in ("direct", "shadow", "canary"):
+            return {"mode": text}
+        raise ValueError("rollout must be direct, shadow, canary or canary(PERCENT)")
+
+
+class Schedule(StrictModel):
+    """The unattended worker's cadence (``loopml loop``)."""
+
+    #: seconds between two cycles (monitor → rollouts → trigger → retrain → gate → promote)
+    interval_s: float = Field(60.0, gt=0)
+    #: predictions each cycle's drift check looks at (the newest)
+    monitor_rows: int = Field(5000, ge=10)
+
+
 class Policy(StrictModel):
     alias: str = Field("production", min_length=1)
     #: scratch = refit preprocessing and weights; warm = keep the champion's preprocessing and start
@@ -52,8 +92,15 @@ class Policy(StrictModel):
     trigger: Trigger = Trigger()
     data: DataPolicy = DataPolicy()
     gate: Gate = Gate()
+    rollout: Rollout = Rollout()
+    loop: Schedule = Schedule()
     #: config overrides for the candidate, e.g. {training: {epochs: 20}}
     train: dict = {}
+
+    @field_validator("rollout", mode="before")
+    @classmethod
+    def _short_rollout(cls, raw: Any) -> Any:
+        return Rollout.parse_short(raw)
 
     @field_validator("train")
     @classmethod
@@ -70,7 +117,7 @@ def load_policy(source: str | Path | dict | None) -> Policy:
         return Policy()
     from loopml.config import describe_error, read_yaml
 
-    raw = source if isinstance(source, dict) else read_yaml(source, "policy", "alias, trigger, data, gate, train")
+    raw = source if isinstance(source, dict) else read_yaml(source, "policy", "alias, trigger, data, gate, rollout, loop, train")
     try:
         return Policy.model_validate(raw)
     except ValidationError as e:
