@@ -8,11 +8,16 @@ the policy's trigger fires, a candidate is trained, gated and promoted, and the 
 Accuracy is measured on shifted rows never replayed. Then: a rollback under load, and the drift
 flag's false-alarm rate on 20 windows of unshifted traffic (and its hit rate on 20 shifted windows).
 
-    python -m bench.loop
+Natural shifts (bench/results/loop_shift.json, .md; bench/loop_shift.py holds them): california_housing
+trained on its southern half, traffic from the northern half (R²); adult trained on age < 35, traffic
+from age >= 35 (accuracy).
+
+    python -m bench.loop [--only recoded|shift] [--seeds 3] [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import threading
@@ -59,6 +64,20 @@ def records(frame: pd.DataFrame) -> list[dict]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=("recoded", "shift"), default=None)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="shift: small sizes, a smoke run (not written as results)")
+    args = parser.parse_args()
+    if args.only in (None, "recoded"):
+        recoded()
+    if args.only in (None, "shift"):
+        from bench.loop_shift import run
+
+        run(seeds=args.seeds, quick=args.quick)
+
+
+def recoded() -> None:
     train, test = realdata.adult()
     codes = {c: {v: f"{c[:3].upper()}-{i:02d}" for i, v in enumerate(sorted(train[c].dropna().unique()))} for c in RECODED}
     test = test.sample(frac=1.0, random_state=0).reset_index(drop=True)

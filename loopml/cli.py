@@ -38,6 +38,12 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.command("monitor")(monitor_command)
 app.command("retrain")(retrain_command)
+from loopml.loop.worker_cli import loop_command  # noqa: E402
+
+app.command("loop")(loop_command)
+from loopml.loop.label_cli import label_command  # noqa: E402
+
+app.command("label")(label_command)
 from loopml.tune_cli import tune_command  # noqa: E402
 
 app.command("tune")(tune_command)
@@ -312,6 +318,9 @@ def serve(
         help="Delete this model's logged predictions older than an age (30d, 12h, 45m) or beyond a row count "
              "(100000). Feedback keeps its own copy of its prediction.")] = None,
     log_retention_interval: Annotated[float, typer.Option(help="Seconds between retention passes.")] = 300.0,
+    loop_policy: Annotated[Path | None, typer.Option(
+        help="Run the unattended loop (`loopml loop`) for NAME@alias beside the server, as its own process, "
+             "with this policy; stopped when the server stops.")] = None,
     store: StoreOpt = None, artifacts: ArtifactsOpt = None,
 ) -> None:
     """Serve a model over HTTP: predict, feedback, OpenAPI docs at /docs, Prometheus /metrics.
@@ -361,19 +370,24 @@ def serve(
                              log_retention_interval_s=log_retention_interval)
     if media_root and not Path(media_root).expanduser().is_dir():
         raise _user_error(f"--media-root is not a folder: {media_root}")
+    from loopml.loop.worker_cli import check_loop_policy, serving_with_loop
+
+    if loop_policy is not None:
+        check_loop_policy(model, loop_policy)
     if workers > 1:
         _check_loadable(settings)  # a worker that cannot load its model is respawned by uvicorn, forever
         _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
         from loopml.serve.metrics import multiprocess_dir
 
         os.environ["LOOPML_SERVE"] = settings.model_dump_json()
-        with multiprocess_dir():  # /metrics on any worker aggregates all of them
+        with multiprocess_dir(), serving_with_loop(model, loop_policy, store, artifacts):  # /metrics aggregates workers
             uvicorn.run("loopml.serve.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
                         log_level="warning", timeout_graceful_shutdown=30)
     else:
         application = create_app(settings)  # a model that cannot be served is its one error line, before "serving"
         _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
-        uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+        with serving_with_loop(model, loop_policy, store, artifacts):  # the loop worker lives as long as the server
+            uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 
 def _check_loadable(settings) -> None:

@@ -67,6 +67,43 @@ def test_ctrl_c_during_training_exits_130_keeps_the_checkpoint_and_marks_the_run
     assert [r["status"] for r in Store().list_runs()] == ["killed"]
 
 
+def test_ctrl_c_inside_the_per_epoch_metrics_write_leaves_no_locked_store(tmp_path):
+    # the rare hang of the test above, made certain: Ctrl-C lands inside the SQLite executemany of
+    # an epoch's metrics. SQLAlchemy then discards that connection, but while the interrupted cursor
+    # still held its statement SQLite could not close it: the zombie kept the write lock, so
+    # end_run in Model.fit's KeyboardInterrupt handler waited busy_timeout (60 s) and then failed
+    import pytest
+    from sqlalchemy import event
+
+    import loopml
+    from loopml.registry import Store
+
+    store = Store(f"sqlite:///{tmp_path}/r.db")
+
+    @event.listens_for(store.engine, "connect")
+    def _short_wait(dbapi_connection, _record) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=2000")  # a regression fails in 2 s, not 60
+
+    @event.listens_for(store.engine, "do_executemany")
+    def _interrupted(cursor, statement, parameters, context):
+        if "run_metrics" not in statement:
+            return None
+
+        def rows():
+            yield parameters[0]
+            raise KeyboardInterrupt  # what the SIGINT handler raises, here after the first row's step
+
+        cursor.executemany(statement, rows())
+        return True
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60), "label": rng.choice(["a", "b"], 60)})
+    with pytest.raises(KeyboardInterrupt):
+        loopml.Model(target="label", training={"epochs": 3}).fit(frame, track=True, store=store, progress=False)
+    [run] = store.list_runs()
+    assert (run["status"], run["error"]) == ("killed", "interrupted")
+
+
 def test_predict_and_evaluate_refuse_unwritable_outputs_up_front_and_never_overwrite_the_input(tmp_path):
     import loopml
 

@@ -54,6 +54,10 @@ def monitor_command(
         except OSError as e:  # an unwritable place: one line, not a traceback (the window is recorded)
             raise LoopmlError(f"cannot write the drift report to {report}: {e.strerror or e}") from None
         typer.echo(f"drift report: {path}")
+    from loopml.loop.worker_cli import loop_lines
+
+    for line in loop_lines(s, name):  # the unattended loop: worker alive?, cycles, schedule, last decisions
+        typer.echo(line)
 
 
 def retrain_command(

@@ -27,6 +27,11 @@ from loopml.registry.faults import pause_point
 
 def should_retrain(store, name: str, policy: Policy) -> tuple[bool, str]:
     """Whether the policy's trigger fires now, and why."""
+    from loopml.loop.rollout import list_rollouts
+
+    on_trial = list_rollouts(store, name, ("trial",))
+    if on_trial:  # a candidate on live trial: judge it before training another (a watch does not block)
+        return False, f"version {on_trial[-1]['candidate_version']} is on {on_trial[-1]['mode']} trial"
     decisions = store.list_gate_decisions(name)
     since = decisions[-1]["at"] if decisions else 0.0
     new = store.list_feedback(name, since)
@@ -113,6 +118,7 @@ def retrain(store, name: str, policy: Policy, reason: str = "manual", progress: 
 def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keeper) -> dict:
     import loopml
     from loopml.loop.feedback_rows import superseded_ids, usable_feedback
+    from loopml.loop.rollout import starts_rollout
     from loopml.loop.training_data import champion_splits, feedback_ids, feedback_part
 
     champion_version = store.resolve(f"{name}@{policy.alias}")
@@ -164,8 +170,10 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
         pause_point("retrain.before_decide")
         outcome = store.register_decided(name, run=candidate.run_id, description=f"retrained: {reason}", lineage=lineage,
                                          champion_version=champion_number, alias=policy.alias, promote=promoted,
-                                         reason=why, numbers=numbers, lock_token=keeper.token)
-    return {"promoted": outcome["promoted"], "reason": outcome["reason"],
+                                         reason=why, numbers=numbers, lock_token=keeper.token,
+                                         trial=None if policy.rollout.mode == "direct" else policy.rollout.mode,
+                                         then=starts_rollout(name, policy.alias, champion_number, policy.rollout))
+    return {"promoted": outcome["promoted"], "trial": outcome.get("trial", False), "reason": outcome["reason"],
             "candidate_version": int(outcome["version"]["version"]), "champion_version": champion_number,
             "numbers": numbers}
 

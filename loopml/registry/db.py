@@ -138,6 +138,7 @@ def create_engine(url: str) -> Engine:
         engine = sa.create_engine(parsed, connect_args={"timeout": 60})
         _sqlite_transactions(engine)
         _sqlite_damage_is_user_error(engine)
+        _sqlite_interrupt_releases_locks(engine)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver loopml installs
@@ -183,6 +184,28 @@ def _sqlite_damage_is_user_error(engine: Engine) -> None:
             message = str(context.original_exception).strip().splitlines()[0]
             raise DamagedStore(f"the store {where} is damaged ({message}); restore it from a backup "
                                "or point --store / LOOPML_STORE at another one")
+
+
+def _sqlite_interrupt_releases_locks(engine: Engine) -> None:
+    """Ctrl-C (or another BaseException) in the middle of a statement: SQLAlchemy discards the
+    connection but leaves its cursor open. SQLite cannot close a connection while a statement is
+    live, so it lingers as a zombie holding the transaction's write lock until the traceback that
+    references the cursor is freed; the handler's own store write (``end_run(..., "killed")``) then
+    waited busy_timeout (60 s) and failed. Closing the cursor first lets the close, and its rollback, happen."""
+    import sqlite3
+
+    @event.listens_for(engine, "handle_error")
+    def _on_interrupt(context) -> None:
+        if isinstance(context.original_exception, Exception):
+            return
+        # this SQLAlchemy leaves ExceptionContext.cursor unset: the execution context has the cursor
+        cursor = getattr(context, "cursor", None) or getattr(context.execution_context, "cursor", None)
+        if cursor is None:
+            return
+        try:
+            cursor.close()
+        except sqlite3.Error:  # already closed or unusable: the connection's close copes with that itself
+            pass
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

@@ -77,24 +77,28 @@ class Gating:
 
     def register_decided(self, name: str, *, run: str, description: str, lineage: dict, champion_version: int,
                          alias: str, promote: bool, reason: str, numbers: dict, lock_token: str | None = None,
-                         actor: str = "loopml retrain") -> dict:
+                         actor: str = "loopml retrain", trial: str | None = None, then=None) -> dict:
         """Register the candidate and record the gate's decision in one transaction (never a version
         without a decision). It is promoted only if ``promote`` and the alias still points at
         ``champion_version`` (and, with ``lock_token``, the lock is still ours); otherwise the
-        decision says why not."""
+        decision says why not. ``trial`` (shadow / canary): a passing candidate goes on trial instead,
+        the alias stays (outcome ``trial``); ``then(connection, version, outcome)`` runs in the same
+        transaction (the rollout starts there)."""
         outcome: dict = {}
 
         def decide(c, version: int) -> None:
             outcome.clear()
             outcome.update(self._decide(c, name, version, champion_version, alias, promote, reason, numbers,
-                                        lock_token, actor))
+                                        lock_token, actor, trial))
+            if then is not None:
+                then(c, version, outcome)
 
         version = self.register(name, run=run, description=description, parent_version=champion_version,
                                 lineage=lineage, within=decide)
         return {**outcome, "version": version}
 
     def _decide(self, c, name: str, candidate: int, champion: int, alias: str, promote: bool, reason: str,
-                numbers: dict, lock_token: str | None, actor: str) -> dict:
+                numbers: dict, lock_token: str | None, actor: str, trial: str | None = None) -> dict:
         now = time.time()
         if promote and lock_token is not None:
             owner = c.execute(sa.select(db.model_locks.c.owner).where(
@@ -108,16 +112,20 @@ class Gating:
                 promote = False
                 reason = (f"champion moved: {name}@{alias} points at version {current} now, not the gated "
                           f"version {champion}; not promoted. Gate: {reason}")
-            else:
+            elif trial is None:
                 c.execute(db.aliases.update().where(db.aliases.c.name == name, db.aliases.c.alias == alias)
                           .values(version=candidate, updated_at=now))
                 c.execute(db.alias_events.insert().values(
                     name=name, alias=alias, action="promote", from_version=current, to_version=candidate,
                     actor=actor, reason=f"gate passed: {reason}", at=now))
+        on_trial = promote and trial is not None
+        if on_trial:
+            reason = f"goes on {trial} trial ({name}@{alias} stays on version {champion}); gate passed: {reason}"
         decision = c.execute(db.gate_decisions.insert().values(
-            model_name=name, candidate_version=candidate, champion_version=champion, promoted=promote,
-            reason=reason, numbers=numbers, at=now))
-        return {"promoted": promote, "reason": reason, "decision_id": int(decision.inserted_primary_key[0])}
+            model_name=name, candidate_version=candidate, champion_version=champion, promoted=promote and not on_trial,
+            reason=reason, numbers=numbers, at=now, kind="retrain"))
+        return {"promoted": promote and not on_trial, "trial": on_trial, "reason": reason,
+                "decision_id": int(decision.inserted_primary_key[0])}
 
     def _lock_model_row(self, c, name: str) -> None:
         found = c.execute(sa.select(db.registered_models.c.name).where(db.registered_models.c.name == name)

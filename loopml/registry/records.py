@@ -11,6 +11,11 @@ from loopml.errors import LoopmlError
 from loopml.registry import db
 
 
+def answered(p: sa.Table = db.predictions) -> sa.ColumnElement:
+    """Predictions a client got (``served`` NULL in rows older than 0007, or True); not shadow rows."""
+    return p.c.served.is_not(sa.false())
+
+
 class Records:
     """Mixed into ``Store``: rows of ``predictions`` and ``feedback``."""
 
@@ -21,9 +26,11 @@ class Records:
         """Insert prediction rows (id, model_name, model_version, created_at, inputs, outputs, latency_ms).
 
         Rows whose id is already in the store are skipped, so a spool replayed after a crash (some of
-        its rows written, some not) lands exactly once."""
+        its rows written, some not) lands exactly once. ``served`` (False: a shadow prediction, never
+        returned) and ``shadow_of`` (the answered prediction it shadows) default to an answered row."""
         if not rows:
             return
+        rows = [{"served": True, "shadow_of": None, **r} for r in rows]  # one key set: executemany needs it
         with self.writer.begin() as c:
             dialect = c.dialect.name
             if dialect in ("sqlite", "postgresql"):
@@ -56,7 +63,8 @@ class Records:
         p = db.predictions
         if keep_rows is not None:
             with self.engine.connect() as c:
-                cutoff = c.execute(sa.select(p.c.created_at).where(p.c.model_name == model_name)
+                # the newest ``keep_rows`` answered predictions; shadow rows go with the rows they shadow
+                cutoff = c.execute(sa.select(p.c.created_at).where(p.c.model_name == model_name, answered(p))
                                    .order_by(p.c.created_at.desc()).offset(keep_rows - 1).limit(1)).scalar()
             if cutoff is None:
                 return 0
@@ -85,7 +93,7 @@ class Records:
     def list_predictions(self, model_name: str, since: float = 0.0, until: float | None = None,
                          limit: int | None = None) -> list[dict]:
         query = sa.select(db.predictions).where(db.predictions.c.model_name == model_name,
-                                                db.predictions.c.created_at >= since)
+                                                db.predictions.c.created_at >= since, answered(db.predictions))
         if until is not None:
             query = query.where(db.predictions.c.created_at < until)
         query = query.order_by(db.predictions.c.created_at)
@@ -100,7 +108,9 @@ class Records:
         with ``last``, only the newest ``last`` of them. The database does the windowing (newest first
         over the (model_name, created_at) index, LIMIT), so the cost follows the window, not the log."""
         p = db.predictions
-        query = sa.select(p.c.created_at, p.c.inputs, p.c.outputs, p.c.model_version).where(p.c.model_name == model_name)
+        # shadow rows (a candidate on trial) are not traffic: counting them would double the champion's drift
+        query = sa.select(p.c.created_at, p.c.inputs, p.c.outputs, p.c.model_version).where(
+            p.c.model_name == model_name, answered(p))
         if since is not None:
             query = query.where(p.c.created_at >= since)
         if until is not None:
@@ -111,6 +121,17 @@ class Records:
         with self.engine.connect() as c:
             rows = [dict(r._mapping) for r in c.execute(query)]
         return rows[::-1]
+
+    def unlabelled_predictions(self, model_name: str, last: int = 5000) -> list[dict]:
+        """The newest ``last`` answered predictions (shadow rows left out) that no feedback names, newest first:
+        what the labelling queue ranks."""
+        p, f = db.predictions, db.feedback
+        labelled = sa.select(f.c.id).where(f.c.prediction_id == p.c.id).exists()
+        query = (sa.select(p.c.id, p.c.created_at, p.c.inputs, p.c.outputs, p.c.model_version)
+                 .where(p.c.model_name == model_name, sa.or_(p.c.served.is_(None), p.c.served.is_(True)), ~labelled)
+                 .order_by(p.c.created_at.desc(), p.c.id).limit(last))
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(query)]
 
     def list_feedback(self, model_name: str, since: float = 0.0) -> list[dict]:
         """Feedback rows with the inputs of their prediction filled in where it was logged."""

@@ -29,6 +29,7 @@ from loopml.serve.batcher import Batcher, BatchFailed, QueueFull
 from loopml.serve.limits import LimitsAndMetrics
 from loopml.serve.metrics import ServerMetrics
 from loopml.serve.predlog import DURABILITY, LogUnavailable, PredictionLog, default_spool_dir, parse_retention
+from loopml.serve.rollout import RolloutServing
 from loopml.serve.schema import FeedbackResponse, ModelInfo, PredictResponse, StrictJSONResponse, printable, request_records
 from loopml.serve.swap import LoadFailure, input_schema, predict_body, rebind, request_models
 
@@ -129,6 +130,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     predictions = PredictionLog(store, settings.log_durability, spool_dir if settings.log_durability != "none" else None,
                                 settings.log_max_backlog, metrics=metrics)
     retention = parse_retention(settings.log_retention) if settings.log_retention else None
+    trial = RolloutServing(store, settings, load_served, alias, schema_of, predictions)  # shadow / canary candidate
 
     async def prune_log() -> None:
         while True:
@@ -149,15 +151,21 @@ def create_app(settings: ServeSettings) -> FastAPI:
             await asyncio.sleep(settings.poll_interval_s)
             try:
                 await swap_if_moved()
+                await trial.refresh(state["served"])
             except Exception:  # noqa: BLE001  the watcher outlives any one failure, or the server stops following
                 log.exception("alias check failed")
 
     async def watch_drift() -> None:
         from loopml.loop.monitor import monitor
+        from loopml.loop.worker import loop_status
 
         while True:
             await asyncio.sleep(settings.monitor_interval_s)
             served = state["served"]  # its reference, already in memory: no bundle load per interval
+            try:  # the loop worker's schedule and the decisions table, whether or not this window has rows
+                metrics.observe_loop(served.name, await run_in_threadpool(loop_status, store, served.name))
+            except SQLAlchemyError as e:
+                log.warning("loop status skipped: %s", e)
             try:
                 result = await run_in_threadpool(monitor, store, served.name, alias, None, None,
                                                  settings.monitor_rows, True, (served.version, served.model))
@@ -216,6 +224,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             if task:
                 task.cancel()
         await batcher.close(timeout=30.0)  # in-flight requests are answered first (uvicorn drains them before this)
+        await trial.close()
         await run_in_threadpool(predictions.close)
         metrics.close()
 
@@ -291,7 +300,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         records = request_records(items)  # the conversion the feature contract checks
         start = time.perf_counter()
         try:
-            results = await batcher.submit(records)
+            results = await trial.submit(request, records, batcher.submit)
         except QueueFull:
             raise _HTTP(503, "the server is at capacity; retry shortly") from None
         except LoopmlError as e:
@@ -315,6 +324,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             await predictions.put(rows)  # returns once the rows are durable (the spool); never blocks the loop
         except LogUnavailable as e:
             raise _HTTP(503, f"{e}; retry shortly") from None
+        trial.shadow(records, rows)  # after the answer is settled; never in it
         metrics.predictions.labels(served.name).inc(len(rows))
         # the response model documents the shape; building the JSON directly skips re-validating our own output
         return Response(json.dumps({"model": served.name, "version": results[0]["version"], "predictions": out},
@@ -392,8 +402,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         swapped = await swap_if_moved(retry_failed=True) if alias else False
         return {"swapped": swapped, "version": state["served"].version, "last_load_error": load_failure.as_dict()}
 
+    from loopml.serve.queue_routes import queue_router  # GET /v1/feedback/queue (the labelling queue)
+
+    app.include_router(queue_router(store, state, client_key))
     app.state.loopml = state
     app.state.predictions = predictions
+    app.state.rollout = trial
     return app
 
 

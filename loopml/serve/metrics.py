@@ -81,6 +81,17 @@ class ServerMetrics:
         self.log_degraded = Gauge("loopml_prediction_log_degraded", "1 while prediction-log store writes are failing",
                                   registry=r, multiprocess_mode="livemax")
         self.log_pruned = Counter("loopml_prediction_log_pruned", "Prediction rows deleted by --log-retention", registry=r)
+        # the unattended loop (`loopml loop`), read from the store by the monitoring task: counts, not this server's events
+        self.loop_cycles = Gauge("loopml_loop_cycles", "Cycles the loop worker has run", ["model"], registry=r,
+                                 multiprocess_mode="livemostrecent")
+        self.loop_last_cycle = Gauge("loopml_loop_last_cycle_timestamp_seconds", "When the loop's last cycle ended",
+                                     ["model"], registry=r, multiprocess_mode="livemostrecent")
+        self.loop_next_cycle = Gauge("loopml_loop_next_cycle_timestamp_seconds", "When the loop's next cycle is due",
+                                     ["model"], registry=r, multiprocess_mode="livemostrecent")
+        self.loop_worker_up = Gauge("loopml_loop_worker_up", "1 while a live loop worker holds the model's loop lock",
+                                    ["model"], registry=r, multiprocess_mode="livemostrecent")
+        self.decisions = Gauge("loopml_decisions_total", "Decisions recorded in the store", ["model", "kind", "outcome"],
+                               registry=r, multiprocess_mode="livemostrecent")
 
     def observe_batch(self, rows: int, queued: int) -> None:
         self.batch_size.observe(rows)
@@ -101,6 +112,16 @@ class ServerMetrics:
             from prometheus_client import multiprocess as mp
 
             mp.mark_process_dead(os.getpid())
+
+    def observe_loop(self, model: str, status: dict) -> None:
+        """``status``: ``loopml.loop.worker.loop_status``."""
+        row = status.get("state") or {}
+        self.loop_cycles.labels(model).set(row.get("cycles") or 0)
+        self.loop_last_cycle.labels(model).set(row.get("last_cycle_at") or 0)
+        self.loop_next_cycle.labels(model).set(row.get("next_cycle_at") or 0)
+        self.loop_worker_up.labels(model).set(1.0 if status.get("worker") else 0.0)
+        for (kind, outcome), count in status.get("decisions", {}).items():
+            self.decisions.labels(model, kind, outcome).set(count)
 
     def observe_drift(self, model: str, result: dict) -> None:
         columns = dict(result.get("columns", {}))

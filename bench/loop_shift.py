@@ -1,0 +1,357 @@
+"""The loop on natural shifts (bench/results/loop_shift.json and .md), run by ``python -m bench.loop``.
+
+Two scenarios on real data (../shared/datasets, read in place; the source slice is written to a temporary
+CSV because a retrain rebuilds the champion's rows from the file it was trained on):
+
+- california_housing: v1 trained on the southern half (latitude < median), traffic = the northern half; R².
+- adult (adult.data + adult.test): v1 trained on people under 35, traffic = people 35 and older; accuracy.
+
+Per scenario, the shifted rows are shuffled (per seed) into a held-out part (only ever measured on) and a
+pool (the traffic that can be labelled). Measured:
+
+1. loss: v1 on its own test rows (source distribution) vs v1 on held-out shifted rows; and the
+   ceiling: the same learner on v1's data + the whole labelled pool (what labels can recover at most).
+2. the loop: ``FEEDBACK`` pool rows arrive as feedback, the unattended worker (``loopml loop``) — or
+   ``loopml.loop.retrain`` when the worker is not installed — retrains, gates and promotes; the share of
+   the loss the promoted v2 recovers on held-out shifted rows.
+3. warm start vs scratch, with a small network (``NET_EPOCHS`` epochs): the same feedback, one retrain
+   each way; train seconds and the recovered metric.
+4. labels needed to recover 80% of the loss: labels chosen in rounds from the pool with
+   ``loopml.loop.queue.rank_candidates`` (uncertainty, diverse, random), each round retrains on v1's data +
+   the chosen labels (as a retrain does) and is measured on held-out shifted rows; the label count at 80%
+   is interpolated linearly between budget-grid points. Mean over seeds, and random / strategy.
+
+The main learner is LightGBM (``LEARNER``): ~1 s of boosting per fit, most of a fit is loopml's own
+evaluation; the whole bench takes ~15 min on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import loopml
+from bench import realdata
+from bench.common import RESULTS, write_result
+from loopml.loop.policy import load_policy
+from loopml.loop.retrain import candidate_config, retrain
+from loopml.loop.training_data import RETRAIN_SPLIT_COLUMN, champion_splits
+from loopml.registry import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+LEARNER = {"type": "lightgbm", "learning_rate": 0.1}
+NET_EPOCHS = 8
+FEEDBACK = 600
+WEIGHT = 3
+STRATEGIES = ("uncertainty", "diverse", "random")
+
+
+@dataclass
+class Scenario:
+    name: str
+    target: str
+    metric: str
+    shift: str
+    frames: Callable[[], tuple[pd.DataFrame, pd.DataFrame]]
+    held: int
+    pool: int
+    budgets: tuple[int, ...]
+
+
+def california() -> tuple[pd.DataFrame, pd.DataFrame]:
+    df = realdata.california_housing()
+    median = df["latitude"].median()
+    return df[df["latitude"] < median], df[df["latitude"] >= median]
+
+
+def adult() -> tuple[pd.DataFrame, pd.DataFrame]:
+    train, test = realdata.adult()
+    df = pd.concat([train, test], ignore_index=True)
+    return df[df["age"] < 35], df[df["age"] >= 35]
+
+
+SCENARIOS = (
+    Scenario("california_north", "median_house_value", "r2", "trained on latitude < median (34.26), traffic from "
+             "latitude >= median", california, 4000, 6000, (25, 50, 100, 200, 400, 800, 1600)),
+    Scenario("adult_age35", "income", "accuracy", "trained on age < 35 (adult.data + adult.test), traffic from "
+             "age >= 35", adult, 10000, 8000, (25, 50, 100, 200, 400, 800, 1600)),
+)
+
+
+def policy_dict(metric: str, **extra) -> dict:
+    return {"trigger": {"min_feedback": FEEDBACK - 100, "on_drift": False},
+            "data": {"feedback_weight": WEIGHT, "holdout_fraction": 0.3},
+            "gate": {"metric": metric, "margin": 0.01, "max_test_regression": 0.02},
+            "loop": {"interval_s": 2}, **extra}
+
+
+def records(frame: pd.DataFrame, target: str) -> list[dict]:
+    return [{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for r in frame.drop(columns=[target]).to_dict("records")]
+
+
+def feed(store: Store, name: str, frame: pd.DataFrame, target: str) -> None:
+    labels = frame[target].tolist()
+    for inputs, label in zip(records(frame, target), labels, strict=True):
+        store.add_feedback(name, label.item() if hasattr(label, "item") else label, inputs=inputs)
+
+
+def score(model, frame: pd.DataFrame, metric: str) -> float:
+    return float(model.evaluate(frame, coerce=True)[metric])
+
+
+def split_shifted(shifted: pd.DataFrame, sc: Scenario, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(held-out, pool) for one seed."""
+    rows = shifted.sample(frac=1.0, random_state=seed)
+    return rows.iloc[: sc.held], rows.iloc[sc.held : sc.held + sc.pool]
+
+
+class Refit:
+    """Fits 'v1's training rows + labelled rows' as a retrain builds them: v1's own train/validation/test
+    split kept, the labels in train, each ``WEIGHT`` times."""
+
+    def __init__(self, store: Store, name: str, champion, metric: str) -> None:
+        self.config, _ = candidate_config(champion, load_policy(policy_dict(metric)))
+        parts, _ = champion_splits(store, name, champion, None)
+        self.columns = list(parts["train"].columns)
+        self.base = pd.concat([parts[s].assign(**{RETRAIN_SPLIT_COLUMN: s}) for s in ("train", "validation", "test")],
+                              ignore_index=True)
+
+    def __call__(self, labelled: pd.DataFrame):
+        extra = labelled.reindex(columns=self.columns).assign(**{RETRAIN_SPLIT_COLUMN: "train"})
+        data = pd.concat([self.base, *[extra] * WEIGHT], ignore_index=True)
+        return loopml.Model(self.config).fit(data, progress=False, cache_dir=False)
+
+
+def label_curve(refit: Refit, champion, pool: pd.DataFrame, held: pd.DataFrame, sc: Scenario, strategy: str,
+                seed: int) -> dict:
+    from loopml.loop.queue import rank_candidates
+
+    model, chosen, points = champion, [], []
+    for budget in sc.budgets:
+        left = pool.drop(index=chosen)
+        ranked = rank_candidates(model, left.drop(columns=[sc.target]), budget - len(chosen), strategy, seed=seed)
+        chosen += [r["index"] for r in ranked]
+        model = refit(pool.loc[chosen])
+        points.append([len(chosen), score(model, held, sc.metric)])
+    return {"points": points}
+
+
+def labels_to(points: list, start: float, goal: float) -> float | None:
+    """Labels at which the curve (from (0, start)) first reaches ``goal``, linearly interpolated; None if never."""
+    prev_n, prev_v = 0, start
+    for n, v in points:
+        if v >= goal:
+            return float(prev_n + (n - prev_n) * (goal - prev_v) / (v - prev_v)) if v > prev_v else float(n)
+        prev_n, prev_v = n, v
+    return None
+
+
+def worker_installed() -> bool:
+    if find_spec("loopml.loop.worker") is None:
+        return False
+    out = subprocess.run([sys.executable, "-m", "loopml", "loop", "--help"], capture_output=True, cwd=ROOT, timeout=120)
+    return out.returncode == 0
+
+
+def loop_promotion(store: Store, url: str, artifacts: Path, name: str, policy: dict, tmp: Path) -> tuple[dict, str]:
+    """The first decision with a candidate: by the unattended worker when installed, else one retrain."""
+    if not worker_installed():
+        return retrain(store, name, load_policy(policy), reason="bench: feedback arrived"), "loopml.loop.retrain"
+    path = tmp / f"{name}-policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    env = {**os.environ, "LOOPML_ARTIFACTS": str(artifacts), "PYTHONPATH": str(ROOT)}
+    log = (tmp / f"{name}-worker.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "loopml", "loop", name, "--policy", str(path), "--store", url],
+                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            decided = [d for d in store.list_gate_decisions(name) if d["candidate_version"] is not None]
+            if decided:
+                d = decided[0]
+                return {"promoted": bool(d["promoted"]), "reason": d["reason"], "candidate_version": d["candidate_version"],
+                        "numbers": d.get("numbers")}, "loopml loop (worker process)"
+            time.sleep(1)
+        raise RuntimeError(f"the worker made no decision (exit {proc.poll()}); see {log.name}:\n"
+                           + Path(log.name).read_text()[-2000:])
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def warm_vs_scratch(store: Store, sc: Scenario, source_csv: Path, feedback: pd.DataFrame, held: pd.DataFrame,
+                    v1_shifted_net: list) -> dict:
+    """A small network champion, the same feedback, one retrain from scratch and one warm-started."""
+    net = loopml.Model(target=sc.target, training={"epochs": NET_EPOCHS}).fit(
+        source_csv, progress=False, cache_dir=False, track=f"{sc.name}-net", store=store)
+    net.save(source_csv.parent / f"{sc.name}-net")
+    out = {"learner": f"network, {NET_EPOCHS} epochs", "v1_source_test": net.metrics["test"][sc.metric],
+           "v1_shifted": score(net, held, sc.metric)}
+    v1_shifted_net.append(out["v1_shifted"])
+    for start in ("scratch", "warm"):
+        name = f"{sc.name}-net-{start}"
+        store.register(name, run=net.run_id)
+        store.promote(name, 1)
+        feed(store, name, feedback, sc.target)
+        policy = load_policy(policy_dict(sc.metric, start=start, train={"training": {"epochs": NET_EPOCHS}}))
+        started = time.perf_counter()
+        decision = retrain(store, name, policy, reason=f"bench: {start}")
+        seconds = time.perf_counter() - started
+        candidate = loopml.load(store.resolve(f"{name}:{decision['candidate_version']}")["path"])
+        out[start] = {"train_seconds": decision["numbers"]["train_seconds"], "retrain_seconds": seconds,
+                      "promoted": decision["promoted"], "reason": decision["reason"],
+                      "shifted": score(candidate, held, sc.metric),
+                      "source_test": decision["numbers"].get("candidate_test")}
+        lost = out["v1_source_test"] - out["v1_shifted"]
+        out[start]["recovered_share"] = (out[start]["shifted"] - out["v1_shifted"]) / lost if lost > 0 else None
+        print(f"  {start:7s}: {seconds:5.1f} s, {sc.metric} {out['v1_shifted']:.4f} → {out[start]['shifted']:.4f} "
+              f"({'promoted' if decision['promoted'] else 'rejected'})", flush=True)
+    return out
+
+
+def scenario(sc: Scenario, tmp: Path, seeds: int) -> dict:
+    source, shifted = sc.frames()
+    source_csv = tmp / f"{sc.name}-source.csv"
+    source.to_csv(source_csv, index=False)
+    url = f"sqlite:///{tmp / f'{sc.name}.db'}"
+    artifacts = tmp / f"{sc.name}-artifacts"
+    store = Store(url, str(artifacts))
+    started = time.perf_counter()
+    v1 = loopml.Model(target=sc.target, learner=LEARNER).fit(source_csv, progress=False, cache_dir=False,
+                                                             track=sc.name, store=store)
+    v1.save(tmp / f"{sc.name}-v1")
+    store.register(sc.name, run=v1.run_id, description="v1: source slice")
+    store.promote(sc.name, 1, reason="first model")
+    held, pool = split_shifted(shifted, sc, 0)
+    out: dict = {"shift": sc.shift, "metric": sc.metric, "learner": LEARNER, "source_rows": len(source),
+                 "shifted_rows": len(shifted), "held_out_rows": len(held), "pool_rows": len(pool),
+                 "v1_fit_seconds": time.perf_counter() - started, "v1_source_test": v1.metrics["test"][sc.metric],
+                 "v1_shifted": score(v1, held, sc.metric)}
+    out["loss"] = out["v1_source_test"] - out["v1_shifted"]
+    refit = Refit(store, sc.name, v1, sc.metric)
+    print(f"{sc.name}: v1 {sc.metric} {out['v1_source_test']:.4f} on its test rows, {out['v1_shifted']:.4f} on "
+          f"shifted rows (loss {out['loss']:.4f})", flush=True)
+
+    feedback = pool.iloc[:FEEDBACK]
+    feed(store, sc.name, feedback, sc.target)
+    policy = policy_dict(sc.metric)
+    started = time.perf_counter()
+    decision, via = loop_promotion(store, url, artifacts, sc.name, policy, tmp)
+    v2 = loopml.load(store.resolve(f"{sc.name}:{decision['candidate_version']}")["path"])
+    loop = {"via": via, "feedback": FEEDBACK, "policy": policy, "seconds": time.perf_counter() - started,
+            "promoted": decision["promoted"], "reason": decision["reason"], "v2_shifted": score(v2, held, sc.metric),
+            "v2_source_test": (decision.get("numbers") or {}).get("candidate_test")}
+    loop["recovered_share"] = (loop["v2_shifted"] - out["v1_shifted"]) / out["loss"] if out["loss"] > 0 else None
+    out["loop"] = loop
+    print(f"  loop ({via}): {'PROMOTED' if loop['promoted'] else 'rejected'} v{decision['candidate_version']}, "
+          f"{sc.metric} on shifted rows {loop['v2_shifted']:.4f}, {loop['recovered_share']:.0%} of the loss recovered",
+          flush=True)
+
+    out["warm_vs_scratch"] = warm_vs_scratch(store, sc, source_csv, feedback, held, [])
+
+    curves: dict = {s: [] for s in STRATEGIES}
+    ceilings, starts = [], []
+    for seed in range(seeds):
+        held_s, pool_s = split_shifted(shifted, sc, seed)
+        start = score(v1, held_s, sc.metric)
+        ceiling = score(refit(pool_s), held_s, sc.metric)
+        starts.append(start)
+        ceilings.append(ceiling)
+        for strategy in STRATEGIES:
+            t = time.perf_counter()
+            curve = label_curve(refit, v1, pool_s, held_s, sc, strategy, seed)
+            curve.update(seed=seed, start=start, ceiling=ceiling, seconds=time.perf_counter() - t)
+            # 80% of the loss the labels can recover (up to the ceiling), and of the loss as measured above
+            curve["labels_to_80"] = labels_to(curve["points"], start, start + 0.8 * (ceiling - start))
+            curve["labels_to_80_of_loss"] = labels_to(curve["points"], start, start + 0.8 * out["loss"])
+            curves[strategy].append(curve)
+            print(f"  seed {seed} {strategy:11s}: " + " ".join(f"{n}:{v:.3f}" for n, v in curve["points"])
+                  + f"  (ceiling {ceiling:.3f}; 80% at {curve['labels_to_80']})", flush=True)
+    out["ceiling_shifted"] = float(np.mean(ceilings))
+    out["recoverable_loss"] = float(np.mean(ceilings) - np.mean(starts))
+    out["loop"]["recovered_share_of_recoverable"] = (loop["v2_shifted"] - out["v1_shifted"]) / \
+        (ceilings[0] - out["v1_shifted"])
+    out["labels"] = {"budgets": list(sc.budgets), "seeds": seeds, "curves": curves,
+                     "labels_to_80": summarise(curves, "labels_to_80", sc.budgets[-1]),
+                     "labels_to_80_of_loss": summarise(curves, "labels_to_80_of_loss", sc.budgets[-1])}
+    return out
+
+
+def summarise(curves: dict, key: str, most: int) -> dict:
+    """Mean labels-to-80% per strategy (a seed that never gets there counts as the largest budget, and
+    the mean is then a lower bound), and random / strategy."""
+    out = {}
+    for strategy, runs in curves.items():
+        values = [r[key] for r in runs]
+        reached = [v for v in values if v is not None]
+        out[strategy] = {"per_seed": values, "reached": f"{len(reached)}/{len(values)}",
+                         "mean": float(np.mean([most if v is None else v for v in values])),
+                         "lower_bound": len(reached) < len(values)}
+    for strategy in STRATEGIES[:-1]:
+        out[strategy]["random_over_strategy"] = out["random"]["mean"] / out[strategy]["mean"]
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["# The loop on natural shifts", "", f"Written by `python -m bench.loop --only shift` on {result['when']} "
+             f"({result['machine']['cpus']} CPUs). Main learner: LightGBM {LEARNER}; warm vs scratch: a network "
+             f"({NET_EPOCHS} epochs). Labels-to-80%: mean over {result['seeds']} seeds, interpolated on the budget "
+             "grid; 'of recoverable' = 80% of the way from v1 to the ceiling (v1's data + the whole labelled pool).", "",
+             "| scenario | metric | v1 source test → shifted (loss) | ceiling | loop v2 on shifted (recovered) | "
+             "net scratch: s, metric | net warm: s, metric | labels to 80% of recoverable: uncertainty / diverse / "
+             "random | random÷uncertainty, random÷diverse |", "|" + "---|" * 9]
+    for name, r in result["scenarios"].items():
+        w, lab = r["warm_vs_scratch"], r["labels"]["labels_to_80"]
+
+        def fmt(s: str, lab=lab) -> str:
+            return f"{'≥' if lab[s]['lower_bound'] else ''}{lab[s]['mean']:.0f}"
+
+        lines.append(
+            f"| {name} | {r['metric']} | {r['v1_source_test']:.3f} → {r['v1_shifted']:.3f} ({r['loss']:.3f}) | "
+            f"{r['ceiling_shifted']:.3f} | {r['loop']['v2_shifted']:.3f} ({r['loop']['recovered_share']:.0%} of the loss; "
+            f"{r['loop']['recovered_share_of_recoverable']:.0%} of recoverable) | "
+            f"{w['scratch']['train_seconds']:.1f}, {w['scratch']['shifted']:.3f} | {w['warm']['train_seconds']:.1f}, "
+            f"{w['warm']['shifted']:.3f} | {fmt('uncertainty')} / {fmt('diverse')} / {fmt('random')} | "
+            f"{lab['uncertainty']['random_over_strategy']:.2f}×, {lab['diverse']['random_over_strategy']:.2f}× |")
+    lines += ["", f"Total: {result['seconds'] / 60:.1f} min. Per-seed curves and the loop's gate reasons are in "
+              "loop_shift.json.", ""]
+    return "\n".join(lines)
+
+
+def run(seeds: int = 3, quick: bool = False) -> dict:
+    global FEEDBACK
+    started = time.perf_counter()
+    scenarios = SCENARIOS
+    if quick:  # a smoke run: every step on small sizes
+        FEEDBACK = 300
+        scenarios = [Scenario(s.name, s.target, s.metric, s.shift, s.frames, 1500, 1500, (50, 200)) for s in SCENARIOS]
+    result: dict = {"seeds": seeds, "scenarios": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for sc in scenarios:
+            result["scenarios"][sc.name] = scenario(sc, Path(tmp), seeds)
+    result["seconds"] = time.perf_counter() - started
+    name = "loop_shift_quick" if quick else "loop_shift"
+    path = write_result(name, result)
+    import json
+
+    (RESULTS / f"{name}.md").write_text(markdown(json.loads(path.read_text())))
+    print(f"written {path} and {name}.md ({result['seconds'] / 60:.1f} min)")
+    return result

@@ -1,0 +1,342 @@
+"""The labelling queue: which logged predictions a label would help most, each with a one-line reason.
+
+Strategies (``STRATEGIES``):
+- ``uncertainty``: classifiers by the margin between the two most probable classes (entropy breaks
+  ties); regressors by how much the ensemble's or bagged folds' members disagree, or — for a learner
+  without members — by novelty (how rare the inputs are in training), and the reason says which.
+- ``drift``: inputs whose values are rare under the training reference, a column weighted up by how
+  far it drifts in the candidate window (its PSI), so drifted regions come first.
+- ``diverse``: greedy k-center on the standardised, encoded inputs over the most uncertain rows, a
+  row's distance weighted by its uncertainty: spread out, not ten copies of one hard case.
+- ``random``: seeded, the baseline the others are measured against.
+
+Every strategy drops repeated inputs (identical rows appear once: a second label on the same case
+teaches a retrain nothing) and ranks best first. Rarity and encoding read the model's reference
+statistics (``loopml.loop.drift``), the model's own probabilities decide uncertainty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from loopml.errors import LoopmlError
+from loopml.loop import drift
+
+STRATEGIES = ("uncertainty", "drift", "diverse", "random")
+#: the newest this many unlabelled predictions are ranked
+WINDOW = 5000
+#: diverse: the k-center pool holds the most uncertain POOL_FACTOR x n rows (at least MIN_POOL)
+POOL_FACTOR, MIN_POOL = 5, 200
+
+
+def check_strategy(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise LoopmlError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
+    return strategy
+
+
+def rank_candidates(model: Any, frame: pd.DataFrame, n: int, strategy: str = "uncertainty", *, seed: int = 0,
+                    reference: dict | None = None) -> list[dict]:
+    """Up to ``n`` rows of ``frame`` as ``{"index", "score", "reason"}``, best first (``index``: the frame's label)."""
+    check_strategy(strategy)
+    if n < 1:
+        raise LoopmlError(f"n must be at least 1 (got {n})")
+    ref = reference if reference is not None else (model.reference or {})
+    frame = _model_columns(model, frame)
+    if not len(frame):
+        return []
+    frame = frame[_first_copies(frame)]  # the first copy of an input: the newest when the frame is newest first
+    if strategy == "random":
+        order = np.random.default_rng(seed).permutation(len(frame))[:n]
+        return [_row(frame.index[i], 1.0 - rank / max(len(frame), 1), f"random pick (seed {seed})")
+                for rank, i in enumerate(order)]
+    if strategy == "drift":
+        scores, reasons = rarity(frame, ref, weighted=True)
+        return _top(frame, scores, reasons, n)
+    scores, reasons = uncertainty(model, frame, ref)
+    if strategy == "uncertainty":
+        return _top(frame, scores, reasons, n)
+    return _diverse(frame, scores, reasons, n, ref)
+
+
+def feedback_queue(store: Any, name: str, n: int = 50, strategy: str = "uncertainty", alias: str = "production",
+                   window: int = WINDOW, *, model: Any = None, seed: int = 0) -> list[dict]:
+    """The logged, answered predictions of ``name`` without feedback (newest ``window``), ranked by the
+    ``alias`` version (or ``model``, already loaded: the server passes the one it serves)."""
+    check_strategy(strategy)
+    if model is None:
+        import loopml
+
+        model = loopml.load(store.resolve(f"{name}@{alias}")["path"])
+    rows = store.unlabelled_predictions(name, last=window)
+    if not rows:
+        return []
+    frame = pd.DataFrame([r["inputs"] if isinstance(r["inputs"], dict) else {} for r in rows])
+    ranked = rank_candidates(model, frame, n, strategy, seed=seed)
+    out = []
+    for r in ranked:
+        row = rows[r["index"]]
+        outputs = row["outputs"] if isinstance(row["outputs"], dict) else {}
+        out.append({"prediction_id": row["id"], "inputs": row["inputs"], "prediction": outputs.get("prediction"),
+                    "probabilities": outputs.get("probabilities"), "model_version": row["model_version"],
+                    "created_at": row["created_at"], "score": r["score"], "reason": r["reason"]})
+    return out
+
+
+# -- the scores ------------------------------------------------------------------------------------
+
+def uncertainty(model: Any, frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray, list[str]]:
+    """Higher = a label helps more: the model's own doubt (classes: 1 - margin, a little entropy breaking
+    ties; numbers: member spread scaled to [0, 1]) plus ``drift_boost`` — a model is often confident and
+    wrong where the traffic moved away from its training data, and its doubt alone would never look there."""
+    target = model.preprocessor.target
+    x = model.inputs(frame)
+    if target.kind != "number":
+        _, proba = target.decode(np.asarray(model.learner.predict_scores(x)))
+        top = np.argsort(-proba, axis=1)[:, :2]
+        p1, p2 = np.take_along_axis(proba, top, axis=1).T
+        margin = p1 - p2
+        entropy = -(proba * np.log(np.clip(proba, 1e-12, 1.0))).sum(axis=1) / math.log(proba.shape[1])
+        classes = [str(c) for c in target.classes]
+        doubt = (1.0 - margin) + 0.01 * entropy
+        reasons = [f"margin {_margin(m)} between {classes[a]} and {classes[b]}" for m, (a, b) in zip(margin, top, strict=True)]
+    else:
+        members = member_predictions(model.learner, x)
+        if len(members) < 2:
+            scores, lines = rarity(frame, ref, weighted=True)
+            return scores, [f"novelty (no ensemble members to disagree): {r}" for r in lines]
+        values = np.stack([target.decode(np.asarray(s))[0] for s in members])
+        spread = values.std(axis=0)
+        doubt = spread / (spread.max() or 1.0)
+        reasons = [f"{len(members)} members disagree: spread {_fmt(s)} (mean {_fmt(m)})"
+                   for s, m in zip(spread, values.mean(axis=0), strict=True)]
+    boost, lines = drift_boost(frame, ref)
+    reasons = [f"{r}; {line}" if b > 0.05 else r for r, b, line in zip(reasons, boost, lines, strict=True)]
+    return doubt + boost, reasons
+
+
+def drift_boost(frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray, list[str]]:
+    """In [0, 1] per row: how rare its value is (p = 0.1% or outside the range: 1) in a column that drifts
+    in this window (PSI past the warning level, noise allowed for), times that PSI (at most 1).
+    Zero everywhere when nothing drifts, so an undrifted window is ranked by doubt alone."""
+    boost = np.zeros(len(frame))
+    lines = [""] * len(frame)
+    for col, r in ref.get("columns", {}).items():
+        if col not in frame.columns or r["kind"] == "text":
+            continue
+        current, observations = drift.histogram(frame[col], r, counts_too=True)
+        value = drift.psi(r["histogram"], current)
+        if drift.level(value, drift.noise(len(current), observations)) == "ok":
+            continue
+        p, beyond = _value_share(frame[col], r)
+        part = min(value, 1.0) * np.clip(-np.log10(np.maximum(p, 1e-6)) / 3.0 + beyond / 3.0, 0.0, 1.0)
+        for i in np.flatnonzero(part > boost):
+            lines[i] = _rare_line(col, frame[col].iloc[i], p[i], r) + f" (drifted column, PSI {value:.2f})"
+        boost = np.maximum(boost, part)
+    return boost, lines
+
+
+def member_predictions(learner: Any, x: Any) -> list[np.ndarray]:
+    """Raw scores of an ensemble's members or a bagged learner's folds; [] for a learner without members."""
+    from loopml.learners.multiview import member_params, select_view
+
+    final = getattr(learner, "final", None)  # automl: the chosen learner
+    if final is not None:
+        return member_predictions(final, select_view(x, type(final), final.params))
+    members = getattr(learner, "members", None)
+    if members:
+        if len(members) == 1:
+            return member_predictions(members[0], select_view(x, type(members[0]), members[0].params))
+        return [np.asarray(m.predict_scores(select_view(x, type(m), m.params))) for m in members]
+    folds = getattr(learner, "models", None)
+    if isinstance(folds, dict) and len(folds) >= 2 and getattr(learner, "full", None) is None:
+        cls, params = member_params(learner.params.member)
+        view = select_view(x, cls, params)
+        return [np.asarray(m.predict_scores(view)) for m in folds.values()]
+    return []
+
+
+def rarity(frame: pd.DataFrame, ref: dict, weighted: bool) -> tuple[np.ndarray, list[str]]:
+    """Per row, its rarest value under the training reference: score -log10(p) (times 1 + the column's
+    PSI in this window when ``weighted``), and a line naming the column, the value and p."""
+    columns = {c: r for c, r in ref.get("columns", {}).items() if c in frame.columns and r["kind"] != "text"}
+    if not columns:
+        return np.zeros(len(frame)), ["no reference statistics to compare with"] * len(frame)
+    names = list(columns)
+    scores = np.zeros((len(frame), len(names)))
+    shares = np.ones((len(frame), len(names)))
+    for j, col in enumerate(names):
+        r = columns[col]
+        values = frame[col]
+        p, beyond = _value_share(values, r)
+        shares[:, j] = p
+        weight = 1.0 + (drift.psi(r["histogram"], drift.histogram(values, r)) if weighted else 0.0)
+        scores[:, j] = (-np.log10(np.maximum(p, 1e-6)) + beyond) * weight
+    best = scores.argmax(axis=1)
+    rows = np.arange(len(frame))
+    reasons = [_rare_line(names[j], frame[names[j]].iloc[i], shares[i, j], columns[names[j]])
+               for i, j in zip(rows, best, strict=True)]
+    return scores[rows, best], reasons
+
+
+def _value_share(values: pd.Series, r: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The share of training rows as extreme as each value (numbers: the nearer tail of the reference
+    sample; categories: the value's share, for one outside the top values at most the rarest listed),
+    and for numbers outside the sample's range how far outside, in training standard deviations."""
+    n = len(values)
+    beyond = np.zeros(n)
+    if r["kind"] in ("number", "date"):
+        numbers = drift._days(values) if r["kind"] == "date" else pd.to_numeric(values, errors="coerce")
+        x = numbers.to_numpy(dtype=np.float64)
+        sample = np.sort(np.asarray(r["sample"], dtype=np.float64))
+        missing = np.isnan(x)
+        below = np.searchsorted(sample, x, side="right") / len(sample)  # share <= x
+        above = 1.0 - np.searchsorted(sample, x, side="left") / len(sample)  # share >= x
+        p = np.minimum(below, above)
+        p = np.where(missing, r["histogram"][-1], p)
+        std = r.get("std") or 1.0
+        beyond = np.where(missing, 0.0, np.maximum(sample[0] - x, 0.0) + np.maximum(x - sample[-1], 0.0)) / std
+        beyond = np.nan_to_num(beyond)
+        return np.maximum(p, 0.0), beyond
+    from loopml.features.base import canonical_keys
+
+    hist = np.asarray(r["histogram"], dtype=np.float64)
+    known = {k: hist[i] for k, i in _category_index(r).items()}
+    listed = len(r["values"])
+    # a value outside the top values is rarer than the rarest listed, and at most the whole "other" bucket
+    unlisted = min(hist[listed], hist[:listed].min(initial=1.0))
+    p = np.array([hist[-1] if k is None else known.get(k, unlisted) for k in canonical_keys(values)], dtype=np.float64)
+    return p, beyond
+
+
+def _category_index(r: dict) -> dict:
+    from loopml.features.base import canonical_key
+
+    return {canonical_key(v): i for i, v in enumerate(r["values"])}
+
+
+def _rare_line(col: str, value: object, p: float, r: dict) -> str:
+    from loopml.features.base import canonical_key
+
+    key = canonical_key(value)
+    if key is None:
+        return f"{col} missing ({_pct(p)} of training rows)"
+    shown = _short(value)
+    number = r["kind"] in ("number", "date")
+    if p <= 0:
+        return f"{col}={shown} is outside the training range" if number else f"{col}={shown} was not seen in training"
+    if p >= 0.1:
+        return f"no rare values (the rarest: {col}={shown}, p={_pct(p)})"
+    bound = "≤" if not number and key not in _category_index(r) else "="
+    return f"{col}={shown} is rare in training (p{bound}{_pct(p)})"
+
+
+def _diverse(frame: pd.DataFrame, weight: np.ndarray, reasons: list[str], n: int, ref: dict) -> list[dict]:
+    pool_size = min(len(frame), max(POOL_FACTOR * n, MIN_POOL))
+    pool = np.argsort(-weight, kind="stable")[:pool_size]
+    x = encode(frame.iloc[pool], ref)
+    w = weight[pool]
+    span = w.max() - w.min()
+    w = 0.5 + 0.5 * ((w - w.min()) / span if span > 0 else np.ones_like(w))  # in [0.5, 1]: spread still counts
+    chosen = [0]  # the most uncertain row first
+    nearest = ((x - x[0]) ** 2).sum(axis=1)
+    gaps = [math.inf]
+    while len(chosen) < min(n, len(pool)):
+        gain = np.sqrt(nearest) * w
+        gain[chosen] = -1.0
+        i = int(gain.argmax())
+        if gain[i] <= 0:  # every row left sits on a chosen one (same encoding): stop, no near-duplicates
+            break
+        chosen.append(i)
+        gaps.append(float(math.sqrt(nearest[i])))
+        nearest = np.minimum(nearest, ((x - x[i]) ** 2).sum(axis=1))
+    out = []
+    for rank, (i, gap) in enumerate(zip(chosen, gaps, strict=True)):
+        spread = "first pick" if math.isinf(gap) else f"{gap:.2f} from the nearest queued row"
+        out.append(_row(frame.index[pool[i]], float(len(chosen) - rank), f"{spread}; {reasons[pool[i]]}"))
+    return out
+
+
+def encode(frame: pd.DataFrame, ref: dict) -> np.ndarray:
+    """Numbers standardised by the training reference (median, std; missing: 0 and a flag), categories
+    one-hot over the reference's values (+ other). Text is left out."""
+    from loopml.features.base import canonical_keys
+
+    parts = []
+    for col, r in ref.get("columns", {}).items():
+        if col not in frame.columns:
+            continue
+        values = frame[col]
+        if r["kind"] in ("number", "date"):
+            numbers = drift._days(values) if r["kind"] == "date" else pd.to_numeric(values, errors="coerce")
+            x = numbers.to_numpy(dtype=np.float64)
+            centre = float(np.median(r["sample"])) if r["sample"] else 0.0
+            z = (x - centre) / (r.get("std") or 1.0)
+            missing = np.isnan(z)
+            parts += [np.clip(np.nan_to_num(z), -10, 10)[:, None], missing[:, None].astype(np.float64)]
+        elif r["kind"] == "category":
+            index = _category_index(r)
+            codes = np.array([index.get(k, len(index)) if k is not None else len(index) + 1
+                              for k in canonical_keys(values)])
+            parts.append(np.eye(len(index) + 2)[codes])
+    if not parts:
+        return np.zeros((len(frame), 1))
+    return np.hstack(parts)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def _model_columns(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """The model's input columns (absent ones missing), values it cannot read as missing."""
+    from loopml.data.validate import check_inputs
+
+    features = model.preprocessor.features
+    cols = {c: (frame[c] if c in frame.columns else pd.Series([None] * len(frame), index=frame.index, dtype=object))
+            for c in features}
+    out = pd.DataFrame(cols, index=frame.index)
+    return check_inputs(out, features, coerce=True)[0]
+
+
+def _first_copies(frame: pd.DataFrame) -> np.ndarray:
+    """True for the first row of each distinct input (by the features' canonical keys: 1, 1.0 and "1" are one)."""
+    from loopml.features.base import canonical_keys
+
+    seen: set = set()
+    keep = np.zeros(len(frame), dtype=bool)
+    for i, key in enumerate(zip(*(canonical_keys(frame[c]) for c in frame.columns), strict=True)):
+        if key not in seen:
+            seen.add(key)
+            keep[i] = True
+    return keep
+
+
+def _top(frame: pd.DataFrame, scores: np.ndarray, reasons: list[str], n: int) -> list[dict]:
+    order = np.argsort(-scores, kind="stable")[:n]
+    return [_row(frame.index[i], float(scores[i]), reasons[i]) for i in order]
+
+
+def _row(index: Any, score: float, reason: str) -> dict:
+    index = index.item() if isinstance(index, np.generic) else index
+    return {"index": index, "score": round(score, 6) if math.isfinite(score) else 0.0, "reason": reason}
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f}%" if p >= 0.001 else f"{100 * p:.2f}%"
+
+
+def _margin(m: float) -> str:
+    return f"{m:.2f}" if m >= 0.01 else f"{m:.4f}"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = _fmt(value) if isinstance(value, float) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+

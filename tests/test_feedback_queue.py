@@ -1,0 +1,268 @@
+"""The labelling queue: rankings that can be wrong, the HTTP route, ``loopml label``, and a retrain that uses them."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import loopml
+from loopml.cli import main
+from loopml.errors import LoopmlError
+from loopml.loop.queue import STRATEGIES, feedback_queue, rank_candidates
+from loopml.registry import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(n: int, seed: int) -> pd.DataFrame:
+    """The label is the sign of ``a`` (no noise: the boundary is known exactly); ``b`` and ``kind`` are noise."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    return pd.DataFrame({"a": a, "b": b, "kind": rng.choice(["x", "y", "z"], size=n),
+                         "label": np.where(a > 0, "pos", "neg")})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("queue")
+    data = root / "train.csv"  # from a file: a retrain re-reads the champion's rows
+    make(600, 0).to_csv(data, index=False)
+    model = loopml.Model(target="label", training={"epochs": 12, "seed": 0}).fit(data, progress=False, cache_dir=False)
+    return model, model.save(root / "clf")
+
+
+def _store(tmp_path, model_dir) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "artifacts"))
+    store.register("clf", path=model_dir)
+    store.promote("clf", 1)
+    return store
+
+
+def _log(store: Store, frame: pd.DataFrame, model, served: bool | None = None, start: float | None = None) -> list[str]:
+    """Each row as a logged prediction of clf:1 (as the server writes them); the prediction ids."""
+    inputs = frame.drop(columns=["label"], errors="ignore")
+    out = model.predictions(inputs)
+    now = start or time.time()
+    rows, ids = [], []
+    for i, record in enumerate(inputs.to_dict("records")):
+        pid = uuid.uuid4().hex
+        ids.append(pid)
+        rows.append({"id": pid, "model_name": "clf", "model_version": 1, "created_at": now + i * 1e-3,
+                     "inputs": record, "latency_ms": 1.0, "served": served,
+                     "outputs": {"prediction": out.iloc[i, 0],
+                                 "probabilities": [float(out.iloc[i, 1]), float(out.iloc[i, 2])]}})
+    store.log_predictions(rows)
+    return ids
+
+
+# -- the rankings ----------------------------------------------------------------------------------
+
+def test_uncertainty_puts_near_boundary_rows_first(trained):
+    model, _ = trained
+    rng = np.random.default_rng(1)
+    far = make(400, 1)
+    far = far[far.a.abs() > 1.0]
+    near = pd.DataFrame({"a": rng.uniform(-0.03, 0.03, size=10), "b": rng.uniform(-1.5, 1.5, size=10), "kind": "x"},
+                        index=range(1000, 1010))
+    frame = pd.concat([far.drop(columns=["label"]), near])
+    ranked = rank_candidates(model, frame, 10)
+    hits = sum(r["index"] >= 1000 for r in ranked)
+    assert hits >= 8, ranked
+    assert all(r["reason"].startswith("margin ") and " between " in r["reason"] for r in ranked)
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+
+
+def _clusters(seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Five tight clusters on the boundary, 40 rows each (the first holding exact duplicates); their ids."""
+    rng = np.random.default_rng(seed)
+    parts, ids = [], []
+    for c, t in enumerate([-2.0, -1.0, 0.0, 1.0, 2.0]):
+        part = pd.DataFrame({"a": rng.normal(scale=0.05, size=40), "b": t + rng.normal(scale=0.02, size=40),
+                             "kind": "xyzxy"[c]})
+        if c == 0:
+            part.iloc[20:] = part.iloc[:20].to_numpy()  # 20 rows sent twice
+        parts.append(part)
+        ids += [c] * 40
+    return pd.concat(parts, ignore_index=True), np.array(ids)
+
+
+def test_diverse_has_no_duplicates_and_covers_more_clusters(trained):
+    model, _ = trained
+    frame, cluster = _clusters(2)
+    top = rank_candidates(model, frame, 5, "uncertainty")
+    spread = rank_candidates(model, frame, 5, "diverse")
+    covered = {name: len({cluster[r["index"]] for r in rows}) for name, rows in (("top", top), ("diverse", spread))}
+    assert covered["diverse"] == 5 and covered["diverse"] > covered["top"], covered
+    for strategy in STRATEGIES:  # identical inputs appear once, whatever the strategy
+        rows = rank_candidates(model, frame, 200, strategy)
+        keys = [tuple(frame.loc[r["index"]]) for r in rows]
+        assert len(keys) == len(set(keys)) == 180, strategy
+    assert "from the nearest queued row" in spread[1]["reason"]
+
+
+def test_drift_picks_the_shifted_rows_and_names_the_column(trained):
+    model, _ = trained
+    frame = make(300, 3).drop(columns=["label"])
+    frame.loc[frame.index[:12], "a"] += 6.0
+    ranked = rank_candidates(model, frame, 12, "drift")
+    assert sum(r["index"] < 12 for r in ranked) == 12, ranked
+    assert all(r["reason"].startswith("a=") for r in ranked), ranked
+    unseen = frame.assign(kind="x")
+    unseen.loc[50, "kind"] = "never-seen"
+    first = rank_candidates(model, unseen.iloc[12:], 1, "drift")[0]
+    assert first["index"] == 50 and first["reason"] == "kind=never-seen was not seen in training"
+
+
+def test_random_is_seeded_and_strategies_are_checked(trained):
+    model, _ = trained
+    frame = make(100, 4).drop(columns=["label"])
+    first = [r["index"] for r in rank_candidates(model, frame, 10, "random", seed=7)]
+    assert first == [r["index"] for r in rank_candidates(model, frame, 10, "random", seed=7)]
+    assert first != [r["index"] for r in rank_candidates(model, frame, 10, "random", seed=8)]
+    assert len(rank_candidates(model, frame, 500, "random")) == 100
+    with pytest.raises(LoopmlError, match="valid strategies: uncertainty, drift, diverse, random"):
+        rank_candidates(model, frame, 10, "entropy")
+
+
+def test_regression_says_whether_members_disagree_or_inputs_are_novel(tmp_path):
+    df = make(300, 5).assign(label=lambda d: d.a * 2 + d.b)
+    frame = make(200, 6).drop(columns=["label"])
+    frame.loc[0, "a"] = 9.0
+    bagged = loopml.Model(target="label", learner={"type": "bagged", "member": {"type": "lightgbm", "n_estimators": 30},
+                                                   "folds": 3}).fit(df, progress=False, cache_dir=False)
+    rows = rank_candidates(bagged, frame, 5)
+    assert all("3 members disagree" in r["reason"] for r in rows), rows
+    lone = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(df, progress=False,
+                                                                                             cache_dir=False)
+    rows = rank_candidates(lone, frame, 5)
+    assert rows[0]["index"] == 0 and rows[0]["reason"].startswith("novelty (no ensemble members to disagree): a=9")
+
+
+def test_queue_skips_labelled_and_shadow_predictions_and_is_fast(trained, tmp_path):
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    ids = _log(store, make(5000, 7), model)
+    shadow = _log(store, make(50, 8), model, served=False)
+    store.add_feedback("clf", "pos", ids[0])
+    start = time.perf_counter()
+    rows = feedback_queue(store, "clf", 50, model=model)
+    took = time.perf_counter() - start
+    assert took < 2.0, f"{took:.2f} s for 5000 candidates"
+    got = {r["prediction_id"] for r in rows}
+    assert len(got) == 50 and ids[0] not in got and not got & set(shadow)
+    assert set(rows[0]) >= {"prediction_id", "inputs", "prediction", "probabilities", "model_version", "score", "reason"}
+
+
+# -- the HTTP route --------------------------------------------------------------------------------
+
+def test_the_route_ranks_checks_and_drops_labelled_rows(trained, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from loopml.serve.app import ServeSettings, create_app
+
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    ids = _log(store, make(200, 9), model)
+    settings = ServeSettings(model="clf@production", store=store.url, artifacts=str(tmp_path / "artifacts"),
+                             monitor_interval_s=0, log_durability="none", api_keys=["k1"])
+    key = {"X-API-Key": "k1"}
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/feedback/queue").status_code == 401
+        r = c.get("/v1/feedback/queue", params={"n": 5, "strategy": "diverse"}, headers=key)
+        assert r.status_code == 200, r.text
+        body = json.loads(r.text, parse_constant=lambda v: pytest.fail(f"invalid JSON constant {v}"))
+        assert body["model"] == "clf" and body["strategy"] == "diverse" and len(body["queue"]) == 5
+        assert {q["prediction_id"] for q in body["queue"]} <= set(ids) and str(tmp_path) not in r.text
+        for params, needle in (({"n": 0}, "query.n"), ({"n": 501}, "query.n"), ({"n": "many"}, "query.n"),
+                               ({"strategy": "entropy"}, "'uncertainty', 'drift', 'diverse' or 'random'")):
+            bad = c.get("/v1/feedback/queue", params=params, headers=key)
+            assert bad.status_code == 422 and needle in bad.json()["detail"], (params, bad.text)
+            assert "\n" not in bad.json()["detail"]
+        top = c.get("/v1/feedback/queue", params={"n": 3}, headers=key).json()["queue"]
+        assert top[0]["reason"].startswith("margin ")
+        posted = c.post("/v1/feedback", json={"prediction_id": top[0]["prediction_id"], "label": "pos"}, headers=key)
+        assert posted.status_code == 201, posted.text
+        after = c.get("/v1/feedback/queue", params={"n": 3}, headers=key).json()["queue"]
+        assert top[0]["prediction_id"] not in {q["prediction_id"] for q in after}
+        assert after[0]["prediction_id"] == top[1]["prediction_id"]
+
+
+# -- loopml label ----------------------------------------------------------------------------------
+
+def test_label_reads_lines_checks_labels_and_writes_snapshots(trained, tmp_path, monkeypatch, capsys):
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    _log(store, make(30, 10), model)
+    queue = feedback_queue(store, "clf", 3, model=model)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("maybe\npos\n\nneg\n"))
+    assert main(["label", "clf", "--n", "3", "--store", store.url]) == 0
+    out = capsys.readouterr().out
+    assert "'maybe' is not a class of 'label' (neg, pos)" in out and "2 labels written, 1 skipped" in out
+    assert "margin " in out and "a=" in out
+    rows = store.list_feedback("clf")
+    assert [(f["prediction_id"], f["label"]) for f in rows] == [(queue[0]["prediction_id"], "pos"),
+                                                                (queue[2]["prediction_id"], "neg")]
+    assert rows[0]["model_version"] == 1 and rows[0]["prediction_outputs"]["prediction"] == queue[0]["prediction"]
+    assert rows[0]["inputs"] == queue[0]["inputs"]
+    # end of input stops cleanly; Ctrl-C stops with the count, after the last whole write
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pos\n"))
+    assert main(["label", "clf", "--n", "3", "--store", store.url]) == 0
+    assert "1 label written, 0 skipped" in capsys.readouterr().out
+
+    class Interrupting(io.StringIO):
+        def readline(self, *a):
+            line = super().readline(*a)
+            if not line:
+                raise KeyboardInterrupt
+            return line
+
+    monkeypatch.setattr(sys, "stdin", Interrupting("neg\n"))
+    assert main(["label", "clf", "--n", "3", "--store", store.url]) == 130
+    assert "interrupted: 1 label written" in capsys.readouterr().out
+    assert len(store.list_feedback("clf")) == 4
+    assert main(["label", "clf", "--strategy", "entropy", "--store", store.url]) == 2
+    assert "valid strategies" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux `script` for a pty")
+def test_label_works_in_a_terminal(trained, tmp_path):
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    _log(store, make(10, 11), model)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = f"{sys.executable} -m loopml label clf --n 2 --store {store.url}"
+    done = subprocess.run(["script", "-qec", command, "/dev/null"], input="neg\nq\n", capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 label written, 0 skipped" in done.stdout
+    assert [f["label"] for f in store.list_feedback("clf")] == ["neg"]
+
+
+def test_retrain_learns_from_queue_chosen_labels(trained, tmp_path, monkeypatch, capsys):
+    from loopml.loop.policy import load_policy
+    from loopml.loop.retrain import retrain
+
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    traffic = make(120, 12)
+    ids = _log(store, traffic, model)
+    truth = dict(zip(ids, traffic["label"], strict=True))
+    queue = feedback_queue(store, "clf", 100, model=model)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{truth[q['prediction_id']]}\n" for q in queue)))
+    assert main(["label", "clf", "--n", "100", "--store", store.url]) == 0
+    assert "100 labels written" in capsys.readouterr().out
+    written = {int(f["id"]) for f in store.list_feedback("clf")}
+    policy = load_policy({"data": {"holdout_fraction": 0.3, "min_holdout": 20}, "train": {"training": {"epochs": 2}}})
+    decision = retrain(store, "clf", policy, reason="queue labels")
+    lineage = store.get_version("clf", decision["candidate_version"])["lineage"]  # promoted or not
+    assert set(lineage["feedback_ids"]) | set(lineage["held_back_ids"]) == written, lineage
+    assert len(lineage["feedback_ids"]) == 70

@@ -1,0 +1,301 @@
+"""The unattended loop worker (`loopml loop`): cycles, one worker per model, restarts, signals, /metrics, serve."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from test_loop import RECODED, _feed, _store, make
+
+import loopml
+from loopml.cli import main
+from loopml.loop.policy import load_policy
+from loopml.loop.worker import loop_status, read_state, run_loop, write_state
+from loopml.loop.worker_cli import loop_lines
+from loopml.registry import db
+from loopml.serve.metrics import ServerMetrics
+
+ROOT = Path(__file__).resolve().parents[1]
+# a lenient test-set tolerance: a few epochs on 1000 rows are enough to learn the re-coded values
+POLICY = {"trigger": {"min_feedback": 100}, "data": {"holdout_fraction": 0.3, "min_holdout": 30, "feedback_weight": 3},
+          "gate": {"metric": "accuracy", "margin": 0.01, "max_test_regression": 0.1},
+          "train": {"training": {"epochs": 12}}, "loop": {"interval_s": 3600, "monitor_rows": 500}}
+
+
+@pytest.fixture(scope="module")
+def champion_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("worker")
+    data = root / "train.csv"
+    make(900, 0).to_csv(data, index=False)
+    model = loopml.Model(target="label", training={"epochs": 10}).fit(data, progress=False, cache_dir=False)
+    return model.save(root / "champion")
+
+
+def _policy_file(tmp_path: Path, **overrides) -> Path:
+    path = tmp_path / "policy.yaml"
+    policy = {**POLICY, **overrides}
+    path.write_text(yaml.safe_dump(policy))
+    return path
+
+
+def _log_traffic(store, n: int, seed: int) -> None:
+    rows = make(n, seed, codes=RECODED).drop(columns=["label"])
+    model = loopml.load("clf:1", store=store._url)
+    now = time.time()
+    store.log_predictions([{"id": f"{seed:08x}{i:024x}", "model_name": "clf", "model_version": 1,
+                            "created_at": now - n + i, "inputs": r, "outputs": {"prediction": p}, "latency_ms": 1.0}
+                           for i, (r, p) in enumerate(zip(rows.to_dict("records"), model.predict(rows), strict=True))])
+
+
+def _worker(store_url: str, policy: Path, log: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "loopml", "loop", "clf", "--store", store_url, "--policy", str(policy), *extra]
+    with log.open("w") as out:
+        return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(condition, timeout: float, what: str, procs=()) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        dead = [p for p in procs if p.poll() is not None]
+        assert not dead and time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _audit(store) -> None:
+    """No version without its decision, no alias move without a decision that promoted to it."""
+    decisions = store.list_gate_decisions("clf")
+    decided = {d["candidate_version"] for d in decisions if d["candidate_version"] is not None}
+    assert {v["version"] for v in store.list_versions("clf")} - {1} <= decided
+    promoted = {d["candidate_version"] for d in decisions if d["promoted"]}
+    moves = [e for e in store.alias_history("clf", "production") if e["action"] == "promote" and e["from_version"]]
+    assert {e["to_version"] for e in moves} <= promoted, (moves, decisions)
+
+
+# -- one cycle, in process -----------------------------------------------------------------------
+def test_a_cycle_monitors_triggers_retrains_and_keeps_the_schedule(champion_dir, tmp_path, capsys):
+    store = _store(tmp_path, champion_dir)
+    policy = load_policy(POLICY)
+    _log_traffic(store, 300, 1)
+    _feed(store, make(300, 2, codes=RECODED))
+    lines: list[str] = []
+    assert run_loop(store, "clf", policy, once=True, echo=lines.append) == "once"
+    text = "\n".join(lines)
+    assert "cycle 1: 300 predictions, drift in kind" in text and "trigger: 300 new feedback labels (≥ 100) → retraining" \
+        in text, text
+    assert "cycle 1: candidate clf:2 PROMOTED" in text, text
+    assert store.resolve("clf@production")["version"] == 2
+    row = read_state(store, "clf")
+    assert row["cycles"] == 1 and row["state"]["phase"] == "idle"
+    assert row["next_cycle_at"] == pytest.approx(row["last_cycle_at"] + 3600, abs=60)
+    kinds = [(d["kind"], d["numbers"].get("event"), d["candidate_version"]) for d in store.list_gate_decisions("clf")]
+    assert kinds == [("loop", "trigger", None), ("retrain", None, 2)]
+    _audit(store)
+
+    # the next cycle: nothing new to monitor, the decision consumed the feedback
+    lines.clear()
+    run_loop(store, "clf", policy, once=True, echo=lines.append)
+    assert lines[-1] == "cycle 2: no new predictions; no retrain: 0 new feedback labels, no trigger", lines
+    assert read_state(store, "clf")["cycles"] == 2 and len(store.list_gate_decisions("clf")) == 2
+
+    # visible: /metrics (read from the store by the server's periodic task) and `loopml monitor`
+    metrics = ServerMetrics()
+    metrics.observe_loop("clf", loop_status(store, "clf"))
+    scraped = metrics.render().decode()
+    assert 'loopml_loop_cycles{model="clf"} 2.0' in scraped
+    assert 'loopml_decisions_total{kind="retrain",model="clf",outcome="promoted"} 1.0' in scraped
+    assert 'loopml_decisions_total{kind="loop",model="clf",outcome="trigger"} 1.0' in scraped
+    assert 'loopml_loop_worker_up{model="clf"} 0.0' in scraped
+    assert main(["monitor", "clf", "--store", store._url]) == 0
+    out = capsys.readouterr().out
+    assert "loop: no worker running; 2 cycles, last " in out and "last decisions:" in out
+    assert "retrain clf:2 vs :1 PROMOTED" in out, out
+
+
+def test_the_schedule_resumes_from_the_store(champion_dir, tmp_path):
+    store = _store(tmp_path, champion_dir)
+    policy = load_policy({**POLICY, "loop": {"interval_s": 0.2, "monitor_rows": 10}})
+    due = time.time() + 30
+    write_state(store, "clf", cycles=7, last_cycle_at=time.time() - 10, next_cycle_at=due, state={"phase": "idle"})
+    stop, lines = threading.Event(), []
+    thread = threading.Thread(target=run_loop, args=(store, "clf", policy), kwargs={"stop_event": stop,
+                                                                                    "echo": lines.append})
+    thread.start()
+    time.sleep(1.5)
+    assert read_state(store, "clf")["cycles"] == 7  # not due yet: a restarted worker waits for next_cycle_at
+    assert loop_status(store, "clf")["worker"]["pid"] == os.getpid()
+    assert "worker" in loop_lines(store, "clf")[0] and "alive" in loop_lines(store, "clf")[0]
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive() and store.lock_holder("clf", "loop") is None
+    write_state(store, "clf", next_cycle_at=time.time() - 1)  # overdue (the worker was down): a cycle at once
+    assert run_loop(store, "clf", policy, once=False, stop_event=_set_after(store, 8)) == "stopped"
+    assert read_state(store, "clf")["cycles"] >= 8
+
+
+def _set_after(store, cycles: int) -> threading.Event:
+    stop = threading.Event()
+
+    def watch() -> None:
+        while read_state(store, "clf")["cycles"] < cycles:
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return stop
+
+
+# -- one worker per model ------------------------------------------------------------------------
+def test_two_workers_retrain_once_per_trigger_and_the_standby_takes_over(champion_dir, tmp_path, store_url):
+    store = _store(tmp_path, champion_dir, store_url)
+    policy = _policy_file(tmp_path, loop={"interval_s": 0.5, "monitor_rows": 100})
+    env = {"LOOPML_ARTIFACTS": str(tmp_path / "artifacts")}
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    first = _worker(store_url, policy, logs[0], env=env)
+    _wait(lambda: "runs the loop" in logs[0].read_text(), 60, "the first worker", [first])
+    second = _worker(store_url, policy, logs[1], env=env)
+    try:
+        _wait(lambda: "standing by" in logs[1].read_text(), 60, "the second worker to stand by", [first, second])
+        _feed(store, make(300, 3, codes=RECODED))
+        _wait(lambda: any(d["candidate_version"] for d in store.list_gate_decisions("clf")), 120, "a retrain",
+              [first, second])
+        time.sleep(2.0)  # a few more cycles of both: neither retrains again for the same feedback
+        assert _stop(first) == 0
+        _wait(lambda: "took over the loop" in logs[1].read_text(), 30, "the standby to take over", [second])
+        time.sleep(1.0)
+        assert _stop(second) == 0
+    finally:
+        for p in (first, second):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    outputs = [log.read_text() for log in logs]
+    triggers = [d for d in store.list_gate_decisions("clf") if d["kind"] == "loop" and d["numbers"]["event"] == "trigger"]
+    retrains = [d for d in store.list_gate_decisions("clf") if d["kind"] == "retrain"]
+    assert len(triggers) == 1 and len(retrains) == 1 and retrains[0]["candidate_version"] == 2, outputs
+    assert [v["version"] for v in store.list_versions("clf")] == [1, 2]
+    assert "retraining" in outputs[0] and "retraining" not in outputs[1], outputs
+    assert all("Traceback" not in o for o in outputs) and "stopped by SIGTERM" in outputs[1]
+    assert store.lock_holder("clf", "loop") is None
+    _audit(store)
+
+
+# -- restarts and signals ------------------------------------------------------------------------
+def test_kill_9_mid_retrain_then_a_restart_redoes_the_cycle(champion_dir, tmp_path):
+    store = _store(tmp_path, champion_dir)
+    _feed(store, make(300, 4, codes=RECODED))
+    policy = _policy_file(tmp_path)
+    pause = tmp_path / "paused"
+    env = {"LOOPML_ARTIFACTS": str(tmp_path / "artifacts"), "LOOPML_PAUSE_AT": "retrain.before_decide",
+           "LOOPML_PAUSE_FILE": str(pause)}
+    victim = _worker(store._url, policy, tmp_path / "killed.log", env=env)
+    try:
+        _wait(pause.exists, 120, "the worker to reach the pause point before the decision", [victim])
+        assert read_state(store, "clf")["state"]["phase"] == "retraining"
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    assert [v["version"] for v in store.list_versions("clf")] == [1]  # killed before deciding: nothing registered
+    restart = subprocess.run([sys.executable, "-m", "loopml", "loop", "clf", "--store", store._url, "--policy",
+                              str(policy), "--once"], cwd=ROOT, env={**os.environ, "LOOPML_ARTIFACTS": env["LOOPML_ARTIFACTS"]},
+                             capture_output=True, text=True, timeout=180)
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    out = restart.stdout
+    assert "interrupted cycle 1 (retraining since " in out and f"pid {victim.pid} on {socket.gethostname()} died): redone" \
+        in out, out
+    assert "cycle 1: candidate clf:2 PROMOTED" in out, out
+    interrupted = [d for d in store.list_gate_decisions("clf") if d["kind"] == "loop" and d["numbers"]["event"] == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0]["reason"].endswith("redone")
+    assert read_state(store, "clf")["state"]["phase"] == "idle" and read_state(store, "clf")["cycles"] >= 1
+    assert store.resolve("clf@production")["version"] == 2
+    _audit(store)
+
+
+def test_sigterm_mid_training_stops_cleanly_and_records_it(champion_dir, tmp_path):
+    store = _store(tmp_path, champion_dir)
+    _feed(store, make(300, 5, codes=RECODED))
+    policy = _policy_file(tmp_path, train={"training": {"epochs": 400}})
+    log = tmp_path / "worker.log"
+    worker = _worker(store._url, policy, log, env={"LOOPML_ARTIFACTS": str(tmp_path / "artifacts")})
+
+    def training() -> bool:
+        with store.engine.connect() as c:
+            return c.execute(sa.select(sa.func.count()).select_from(db.run_metrics)).scalar() >= 2
+
+    try:
+        _wait(training, 120, "training to log its first epochs", [worker])
+        code = _stop(worker, timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    out = log.read_text()
+    assert code == 0, out
+    assert "Traceback" not in out and out.strip().splitlines()[-1] == "loop clf: stopped by SIGTERM; loop lock released"
+    last = store.list_gate_decisions("clf")[-1]
+    assert last["kind"] == "retrain" and last["reason"] == "failed: StopRequested: stopped by SIGTERM", last
+    assert store.lock_holder("clf", "loop") is None and store.lock_holder("clf", "retrain") is None
+    assert [r["status"] for r in store.list_runs()] == ["killed"]
+    assert [v["version"] for v in store.list_versions("clf")] == [1]
+    state = read_state(store, "clf")["state"]
+    assert state["phase"] == "retraining" and state["stopped"] == "stopped by SIGTERM"  # redone at the next start
+
+
+# -- serve --loop-policy -------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_runs_the_worker_beside_it_and_stops_it(champion_dir, tmp_path, capsys):
+    store = _store(tmp_path, champion_dir)
+    port = _free_port()
+    assert main(["serve", str(champion_dir), "--port", str(port), "--loop-policy", str(_policy_file(tmp_path))]) == 2
+    assert "--loop-policy needs a registered model" in capsys.readouterr().out
+    policy = _policy_file(tmp_path, loop={"interval_s": 0.5, "monitor_rows": 100})
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        server = subprocess.Popen([sys.executable, "-m", "loopml", "serve", "clf@production", "--store", store._url,
+                                   "--port", str(port), "--monitor-interval", "0.5", "--loop-policy", str(policy)],
+                                  cwd=ROOT, env={**os.environ, "LOOPML_ARTIFACTS": str(tmp_path / "artifacts")},
+                                  stdout=output, stderr=subprocess.STDOUT, text=True)
+
+    def scraped() -> str:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return ""
+
+    try:
+        _wait(lambda: 'loopml_loop_worker_up{model="clf"} 1.0' in scraped(), 90, "the worker on /metrics", [server])
+        holder = store.lock_holder("clf", "loop")
+        assert holder is not None and holder["pid"] != server.pid  # its own process, not the server's
+        assert 'loopml_loop_cycles{model="clf"}' in scraped()
+        code = _stop(server, timeout=90)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    out = log.read_text()
+    assert code == 0 and "loop worker stopped (exit 0" in out and "Traceback" not in out, out
+    assert store.lock_holder("clf", "loop") is None
