@@ -15,13 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the loop: train v1 → serve → shifted traffic → queue labels → drift → worker retrains, gates, promotes → v2 served
 demo: install
-	$(BIN)/python examples/demo_data.py $(DEMO)/breast_cancer.csv
-	$(BIN)/loopml describe --data $(DEMO)/breast_cancer.csv --target diagnosis -o $(DEMO)/schema.yaml
-	$(BIN)/loopml train --data $(DEMO)/breast_cancer.csv --config $(DEMO)/schema.yaml -o $(DEMO)/model --overwrite
-	$(BIN)/loopml evaluate $(DEMO)/model --data $(DEMO)/breast_cancer.csv -o $(DEMO)/metrics-full.json
-	$(BIN)/loopml predict $(DEMO)/model --data $(DEMO)/breast_cancer.csv -o $(DEMO)/predictions.csv
-	@echo "demo done: model in $(DEMO)/model (metrics.json, report.html inside), predictions in $(DEMO)/predictions.csv"
+	$(BIN)/python examples/demo_loop.py --out $(DEMO)/loop
 
 test: install
 	$(BIN)/python -m pytest -q

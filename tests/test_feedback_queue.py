@@ -59,7 +59,7 @@ def _log(store: Store, frame: pd.DataFrame, model, served: bool | None = None, s
         rows.append({"id": pid, "model_name": "clf", "model_version": 1, "created_at": now + i * 1e-3,
                      "inputs": record, "latency_ms": 1.0, "served": served,
                      "outputs": {"prediction": out.iloc[i, 0],
-                                 "probabilities": [float(out.iloc[i, 1]), float(out.iloc[i, 2])]}})
+                                 "probabilities": {"neg": float(out.iloc[i, 1]), "pos": float(out.iloc[i, 2])}}})
     store.log_predictions(rows)
     return ids
 
@@ -68,17 +68,19 @@ def _log(store: Store, frame: pd.DataFrame, model, served: bool | None = None, s
 
 def test_uncertainty_puts_near_boundary_rows_first(trained):
     model, _ = trained
-    rng = np.random.default_rng(1)
-    far = make(400, 1)
-    far = far[far.a.abs() > 1.0]
-    near = pd.DataFrame({"a": rng.uniform(-0.03, 0.03, size=10), "b": rng.uniform(-1.5, 1.5, size=10), "kind": "x"},
-                        index=range(1000, 1010))
-    frame = pd.concat([far.drop(columns=["label"]), near])
+    frame = make(400, 1).drop(columns=["label"])
+    assert frame.a.abs().median() > 0.5
     ranked = rank_candidates(model, frame, 10)
-    hits = sum(r["index"] >= 1000 for r in ranked)
-    assert hits >= 8, ranked
+    assert max(abs(frame.loc[r["index"], "a"]) for r in ranked) < 0.15, ranked
     assert all(r["reason"].startswith("margin ") and " between " in r["reason"] for r in ranked)
+    assert not any("drifted" in r["reason"] for r in ranked)  # an undrifted window: doubt alone
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+    # where the traffic moved, a confident prediction is worth a label: rows far outside training come first
+    shifted = frame.copy()
+    shifted.loc[:99, "a"] = 6.0 + np.arange(100) * 0.01
+    first = rank_candidates(model, shifted, 5)
+    assert all(shifted.loc[r["index"], "a"] > 3 and "outside the training range (drifted column, PSI" in r["reason"]
+               for r in first), first
 
 
 def _clusters(seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -106,7 +108,7 @@ def test_diverse_has_no_duplicates_and_covers_more_clusters(trained):
         rows = rank_candidates(model, frame, 200, strategy)
         keys = [tuple(frame.loc[r["index"]]) for r in rows]
         assert len(keys) == len(set(keys)) == 180, strategy
-    assert "from the nearest queued row" in spread[1]["reason"]
+    assert spread[0]["reason"].startswith("stands for ") and "margin " in spread[0]["reason"]
 
 
 def test_drift_picks_the_shifted_rows_and_names_the_column(trained):
@@ -187,6 +189,15 @@ def test_the_route_ranks_checks_and_drops_labelled_rows(trained, tmp_path):
             bad = c.get("/v1/feedback/queue", params=params, headers=key)
             assert bad.status_code == 422 and needle in bad.json()["detail"], (params, bad.text)
             assert "\n" not in bad.json()["detail"]
+        answered = c.post("/v1/models/clf/predict", json={"a": 0.001, "b": 0.5, "kind": "x"}, headers=key).json()
+        pid = answered["predictions"][0]["prediction_id"]
+        for _ in range(100):  # the log reaches the store off the request path
+            queued = c.get("/v1/feedback/queue", params={"n": 500}, headers=key).json()["queue"]
+            if pid in {q["prediction_id"] for q in queued}:
+                break
+            time.sleep(0.05)
+        mine = next(q for q in queued if q["prediction_id"] == pid)
+        assert mine["model_version"] == 1 and set(mine["probabilities"]) == {"neg", "pos"}
         top = c.get("/v1/feedback/queue", params={"n": 3}, headers=key).json()["queue"]
         assert top[0]["reason"].startswith("margin ")
         posted = c.post("/v1/feedback", json={"prediction_id": top[0]["prediction_id"], "label": "pos"}, headers=key)

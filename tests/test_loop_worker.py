@@ -81,6 +81,11 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60
         raise
 
 
+def _no_report(monkeypatch) -> None:
+    """In-process retrains skip the candidate's HTML report (its figures cost more than the training here)."""
+    monkeypatch.setattr(loopml.Model, "report", lambda self, path, **_: Path(path).write_text("<html></html>"))
+
+
 def _audit(store) -> None:
     """No version without its decision, no alias move without a decision that promoted to it."""
     decisions = store.list_gate_decisions("clf")
@@ -92,7 +97,8 @@ def _audit(store) -> None:
 
 
 # -- one cycle, in process -----------------------------------------------------------------------
-def test_a_cycle_monitors_triggers_retrains_and_keeps_the_schedule(champion_dir, tmp_path, capsys):
+def test_a_cycle_monitors_triggers_retrains_and_keeps_the_schedule(champion_dir, tmp_path, capsys, monkeypatch):
+    _no_report(monkeypatch)
     store = _store(tmp_path, champion_dir)
     policy = load_policy(POLICY)
     _log_traffic(store, 300, 1)
@@ -166,41 +172,51 @@ def _set_after(store, cycles: int) -> threading.Event:
 
 # -- one worker per model ------------------------------------------------------------------------
 def test_two_workers_retrain_once_per_trigger_and_the_standby_takes_over(champion_dir, tmp_path, store_url):
+    """A worker process runs the loop, a second worker (this process) stands by; kill -9 of the first: the second
+    takes over. One trigger, one retrain attempt. (min_holdout above the feedback: the retrain decides 'not enough
+    feedback' at once, so the test pays for no training; the lock, not the training, is what is tested.)"""
     store = _store(tmp_path, champion_dir, store_url)
-    policy = _policy_file(tmp_path, loop={"interval_s": 0.5, "monitor_rows": 100})
-    env = {"LOOPML_ARTIFACTS": str(tmp_path / "artifacts")}
-    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
-    first = _worker(store_url, policy, logs[0], env=env)
-    _wait(lambda: "runs the loop" in logs[0].read_text(), 60, "the first worker", [first])
-    second = _worker(store_url, policy, logs[1], env=env)
+    # the trigger fires once all 300 labels are in (they arrive one insert at a time)
+    fast = {"data": {**POLICY["data"], "min_holdout": 1000}, "loop": {"interval_s": 0.3, "monitor_rows": 100},
+            "trigger": {"min_feedback": 300}}
+    policy = _policy_file(tmp_path, **fast)
+    log = tmp_path / "w0.log"
+    first = _worker(store_url, policy, log, env={"LOOPML_ARTIFACTS": str(tmp_path / "artifacts")})
+    stop, lines = threading.Event(), []
+    second = threading.Thread(target=run_loop, args=(store, "clf", load_policy(policy)),
+                              kwargs={"stop_event": stop, "echo": lines.append})
     try:
-        _wait(lambda: "standing by" in logs[1].read_text(), 60, "the second worker to stand by", [first, second])
+        _wait(lambda: "runs the loop" in log.read_text(), 60, "the first worker", [first])
+        second.start()
+        _wait(lambda: any("standing by" in line for line in lines), 30, "the second worker to stand by", [first])
         _feed(store, make(300, 3, codes=RECODED))
-        _wait(lambda: any(d["candidate_version"] for d in store.list_gate_decisions("clf")), 120, "a retrain",
-              [first, second])
-        time.sleep(2.0)  # a few more cycles of both: neither retrains again for the same feedback
-        assert _stop(first) == 0
-        _wait(lambda: "took over the loop" in logs[1].read_text(), 30, "the standby to take over", [second])
+        _wait(lambda: any(d["kind"] == "retrain" for d in store.list_gate_decisions("clf")), 60, "a retrain", [first])
+        time.sleep(1.5)  # more cycles of both: neither retrains again for the same feedback
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        _wait(lambda: any("took over the loop" in line for line in lines), 30, "the standby to take over")
+        _wait(lambda: read_state(store, "clf")["state"]["pid"] == os.getpid(), 10, "a cycle of the new worker")
         time.sleep(1.0)
-        assert _stop(second) == 0
     finally:
-        for p in (first, second):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    outputs = [log.read_text() for log in logs]
-    triggers = [d for d in store.list_gate_decisions("clf") if d["kind"] == "loop" and d["numbers"]["event"] == "trigger"]
-    retrains = [d for d in store.list_gate_decisions("clf") if d["kind"] == "retrain"]
-    assert len(triggers) == 1 and len(retrains) == 1 and retrains[0]["candidate_version"] == 2, outputs
-    assert [v["version"] for v in store.list_versions("clf")] == [1, 2]
-    assert "retraining" in outputs[0] and "retraining" not in outputs[1], outputs
-    assert all("Traceback" not in o for o in outputs) and "stopped by SIGTERM" in outputs[1]
-    assert store.lock_holder("clf", "loop") is None
-    _audit(store)
+        stop.set()
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        if second.is_alive():
+            second.join(30)
+    output = log.read_text() + "\n".join(lines)
+    decisions = store.list_gate_decisions("clf")
+    triggers = [d for d in decisions if d["kind"] == "loop" and d["numbers"]["event"] == "trigger"]
+    retrains = [d for d in decisions if d["kind"] == "retrain"]
+    assert len(triggers) == 1 and len(retrains) == 1, output
+    assert retrains[0]["reason"].startswith("not enough feedback"), retrains
+    assert "retraining" in log.read_text() and not any("retraining" in line for line in lines), output
+    assert "Traceback" not in output and store.lock_holder("clf", "loop") is None
+    assert not second.is_alive()
 
 
 # -- restarts and signals ------------------------------------------------------------------------
-def test_kill_9_mid_retrain_then_a_restart_redoes_the_cycle(champion_dir, tmp_path):
+def test_kill_9_mid_retrain_then_a_restart_redoes_the_cycle(champion_dir, tmp_path, monkeypatch):
     store = _store(tmp_path, champion_dir)
     _feed(store, make(300, 4, codes=RECODED))
     policy = _policy_file(tmp_path)
@@ -215,17 +231,18 @@ def test_kill_9_mid_retrain_then_a_restart_redoes_the_cycle(champion_dir, tmp_pa
         victim.send_signal(signal.SIGKILL)
         victim.wait()
     assert [v["version"] for v in store.list_versions("clf")] == [1]  # killed before deciding: nothing registered
-    restart = subprocess.run([sys.executable, "-m", "loopml", "loop", "clf", "--store", store._url, "--policy",
-                              str(policy), "--once"], cwd=ROOT, env={**os.environ, "LOOPML_ARTIFACTS": env["LOOPML_ARTIFACTS"]},
-                             capture_output=True, text=True, timeout=180)
-    assert restart.returncode == 0, restart.stdout + restart.stderr
-    out = restart.stdout
-    assert "interrupted cycle 1 (retraining since " in out and f"pid {victim.pid} on {socket.gethostname()} died): redone" \
-        in out, out
+    # the restart (here, in this process): the dead worker's locks free at once, its cycle is recorded and redone
+    _no_report(monkeypatch)
+    lines: list[str] = []
+    assert run_loop(store, "clf", load_policy(policy), once=True, echo=lines.append) == "once"
+    out = "\n".join(lines)
+    assert "cycle 1: interrupted cycle 1 (retraining since " in out and \
+        f"pid {victim.pid} on {socket.gethostname()} died): redone" in out, out
     assert "cycle 1: candidate clf:2 PROMOTED" in out, out
     interrupted = [d for d in store.list_gate_decisions("clf") if d["kind"] == "loop" and d["numbers"]["event"] == "interrupted"]
     assert len(interrupted) == 1 and interrupted[0]["reason"].endswith("redone")
-    assert read_state(store, "clf")["state"]["phase"] == "idle" and read_state(store, "clf")["cycles"] >= 1
+    row = read_state(store, "clf")
+    assert row["state"]["phase"] == "idle" and row["cycles"] == 2  # the redone cycle 1, then the --once cycle 2
     assert store.resolve("clf@production")["version"] == 2
     _audit(store)
 
@@ -271,7 +288,7 @@ def test_serve_runs_the_worker_beside_it_and_stops_it(champion_dir, tmp_path, ca
     store = _store(tmp_path, champion_dir)
     port = _free_port()
     assert main(["serve", str(champion_dir), "--port", str(port), "--loop-policy", str(_policy_file(tmp_path))]) == 2
-    assert "--loop-policy needs a registered model" in capsys.readouterr().out
+    assert "--loop-policy needs a registered model" in capsys.readouterr().err
     policy = _policy_file(tmp_path, loop={"interval_s": 0.5, "monitor_rows": 100})
     log = tmp_path / "serve.log"
     with log.open("w") as output:

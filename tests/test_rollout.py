@@ -27,8 +27,8 @@ RULES = {"min_live_labels": 30, "watch_min_labels": 30, "watch_s": 3600, "watch_
 def make(n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     a, b = rng.normal(size=n), rng.normal(size=n)
-    kind = rng.choice(["alpha", "beta"], size=n)
-    score = a - 0.7 * b + np.where(kind == "alpha", 1.0, -1.0)
+    kind = rng.choice(["alpha", "beta", "gamma"], size=n)
+    score = a - 0.7 * b + np.where(kind == "alpha", 1.5, np.where(kind == "beta", -1.5, 0.0))
     return pd.DataFrame({"a": a, "b": b, "kind": kind,
                          "label": np.where(score + rng.normal(scale=0.3, size=n) > 0, "pos", "neg")})
 
@@ -155,8 +155,9 @@ def test_no_alias_moves_without_a_decision_row(store, models):
         assert all(abs(m["at"] - d["at"]) < 1e-6 for m, d in zip(moves, decided, strict=True)), (moves, decided)
 
 
-def test_shadow_trial_pairs_the_candidates_predictions_with_the_champions(store, models):
+def test_shadow_trial_pairs_the_candidates_predictions_with_the_champions(store_url, models, tmp_path):
     """Shadow: labels on the champion's answers judge the candidate's shadow prediction of the same input."""
+    store = Store(store_url, str(tmp_path / "artifacts"))
     for candidate, expected in (("bad", "rejected"), ("good", "watching")):
         name = f"shadow-{candidate}"
         _model(store, models, name, candidate)
@@ -182,7 +183,8 @@ def test_shadow_trial_pairs_the_candidates_predictions_with_the_champions(store,
         assert store.alias_version(name, "production") == (1 if candidate == "bad" else 2)
 
 
-def test_retention_keeps_the_newest_answered_rows_and_a_new_trial_cancels_the_old(store, models):
+def test_retention_keeps_the_newest_answered_rows_and_a_new_trial_cancels_the_old(store_url, models, tmp_path):
+    store = Store(store_url, str(tmp_path / "artifacts"))
     name = "retention"
     _model(store, models, name, "good")
     now = time.time()
@@ -340,7 +342,7 @@ def test_retrain_sends_a_winning_candidate_on_trial_or_watches_it(tmp_path, mode
     store.register("clf", path=model.save(tmp_path / "champion"))
     store.promote("clf", 1)
     shifted = make(200, 3)
-    shifted["kind"] = shifted["kind"].map({"alpha": "K1", "beta": "K2"})  # an upstream re-coding
+    shifted["kind"] = shifted["kind"].map({"alpha": "K1", "beta": "K2", "gamma": "K3"})  # an upstream re-coding
     for row in shifted.to_dict("records"):
         label = row.pop("label")
         store.add_feedback("clf", label, inputs=row)
@@ -355,9 +357,28 @@ def test_retrain_sends_a_winning_candidate_on_trial_or_watches_it(tmp_path, mode
         assert outcome["trial"] and not outcome["promoted"], outcome
         assert store.alias_version("clf", "production") == 1
         assert not decision["promoted"] and "goes on canary trial" in decision["reason"]
+        assert decision["numbers"]["outcome"] == "trial" and decision["kind"] == "retrain"
         assert (rollout["state"], rollout["mode"], rollout["percent"]) == ("trial", "canary", 20)
         assert should_retrain(store, "clf", policy) == (False, "version 2 is on canary trial")
     else:
         assert outcome["promoted"] and not outcome["trial"], outcome
         assert store.alias_version("clf", "production") == 2 and decision["promoted"]
         assert rollout["state"] == "watching" and 590 < rollout["watch_until"] - time.time() <= 600
+
+
+def test_compare_regression_and_classification():
+    from loopml.loop.rollout import compare
+
+    rng = np.random.default_rng(0)
+    labels = rng.normal(size=200)
+    small, large = rng.normal(scale=0.3, size=200) ** 2, rng.normal(scale=1.0, size=200) ** 2
+    for paired in (True, False):
+        worse = compare(small, large, regression=True, paired=paired, margin=0.02, significance=0.05, labels=labels)
+        assert worse["worse"] and worse["metric"] == "r2" and worse["gap"] > 0.5, worse
+        assert not compare(large, small, regression=True, paired=paired, margin=0.02, significance=0.05,
+                           labels=labels)["worse"]
+    right = rng.random(100) < 0.9
+    same = compare(right, right.copy(), regression=False, paired=True, margin=0.0, significance=0.05)
+    assert not same["worse"] and same["p_value"] == 1.0 and same["test"] == "mcnemar"
+    wrong = compare(right, rng.random(100) < 0.5, regression=False, paired=False, margin=0.02, significance=0.05)
+    assert wrong["worse"] and wrong["test"] == "fisher"

@@ -8,12 +8,15 @@ numbers (``1e-03``, ``LogFormatter``), not mathtext, whose parser was another fi
 from __future__ import annotations
 
 import io
+import re
+import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402  (not pyplot: no global figure registry to manage)
 from matplotlib.ticker import LogFormatter  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
@@ -25,25 +28,28 @@ BLUE, ORANGE, GREY = "#1f77b4", "#ff7f0e", "#888888"
 
 #: inches per character of a 10-pt label and the height of one line of it (DejaVu Sans, Agg)
 _CHAR_IN, _LINE_IN = 0.078, 0.2
+_MATHTEXT = re.compile(r"\\mathdefault|[${}^]")
 
 
-def _png(fig: plt.Figure, fit: bool = True) -> bytes:
+def _png(fig: Figure, fit: bool = True) -> bytes:
     """The figure as PNG; a one-axes figure gets margins fitted to its labels, others ``tight_layout``."""
     if fit and len(fig.axes) == 1:
         _fit_margins(fig, fig.axes[0])
     elif fit:
         fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=96, pil_kwargs={"compress_level": 1})  # zlib -6 was a sixth of the time
-    plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=96)
+    if fig.canvas.manager is not None:  # a pyplot figure (loop/report.py makes some): pyplot keeps it until closed
+        sys.modules["matplotlib.pyplot"].close(fig)
     return buffer.getvalue()
 
 
 def _longest(labels) -> int:
-    return max((len(t.get_text()) for t in labels), default=0)
+    # mathtext tick labels ($\mathdefault{10^{-1}}$, symlog axes) print as their digits
+    return max((len(_MATHTEXT.sub("", t.get_text())) for t in labels), default=0)
 
 
-def _fit_margins(fig: plt.Figure, ax: plt.Axes, right: float = 0.0) -> None:
+def _fit_margins(fig: Figure, ax: Axes, right: float = 0.0) -> None:
     import math
 
     width, height = fig.get_size_inches()
@@ -60,8 +66,9 @@ def _fit_margins(fig: plt.Figure, ax: plt.Axes, right: float = 0.0) -> None:
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height)
 
 
-def _figure(width: float = 5.0, height: float = 3.4) -> tuple[plt.Figure, plt.Axes]:
-    fig, ax = plt.subplots(figsize=(width, height))
+def _figure(width: float = 5.0, height: float = 3.4) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
     ax.grid(alpha=0.3)
     return fig, ax
 
@@ -125,7 +132,8 @@ def confusion(matrix: list[list[int]], labels: list[str], normalized: bool) -> b
     if normalized:
         m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     size = max(3.6, 0.55 * len(labels) + 1.8)
-    fig, ax = plt.subplots(figsize=(size + 0.8, size))
+    fig = Figure(figsize=(size + 0.8, size))
+    ax = fig.subplots()
     image = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if normalized else None)
     ticks = np.arange(len(labels))
     ax.set_xticks(ticks, labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
@@ -266,7 +274,8 @@ def saliency(image_png: bytes, saliency_map: np.ndarray) -> bytes:
     from PIL import Image
 
     picture = np.asarray(Image.open(io.BytesIO(image_png)).convert("RGB"))
-    fig, axes = plt.subplots(1, 2, figsize=(4.4, 2.3))
+    fig = Figure(figsize=(4.4, 2.3))
+    axes = fig.subplots(1, 2)
     axes[0].imshow(picture)
     axes[0].set_title("input", fontsize=8)
     axes[1].imshow(saliency_map, cmap="inferno")

@@ -132,9 +132,9 @@ def compact(inputs: dict, width: int = 40) -> str:
 
 
 def _prediction(row: dict) -> str:
-    probabilities = row.get("probabilities")
-    if isinstance(probabilities, list) and probabilities:
-        return f"{row['prediction']} (p={max(probabilities):.2f})"
+    probabilities = row.get("probabilities")  # {class: p}, as the server logs them
+    if isinstance(probabilities, dict) and probabilities:
+        return f"{row['prediction']} (p={max(probabilities.values()):.2f})"
     value = row.get("prediction")
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

@@ -6,8 +6,8 @@ Strategies (``STRATEGIES``):
   without members — by novelty (how rare the inputs are in training), and the reason says which.
 - ``drift``: inputs whose values are rare under the training reference, a column weighted up by how
   far it drifts in the candidate window (its PSI), so drifted regions come first.
-- ``diverse``: greedy k-center on the standardised, encoded inputs over the most uncertain rows, a
-  row's distance weighted by its uncertainty: spread out, not ten copies of one hard case.
+- ``diverse``: k-means on the standardised, encoded inputs of the most uncertain rows, the most
+  uncertain row of each cluster: spread out, not ten copies of one hard case.
 - ``random``: seeded, the baseline the others are measured against.
 
 Every strategy drops repeated inputs (identical rows appear once: a second label on the same case
@@ -29,8 +29,10 @@ from loopml.loop import drift
 STRATEGIES = ("uncertainty", "drift", "diverse", "random")
 #: the newest this many unlabelled predictions are ranked
 WINDOW = 5000
-#: diverse: the k-center pool holds the most uncertain POOL_FACTOR x n rows (at least MIN_POOL)
-POOL_FACTOR, MIN_POOL = 5, 200
+#: drift boost: 0 for a value at least this common in training, 1 from VERY_RARE down (log scale between)
+RARE, VERY_RARE = 0.05, 0.001
+#: diverse: the k-means pool holds the most uncertain POOL_FACTOR x n rows (at least MIN_POOL)
+POOL_FACTOR, MIN_POOL = 20, 1000
 
 
 def check_strategy(strategy: str) -> str:
@@ -60,7 +62,7 @@ def rank_candidates(model: Any, frame: pd.DataFrame, n: int, strategy: str = "un
     scores, reasons = uncertainty(model, frame, ref)
     if strategy == "uncertainty":
         return _top(frame, scores, reasons, n)
-    return _diverse(frame, scores, reasons, n, ref)
+    return _diverse(frame, scores, reasons, n, ref, seed)
 
 
 def feedback_queue(store: Any, name: str, n: int = 50, strategy: str = "uncertainty", alias: str = "production",
@@ -115,13 +117,14 @@ def uncertainty(model: Any, frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray,
         reasons = [f"{len(members)} members disagree: spread {_fmt(s)} (mean {_fmt(m)})"
                    for s, m in zip(spread, values.mean(axis=0), strict=True)]
     boost, lines = drift_boost(frame, ref)
-    reasons = [f"{r}; {line}" if b > 0.05 else r for r, b, line in zip(reasons, boost, lines, strict=True)]
+    reasons = [f"{r}; {line}" if b > 0 else r for r, b, line in zip(reasons, boost, lines, strict=True)]
     return doubt + boost, reasons
 
 
 def drift_boost(frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray, list[str]]:
-    """In [0, 1] per row: how rare its value is (p = 0.1% or outside the range: 1) in a column that drifts
-    in this window (PSI past the warning level, noise allowed for), times that PSI (at most 1).
+    """In [0, 1] per row: how rare its value is (p ≥ 5%: 0, p ≤ 0.1% or outside the range: 1) in a column that drifts
+    in this window (PSI past the warning level, noise allowed for), times PSI / 0.2 (at most 1: a column
+    that drifts counts in full).
     Zero everywhere when nothing drifts, so an undrifted window is ranked by doubt alone."""
     boost = np.zeros(len(frame))
     lines = [""] * len(frame)
@@ -133,7 +136,8 @@ def drift_boost(frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray, list[str]]:
         if drift.level(value, drift.noise(len(current), observations)) == "ok":
             continue
         p, beyond = _value_share(frame[col], r)
-        part = min(value, 1.0) * np.clip(-np.log10(np.maximum(p, 1e-6)) / 3.0 + beyond / 3.0, 0.0, 1.0)
+        rare = np.log10(RARE / np.maximum(p, 1e-6)) / np.log10(RARE / VERY_RARE) + beyond / 3.0
+        part = min(value / drift.DRIFT, 1.0) * np.clip(rare, 0.0, 1.0)
         for i in np.flatnonzero(part > boost):
             lines[i] = _rare_line(col, frame[col].iloc[i], p[i], r) + f" (drifted column, PSI {value:.2f})"
         boost = np.maximum(boost, part)
@@ -235,30 +239,31 @@ def _rare_line(col: str, value: object, p: float, r: dict) -> str:
     return f"{col}={shown} is rare in training (p{bound}{_pct(p)})"
 
 
-def _diverse(frame: pd.DataFrame, weight: np.ndarray, reasons: list[str], n: int, ref: dict) -> list[dict]:
+def _diverse(frame: pd.DataFrame, weight: np.ndarray, reasons: list[str], n: int, ref: dict, seed: int) -> list[dict]:
+    """k-means on the encoded inputs of the most uncertain rows; per cluster its most uncertain row.
+
+    Greedy k-center (farthest first) was tried first: it picks outliers — the extremes of a drifted
+    region — and on a synthetic shift needed more labels than random. Cluster representatives cover
+    where the rows are, not where they end."""
+    from sklearn.cluster import KMeans
+
     pool_size = min(len(frame), max(POOL_FACTOR * n, MIN_POOL))
     pool = np.argsort(-weight, kind="stable")[:pool_size]
     x = encode(frame.iloc[pool], ref)
     w = weight[pool]
-    span = w.max() - w.min()
-    w = 0.5 + 0.5 * ((w - w.min()) / span if span > 0 else np.ones_like(w))  # in [0.5, 1]: spread still counts
-    chosen = [0]  # the most uncertain row first
-    nearest = ((x - x[0]) ** 2).sum(axis=1)
-    gaps = [math.inf]
-    while len(chosen) < min(n, len(pool)):
-        gain = np.sqrt(nearest) * w
-        gain[chosen] = -1.0
-        i = int(gain.argmax())
-        if gain[i] <= 0:  # every row left sits on a chosen one (same encoding): stop, no near-duplicates
-            break
-        chosen.append(i)
-        gaps.append(float(math.sqrt(nearest[i])))
-        nearest = np.minimum(nearest, ((x - x[i]) ** 2).sum(axis=1))
-    out = []
-    for rank, (i, gap) in enumerate(zip(chosen, gaps, strict=True)):
-        spread = "first pick" if math.isinf(gap) else f"{gap:.2f} from the nearest queued row"
-        out.append(_row(frame.index[pool[i]], float(len(chosen) - rank), f"{spread}; {reasons[pool[i]]}"))
-    return out
+    distinct = len(np.unique(x, axis=0))
+    k = min(n, distinct)
+    if k < 1:
+        return []
+    labels = KMeans(k, n_init=1, max_iter=20, random_state=seed).fit(x).labels_ if k > 1 else np.zeros(len(x), int)
+    picks = []
+    for c in range(k):
+        members = np.flatnonzero(labels == c)
+        if len(members):
+            picks.append((int(members[w[members].argmax()]), len(members)))
+    picks.sort(key=lambda p: -w[p[0]])
+    return [_row(frame.index[pool[i]], float(w[i]), f"stands for {size} similar row{'s' if size != 1 else ''}; "
+                                                    f"{reasons[pool[i]]}") for i, size in picks]
 
 
 def encode(frame: pd.DataFrame, ref: dict) -> np.ndarray:

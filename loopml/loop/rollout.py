@@ -158,11 +158,19 @@ def _latest_per_prediction(feedback: list[dict]) -> list[dict]:
 
 def labelled(store, name: str, version: int, since: float = 0.0, until: float | None = None,
              newest: int | None = None) -> list[dict]:
-    """Feedback on ``version``'s own predictions (its snapshot names the version), labelled in ``since``..``until``."""
-    rows = [f for f in store.list_feedback(name, since) if f.get("model_version") == version
-            and (until is None or f["created_at"] < until)]
-    rows = _latest_per_prediction(rows)
-    return rows[-newest:] if newest else rows
+    """Feedback on ``version``'s own predictions (its snapshot names the version), labelled in ``since``..``until``;
+    with ``newest``, only the newest that many. One query on the feedback table: cost follows the answer."""
+    f = db.feedback
+    query = (sa.select(f.c.id, f.c.prediction_id, f.c.label, f.c.created_at, f.c.prediction_outputs)
+             .where(f.c.model_name == name, f.c.model_version == version, f.c.prediction_id.is_not(None),
+                    f.c.created_at >= since).order_by(f.c.id.desc()))
+    if until is not None:
+        query = query.where(f.c.created_at < until)
+    if newest:
+        query = query.limit(newest)
+    with store.engine.connect() as c:
+        rows = [dict(r._mapping) for r in c.execute(query)]
+    return _latest_per_prediction(rows[::-1])
 
 
 def shadow_outputs(store, name: str, version: int, prediction_ids: list[str]) -> dict[str, dict]:

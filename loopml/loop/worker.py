@@ -56,12 +56,15 @@ def write_state(store, name: str, **values) -> None:
 
 
 def decision_outcome(d: dict) -> str:
-    """One word for a decision row: promoted | rejected | failed | skipped | no_candidate, or the loop's event."""
+    """One word for a decision row: promoted | rejected | failed | skipped | no_candidate, the loop's event
+    (trigger | interrupted) or a rollout's new state."""
     numbers = d.get("numbers") or {}
     if isinstance(numbers.get("outcome"), str):
         return numbers["outcome"]
     if d.get("kind") == "loop":
         return str(numbers.get("event", "event"))
+    if d.get("kind") in ("rollout", "watch") and isinstance(numbers.get("state"), str):
+        return numbers["state"]  # the rollout's new state: promoted, rejected, kept, rolled_back, cancelled …
     if d.get("promoted"):
         return "promoted"
     if numbers.get("failed"):
@@ -191,7 +194,9 @@ class LoopWorker:
             seen = self._monitor(state)
             for d in self._rollouts():
                 self.echo(f"cycle {n}: {_describe_rollout(d)}")
-            if not self.stopping:
+            if self.stopping:
+                self.echo(f"cycle {n}: {seen}; stopping before the trigger check")
+            else:
                 self._trigger(n, seen, state)
         except (LoopmlError, sa.exc.SQLAlchemyError) as e:
             self.echo(f"cycle {n}: error: {e} (next cycle in {self.interval:g} s)")
@@ -254,8 +259,9 @@ class LoopWorker:
         write_state(self.store, self.name, state=state)
         try:
             self._training = True
-            if self.stopping:  # a signal between the trigger and here: stop before training starts
-                raise StopRequested(f"stopped by {signal.Signals(self.stop_signal or signal.SIGTERM).name}")
+            if self.stopping:  # a stop between the trigger and here: before training starts
+                raise StopRequested(f"stopped by {signal.Signals(self.stop_signal).name}" if self.stop_signal
+                                    else "stop requested")
             decision = retrain(self.store, self.name, self.policy, reason=why)
         except StopRequested as e:
             self._training = False
@@ -315,11 +321,12 @@ class LoopWorker:
 
 
 def _describe_rollout(d: dict) -> str:
+    """``advance_rollouts``' state change as one line: ``canary rollout of v4: trial → PROMOTED: …``."""
     if not isinstance(d, dict):
         return str(d)
-    what = " ".join(str(d[k]) for k in ("kind", "action", "state", "outcome") if d.get(k))
-    version = f" {d['candidate_version']}" if d.get("candidate_version") is not None else ""
-    return f"rollout{version}: {what}: {d.get('reason', '')}".rstrip(": ")
+    version = f" of v{d['candidate_version']}" if d.get("candidate_version") is not None else ""
+    moved = f"{d.get('from')} → {str(d.get('to')).upper()}" if d.get("to") else "step"
+    return f"{d.get('mode') or ''} rollout{version}: {moved}: {d.get('reason', '')}".strip()
 
 
 def run_loop(store, name: str, policy: Policy, *, once: bool = False, stop_event: threading.Event | None = None,

@@ -121,6 +121,7 @@ class Gating:
         on_trial = promote and trial is not None
         if on_trial:
             reason = f"goes on {trial} trial ({name}@{alias} stays on version {champion}); gate passed: {reason}"
+            numbers = {**numbers, "outcome": "trial"}
         decision = c.execute(db.gate_decisions.insert().values(
             model_name=name, candidate_version=candidate, champion_version=champion, promoted=promote and not on_trial,
             reason=reason, numbers=numbers, at=now, kind="retrain"))

@@ -30,7 +30,7 @@ class QueueItem(BaseModel):
     prediction_id: str
     inputs: dict
     prediction: Any = None
-    probabilities: list[float] | None = None
+    probabilities: dict[str, float] | None = None
     model_version: int | None = None
     created_at: float | None = None
     score: float

@@ -1,0 +1,288 @@
+"""The loop, end to end, in one command (``make demo``): train v1 → serve → shifted traffic → label through
+the queue → drift → the loop worker retrains, gates, promotes → the server answers with v2.
+
+Data: adult (../shared/datasets/adult, read in place). v1 learns from people whose education is HS-grad
+or less; the traffic then comes from people with more schooling — a natural shift: the same columns,
+other people, and a model that has never seen them. Everything lands in demo-output/loop/.
+
+    python examples/demo_loop.py [--out demo-output/loop] [--keep-serving]
+
+Exit status: 0 when the server ends up answering with v2, 1 when it does not (the lines say why),
+2 when the data or a tool is missing. The server and its loop worker are stopped on any exit, Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "datasets" / "adult"
+POLICY = ROOT / "examples" / "demo_policy.yaml"
+COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
+           "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income"]
+NAME, TARGET = "adult", "income"
+REPLAY, HELD_OUT, LABELS, BATCH = 3000, 1500, 600, 100
+WAIT_S = 180.0
+
+
+class DemoFailed(Exception):
+    """A step did not do what the demo needs; the message is the line printed before exiting 1."""
+
+
+def step(text: str) -> None:
+    print(f"[{time.perf_counter() - STARTED:5.1f}s] {text}", flush=True)
+
+
+STARTED = time.perf_counter()
+
+
+def read_adult():
+    import pandas as pd
+
+    from loopml.data.read import DataConfig, read_table
+
+    cfg = DataConfig(header=False, names=COLUMNS, comment="|")
+    train, test = read_table(DATA / "adult.data", cfg), read_table(DATA / "adult.test", cfg)
+    test[TARGET] = test[TARGET].str.rstrip(".")  # adult.test writes '>50K.'
+    return pd.concat([train, test], ignore_index=True)
+
+
+def records(frame) -> list[dict]:
+    import pandas as pd
+
+    return [{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in frame.drop(columns=[TARGET]).to_dict("records")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``loopml serve NAME@production --loop-policy``: the server and, as its own process, the loop worker.
+    In a session of its own, so a Ctrl-C reaches only this script, which then stops both in order."""
+
+    def __init__(self, url: str, artifacts: Path, log: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = log.open("w")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loopml", "serve", f"{NAME}@production", "--port", str(self.port), "--store", url,
+             "--artifacts", str(artifacts), "--loop-policy", str(POLICY), "--monitor-interval", "5", "--threads", "1"],
+            env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, seconds: float = 120.0) -> None:
+        import httpx
+
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise DemoFailed(f"the server exited ({self.proc.returncode}) before it was ready; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.base}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise DemoFailed(f"the server was not ready after {seconds:.0f} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # the server stops its loop worker, then itself
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # its session's leftovers (an orphaned worker)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def accuracy(predicted: list, actual: list) -> float:
+    return sum(str(p) == str(a) for p, a in zip(predicted, actual, strict=True)) / max(len(actual), 1)
+
+
+def demo(out: Path, keep_serving: bool) -> None:
+    import httpx
+
+    import loopml
+    from loopml.registry import Store
+
+    if not (DATA / "adult.data").is_file():
+        raise FileNotFoundError(f"the demo reads adult from {DATA.resolve()} (not found)")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    df = read_adult()
+    low = df["education-num"] <= 9
+    source, traffic = df[low], df[~low].sample(frac=1.0, random_state=0)
+    replay, held = traffic.iloc[:REPLAY], traffic.iloc[REPLAY : REPLAY + HELD_OUT]
+    source.to_csv(out / "adult_v1.csv", index=False)
+    step(f"data: adult, {len(source):,} people with education HS-grad or less → {out / 'adult_v1.csv'}; traffic: "
+         f"people with more schooling ({REPLAY:,} replayed, {HELD_OUT:,} kept unseen)")
+
+    url, artifacts = f"sqlite:///{out / 'registry.db'}", out / "artifacts"
+    store = Store(url, str(artifacts))
+    v1 = loopml.Model(target=TARGET, learner={"type": "lightgbm"}).fit(out / "adult_v1.csv", progress=False,
+                                                                       track="adult-demo", store=store)
+    v1.save(out / "v1", report=True)
+    store.register(NAME, run=v1.run_id, description="v1: education HS-grad or less")
+    store.promote(NAME, 1, reason="first model")
+    v1_held = accuracy(v1.predict(held), held[TARGET].tolist())
+    step(f"v1 trained (LightGBM) and registered as {NAME}:1@production: accuracy {v1.metrics['test']['accuracy']:.3f} "
+         f"on its own test rows, {v1_held:.3f} on the unseen shifted people")
+
+    server = Server(url, artifacts, out / "server.log")
+    try:
+        server.wait_ready()
+        step(f"serving {NAME}@production at {server.base} with the loop worker beside it (policy {POLICY.name}; "
+             f"log {out / 'server.log'})")
+        client = httpx.Client(base_url=server.base, timeout=60)
+        truth, predicted = {}, []
+        for begin in range(0, len(replay), BATCH):
+            chunk = replay.iloc[begin : begin + BATCH]
+            answer = client.post(f"/v1/models/{NAME}/predict", json=records(chunk))
+            answer.raise_for_status()
+            for p, label in zip(answer.json()["predictions"], chunk[TARGET], strict=True):
+                truth[p["prediction_id"]] = label
+                predicted.append(p["prediction"])
+        step(f"replayed {len(replay):,} shifted rows over HTTP (POST /v1/models/{NAME}/predict): v1 was right on "
+             f"{accuracy(predicted, replay[TARGET].tolist()):.1%} of them")
+
+        labelled, reasons = label_from_queue(client, truth)
+        step(f"labelled {labelled} rows the queue asked for (GET /v1/feedback/queue?strategy=uncertainty, then POST "
+             f"/v1/feedback with the true label); e.g. '{reasons[0]}'")
+
+        drift_line(url, artifacts, out)
+
+        version, decision = wait_for_promotion(store, client)
+        step(f"the loop worker retrained and gated {NAME}:{decision['candidate_version']}: "
+             f"{'PROMOTED' if decision['promoted'] else 'REJECTED'} — {decision['reason']}")
+        if version != 2:
+            raise DemoFailed(f"the server still answers with {NAME}:{version}, not v2")
+        answers = []
+        for begin in range(0, len(held), BATCH):
+            answer = client.post(f"/v1/models/{NAME}/predict", json=records(held.iloc[begin : begin + BATCH])).json()
+            if answer["version"] != 2:
+                raise DemoFailed(f"a predict answer came from {NAME}:{answer['version']}, not v2")
+            answers += [p["prediction"] for p in answer["predictions"]]
+        step(f"the server answers with {NAME}:2 (GET /v1/models, every predict answer): accuracy on the "
+             f"{len(held):,} unseen shifted people {accuracy(answers, held[TARGET].tolist()):.3f} (v1: {v1_held:.3f})")
+
+        (out / "metrics.txt").write_text(client.get("/metrics").text)
+        (out / "openapi.json").write_text(client.get("/openapi.json").text)
+        v2_dir = Path(store.resolve(f"{NAME}:2")["path"])
+        step(f"look at: {out / 'v1' / 'report.html'} and {v2_dir / 'report.html'} (model reports), "
+             f"{out / 'drift.html'} (drift), {out / 'monitor.txt'}, {out / 'metrics.txt'} (/metrics), "
+             f"{out / 'openapi.json'} (/docs)")
+        if keep_serving:
+            step(f"serving on: {server.base}/docs and {server.base}/metrics — Ctrl-C to stop")
+            while server.proc.poll() is None:
+                time.sleep(1)
+        else:
+            step(f"serve it again: loopml serve {NAME}@production --store {url} --artifacts {artifacts} "
+                 f"--loop-policy {POLICY.relative_to(ROOT)}   (then {server.base.rsplit(':', 1)[0]}:8000/docs)")
+    finally:
+        server.stop()
+
+
+def label_from_queue(client, truth: dict) -> tuple[int, list[str]]:
+    """Ask the queue for the rows a label helps most until ``LABELS`` are labelled; the log reaches the store
+    a moment after the answers, so an empty or short queue is asked again."""
+    labelled, reasons, deadline = 0, [], time.time() + 60
+    while labelled < LABELS:
+        if time.time() > deadline:
+            raise DemoFailed(f"the queue offered only {labelled} of {LABELS} rows to label within 60 s")
+        n = min(300, LABELS - labelled)
+        answer = client.get("/v1/feedback/queue", params={"n": n, "strategy": "uncertainty"})
+        answer.raise_for_status()
+        queue = [item for item in answer.json()["queue"] if item["prediction_id"] in truth]
+        if len(queue) < n // 2:  # still flushing: wait for more of the log
+            time.sleep(0.5)
+            continue
+        for item in queue:
+            r = client.post("/v1/feedback", json={"prediction_id": item["prediction_id"],
+                                                  "label": truth[item["prediction_id"]]})
+            r.raise_for_status()
+            reasons.append(item["reason"])
+        labelled += len(queue)
+    return labelled, reasons
+
+
+def drift_line(url: str, artifacts: Path, out: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOOPML_ARTIFACTS": str(artifacts)}
+    command = [sys.executable, "-m", "loopml", "monitor", NAME, "--store", url, "--last", str(REPLAY),
+               "--report", str(out / "drift.html")]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    (out / "monitor.txt").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise DemoFailed(f"loopml monitor failed (exit {done.returncode}); see {out / 'monitor.txt'}")
+    lines = done.stdout.splitlines()
+    header = next((line.strip() for line in lines if "drift:" in line), "")
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    flagged = [f"{c[0]} (PSI {float(c[2]):.1f})" for c in cells if len(c) > 7 and c[-1] == "drift"]
+    live = next((line for line in lines if line.startswith("live:")), "")
+    live_accuracy = json.loads(live[5:]).get("accuracy") if live else None
+    step(f"loopml monitor: {header}" + (f", drifted: {', '.join(flagged)}" if flagged else "")
+         + (f"; v1 right on {live_accuracy:.0%} of the queued rows (the queue picks hard ones)" if live_accuracy else "")
+         + f"; report {out / 'drift.html'}")
+
+
+def wait_for_promotion(store, client) -> tuple[int, dict]:
+    """The first decision with a candidate, then the version the server answers with once it swapped."""
+    deadline = time.time() + WAIT_S
+    decision = None
+    while time.time() < deadline:
+        decided = [d for d in store.list_gate_decisions(NAME) if d.get("candidate_version") is not None]
+        if decided:
+            decision = decided[0]
+            break
+        time.sleep(1)
+    if decision is None:
+        raise DemoFailed(f"the loop worker made no decision within {WAIT_S:.0f} s")
+    version = client.get("/v1/models").json()[0]["version"]
+    while decision["promoted"] and version != decision["candidate_version"] and time.time() < deadline:
+        time.sleep(0.2)
+        version = client.get("/v1/models").json()[0]["version"]
+    return version, decision
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "demo-output" / "loop")
+    parser.add_argument("--keep-serving", action="store_true", help="keep the server up at the end (Ctrl-C stops it)")
+    args = parser.parse_args()
+    # a SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the finally blocks stop the server and worker
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        demo(args.out, args.keep_serving)
+    except DemoFailed as e:
+        step(f"DEMO FAILED: {e}")
+        return 1
+    except FileNotFoundError as e:
+        step(f"cannot run the demo: {e}")
+        return 2
+    except KeyboardInterrupt:
+        step("interrupted: server and loop worker stopped")
+        return 130
+    step(f"demo done in {time.perf_counter() - STARTED:.0f} s: v1 → shifted traffic → queue labels → drift → "
+         "retrain → gate → v2 served")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
