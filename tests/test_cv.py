@@ -34,7 +34,9 @@ def test_cv_cli_writes_json_and_report(tabular, tmp_path):
     csv = tmp_path / "d.csv"
     tabular.to_csv(csv, index=False)
     out = tmp_path / "cv"
-    assert main(["cv", "-d", str(csv), "-t", "label", "--folds", "2", "-o", str(out), "-q"]) == 0
+    config = tmp_path / "c.yaml"  # 3 epochs: what is checked is the output, not the model (50 epochs took ~20 s)
+    config.write_text("target: label\ntraining: {epochs: 3}\n")
+    assert main(["cv", "-d", str(csv), "-t", "label", "-c", str(config), "--folds", "2", "-o", str(out), "-q"]) == 0
     result = json.loads((out / "cv.json").read_text())
     assert result["k"] == 2 and "accuracy" in result["mean"]
     assert 'id="cross-validation"' in (out / "cv-report.html").read_text()

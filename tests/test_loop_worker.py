@@ -247,36 +247,6 @@ def test_kill_9_mid_retrain_then_a_restart_redoes_the_cycle(champion_dir, tmp_pa
     _audit(store)
 
 
-def test_sigterm_mid_training_stops_cleanly_and_records_it(champion_dir, tmp_path):
-    store = _store(tmp_path, champion_dir)
-    _feed(store, make(300, 5, codes=RECODED))
-    policy = _policy_file(tmp_path, train={"training": {"epochs": 400}})
-    log = tmp_path / "worker.log"
-    worker = _worker(store._url, policy, log, env={"LOOPML_ARTIFACTS": str(tmp_path / "artifacts")})
-
-    def training() -> bool:
-        with store.engine.connect() as c:
-            return c.execute(sa.select(sa.func.count()).select_from(db.run_metrics)).scalar() >= 2
-
-    try:
-        _wait(training, 120, "training to log its first epochs", [worker])
-        code = _stop(worker, timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    out = log.read_text()
-    assert code == 0, out
-    assert "Traceback" not in out and out.strip().splitlines()[-1] == "loop clf: stopped by SIGTERM; loop lock released"
-    last = store.list_gate_decisions("clf")[-1]
-    assert last["kind"] == "retrain" and last["reason"] == "failed: StopRequested: stopped by SIGTERM", last
-    assert store.lock_holder("clf", "loop") is None and store.lock_holder("clf", "retrain") is None
-    assert [r["status"] for r in store.list_runs()] == ["killed"]
-    assert [v["version"] for v in store.list_versions("clf")] == [1]
-    state = read_state(store, "clf")["state"]
-    assert state["phase"] == "retraining" and state["stopped"] == "stopped by SIGTERM"  # redone at the next start
-
-
 # -- serve --loop-policy -------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -284,12 +254,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_runs_the_worker_beside_it_and_stops_it(champion_dir, tmp_path, capsys):
+def _training(store) -> bool:
+    with store.engine.connect() as c:
+        return c.execute(sa.select(sa.func.count()).select_from(db.run_metrics)).scalar() >= 2
+
+
+def test_serve_runs_the_worker_beside_it_and_sigterm_stops_both_mid_training(champion_dir, tmp_path, capsys):
+    """`serve --loop-policy`: the worker is its own process, visible on /metrics; SIGTERM to the server while the
+    worker trains: the server stops it (SIGTERM, waits), training is interrupted and recorded, locks released."""
     store = _store(tmp_path, champion_dir)
     port = _free_port()
     assert main(["serve", str(champion_dir), "--port", str(port), "--loop-policy", str(_policy_file(tmp_path))]) == 2
     assert "--loop-policy needs a registered model" in capsys.readouterr().err
-    policy = _policy_file(tmp_path, loop={"interval_s": 0.5, "monitor_rows": 100})
+    _feed(store, make(300, 5, codes=RECODED))
+    policy = _policy_file(tmp_path, loop={"interval_s": 0.5, "monitor_rows": 100}, train={"training": {"epochs": 400}})
     log = tmp_path / "serve.log"
     with log.open("w") as output:
         server = subprocess.Popen([sys.executable, "-m", "loopml", "serve", "clf@production", "--store", store._url,
@@ -304,15 +282,25 @@ def test_serve_runs_the_worker_beside_it_and_stops_it(champion_dir, tmp_path, ca
             return ""
 
     try:
-        _wait(lambda: 'loopml_loop_worker_up{model="clf"} 1.0' in scraped(), 90, "the worker on /metrics", [server])
+        _wait(lambda: _training(store), 120, "the worker to train", [server])
+        _wait(lambda: 'loopml_decisions_total{kind="loop",model="clf",outcome="trigger"} 1.0' in scraped(), 30,
+              "the loop on /metrics", [server])
+        assert 'loopml_loop_worker_up{model="clf"} 1.0' in scraped()
         holder = store.lock_holder("clf", "loop")
         assert holder is not None and holder["pid"] != server.pid  # its own process, not the server's
-        assert 'loopml_loop_cycles{model="clf"}' in scraped()
+        assert read_state(store, "clf")["state"]["phase"] == "retraining"
         code = _stop(server, timeout=90)
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
     out = log.read_text()
-    assert code == 0 and "loop worker stopped (exit 0" in out and "Traceback" not in out, out
-    assert store.lock_holder("clf", "loop") is None
+    assert code == 0 and "Traceback" not in out, out
+    assert "loop clf: stopped by SIGTERM; loop lock released" in out and "loop worker stopped (exit 0" in out, out
+    last = store.list_gate_decisions("clf")[-1]
+    assert last["kind"] == "retrain" and last["reason"] == "failed: StopRequested: stopped by SIGTERM", last
+    assert store.lock_holder("clf", "loop") is None and store.lock_holder("clf", "retrain") is None
+    assert [r["status"] for r in store.list_runs()] == ["killed"]
+    assert [v["version"] for v in store.list_versions("clf")] == [1]
+    state = read_state(store, "clf")["state"]
+    assert state["phase"] == "retraining" and state["stopped"] == "stopped by SIGTERM"  # redone at the next start

@@ -104,6 +104,7 @@ class LoopWorker:
         self.stop_event = stop_event or threading.Event()
         self.stop_signal: int | None = None
         self.keeper = None
+        self.held = False  # whether this worker ever ran the loop (held its lock)
         self._training = False
         self._raised = False
         self._served: tuple[int, object] | None = None
@@ -140,7 +141,7 @@ class LoopWorker:
                 standing_by = True
                 self.stop_event.wait(self.interval)
                 continue
-            self.keeper = keeper
+            self.keeper, self.held = keeper, True
             try:
                 self.echo(f"loop {self.name}: worker {os.getpid()} " + ("took over the loop" if standing_by else "runs the loop")
                           + f" (every {self.interval:g} s, newest {self.policy.loop.monitor_rows} predictions, "
@@ -190,19 +191,24 @@ class LoopWorker:
         state = {"phase": "monitoring", "cycle": n, "started_at": started, "pid": os.getpid(),
                  "host": socket.gethostname(), "monitored_until": previous.get("monitored_until")}
         write_state(self.store, self.name, state=state)
-        try:
-            seen = self._monitor(state)
-            for d in self._rollouts():
-                self.echo(f"cycle {n}: {_describe_rollout(d)}")
-            if self.stopping:
-                self.echo(f"cycle {n}: {seen}; stopping before the trigger check")
-            else:
-                self._trigger(n, seen, state)
-        except (LoopmlError, sa.exc.SQLAlchemyError) as e:
-            self.echo(f"cycle {n}: error: {e} (next cycle in {self.interval:g} s)")
-        except Exception as e:  # noqa: BLE001  an unattended worker outlives one broken cycle (retrain recorded its own)
-            self.echo(f"cycle {n}: error: {type(e).__name__}: {e} (next cycle in {self.interval:g} s)")
+        # each step on its own: a window that cannot be monitored does not keep feedback from retraining
+        seen = self._step(n, "monitoring", lambda: self._monitor(state)) or "monitoring skipped"
+        for d in self._step(n, "rollouts", self._rollouts) or []:
+            self.echo(f"cycle {n}: {_describe_rollout(d)}")
+        if self.stopping:
+            self.echo(f"cycle {n}: {seen}; stopping before the trigger check")
+        else:
+            self._step(n, "retrain", lambda: self._trigger(n, seen, state))
         self._finish(n, started, state)
+
+    def _step(self, n: int, what: str, step: Callable[[], object]) -> object:
+        try:
+            return step()
+        except (LoopmlError, sa.exc.SQLAlchemyError) as e:
+            self.echo(f"cycle {n}: {what} error: {e}")
+        except Exception as e:  # noqa: BLE001  an unattended worker outlives one broken step (retrain recorded its own)
+            self.echo(f"cycle {n}: {what} error: {type(e).__name__}: {e}")
+        return None
 
     def _monitor(self, state: dict) -> str:
         from loopml.loop.monitor import monitor

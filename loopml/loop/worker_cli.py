@@ -49,7 +49,8 @@ def loop_command(
             signal.signal(sig, worker.on_signal)
     ended = worker.run(once=once)
     if worker.stop_signal is not None:
-        typer.echo(f"loop {name}: stopped by {signal.Signals(worker.stop_signal).name}; loop lock released")
+        held = "; loop lock released" if worker.held else " (was standing by)"
+        typer.echo(f"loop {name}: stopped by {signal.Signals(worker.stop_signal).name}{held}")
         if worker.stop_signal == signal.SIGINT:
             raise typer.Exit(130)
     elif ended == "once":
