@@ -317,24 +317,25 @@ def test_describe_output_of_a_headerless_file_trains_with_c(tmp_path, small_csv)
 
 
 # -- item 8: fit starts from scratch --------------------------------------------------------------------
-def test_fit_after_a_warm_start_trains_from_scratch(tabular):
+def test_fit_after_a_warm_start_trains_from_scratch(small_csv):
+    # the small table without a text column: what is compared is weights, and its fits are cheap
     settings = {"target": "label", "training": {"epochs": 3, "early_stopping": {"patience": 0}}}
-    champion = loopml.Model(dict(settings, training={"epochs": 6})).fit(tabular, progress=False)
+    champion = loopml.Model(dict(settings, training={"epochs": 6})).fit(small_csv, progress=False)
     model = loopml.Model(settings)
-    warm = {k: v.clone() for k, v in model.fit(tabular, warm_start=champion, progress=False).network.state_dict().items()}
-    scratch = model.fit(tabular, progress=False).network.state_dict()
-    fresh = loopml.Model(settings).fit(tabular, progress=False).network.state_dict()
+    warm = {k: v.clone() for k, v in model.fit(small_csv, warm_start=champion, progress=False).network.state_dict().items()}
+    scratch = model.fit(small_csv, progress=False).network.state_dict()
+    fresh = loopml.Model(settings).fit(small_csv, progress=False).network.state_dict()
     assert all(torch.equal(scratch[k], fresh[k]) for k in fresh)  # nothing of the warm start is left
     assert not all(torch.equal(scratch[k], warm[k]) for k in warm)
     assert model._initial_weights is None
 
 
-def test_warm_start_from_itself_keeps_its_own_weights_as_the_start(tabular):
+def test_warm_start_from_itself_keeps_its_own_weights_as_the_start(small_csv):
     settings = {"target": "label", "training": {"epochs": 2, "early_stopping": {"patience": 0}}}
-    model = loopml.Model(settings).fit(tabular, progress=False)
-    again = loopml.Model(settings).fit(tabular, progress=False)
-    expected = again.fit(tabular, warm_start=loopml.Model(settings).fit(tabular, progress=False), progress=False)
-    model.fit(tabular, warm_start=model, progress=False)
+    model = loopml.Model(settings).fit(small_csv, progress=False)
+    again = loopml.Model(settings).fit(small_csv, progress=False)
+    expected = again.fit(small_csv, warm_start=loopml.Model(settings).fit(small_csv, progress=False), progress=False)
+    model.fit(small_csv, warm_start=model, progress=False)
     a, b = model.network.state_dict(), expected.network.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -8,8 +8,10 @@ version). Enter skips a row, ``q`` quits; end of input and Ctrl-C stop after the
 from __future__ import annotations
 
 import math
+import re
 import signal
 import sys
+import unicodedata
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -18,6 +20,7 @@ import typer
 from loopml.registry.cli import StoreOpt
 
 QUIT = {"q", "quit", "exit"}
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def label_command(
@@ -51,7 +54,7 @@ def label_command(
     try:
         for i, row in enumerate(rows, 1):
             typer.echo(f"\n[{i}/{len(rows)}] {compact(row['inputs'])}")
-            typer.echo(f"  predicted {_prediction(row)} — {row['reason']}")
+            typer.echo(f"  predicted {_visible(_prediction(row))} — {_visible(row['reason'])}")
             label = _ask(target)
             if label is _QUIT:
                 break
@@ -106,6 +109,9 @@ def check_label(target: Any, text: str) -> tuple[object, str | None]:
         try:
             value = float(text)
         except ValueError:
+            value = None
+        if value is None or (_NUMBER.fullmatch(text) is None and math.isfinite(value)):
+            # float() also reads 1_000 and non-ASCII digits, which the server's JSON number never is
             return None, f"{text!r} is not a number ('{target.column}' is a number)"
         if not abs(value) <= FLOAT32_MAX:
             return None, f"{text!r} for '{target.column}' is not {NUMBER_RANGE}"
@@ -125,10 +131,21 @@ def compact(inputs: dict, width: int = 40) -> str:
         elif value is None:
             shown = "∅"
         else:
-            shown = str(value).replace("\n", " ")
+            shown = _visible(str(value).replace("\n", " "))
             shown = shown if len(shown) <= width else shown[: width - 1] + "…"
-        parts.append(f"{col}={shown}")
+        parts.append(f"{_visible(str(col))}={shown}")
     return "  ".join(parts)
+
+
+# bidi overrides and isolates: they reorder what the labeller reads on screen
+_BIDI = set("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _visible(text: str) -> str:
+    """Logged inputs are anyone's text: control characters (escape sequences, CR, backspace, bell) and bidi
+    overrides would rewrite the labeller's terminal, so they are shown as escapes."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI else ch for ch in text)
 
 
 def _prediction(row: dict) -> str:

@@ -78,6 +78,9 @@ def feedback_queue(store: Any, name: str, n: int = 50, strategy: str = "uncertai
     if not rows:
         return []
     frame = pd.DataFrame([r["inputs"] if isinstance(r["inputs"], dict) else {} for r in rows])
+    labelled = [f["inputs"] for f in store.list_feedback(name) if isinstance(f.get("inputs"), dict)]
+    if labelled:  # a twin of a labelled case teaches a retrain nothing either: it leaves the queue with it
+        frame = frame[_not_labelled(model, frame, pd.DataFrame(labelled))]
     ranked = rank_candidates(model, frame, n, strategy, seed=seed)
     out = []
     for r in ranked:
@@ -98,7 +101,8 @@ def uncertainty(model: Any, frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray,
     target = model.preprocessor.target
     x = model.inputs(frame)
     if target.kind != "number":
-        _, proba = target.decode(np.asarray(model.learner.predict_scores(x)))
+        with np.errstate(over="ignore"):  # exp of a huge logit saturates to p = 0/1, as predict does; no warning line
+            _, proba = target.decode(np.asarray(model.learner.predict_scores(x)))
         top = np.argsort(-proba, axis=1)[:, :2]
         p1, p2 = np.take_along_axis(proba, top, axis=1).T
         margin = p1 - p2
@@ -131,7 +135,7 @@ def drift_boost(frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray, list[str]]:
     for col, r in ref.get("columns", {}).items():
         if col not in frame.columns or r["kind"] == "text":
             continue
-        current, observations = drift.histogram(frame[col], r, counts_too=True)
+        current, observations = _histogram(frame[col], r, counts_too=True)
         value = drift.psi(r["histogram"], current)
         if drift.level(value, drift.noise(len(current), observations)) == "ok":
             continue
@@ -178,13 +182,20 @@ def rarity(frame: pd.DataFrame, ref: dict, weighted: bool) -> tuple[np.ndarray, 
         values = frame[col]
         p, beyond = _value_share(values, r)
         shares[:, j] = p
-        weight = 1.0 + (drift.psi(r["histogram"], drift.histogram(values, r)) if weighted else 0.0)
+        weight = 1.0 + (drift.psi(r["histogram"], _histogram(values, r)) if weighted else 0.0)
         scores[:, j] = (-np.log10(np.maximum(p, 1e-6)) + beyond) * weight
     best = scores.argmax(axis=1)
     rows = np.arange(len(frame))
     reasons = [_rare_line(names[j], frame[names[j]].iloc[i], shares[i, j], columns[names[j]])
                for i, j in zip(rows, best, strict=True)]
     return scores[rows, best], reasons
+
+
+def _histogram(values: pd.Series, r: dict, counts_too: bool = False) -> Any:
+    """``drift.histogram``, dates as days (their reference is binned as numbers, as ``drift.column_drift`` reads it)."""
+    if r["kind"] == "date":
+        return drift.histogram(drift._days(values), {**r, "kind": "number"}, counts_too=counts_too)
+    return drift.histogram(values, r, counts_too=counts_too)
 
 
 def _value_share(values: pd.Series, r: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -304,6 +315,16 @@ def _model_columns(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
             for c in features}
     out = pd.DataFrame(cols, index=frame.index)
     return check_inputs(out, features, coerce=True)[0]
+
+
+def _not_labelled(model: Any, frame: pd.DataFrame, labelled: pd.DataFrame) -> np.ndarray:
+    """True for the rows of ``frame`` whose inputs (as the model reads them) no labelled row has."""
+    from loopml.features.base import canonical_keys
+
+    both = _model_columns(model, pd.concat([frame, labelled], ignore_index=True))
+    keys = list(zip(*(canonical_keys(both[c]) for c in both.columns), strict=True))
+    done = set(keys[len(frame):])
+    return np.array([k not in done for k in keys[: len(frame)]], dtype=bool)
 
 
 def _first_copies(frame: pd.DataFrame) -> np.ndarray:

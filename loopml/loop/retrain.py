@@ -32,7 +32,8 @@ def should_retrain(store, name: str, policy: Policy) -> tuple[bool, str]:
     on_trial = list_rollouts(store, name, ("trial",))
     if on_trial:  # a candidate on live trial: judge it before training another (a watch does not block)
         return False, f"version {on_trial[-1]['candidate_version']} is on {on_trial[-1]['mode']} trial"
-    decisions = store.list_gate_decisions(name)
+    # labels count from the last retrain's decision: a rollout's, a watch's or the loop's own rows do not reset it
+    decisions = [d for d in store.list_gate_decisions(name) if d.get("kind") in (None, "retrain")]
     since = decisions[-1]["at"] if decisions else 0.0
     new = store.list_feedback(name, since)
     if len(new) >= policy.trigger.min_feedback:
