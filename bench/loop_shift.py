@@ -54,6 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LEARNER = {"type": "lightgbm", "learning_rate": 0.1}
 NET_EPOCHS = 8
 FEEDBACK = 600
+#: feedback batches the loop gets at most, one decision after each, until it promotes
+ROUNDS = 4
 WEIGHT = 3
 STRATEGIES = ("uncertainty", "diverse", "random")
 
@@ -173,27 +175,48 @@ def worker_installed() -> bool:
     return out.returncode == 0
 
 
-def loop_promotion(store: Store, url: str, artifacts: Path, name: str, policy: dict, tmp: Path) -> tuple[dict, str]:
-    """The first decision with a candidate: by the unattended worker when installed, else one retrain."""
+def loop_promotion(store: Store, url: str, artifacts: Path, sc: Scenario, pool: pd.DataFrame, tmp: Path,
+                   rounds: int = ROUNDS) -> tuple[list[dict], str]:
+    """Feedback arrives ``FEEDBACK`` pool rows at a time; after each batch, the loop's next decision. Until the
+    first promotion (at most ``rounds`` batches). By the unattended worker when installed, else ``retrain``."""
+    policy = policy_dict(sc.metric)
+    decisions: list[dict] = []
+
+    def next_decision(wait: Callable[[int], dict]) -> bool:
+        batch = pool.iloc[len(decisions) * FEEDBACK : (len(decisions) + 1) * FEEDBACK]
+        feed(store, sc.name, batch, sc.target)
+        d = wait(len(decisions))
+        decisions.append({"feedback": (len(decisions) + 1) * FEEDBACK, "promoted": bool(d["promoted"]),
+                          "reason": d["reason"], "candidate_version": d["candidate_version"],
+                          "numbers": d.get("numbers")})
+        return decisions[-1]["promoted"]
+
     if not worker_installed():
-        return retrain(store, name, load_policy(policy), reason="bench: feedback arrived"), "loopml.loop.retrain"
-    path = tmp / f"{name}-policy.yaml"
+        while len(decisions) < rounds and not next_decision(
+                lambda _: retrain(store, sc.name, load_policy(policy), reason="bench: feedback arrived")):
+            pass
+        return decisions, "loopml.loop.retrain"
+    path = tmp / f"{sc.name}-policy.yaml"
     path.write_text(yaml.safe_dump(policy))
     env = {**os.environ, "LOOPML_ARTIFACTS": str(artifacts), "PYTHONPATH": str(ROOT)}
-    log = (tmp / f"{name}-worker.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "loopml", "loop", name, "--policy", str(path), "--store", url],
+    log = (tmp / f"{sc.name}-worker.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "loopml", "loop", sc.name, "--policy", str(path), "--store", url],
                             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
+
+    def wait(seen: int) -> dict:
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
-            decided = [d for d in store.list_gate_decisions(name) if d["candidate_version"] is not None]
-            if decided:
-                d = decided[0]
-                return {"promoted": bool(d["promoted"]), "reason": d["reason"], "candidate_version": d["candidate_version"],
-                        "numbers": d.get("numbers")}, "loopml loop (worker process)"
+            decided = [d for d in store.list_gate_decisions(sc.name) if d["candidate_version"] is not None]
+            if len(decided) > seen:
+                return decided[seen]
             time.sleep(1)
         raise RuntimeError(f"the worker made no decision (exit {proc.poll()}); see {log.name}:\n"
                            + Path(log.name).read_text()[-2000:])
+
+    try:
+        while len(decisions) < rounds and not next_decision(wait):
+            pass
+        return decisions, "loopml loop (worker process)"
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -202,6 +225,25 @@ def loop_promotion(store: Store, url: str, artifacts: Path, name: str, policy: d
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
+
+
+def loop_part(store: Store, url: str, artifacts: Path, sc: Scenario, pool: pd.DataFrame, held: pd.DataFrame,
+              out: dict, tmp: Path) -> dict:
+    started = time.perf_counter()
+    decisions, via = loop_promotion(store, url, artifacts, sc, pool, tmp)
+    last = decisions[-1]
+    v2 = loopml.load(store.resolve(f"{sc.name}:{last['candidate_version']}")["path"])
+    loop = {"via": via, "feedback_per_round": FEEDBACK, "policy": policy_dict(sc.metric),
+            "seconds": time.perf_counter() - started, "decisions": decisions, "promoted": last["promoted"],
+            "labels_at_first_promotion": last["feedback"] if last["promoted"] else None,
+            "v2_shifted": score(v2, held, sc.metric), "v2_source_test": (last.get("numbers") or {}).get("candidate_test")}
+    loop["recovered_share"] = (loop["v2_shifted"] - out["v1_shifted"]) / out["loss"] if out["loss"] > 0 else None
+    for d in decisions:
+        print(f"  loop ({via}) after {d['feedback']} labels: {'PROMOTED' if d['promoted'] else 'rejected'} "
+              f"v{d['candidate_version']} — {d['reason']}", flush=True)
+    print(f"  {sc.metric} on shifted rows {out['v1_shifted']:.4f} → {loop['v2_shifted']:.4f}: "
+          f"{loop['recovered_share']:.0%} of the loss recovered", flush=True)
+    return loop
 
 
 def warm_vs_scratch(store: Store, sc: Scenario, source_csv: Path, feedback: pd.DataFrame, held: pd.DataFrame,
@@ -257,20 +299,8 @@ def scenario(sc: Scenario, tmp: Path, seeds: int) -> dict:
     print(f"{sc.name}: v1 {sc.metric} {out['v1_source_test']:.4f} on its test rows, {out['v1_shifted']:.4f} on "
           f"shifted rows (loss {out['loss']:.4f})", flush=True)
 
+    out["loop"] = loop_part(store, url, artifacts, sc, pool, held, out, tmp)
     feedback = pool.iloc[:FEEDBACK]
-    feed(store, sc.name, feedback, sc.target)
-    policy = policy_dict(sc.metric)
-    started = time.perf_counter()
-    decision, via = loop_promotion(store, url, artifacts, sc.name, policy, tmp)
-    v2 = loopml.load(store.resolve(f"{sc.name}:{decision['candidate_version']}")["path"])
-    loop = {"via": via, "feedback": FEEDBACK, "policy": policy, "seconds": time.perf_counter() - started,
-            "promoted": decision["promoted"], "reason": decision["reason"], "v2_shifted": score(v2, held, sc.metric),
-            "v2_source_test": (decision.get("numbers") or {}).get("candidate_test")}
-    loop["recovered_share"] = (loop["v2_shifted"] - out["v1_shifted"]) / out["loss"] if out["loss"] > 0 else None
-    out["loop"] = loop
-    print(f"  loop ({via}): {'PROMOTED' if loop['promoted'] else 'rejected'} v{decision['candidate_version']}, "
-          f"{sc.metric} on shifted rows {loop['v2_shifted']:.4f}, {loop['recovered_share']:.0%} of the loss recovered",
-          flush=True)
 
     out["warm_vs_scratch"] = warm_vs_scratch(store, sc, source_csv, feedback, held, [])
 
@@ -294,7 +324,7 @@ def scenario(sc: Scenario, tmp: Path, seeds: int) -> dict:
                   + f"  (ceiling {ceiling:.3f}; 80% at {curve['labels_to_80']})", flush=True)
     out["ceiling_shifted"] = float(np.mean(ceilings))
     out["recoverable_loss"] = float(np.mean(ceilings) - np.mean(starts))
-    out["loop"]["recovered_share_of_recoverable"] = (loop["v2_shifted"] - out["v1_shifted"]) / \
+    out["loop"]["recovered_share_of_recoverable"] = (out["loop"]["v2_shifted"] - out["v1_shifted"]) / \
         (ceilings[0] - out["v1_shifted"])
     out["labels"] = {"budgets": list(sc.budgets), "seeds": seeds, "curves": curves,
                      "labels_to_80": summarise(curves, "labels_to_80", sc.budgets[-1]),
@@ -330,18 +360,21 @@ def markdown(result: dict) -> str:
              f"({result['machine']['cpus']} CPUs). Main learner: LightGBM {LEARNER}; warm vs scratch: a network "
              f"({NET_EPOCHS} epochs). Labels-to-80%: mean over {result['seeds']} seeds, interpolated on the budget "
              "grid; 'of recoverable' = 80% of the way from v1 to the ceiling (v1's data + the whole labelled pool).", "",
-             "| scenario | metric | v1 source test → shifted (loss) | ceiling | loop v2 on shifted (recovered) | "
+             "| scenario | metric | v1 source test → shifted (loss) | ceiling | loop: v2 on shifted (recovered) | "
              "net scratch: s, metric | net warm: s, metric | labels to 80% of recoverable: uncertainty / diverse / "
              "random | random÷uncertainty, random÷diverse |", "|" + "---|" * 9]
     for name, r in result["scenarios"].items():
         w, lab = r["warm_vs_scratch"], r["labels"]["labels_to_80"]
+        first = r["loop"].get("labels_at_first_promotion")
+        promoted = f"promoted after {first} labels" if first else "(never promoted)"
 
         def fmt(s: str, lab=lab) -> str:
             return f"{'≥' if lab[s]['lower_bound'] else ''}{lab[s]['mean']:.0f}"
 
         lines.append(
             f"| {name} | {r['metric']} | {r['v1_source_test']:.3f} → {r['v1_shifted']:.3f} ({r['loss']:.3f}) | "
-            f"{r['ceiling_shifted']:.3f} | {r['loop']['v2_shifted']:.3f} ({r['loop']['recovered_share']:.0%} of the loss; "
+            f"{r['ceiling_shifted']:.3f} | {r['loop']['v2_shifted']:.3f} {promoted} "
+            f"({r['loop']['recovered_share']:.0%} of the loss; "
             f"{r['loop']['recovered_share_of_recoverable']:.0%} of recoverable) | "
             f"{w['scratch']['train_seconds']:.1f}, {w['scratch']['shifted']:.3f} | {w['warm']['train_seconds']:.1f}, "
             f"{w['warm']['shifted']:.3f} | {fmt('uncertainty')} / {fmt('diverse')} / {fmt('random')} | "

@@ -267,6 +267,9 @@ def test_shadow_predictions_are_logged_and_never_reach_a_client(serving, models)
     assert {r["model_version"] for r in store.prediction_window("clf")} == {1}  # monitoring sees traffic once
     # feedback on an answered prediction still works while a shadow trial runs
     assert client.post("/v1/feedback", json={"prediction_id": answered[0], "label": "pos"}).status_code == 201
+    # a shadow row's id was never given out: feedback naming it is refused, it would count as a live label twice
+    refused = client.post("/v1/feedback", json={"prediction_id": shadows[0]["id"], "label": "pos"})
+    assert refused.status_code == 404, refused.text
 
 
 def test_canary_is_sticky_per_client_key(serving, models):

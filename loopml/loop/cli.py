@@ -75,6 +75,7 @@ def retrain_command(
     from loopml.loop.feedback_rows import describe_skipped
     from loopml.loop.policy import load_policy
     from loopml.loop.retrain import retrain, should_retrain
+    from loopml.loop.rollout import advance_rollouts
     from loopml.registry import Store
 
     s, p = Store(store), load_policy(policy)
@@ -97,10 +98,13 @@ def retrain_command(
             if decision.get("candidate_version") is None:
                 typer.echo(f"no candidate: {decision['reason']}")
             else:
-                verdict = "PROMOTED" if decision["promoted"] else "rejected"
+                verdict = "PROMOTED" if decision["promoted"] else "on trial" if decision.get("trial") else "rejected"
                 typer.echo(f"candidate {name}:{decision['candidate_version']} {verdict}: {decision['reason']}")
         else:
             typer.echo(f"no retrain: {why}")
         if not watch:
             return
+        for change in advance_rollouts(s, name, p):  # a trial or a watch is judged each time round, as the worker does
+            typer.echo(f"{change['mode']} {name}:{change['candidate_version']} {change['from']} → {change['to']}: "
+                       f"{change['reason']}")
         time.sleep(watch)

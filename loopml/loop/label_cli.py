@@ -53,12 +53,19 @@ def label_command(
     written = skipped = 0
     try:
         for i, row in enumerate(rows, 1):
+            if s.labelled([row["prediction_id"]]):  # another labeller took it since the queue was read
+                skipped += 1
+                continue
             typer.echo(f"\n[{i}/{len(rows)}] {compact(row['inputs'])}")
             typer.echo(f"  predicted {_visible(_prediction(row))} — {_visible(row['reason'])}")
             label = _ask(target)
             if label is _QUIT:
                 break
             if label is _SKIP:
+                skipped += 1
+                continue
+            if s.labelled([row["prediction_id"]]):
+                typer.echo("  labelled meanwhile by someone else: not written twice")
                 skipped += 1
                 continue
             with _no_interrupt():  # the one write finishes (or never starts): nothing half-written

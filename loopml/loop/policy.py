@@ -11,10 +11,13 @@ from pydantic import Field, ValidationError, field_validator
 from loopml.errors import LoopmlError
 from loopml.features.base import StrictModel
 
+#: the largest count a policy takes: counts end up in SQL LIMITs (SQLite: 64-bit) and list repeats
+MAX_COUNT = 10**9
+
 
 class Trigger(StrictModel):
     #: retrain once this many new feedback labels arrived since the last decision
-    min_feedback: int = Field(200, ge=1)
+    min_feedback: int = Field(200, ge=1, le=MAX_COUNT)
     #: retrain when the latest monitoring window flagged drift (and some feedback exists)
     on_drift: bool = True
     #: retrain when live accuracy on feedback falls below this
@@ -25,10 +28,10 @@ class DataPolicy(StrictModel):
     #: the champion's training data (default: the file it was trained from)
     training_data: str | None = None
     #: each feedback row counts this many times in training
-    feedback_weight: int = Field(1, ge=1)
+    feedback_weight: int = Field(1, ge=1, le=1000)  # the feedback frame is repeated this many times in memory
     #: the newest share of feedback held back to judge candidate vs champion
     holdout_fraction: float = Field(0.3, gt=0, lt=1)
-    min_holdout: int = Field(30, ge=1)
+    min_holdout: int = Field(30, ge=1, le=MAX_COUNT)
 
 
 class Gate(StrictModel):
@@ -49,10 +52,13 @@ class Rollout(StrictModel):
     #: canary: the sticky share of requests the candidate answers
     percent: float = Field(10.0, gt=0, lt=100)
     #: shadow / canary: live labels on the candidate's own predictions needed before it is promoted
-    min_live_labels: int = Field(50, ge=1)
+    min_live_labels: int = Field(50, ge=1, le=MAX_COUNT)
+    #: shadow / canary: a trial without enough live labels by then is ended (rejected), so it cannot block
+    #: retraining for ever (e.g. the candidate failed to load on the server, or no labels arrive)
+    trial_max_s: float = Field(86400.0, gt=0, allow_inf_nan=False)
     #: after promotion: how long the new champion is watched, and how many live labels the watch needs
-    watch_s: float = Field(3600.0, ge=0)
-    watch_min_labels: int = Field(50, ge=1)
+    watch_s: float = Field(3600.0, ge=0, allow_inf_nan=False)  # an endless watch would never record "kept"
+    watch_min_labels: int = Field(50, ge=1, le=MAX_COUNT)
     #: roll back when the new champion's live metric is below the previous one's by this much, significantly
     watch_margin: float = Field(0.02, ge=0)
     significance: float = Field(0.05, gt=0, lt=1)
@@ -63,7 +69,7 @@ class Rollout(StrictModel):
         if not isinstance(raw, str):
             return raw
         text = raw.strip().lower()
-        match = re.fullmatch(r"canary\(\s*([0-9.]+)\s*%?\s*\)", text)
+        match = re.fullmatch(r"canary\(\s*([0-9]+\.?[0-9]*|\.[0-9]+)\s*%?\s*\)", text)
         if match:
             return {"mode": "canary", "percent": float(match.group(1))}
         if text in ("direct", "shadow", "canary"):
@@ -71,13 +77,17 @@ class Rollout(StrictModel):
         raise ValueError("rollout must be direct, shadow, canary or canary(PERCENT)")
 
 
+#: the longest loop interval (a year): longer ones overflow the clock and the waits (inf, 1e300)
+MAX_INTERVAL_S = 365 * 24 * 3600.0
+
+
 class Schedule(StrictModel):
     """The unattended worker's cadence (``loopml loop``)."""
 
     #: seconds between two cycles (monitor → rollouts → trigger → retrain → gate → promote)
-    interval_s: float = Field(60.0, gt=0)
+    interval_s: float = Field(60.0, gt=0, le=MAX_INTERVAL_S)
     #: predictions each cycle's drift check looks at (the newest)
-    monitor_rows: int = Field(5000, ge=10)
+    monitor_rows: int = Field(5000, ge=10, le=MAX_COUNT)
 
 
 class Policy(StrictModel):

@@ -78,7 +78,7 @@ def feedback_queue(store: Any, name: str, n: int = 50, strategy: str = "uncertai
     if not rows:
         return []
     frame = pd.DataFrame([r["inputs"] if isinstance(r["inputs"], dict) else {} for r in rows])
-    labelled = [f["inputs"] for f in store.list_feedback(name) if isinstance(f.get("inputs"), dict)]
+    labelled = store.labelled_inputs(name, last=window)
     if labelled:  # a twin of a labelled case teaches a retrain nothing either: it leaves the queue with it
         frame = frame[_not_labelled(model, frame, pd.DataFrame(labelled))]
     ranked = rank_candidates(model, frame, n, strategy, seed=seed)
@@ -273,8 +273,13 @@ def _diverse(frame: pd.DataFrame, weight: np.ndarray, reasons: list[str], n: int
         if len(members):
             picks.append((int(members[w[members].argmax()]), len(members)))
     picks.sort(key=lambda p: -w[p[0]])
-    return [_row(frame.index[pool[i]], float(w[i]), f"stands for {size} similar row{'s' if size != 1 else ''}; "
-                                                    f"{reasons[pool[i]]}") for i, size in picks]
+    out = [_row(frame.index[pool[i]], float(w[i]), f"stands for {size} similar row{'s' if size != 1 else ''}; "
+                                                   f"{reasons[pool[i]]}") for i, size in picks]
+    # rows the encoding cannot tell apart (text is left out, unseen categories share one code) are still
+    # distinct inputs: fewer clusters than n are topped up with the most uncertain of the rest
+    chosen = {i for i, _ in picks}
+    rest = [i for i in range(len(pool)) if i not in chosen][: max(n - len(out), 0)]
+    return out + [_row(frame.index[pool[i]], float(w[i]), reasons[pool[i]]) for i in rest]
 
 
 def encode(frame: pd.DataFrame, ref: dict) -> np.ndarray:

@@ -304,6 +304,12 @@ def _advance_trial(store, r: dict, rules, now: float) -> dict | None:
         return _change(r, "cancelled", reason, {}) if ok else None
     count, evidence = trial_evidence(store, r)
     if evidence is None or count < rules.min_live_labels or len(evidence[0]) < min(rules.min_live_labels, 10):
+        if now - r["started_at"] > rules.trial_max_s:
+            reason = (f"{r['mode']} trial of version {cand} timed out after {rules.trial_max_s:g} s with {count} of "
+                      f"{rules.min_live_labels} live labels; {where} stays on version {champ}")
+            numbers = {"candidate_labels": count, "timed_out": True}
+            ok = _transition(store, r, "rejected", kind="rollout", promoted=False, reason=reason, numbers=numbers)
+            return _change(r, "rejected", reason, numbers) if ok else None
         _note(store, r, {"candidate_labels": count})
         return None
     champion, candidate, regression, paired, rows = evidence

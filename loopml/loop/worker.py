@@ -36,7 +36,10 @@ class StopRequested(KeyboardInterrupt):
 
 
 def _clock(stamp: float | None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(stamp)) if stamp else "never"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(stamp)) if stamp else "never"
+    except (OverflowError, ValueError, OSError):  # a stamp no clock can show (inf, 1e300 from an old schedule)
+        return "never"
 
 
 # -- loop_state -------------------------------------------------------------------------------------
@@ -169,7 +172,9 @@ class LoopWorker:
         while not self.stopping:
             try:
                 row = read_state(self.store, self.name) or {}
-                wait = (row.get("next_cycle_at") or 0) - time.time()
+                # at most one interval: a schedule written with a longer (or infinite) interval, or before the
+                # clock went back, must not hold this worker past its own interval
+                wait = min((row.get("next_cycle_at") or 0) - time.time(), self.interval)
                 if wait > 0 and not once and self.stop_event.wait(wait):
                     break
                 if self.keeper.lost:

@@ -35,12 +35,12 @@ def loop_command(
     stops. The schedule survives restarts; SIGTERM stops it cleanly (a retrain in progress is
     interrupted, recorded, and redone at the next start)."""
     from loopml.errors import LoopmlError
-    from loopml.loop.policy import load_policy
+    from loopml.loop.policy import MAX_INTERVAL_S, load_policy
     from loopml.loop.worker import LoopWorker
     from loopml.registry import Store
 
-    if interval is not None and not interval > 0:
-        raise LoopmlError(f"--interval must be a positive number of seconds (got {interval})")
+    if interval is not None and not 0 < interval <= MAX_INTERVAL_S:
+        raise LoopmlError(f"--interval must be a positive number of seconds, at most {MAX_INTERVAL_S:g} (got {interval})")
     if not policy.is_file():
         raise LoopmlError(f"policy file not found: {policy}")
     worker = LoopWorker(Store(store, artifacts), name, load_policy(policy), interval=interval, echo=typer.echo)

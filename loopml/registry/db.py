@@ -6,6 +6,7 @@ changes go through a new migration, never through ``create_all``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -202,10 +203,8 @@ def _sqlite_interrupt_releases_locks(engine: Engine) -> None:
         cursor = getattr(context, "cursor", None) or getattr(context.execution_context, "cursor", None)
         if cursor is None:
             return
-        try:
+        with contextlib.suppress(sqlite3.Error):  # already closed or unusable: closing the connection copes
             cursor.close()
-        except sqlite3.Error:  # already closed or unusable: the connection's close copes with that itself
-            pass
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

@@ -133,6 +133,22 @@ class Records:
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(query)]
 
+    def labelled_inputs(self, model_name: str, last: int = 5000) -> list[dict]:
+        """The inputs snapshot of the newest ``last`` feedback rows (the queue drops their twins; bounded as it is)."""
+        f = db.feedback
+        query = (sa.select(f.c.inputs).where(f.c.model_name == model_name, f.c.inputs.is_not(None))
+                 .order_by(f.c.created_at.desc()).limit(last))
+        with self.engine.connect() as c:
+            return [r for r in c.execute(query).scalars() if isinstance(r, dict)]
+
+    def labelled(self, prediction_ids: list[str]) -> set[str]:
+        """Which of these predictions have feedback (a labeller skips one labelled since its queue was read)."""
+        if not prediction_ids:
+            return set()
+        f = db.feedback
+        with self.engine.connect() as c:
+            return set(c.execute(sa.select(f.c.prediction_id).where(f.c.prediction_id.in_(prediction_ids))).scalars())
+
     def list_feedback(self, model_name: str, since: float = 0.0) -> list[dict]:
         """Feedback rows with the inputs of their prediction filled in where it was logged."""
         joined = db.feedback.outerjoin(db.predictions, db.feedback.c.prediction_id == db.predictions.c.id)

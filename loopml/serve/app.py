@@ -358,7 +358,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                     logged = await run_in_threadpool(store.get_prediction, body.prediction_id)
                 if logged is None:  # the store is slow: the sibling's acknowledged row is still only in its spool
                     logged = await run_in_threadpool(predictions.find_spooled, body.prediction_id)
-                if logged is None or logged["model_name"] != name:  # another model's row is not this one's case
+                # another model's row is not this one's case; nor is a shadow row (no client was ever given its id)
+                if logged is None or logged["model_name"] != name or logged.get("served") is False:
                     raise _HTTP(404, f"no prediction with id '{body.prediction_id}'")
                 # a snapshot on the feedback row: it never depends on the prediction row (spooled, or pruned later)
                 inputs = inputs if inputs is not None else logged["inputs"]

@@ -6,6 +6,7 @@ pool (it reads up to ``WINDOW`` rows and scores them with the served model), nev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -47,6 +48,9 @@ class QueueResponse(BaseModel):
 def queue_router(store: Any, state: dict, client_key: Callable) -> APIRouter:
     """The route, reading the served model from ``state["served"]`` at each request (it follows swaps)."""
     router = APIRouter(dependencies=[Depends(client_key)])
+    # one ranking at a time: each is seconds of CPU (and GIL) at full window; callers piling up in the
+    # thread pool would take the cores from predict, so the next one waits here, off the event loop
+    one_at_a_time = asyncio.Lock()
 
     @router.get("/v1/feedback/queue", response_model=QueueResponse, name="feedback_queue",
                 summary="Unlabelled predictions ranked by how much a label would help, with a reason each")
@@ -55,7 +59,8 @@ def queue_router(store: Any, state: dict, client_key: Callable) -> APIRouter:
                     ) -> StrictJSONResponse:
         served = state["served"]
         try:
-            rows = await run_in_threadpool(feedback_queue, store, served.name, n, strategy, model=served.model)
+            async with one_at_a_time:
+                rows = await run_in_threadpool(feedback_queue, store, served.name, n, strategy, model=served.model)
         except SQLAlchemyError as e:
             log.error("feedback queue: store unavailable: %s", e)
             raise HTTPException(503, "the store is unavailable; retry shortly", headers={"Retry-After": "1"}) from None

@@ -1,0 +1,193 @@
+"""The labelling queue attacked: date columns, old versions' columns, twins of labelled cases, overflowing
+inputs, terminal escapes in logged text, Python-only number spellings, and queue calls piling up."""
+
+import asyncio
+import io
+import sys
+import time
+import uuid
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import loopml
+from loopml.cli import main
+from loopml.loop.label_cli import check_label, compact
+from loopml.loop.queue import STRATEGIES, feedback_queue, rank_candidates
+from loopml.registry import Store
+
+
+def make(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=n)
+    when = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 500, size=n), unit="D")
+    return pd.DataFrame({"a": a, "when": when.strftime("%Y-%m-%d"), "kind": rng.choice(["x", "y", "z"], size=n),
+                         "label": np.where(a > 0, "pos", "neg")})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qattack")
+    model = loopml.Model(target="label", training={"epochs": 4, "seed": 0}).fit(make(300, 0), progress=False,
+                                                                                   cache_dir=False)
+    return model, model.save(root / "m")
+
+
+def _store(tmp_path, model_dir) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "artifacts"))
+    store.register("clf", path=model_dir)
+    store.promote("clf", 1)
+    return store
+
+
+def _log(store: Store, records: list[dict], version: int = 1) -> list[str]:
+    now, ids, rows = time.time(), [], []
+    for i, record in enumerate(records):
+        ids.append(uuid.uuid4().hex)
+        rows.append({"id": ids[-1], "model_name": "clf", "model_version": version, "created_at": now + i * 1e-3,
+                     "inputs": record, "latency_ms": 1.0,
+                     "outputs": {"prediction": "neg", "probabilities": {"neg": 0.5, "pos": 0.5}}})
+    store.log_predictions(rows)
+    return ids
+
+
+def test_a_date_column_and_old_versions_columns_rank_in_every_strategy(trained, tmp_path):
+    """A model with a date column 500'd on uncertainty/drift/diverse (KeyError 'values'): the date
+    reference is binned as numbers. Rows of an older version (other columns, none of the date) rank too."""
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    frame = make(60, 1).drop(columns=["label"])
+    frame.loc[:29, "when"] = "2031-06-01"  # drifted dates
+    _log(store, frame.to_dict("records"))
+    _log(store, [{"b": float(i), "colour": "red"} for i in range(20)], version=0)  # an older version's columns
+    for strategy in STRATEGIES:
+        ranked = rank_candidates(model, frame, 5, strategy)
+        assert len(ranked) == 5, strategy
+        queue = feedback_queue(store, "clf", 10, strategy)
+        assert len(queue) == 10 and all(isinstance(q["reason"], str) for q in queue), strategy
+    top = rank_candidates(model, frame, 3, "drift")
+    assert any("when=" in r["reason"] for r in top), top
+
+
+def test_a_twin_of_a_labelled_case_leaves_the_queue(trained, tmp_path):
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    twin = {"a": 0.001, "when": "2020-05-05", "kind": "x"}
+    first, second = _log(store, [twin, dict(twin), {"a": 0.002, "when": "2020-05-06", "kind": "y"}])[:2]
+    assert len(feedback_queue(store, "clf", 10, model=model)) == 2  # identical inputs appear once
+    store.add_feedback("clf", "pos", first, twin)
+    ids = {q["prediction_id"] for q in feedback_queue(store, "clf", 10, model=model)}
+    assert first not in ids and second not in ids and len(ids) == 1
+
+
+def test_overflowing_inputs_rank_without_a_warning_line(trained):
+    model, _ = trained
+    frame = pd.DataFrame({"a": [3e38, -3e38, 0.0], "when": ["2020-01-01"] * 3, "kind": ["x"] * 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning would be printed into the labeller's terminal
+        ranked = rank_candidates(model, frame, 3, "uncertainty")
+    assert len(ranked) == 3 and all(np.isfinite(r["score"]) for r in ranked)
+
+
+def test_logged_text_cannot_rewrite_the_labellers_terminal(trained, tmp_path, monkeypatch, capsys):
+    nasty = "evil\rSAFE\x1b]0;title\x07\x1b[2J\b\b\u202eRTL\x00"
+    shown = compact({"kind": nasty, "a\x1b[1m": 1})
+    assert not any(ord(c) < 32 or c == "\x7f" or c == "\u202e" for c in shown), shown
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    _log(store, [{"a": 0.0001, "when": "2020-02-02", "kind": nasty}])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    assert main(["label", "clf", "--n", "1", "--store", store.url]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out and "\x00" not in out, repr(out)
+    assert "1 skipped" in out
+
+
+class _Number:
+    kind, column = "number", "y"
+
+
+@pytest.mark.parametrize("text", ["1_000", "١٢", "0x10", "1,5", "nan", "inf", "-inf", "1e400", "12abc", "∞"])
+def test_a_regression_label_is_a_plain_number(text):
+    label, problem = check_label(_Number(), text)
+    assert label is None and problem, (text, label)
+
+
+@pytest.mark.parametrize(("text", "value"), [("3.5", 3.5), ("-2", -2), ("1e3", 1000), (".5", 0.5), ("+7", 7)])
+def test_plain_numbers_are_labels(text, value):
+    assert check_label(_Number(), text) == (value, None)
+
+
+def test_queue_calls_run_one_at_a_time(trained, tmp_path, monkeypatch):
+    """Each ranking is CPU work in the thread pool; many callers at once would starve predict of the
+    cores (and the GIL): they wait for one another instead."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    import loopml.serve.queue_routes as routes
+
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    running, peak = [0], [0]
+
+    def slow(*a, **k):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        running[0] -= 1
+        return []
+
+    monkeypatch.setattr(routes, "feedback_queue", slow)
+
+    class Served:
+        name, version = "clf", 1
+
+    Served.model = model
+    app = FastAPI()
+    app.include_router(routes.queue_router(store, {"served": Served}, lambda: None))
+
+    async def burst():
+        import httpx
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await asyncio.gather(*(c.get("/v1/feedback/queue") for _ in range(4)))
+
+    answers = asyncio.run(burst())
+    assert [a.status_code for a in answers] == [200] * 4
+    assert peak[0] == 1, peak
+    assert TestClient(app).get("/v1/feedback/queue?n=0").status_code == 422
+
+
+def test_diverse_offers_n_rows_when_the_encoding_cannot_tell_them_apart(trained):
+    """Unseen categories share one code (and text is not encoded): k-means saw one point and diverse
+    offered 1 row of the 20 asked, though every row was a distinct input."""
+    model, _ = trained
+    frame = pd.DataFrame({"a": [0.01] * 30, "when": ["2020-03-03"] * 30, "kind": [f"new{i}" for i in range(30)]})
+    ranked = rank_candidates(model, frame, 20, "diverse")
+    assert len(ranked) == 20 and len({r["index"] for r in ranked}) == 20
+    assert ranked[0]["reason"].startswith("stands for ")
+
+
+def test_two_labellers_never_write_one_prediction_twice(trained, tmp_path, monkeypatch, capsys):
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    ids = _log(store, [{"a": 0.001 * i, "when": "2020-04-04", "kind": "x"} for i in range(1, 4)])
+    queue = feedback_queue(store, "clf", 3, model=model)
+
+    class Other(io.StringIO):
+        """The second labeller: while this one types its first label, the other session labels every row."""
+        def readline(self, *a):
+            for q in queue:
+                if not store.labelled([q["prediction_id"]]):
+                    store.add_feedback("clf", "neg", q["prediction_id"], q["inputs"])
+            return super().readline(*a)
+
+    monkeypatch.setattr(sys, "stdin", Other("pos\npos\npos\n"))
+    assert main(["label", "clf", "--n", "3", "--store", store.url]) == 0
+    out = capsys.readouterr().out
+    assert "labelled meanwhile" in out and "0 labels written, 3 skipped" in out, out
+    rows = store.list_feedback("clf")
+    assert sorted(f["prediction_id"] for f in rows) == sorted(ids) and {f["label"] for f in rows} == {"neg"}
