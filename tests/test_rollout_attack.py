@@ -99,3 +99,27 @@ def test_a_trial_without_labels_times_out_instead_of_blocking_retraining(tmp_pat
     assert decision["kind"] == "rollout" and decision["numbers"]["timed_out"] is True
     store.add_feedback("toy", "yes", inputs={"x": 1.0})
     assert should_retrain(store, "toy", policy)[0]
+
+
+def test_a_trial_is_visible_in_monitor_and_metrics(tmp_path):
+    from loopml.loop.rollout import start_rollout
+    from loopml.loop.worker import loop_status
+    from loopml.loop.worker_cli import loop_lines
+    from loopml.registry import db
+    from loopml.serve.metrics import ServerMetrics
+
+    store = Store(f"sqlite:///{tmp_path}/r.db", str(tmp_path / "artifacts"))
+    with store.writer.begin() as c:
+        c.execute(db.registered_models.insert().values(name="toy", created_at=time.time(), latest_version=3))
+        c.execute(db.aliases.insert().values(name="toy", alias="production", version=2, updated_at=time.time()))
+    start_rollout(store, "toy", alias="production", candidate=3, champion=2, mode="canary", percent=25,
+                  numbers={"candidate_labels": 7})
+    assert any(line.startswith("rollout: toy:3 canary 25% trial") and "7 live labels" in line
+               for line in loop_lines(store, "toy"))
+    metrics = ServerMetrics()
+    metrics.observe_loop("toy", loop_status(store, "toy"))
+    text = metrics.render().decode()
+    metrics.close()
+    assert 'loopml_rollout_candidate_version{mode="canary",model="toy",state="trial"} 3.0' in text
+    assert 'loopml_rollout_candidate_labels{mode="canary",model="toy",state="trial"} 7.0' in text
+    assert 'loopml_rollout_candidate_version{mode="shadow",model="toy",state="trial"} 0.0' in text

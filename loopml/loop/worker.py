@@ -92,7 +92,10 @@ def loop_status(store, name: str) -> dict:
         d = dict(r._mapping)
         key = (d["kind"] or "retrain", decision_outcome(d))
         counts[key] = counts.get(key, 0) + 1
-    return {"state": row, "worker": holder if alive else None, "decisions": counts}
+    from loopml.loop.rollout import ACTIVE, list_rollouts
+
+    return {"state": row, "worker": holder if alive else None, "decisions": counts,
+            "rollouts": list_rollouts(store, name, ACTIVE)}
 
 
 # -- the worker -------------------------------------------------------------------------------------

@@ -75,6 +75,13 @@ def loop_lines(store, name: str, decisions: int = 5) -> list[str]:
                 phase += ", interrupted: redone when a worker starts"
         lines = [f"loop: {who}; {row['cycles'] or 0} cycles, last {_clock(row['last_cycle_at'])}, "
                  f"next {_clock(row['next_cycle_at']) if worker else '(when a worker runs)'}; {phase}"]
+    for r in status.get("rollouts", []):  # a candidate on trial or a champion under watch: how far it is
+        share = f" {r['percent']:g}%" if r["mode"] == "canary" and r.get("percent") else ""
+        labels = (r.get("numbers") or {}).get("candidate_labels")
+        until = f", watched until {_clock(r['watch_until'])}" if r["state"] == "watching" and r.get("watch_until") else ""
+        lines.append(f"rollout: {name}:{r['candidate_version']} {r['mode']}{share} {r['state']} since "
+                     f"{_clock(r['started_at'])} (champion :{r['champion_version']}"
+                     f"{f', {labels} live labels' if labels is not None else ''}{until})")
     recent = store.list_gate_decisions(name)[-decisions:]
     if recent:
         lines.append("last decisions:")

@@ -92,6 +92,11 @@ class ServerMetrics:
                                     ["model"], registry=r, multiprocess_mode="livemostrecent")
         self.decisions = Gauge("loopml_decisions_total", "Decisions recorded in the store", ["model", "kind", "outcome"],
                                registry=r, multiprocess_mode="livemostrecent")
+        self.rollout_version = Gauge("loopml_rollout_candidate_version",
+                                     "Version on trial (shadow/canary) or under watch; 0 when none", ["model", "mode", "state"],
+                                     registry=r, multiprocess_mode="livemostrecent")
+        self.rollout_labels = Gauge("loopml_rollout_candidate_labels", "Live labels on that version's own predictions so far",
+                                    ["model", "mode", "state"], registry=r, multiprocess_mode="livemostrecent")
 
     def observe_batch(self, rows: int, queued: int) -> None:
         self.batch_size.observe(rows)
@@ -122,6 +127,13 @@ class ServerMetrics:
         self.loop_worker_up.labels(model).set(1.0 if status.get("worker") else 0.0)
         for (kind, outcome), count in status.get("decisions", {}).items():
             self.decisions.labels(model, kind, outcome).set(count)
+        for state in ("trial", "watching"):  # one series per state, set to 0 when nothing is in it
+            active = [r for r in status.get("rollouts", []) if r["state"] == state]
+            for mode in ("shadow", "canary", "direct"):
+                here = [r for r in active if r["mode"] == mode]
+                self.rollout_version.labels(model, mode, state).set(here[-1]["candidate_version"] if here else 0)
+                labels = (here[-1].get("numbers") or {}).get("candidate_labels", 0) if here else 0
+                self.rollout_labels.labels(model, mode, state).set(labels or 0)
 
     def observe_drift(self, model: str, result: dict) -> None:
         columns = dict(result.get("columns", {}))
