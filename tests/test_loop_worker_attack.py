@@ -55,3 +55,78 @@ def test_a_schedule_far_away_or_infinite_does_not_hold_a_worker_past_its_interva
         write_state(store, "clf", next_cycle_at=due)
         assert loop_lines(store, "clf")[0].startswith("loop:")
     assert _clock(float("inf")) == _clock(1e300) == "never"
+
+
+def test_a_deleted_store_file_stops_the_worker_in_one_line(champion_dir, tmp_path):  # noqa: F811
+    """`rm .loopml/registry.db` under a running worker: its open connections kept the deleted file alive, and it
+    went on cycling, deciding and promoting into a file no one could read. Now it stops, naming the store."""
+    store = _store(tmp_path, champion_dir)
+    policy = load_policy({**POLICY, "loop": {"interval_s": 0.2, "monitor_rows": 10}})
+    stop, lines, errors = threading.Event(), [], []
+
+    def target() -> None:
+        try:
+            run_loop(store, "clf", policy, stop_event=stop, echo=lines.append)
+        except LoopmlError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    try:
+        deadline = time.time() + 10
+        while (read_state(store, "clf") or {}).get("cycles", 0) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"r.db{suffix}").unlink(missing_ok=True)
+        thread.join(10)
+        assert not thread.is_alive(), lines
+    finally:
+        stop.set()
+        thread.join(10)
+    assert errors and "was deleted or replaced" in str(errors[0]) and "r.db" in str(errors[0]), lines
+
+
+def test_a_retrain_that_keeps_failing_backs_off_and_its_labels_still_trigger_once_fixed(champion_dir, tmp_path,  # noqa: F811
+                                                                                         monkeypatch):
+    """A failed retrain used to consume its trigger: after the cause was fixed (a moved training file, a full disk)
+    the labels never triggered again. Not consuming them must not make the loop retry every cycle either."""
+    from test_loop import RECODED, _feed, make
+
+    import loopml.loop.retrain as retrain_module
+
+    store = _store(tmp_path, champion_dir)
+    _feed(store, make(120, 5, codes=RECODED))
+    # min_holdout above the feedback: once fixed, the retrain decides 'not enough feedback' at once (no training)
+    policy = load_policy({**POLICY, "trigger": {"min_feedback": 100}, "data": {**POLICY["data"], "min_holdout": 1000},
+                          "loop": {"interval_s": 0.2, "monitor_rows": 10}})
+    broken = {"on": True}
+    real = retrain_module._retrain
+
+    def flaky(*args, **kwargs):
+        if broken["on"]:
+            raise LoopmlError("cannot find the champion's train data (gone.csv)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(retrain_module, "_retrain", flaky)
+    stop, lines = threading.Event(), []
+    thread = threading.Thread(target=run_loop, args=(store, "clf", policy), kwargs={"stop_event": stop,
+                                                                                    "echo": lines.append})
+    thread.start()
+    try:
+        time.sleep(3.5)  # ~17 cycles: without a back-off that many failed retrains
+        failed = [d for d in store.list_gate_decisions("clf") if (d["numbers"] or {}).get("failed")]
+        assert 2 <= len(failed) <= 6, ([d["reason"] for d in failed], lines)
+        assert any("retrain(s) failed: retrying at" in line for line in lines), lines
+        broken["on"] = False
+        deadline = time.time() + 30  # the back-off is at most 2^failures × 0.2 s here
+        while time.time() < deadline and not any(
+                d["kind"] == "retrain" and not (d["numbers"] or {}).get("failed") for d in store.list_gate_decisions("clf")):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(20)
+    decided = [d for d in store.list_gate_decisions("clf") if d["kind"] == "retrain" and not d["numbers"].get("failed")]
+    assert len(decided) == 1 and decided[0]["reason"].startswith("not enough feedback"), lines
+    decisions = store.list_gate_decisions("clf")
+    triggers = [d for d in decisions if d["kind"] == "loop" and d["numbers"]["event"] == "trigger"]
+    assert len(triggers) == len([d for d in decisions if d["kind"] == "retrain"]), lines  # one attempt per trigger

@@ -33,7 +33,9 @@ def should_retrain(store, name: str, policy: Policy) -> tuple[bool, str]:
     if on_trial:  # a candidate on live trial: judge it before training another (a watch does not block)
         return False, f"version {on_trial[-1]['candidate_version']} is on {on_trial[-1]['mode']} trial"
     # labels count from the last retrain's decision: a rollout's, a watch's or the loop's own rows do not reset it
-    decisions = [d for d in store.list_gate_decisions(name) if d.get("kind") in (None, "retrain")]
+    # a failed retrain does not consume its labels either: once its cause is fixed they still trigger one
+    decisions = [d for d in store.list_gate_decisions(name) if d.get("kind") in (None, "retrain")
+                 and not (d.get("numbers") or {}).get("failed")]
     since = decisions[-1]["at"] if decisions else 0.0
     new = store.list_feedback(name, since)
     if len(new) >= policy.trigger.min_feedback:
@@ -86,7 +88,9 @@ def gate(champion, candidate, window: pd.DataFrame, test: pd.DataFrame, policy: 
         return False, (f"{g.metric} on the original test set falls {champ_test:.4f} → {cand_test:.4f} "
                        f"(more than {g.max_test_regression})"), numbers
     tested = f"original test {champ_test:.4f} → {cand_test:.4f}" if len(test) else "no original test rows"
-    return True, f"{g.metric} on held-back feedback {champ_window:.4f} → {cand_window:.4f} (p={p_value:.3f}); {tested}", numbers
+    # a regression gate has no paired right/wrong test (margin and test-set tolerance only): no p-value to quote
+    tested_p = "" if candidate.preprocessor.target.kind == "number" else f" (p={p_value:.3f})"
+    return True, f"{g.metric} on held-back feedback {champ_window:.4f} → {cand_window:.4f}{tested_p}; {tested}", numbers
 
 
 def retrain(store, name: str, policy: Policy, reason: str = "manual", progress: bool = False) -> dict:

@@ -27,6 +27,8 @@ from loopml.registry.liveness import pid_alive
 PURPOSE = "loop"
 #: the loop lock's expiry: a holder renews it every third of this; a dead holder on another host frees it after it
 LOCK_TTL_S = 120.0
+#: the longest wait before retrying a retrain that keeps failing (or one interval, if that is longer)
+MAX_BACKOFF_S = 3600.0
 
 
 class StopRequested(KeyboardInterrupt):
@@ -171,6 +173,7 @@ class LoopWorker:
         return f"another worker runs the loop (pid {holder['pid']} on {holder['host']}, since {_clock(holder['acquired_at'])})"
 
     def _active(self, once: bool) -> str:
+        store_file = _store_file(self.store)
         self._recover()
         while not self.stopping:
             try:
@@ -180,6 +183,7 @@ class LoopWorker:
                 wait = min((row.get("next_cycle_at") or 0) - time.time(), self.interval)
                 if wait > 0 and not once and self.stop_event.wait(wait):
                     break
+                _check_store_file(store_file)
                 if self.keeper.lost:
                     self.echo(f"loop {self.name}: lost the loop lock (another worker took it over); standing by")
                     return "lost"
@@ -260,6 +264,13 @@ class LoopWorker:
         if not fire:
             self.echo(f"cycle {n}: {seen}; no retrain: {why}")
             return
+        streak, last_failed = _failed_streak(self.store, self.name)
+        if streak:  # a retrain that keeps failing: retried after interval × 2^failures, not every cycle
+            retry_at = last_failed + min(self.interval * 2 ** min(streak, 20), max(MAX_BACKOFF_S, self.interval))
+            if time.time() < retry_at:
+                self.echo(f"cycle {n}: {seen}; trigger: {why}, but the last {streak} retrain(s) failed: "
+                          f"retrying at {_clock(retry_at)}")
+                return
         self.echo(f"cycle {n}: {seen}; trigger: {why} → retraining")
         self.store.add_gate_decision(self.name, None, self.store.alias_version(self.name, self.policy.alias), False,
                                      f"cycle {n}: trigger: {why} → retraining", {"event": "trigger", "cycle": n,
@@ -332,6 +343,47 @@ class LoopWorker:
         except Exception as e:  # noqa: BLE001  as in cycle(): the worker goes on (retrain recorded the failure)
             self.echo(f"cycle {n}: error: {type(e).__name__}: {e}")
         self._finish(n, cycle_started, state)
+
+
+def _failed_streak(store, name: str) -> tuple[int, float]:
+    """Retrains that failed in a row since the last one that decided (a signal's interruption is not counted: it
+    is redone at once), and when the last of them failed."""
+    streak, last = 0, 0.0
+    for d in reversed(store.list_gate_decisions(name)):
+        if (d.get("kind") or "retrain") != "retrain":
+            continue
+        if not (d.get("numbers") or {}).get("failed"):
+            break
+        if not str(d.get("reason") or "").startswith("failed: StopRequested"):
+            streak, last = streak + 1, max(last, float(d["at"]))
+    return streak, last
+
+
+def _store_file(store) -> tuple[str, tuple[int, int]] | None:
+    """A SQLite store's file and identity (device, inode); None for a server database or memory."""
+    url = store.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    try:
+        st = os.stat(url.database)
+    except OSError:
+        return None
+    return url.database, (st.st_dev, st.st_ino)
+
+
+def _check_store_file(known: tuple[str, tuple[int, int]] | None) -> None:
+    """Open connections keep a deleted SQLite file alive: without this the loop would go on deciding into a file
+    nobody can read (and a new store at that path would get a second worker)."""
+    if known is None:
+        return
+    path, identity = known
+    try:
+        st = os.stat(path)
+        same = (st.st_dev, st.st_ino) == identity
+    except OSError:
+        same = False
+    if not same:
+        raise LoopmlError(f"the store file {path} was deleted or replaced while the loop ran; stopping")
 
 
 def _describe_rollout(d: dict) -> str:

@@ -7,6 +7,7 @@ changes go through a new migration, never through ``create_all``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,9 @@ HEAD = "0007"
 DEFAULT_URL = "sqlite:///.loopml/registry.db"
 #: execution option marking a writing transaction (SQLite: BEGIN IMMEDIATE; reads stay deferred)
 WRITE = "loopml_write"
+# Ctrl-C while a connection goes back to the pool: SQLAlchemy logs "Exception during reset" with a
+# traceback (and re-raises); with no logging set up, Python's last-resort handler printed it on stderr
+logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
 
 metadata = sa.MetaData()
 store_info = sa.Table("store_info", metadata, sa.Column("key", sa.String(64), primary_key=True),
