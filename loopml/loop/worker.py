@@ -20,7 +20,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from loopml.errors import LoopmlError
-from loopml.loop.policy import Policy
+from loopml.loop.policy import MAX_INTERVAL_S, Policy
 from loopml.registry import db
 from loopml.registry.liveness import pid_alive
 
@@ -178,9 +178,9 @@ class LoopWorker:
         while not self.stopping:
             try:
                 row = read_state(self.store, self.name) or {}
-                # at most one interval: a schedule written with a longer (or infinite) interval, or before the
-                # clock went back, must not hold this worker past its own interval
-                wait = min((row.get("next_cycle_at") or 0) - time.time(), self.interval)
+                wait = (row.get("next_cycle_at") or 0) - time.time()
+                if not wait <= MAX_INTERVAL_S:  # inf/NaN/1e300 written before intervals were bounded: one interval
+                    wait = self.interval
                 if wait > 0 and not once and self.stop_event.wait(wait):
                     break
                 _check_store_file(store_file)
