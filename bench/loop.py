@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=("recoded", "shift"), default=None)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="shift: small sizes, a smoke run (not written as results)")
+    parser.add_argument("--quick", action="store_true", help="shift: small sizes, a smoke run (prints; writes no results)")
     args = parser.parse_args()
     if args.only in (None, "recoded"):
         recoded()

@@ -1,11 +1,13 @@
 """The loop, end to end, in one command (``make demo``): train v1 → serve → shifted traffic → label through
 the queue → drift → the loop worker retrains, gates, promotes → the server answers with v2.
 
-Data: adult (../shared/datasets/adult, read in place). v1 learns from people whose education is HS-grad
+Data: adult, read in place from DATASETS/adult: ``--data DATASETS``, else $LOOPML_DATASETS, else
+../shared/datasets next to the repository. v1 learns from people whose education is HS-grad
 or less; the traffic then comes from people with more schooling — a natural shift: the same columns,
-other people, and a model that has never seen them. Everything lands in demo-output/loop/.
+other people, and a model that has never seen them. Everything lands in demo-output/loop/ (a folder the
+demo made before is replaced; any other non-empty folder is refused).
 
-    python examples/demo_loop.py [--out demo-output/loop] [--keep-serving]
+    python examples/demo_loop.py [--data DATASETS] [--out demo-output/loop] [--keep-serving]
 
 Exit status: 0 when the server ends up answering with v2, 1 when it does not (the lines say why),
 2 when the data or a tool is missing. The server and its loop worker are stopped on any exit, Ctrl-C too.
@@ -26,7 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "datasets" / "adult"
+DATASETS_ENV = "LOOPML_DATASETS"
+MARKER = ".loopml-demo"  # written into --out: only a folder holding it is ever deleted
+LEGACY = ("adult_v1.csv", "registry.db", "server.log")  # a folder of a demo from before the marker
 POLICY = ROOT / "examples" / "demo_policy.yaml"
 COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
            "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income"]
@@ -39,6 +43,14 @@ class DemoFailed(Exception):
     """A step did not do what the demo needs; the message is the line printed before exiting 1."""
 
 
+class CannotRun(Exception):
+    """Missing data or a refused --out folder: the message is the line printed before exiting 2."""
+
+
+#: what is running now, so an interruption says only what it stopped
+RUNNING: dict[str, bool] = {"server": False}
+
+
 def step(text: str) -> None:
     print(f"[{time.perf_counter() - STARTED:5.1f}s] {text}", flush=True)
 
@@ -46,13 +58,52 @@ def step(text: str) -> None:
 STARTED = time.perf_counter()
 
 
-def read_adult():
+def show(path: Path) -> str:
+    """A path as the user can paste it: relative to the working directory (the repo under make) when inside it."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def find_adult(data: Path | None) -> Path:
+    """The adult folder: DATASETS/adult, DATASETS given by --data, $LOOPML_DATASETS or ../shared/datasets."""
+    if data is not None:
+        base, how = data, f"--data {data}"
+    elif os.environ.get(DATASETS_ENV):
+        base, how = Path(os.environ[DATASETS_ENV]), f"${DATASETS_ENV}={os.environ[DATASETS_ENV]}"
+    else:
+        base, how = ROOT.parent / "shared" / "datasets", "the default"
+    for folder in (base / "adult", base):  # the datasets folder, or the adult folder itself
+        if (folder / "adult.data").is_file() and (folder / "adult.test").is_file():
+            return folder
+    raise CannotRun(f"the demo reads adult.data and adult.test from {show(base / 'adult')} ({how}; not found): "
+                    f"point --data DIR or {DATASETS_ENV}=DIR at the folder that holds adult/")
+
+
+def prepare_out(out: Path) -> None:
+    """Empty ``out`` for a new run, deleting it only when absent, empty, or made by this demo (its marker)."""
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise CannotRun(f"--out {show(out)} is not a folder: give a new or empty folder")
+        if any(out.iterdir()):
+            made = (out / MARKER).is_file() or all((out / f).is_file() for f in LEGACY)
+            if not made or ROOT.is_relative_to(out.resolve()):
+                raise CannotRun(f"--out {show(out)} is not empty and was not made by the demo (no {MARKER} in it): "
+                                "give a new or empty folder")
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by examples/demo_loop.py; the next demo run deletes this folder\n")
+
+
+def read_adult(data: Path):
     import pandas as pd
 
     from loopml.data.read import DataConfig, read_table
 
     cfg = DataConfig(header=False, names=COLUMNS, comment="|")
-    train, test = read_table(DATA / "adult.data", cfg), read_table(DATA / "adult.test", cfg)
+    train, test = read_table(data / "adult.data", cfg), read_table(data / "adult.test", cfg)
     test[TARGET] = test[TARGET].str.rstrip(".")  # adult.test writes '>50K.'
     return pd.concat([train, test], ignore_index=True)
 
@@ -116,26 +167,23 @@ def accuracy(predicted: list, actual: list) -> float:
     return sum(str(p) == str(a) for p, a in zip(predicted, actual, strict=True)) / max(len(actual), 1)
 
 
-def demo(out: Path, keep_serving: bool) -> None:
+def demo(data: Path | None, out: Path, keep_serving: bool) -> None:
     import httpx
 
     import loopml
     from loopml.registry import Store
 
-    if not (DATA / "adult.data").is_file():
-        raise FileNotFoundError(f"the demo reads adult from {DATA.resolve()} (not found)")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    df = read_adult()
+    adult = find_adult(data)
+    prepare_out(out)
+    df = read_adult(adult)
     low = df["education-num"] <= 9
     source, traffic = df[low], df[~low].sample(frac=1.0, random_state=0)
     replay, held = traffic.iloc[:REPLAY], traffic.iloc[REPLAY : REPLAY + HELD_OUT]
     source.to_csv(out / "adult_v1.csv", index=False)
-    step(f"data: adult, {len(source):,} people with education HS-grad or less → {out / 'adult_v1.csv'}; traffic: "
+    step(f"data: adult, {len(source):,} people with education HS-grad or less → {show(out / 'adult_v1.csv')}; traffic: "
          f"people with more schooling ({REPLAY:,} replayed, {HELD_OUT:,} kept unseen)")
 
-    url, artifacts = f"sqlite:///{out / 'registry.db'}", out / "artifacts"
+    url, artifacts = f"sqlite:///{Path(os.path.abspath(out)) / 'registry.db'}", Path(os.path.abspath(out)) / "artifacts"
     store = Store(url, str(artifacts))
     v1 = loopml.Model(target=TARGET, learner={"type": "lightgbm"}).fit(out / "adult_v1.csv", progress=False,
                                                                        track="adult-demo", store=store)
@@ -147,10 +195,11 @@ def demo(out: Path, keep_serving: bool) -> None:
          f"on its own test rows, {v1_held:.3f} on the unseen shifted people")
 
     server = Server(url, artifacts, out / "server.log")
+    RUNNING["server"] = True
     try:
         server.wait_ready()
         step(f"serving {NAME}@production at {server.base} with the loop worker beside it (policy {POLICY.name}; "
-             f"log {out / 'server.log'})")
+             f"log {show(out / 'server.log')})")
         client = httpx.Client(base_url=server.base, timeout=60)
         truth, predicted = {}, []
         for begin in range(0, len(replay), BATCH):
@@ -163,6 +212,7 @@ def demo(out: Path, keep_serving: bool) -> None:
         step(f"replayed {len(replay):,} shifted rows over HTTP (POST /v1/models/{NAME}/predict): v1 was right on "
              f"{accuracy(predicted, replay[TARGET].tolist()):.1%} of them")
 
+        wait_for_log(store, len(truth))  # the queue then ranks every replayed row: the same labels every run
         labelled, reasons = label_from_queue(client, truth)
         step(f"labelled {labelled} rows the queue asked for (GET /v1/feedback/queue?strategy=uncertainty, then POST "
              f"/v1/feedback with the true label); e.g. '{reasons[0]}'")
@@ -185,19 +235,30 @@ def demo(out: Path, keep_serving: bool) -> None:
 
         (out / "metrics.txt").write_text(client.get("/metrics").text)
         (out / "openapi.json").write_text(client.get("/openapi.json").text)
-        v2_dir = Path(store.resolve(f"{NAME}:2")["path"])
-        step(f"look at: {out / 'v1' / 'report.html'} and {v2_dir / 'report.html'} (model reports), "
-             f"{out / 'drift.html'} (drift), {out / 'monitor.txt'}, {out / 'metrics.txt'} (/metrics), "
-             f"{out / 'openapi.json'} (/docs)")
+        (out / "v2").mkdir()
+        shutil.copyfile(Path(store.resolve(f"{NAME}:2")["path"]) / "report.html", out / "v2" / "report.html")
+        files = [f"{show(out / f)}{what}" for f, what in [
+            ("v1/report.html", ""), ("v2/report.html", " (model reports)"), ("drift.html", " (drift)"),
+            ("monitor.txt", ""), ("metrics.txt", " (/metrics)"), ("openapi.json", " (/docs)")]]
+        step(f"look at: {', '.join(files)}")
         if keep_serving:
             step(f"serving on: {server.base}/docs and {server.base}/metrics — Ctrl-C to stop")
             while server.proc.poll() is None:
                 time.sleep(1)
         else:
-            step(f"serve it again: loopml serve {NAME}@production --store {url} --artifacts {artifacts} "
-                 f"--loop-policy {POLICY.relative_to(ROOT)}   (then {server.base.rsplit(':', 1)[0]}:8000/docs)")
+            step(f"serve it again (after the export line below): loopml serve {NAME}@production --loop-policy {show(POLICY)}   "
+                 f"(then {server.base.rsplit(':', 1)[0]}:8000/docs)")
     finally:
         server.stop()
+
+
+def wait_for_log(store, n: int, seconds: float = 60.0) -> None:
+    """Until the server's prediction log holds all ``n`` answers (it reaches the store a moment after them)."""
+    deadline = time.time() + seconds
+    while len(store.list_predictions(NAME)) < n:
+        if time.time() > deadline:
+            raise DemoFailed(f"the prediction log did not reach {n} rows within {seconds:.0f} s")
+        time.sleep(0.3)
 
 
 def label_from_queue(client, truth: dict) -> tuple[int, list[str]]:
@@ -230,7 +291,7 @@ def drift_line(url: str, artifacts: Path, out: Path) -> None:
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     (out / "monitor.txt").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
-        raise DemoFailed(f"loopml monitor failed (exit {done.returncode}); see {out / 'monitor.txt'}")
+        raise DemoFailed(f"loopml monitor failed (exit {done.returncode}); see {show(out / 'monitor.txt')}")
     lines = done.stdout.splitlines()
     header = next((line.strip() for line in lines if "drift:" in line), "")
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
@@ -239,7 +300,7 @@ def drift_line(url: str, artifacts: Path, out: Path) -> None:
     live_accuracy = json.loads(live[5:]).get("accuracy") if live else None
     step(f"loopml monitor: {header}" + (f", drifted: {', '.join(flagged)}" if flagged else "")
          + (f"; v1 right on {live_accuracy:.0%} of the queued rows (the queue picks hard ones)" if live_accuracy else "")
-         + f"; report {out / 'drift.html'}")
+         + f"; report {show(out / 'drift.html')}")
 
 
 def wait_for_promotion(store, client) -> tuple[int, dict]:
@@ -263,24 +324,30 @@ def wait_for_promotion(store, client) -> tuple[int, dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "demo-output" / "loop")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help=f"the folder holding adult/ (default ${DATASETS_ENV}, else ../shared/datasets next to the repo)")
+    parser.add_argument("--out", type=Path, default=ROOT / "demo-output" / "loop",
+                        help=f"where everything lands; must be new, empty, or made by the demo before ({MARKER})")
     parser.add_argument("--keep-serving", action="store_true", help="keep the server up at the end (Ctrl-C stops it)")
     args = parser.parse_args()
     # a SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the finally blocks stop the server and worker
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        demo(args.out, args.keep_serving)
+        demo(args.data, args.out, args.keep_serving)
     except DemoFailed as e:
         step(f"DEMO FAILED: {e}")
         return 1
-    except FileNotFoundError as e:
+    except CannotRun as e:
         step(f"cannot run the demo: {e}")
         return 2
     except KeyboardInterrupt:
-        step("interrupted: server and loop worker stopped")
+        step("interrupted: server and loop worker stopped" if RUNNING["server"]
+             else "interrupted before the server started: nothing was running")
         return 130
     step(f"demo done in {time.perf_counter() - STARTED:.0f} s: v1 → shifted traffic → queue labels → drift → "
          "retrain → gate → v2 served")
+    step(f"to go on by hand (loopml monitor {NAME}, loopml models list, loopml serve ...), first run:  "
+         f"export LOOPML_STORE=sqlite:///{show(args.out / 'registry.db')}")
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    help="loopml: from a table to a trained, evaluated, saved model.",
+    help="loopml: train → registry → serve → feedback → drift → retrain → gated promotion → hot swap / rollback.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
 

@@ -41,9 +41,10 @@ def label_command(
         raise LoopmlError(f"--n must be between 1 and 500 (got {n})")
     check_strategy(strategy)
     s = Store(store)
-    model = loopml.load(s.resolve(f"{name}@{alias}")["path"])
+    resolved = s.resolve(f"{name}@{alias}")
+    model = loopml.load(resolved["path"])
     target = model.preprocessor.target
-    rows = feedback_queue(s, name, n, strategy, alias, model=model)
+    rows = feedback_queue(s, name, n, strategy, alias, model=model, ranked_by=int(resolved["version"]))
     if not rows:
         typer.echo(f"nothing to label: {name} has no logged predictions without feedback")
         return
@@ -57,7 +58,8 @@ def label_command(
                 skipped += 1
                 continue
             typer.echo(f"\n[{i}/{len(rows)}] {compact(row['inputs'])}")
-            typer.echo(f"  predicted {_visible(_prediction(row))} — {_visible(row['reason'])}")
+            typer.echo(f"  version {row['model_version']} predicted {_visible(_prediction(row))} — "
+                       f"{_visible(row['reason'])}")
             label = _ask(target)
             if label is _QUIT:
                 break

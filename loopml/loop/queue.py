@@ -66,14 +66,16 @@ def rank_candidates(model: Any, frame: pd.DataFrame, n: int, strategy: str = "un
 
 
 def feedback_queue(store: Any, name: str, n: int = 50, strategy: str = "uncertainty", alias: str = "production",
-                   window: int = WINDOW, *, model: Any = None, seed: int = 0) -> list[dict]:
+                   window: int = WINDOW, *, model: Any = None, seed: int = 0, ranked_by: int | None = None) -> list[dict]:
     """The logged, answered predictions of ``name`` without feedback (newest ``window``), ranked by the
-    ``alias`` version (or ``model``, already loaded: the server passes the one it serves)."""
+    ``alias`` version (or ``model``, already loaded: the server passes the one it serves, and its version
+    as ``ranked_by``). A row predicted by another version says whose doubt its reason is."""
     check_strategy(strategy)
     if model is None:
         import loopml
 
-        model = loopml.load(store.resolve(f"{name}@{alias}")["path"])
+        resolved = store.resolve(f"{name}@{alias}")
+        model, ranked_by = loopml.load(resolved["path"]), int(resolved["version"])
     rows = store.unlabelled_predictions(name, last=window)
     if not rows:
         return []
@@ -88,7 +90,10 @@ def feedback_queue(store: Any, name: str, n: int = 50, strategy: str = "uncertai
         outputs = row["outputs"] if isinstance(row["outputs"], dict) else {}
         out.append({"prediction_id": row["id"], "inputs": row["inputs"], "prediction": outputs.get("prediction"),
                     "probabilities": outputs.get("probabilities"), "model_version": row["model_version"],
-                    "created_at": row["created_at"], "score": r["score"], "reason": r["reason"]})
+                    "created_at": row["created_at"], "score": r["score"],
+                    # the logged prediction is its own version's; the ranking is the current model's doubt
+                    "reason": r["reason"] if ranked_by is None or row["model_version"] == ranked_by
+                    else f"by version {ranked_by}: {r['reason']}"})
     return out
 
 

@@ -336,7 +336,7 @@ def _advance_watch(store, r: dict, rules, now: float) -> dict | None:
     where = f"{name}@{alias}"
     current = store.alias_version(name, alias)
     if current != new:
-        reason = f"watch of version {new} ended: {where} moved to version {current} by other hands"
+        reason = f"watch of version {new} ended: {where} moved to version {current} ({_who_moved(store, name, alias)})"
         ok = _transition(store, r, "cancelled", kind="watch", promoted=False, reason=reason, numbers={})
         return _change(r, "cancelled", reason, {}) if ok else None
     since = float((r.get("numbers") or {}).get("promoted_at") or r["started_at"])
@@ -365,6 +365,15 @@ def _advance_watch(store, r: dict, rules, now: float) -> dict | None:
         return _change(r, "kept", reason, numbers) if ok else None
     _note(store, r, numbers)
     return None
+
+
+def _who_moved(store, name: str, alias: str) -> str:
+    """The alias's last move in words: 'promote by loopml retrain' / 'rollback by alice'."""
+    events = store.alias_history(name, alias)
+    if not events:
+        return "the alias was removed"
+    e = events[0]
+    return f"{e['action']} by {e['actor'] or 'unknown'}"
 
 
 def _note(store, r: dict, numbers: dict) -> None:

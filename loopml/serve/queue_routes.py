@@ -60,7 +60,8 @@ def queue_router(store: Any, state: dict, client_key: Callable) -> APIRouter:
         served = state["served"]
         try:
             async with one_at_a_time:
-                rows = await run_in_threadpool(feedback_queue, store, served.name, n, strategy, model=served.model)
+                rows = await run_in_threadpool(feedback_queue, store, served.name, n, strategy, model=served.model,
+                                                 ranked_by=served.version)
         except SQLAlchemyError as e:
             log.error("feedback queue: store unavailable: %s", e)
             raise HTTPException(503, "the store is unavailable; retry shortly", headers={"Retry-After": "1"}) from None
