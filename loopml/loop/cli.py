@@ -41,11 +41,13 @@ def monitor_command(
         p = result["predictions"]
         rows.append(["(predictions)", p["kind"], p["psi"], p["noise"], p.get("ks"), p.get("wasserstein"), p.get("chi2_p"),
                      p["level"]])
-    _table(f"{name}:{result['version']} — {result['rows']} predictions, drift: {'YES' if result['drift'] else 'no'}",
-           ["column", "kind", "PSI", "noise", "KS", "Wasserstein/σ", "χ² p", "level"], rows)
-    if result.get("status", "ok") != "ok":
-        typer.echo(f"no drift computed: {result['status']} in this window")
-    typer.echo(f"live: {json.dumps(result['live'])}")
+    if result.get("status", "ok") != "ok":  # no table of empty rows: say why there is none
+        typer.echo(f"{name}:{result['version']} — {result['rows']} predictions; no drift computed: "
+                   f"{result['status']} in this window")
+    else:
+        _table(f"{name}:{result['version']} — {result['rows']} predictions, drift: {'YES' if result['drift'] else 'no'}",
+               ["column", "kind", "PSI", "noise", "KS", "Wasserstein/σ", "χ² p", "level"], rows)
+    typer.echo(f"live (feedback in this window): {describe_live(result['live'])}")
     if report:
         from loopml.loop.report import drift_report
 
@@ -108,3 +110,14 @@ def retrain_command(
             typer.echo(f"{change['mode']} {name}:{change['candidate_version']} {change['from']} → {change['to']}: "
                        f"{change['reason']}")
         time.sleep(watch)
+
+
+def describe_live(live: dict) -> str:
+    """``{"labelled": 600, "accuracy": 0.455, "test_accuracy": 0.9006…}`` → "600 labelled, accuracy 0.455, …"."""
+    if not live:
+        return "no labels"
+    parts = []
+    for key, value in live.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, (dict, list)) else value
+        parts.append(f"{value} labelled" if key == "labelled" else f"{key.replace('_', ' ')} {shown}")
+    return ", ".join(parts)

@@ -31,9 +31,9 @@ def loop_command(
 ) -> None:
     """Run the loop unattended: monitor → rollouts → trigger → retrain → gate → promote, every interval.
 
-    One worker per model (a lock in the store); a second one stands by and takes over when the first
-    stops. The schedule survives restarts; SIGTERM stops it cleanly (a retrain in progress is
-    interrupted, recorded, and redone at the next start)."""
+    One worker per model (a lock in the store); a second one stands by and takes over when the first stops.
+
+    The schedule survives restarts; SIGTERM stops it cleanly (a retrain in progress is interrupted, recorded, redone)."""
     from loopml.errors import LoopmlError
     from loopml.loop.policy import MAX_INTERVAL_S, load_policy
     from loopml.loop.worker import LoopWorker
