@@ -64,3 +64,18 @@ def store_url(request, tmp_path):
     with admin.begin() as c:
         c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def recoded_champion(tmp_path_factory):
+    """The loop tests' champion (tests/test_loop.py ``make``: 900 rows, 10 epochs), trained once per session:
+    test_loop, test_loop_turns and test_loop_worker all start from it (read only; stores copy it)."""
+    from test_loop import make
+
+    import loopml
+
+    root = tmp_path_factory.mktemp("champion")
+    data = root / "train.csv"
+    make(900, 0).to_csv(data, index=False)
+    model = loopml.Model(target="label", training={"epochs": 10}).fit(data, progress=False, cache_dir=False)
+    return model, model.save(root / "champion")

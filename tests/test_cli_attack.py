@@ -53,8 +53,11 @@ def test_ctrl_c_during_training_exits_130_keeps_the_checkpoint_and_marks_the_run
     pd.DataFrame({"x": rng.normal(size=120), "label": rng.choice(["a", "b"], 120)}).to_csv(tmp_path / "d.csv", index=False)
     (tmp_path / "c.yaml").write_text("target: {column: label}\ntraining: {epochs: 5000, early_stopping: {patience: 5000}}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # a suite started in the background (`make test &`, nohup) ignores SIGINT, and a child inherits an ignored
+    # SIGINT: the training would never see the Ctrl-C. Give it the disposition a terminal's process has
     proc = subprocess.Popen(CLI + ["train", "-d", "d.csv", "-c", "c.yaml", "-q", "-o", "m"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not (tmp_path / "m.partial" / "last.safetensors").exists():
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"

@@ -32,13 +32,9 @@ def make(n: int, seed: int, codes: tuple | None = None) -> pd.DataFrame:
     return df
 
 
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loop")
-    data = root / "train.csv"
-    make(900, 0).to_csv(data, index=False)
-    model = loopml.Model(target="label", training={"epochs": 10}).fit(data, progress=False, cache_dir=False)
-    return model, model.save(root / "champion")
+@pytest.fixture
+def champion(recoded_champion):
+    return recoded_champion
 
 
 def _store(tmp_path, champion_dir, url: str | None = None) -> Store:

@@ -26,13 +26,9 @@ POLICY = {"data": {"holdout_fraction": 0.3, "min_holdout": 30, "feedback_weight"
 CODES = {0: None, 1: RECODED, 2: ("Q1", "Q2", "Q3"), 3: ("Z1", "Z2", "Z3")}
 
 
-@pytest.fixture(scope="module")
-def champion_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("turns")
-    data = root / "train.csv"
-    make(900, 0).to_csv(data, index=False)
-    model = loopml.Model(target="label", training={"epochs": 10}).fit(data, progress=False, cache_dir=False)
-    return model.save(root / "champion")
+@pytest.fixture
+def champion_dir(recoded_champion):
+    return recoded_champion[1]
 
 
 def _policy_file(tmp_path: Path, **overrides) -> Path:

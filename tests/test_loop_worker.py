@@ -30,13 +30,9 @@ POLICY = {"trigger": {"min_feedback": 100}, "data": {"holdout_fraction": 0.3, "m
           "train": {"training": {"epochs": 12}}, "loop": {"interval_s": 3600, "monitor_rows": 500}}
 
 
-@pytest.fixture(scope="module")
-def champion_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("worker")
-    data = root / "train.csv"
-    make(900, 0).to_csv(data, index=False)
-    model = loopml.Model(target="label", training={"epochs": 10}).fit(data, progress=False, cache_dir=False)
-    return model.save(root / "champion")
+@pytest.fixture
+def champion_dir(recoded_champion):
+    return recoded_champion[1]
 
 
 def _policy_file(tmp_path: Path, **overrides) -> Path:
