@@ -297,11 +297,10 @@ def _change(r: dict, state: str, reason: str, numbers: dict) -> dict:
 def _advance_trial(store, r: dict, rules, now: float) -> dict | None:
     name, alias, cand, champ = r["model_name"], r["alias"], r["candidate_version"], r["champion_version"]
     where = f"{name}@{alias}"
-    current = store.alias_version(name, alias)
-    if current != champ:
-        reason = f"{r['mode']} trial of version {cand} cancelled: {where} moved to version {current} meanwhile"
-        ok = _transition(store, r, "cancelled", kind="rollout", promoted=False, reason=reason, numbers={})
-        return _change(r, "cancelled", reason, {}) if ok else None
+    moved, change = _cancel_if_moved(store, r, champ, "rollout", lambda current: (
+        f"{r['mode']} trial of version {cand} cancelled: {where} moved to version {current} meanwhile"))
+    if moved:
+        return change
     count, evidence = trial_evidence(store, r)
     if evidence is None or count < rules.min_live_labels or len(evidence[0]) < min(rules.min_live_labels, 10):
         if now - r["started_at"] > rules.trial_max_s:
@@ -334,11 +333,10 @@ def _advance_trial(store, r: dict, rules, now: float) -> dict | None:
 def _advance_watch(store, r: dict, rules, now: float) -> dict | None:
     name, alias, new, old = r["model_name"], r["alias"], r["candidate_version"], r["champion_version"]
     where = f"{name}@{alias}"
-    current = store.alias_version(name, alias)
-    if current != new:
-        reason = f"watch of version {new} ended: {where} moved to version {current} ({_who_moved(store, name, alias)})"
-        ok = _transition(store, r, "cancelled", kind="watch", promoted=False, reason=reason, numbers={})
-        return _change(r, "cancelled", reason, {}) if ok else None
+    moved, change = _cancel_if_moved(store, r, new, "watch", lambda current: (
+        f"watch of version {new} ended: {where} moved to version {current} ({_who_moved(store, name, alias)})"))
+    if moved:
+        return change
     since = float((r.get("numbers") or {}).get("promoted_at") or r["started_at"])
     new_rows = labelled(store, name, new, since)
     old_rows = labelled(store, name, old, 0.0, until=since, newest=max(2 * rules.watch_min_labels, 100)) if old else []
@@ -365,6 +363,17 @@ def _advance_watch(store, r: dict, rules, now: float) -> dict | None:
         return _change(r, "kept", reason, numbers) if ok else None
     _note(store, r, numbers)
     return None
+
+
+def _cancel_if_moved(store, r: dict, expected: int, kind: str, describe) -> tuple[bool, dict | None]:
+    """When the alias no longer points at ``expected``, the rollout is cancelled (a decision row says why):
+    (True, the change, or None when another worker cancelled it first); else (False, None)."""
+    current = store.alias_version(r["model_name"], r["alias"])
+    if current == expected:
+        return False, None
+    reason = describe(current)
+    ok = _transition(store, r, "cancelled", kind=kind, promoted=False, reason=reason, numbers={})
+    return True, (_change(r, "cancelled", reason, {}) if ok else None)
 
 
 def _who_moved(store, name: str, alias: str) -> str:
