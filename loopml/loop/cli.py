@@ -76,8 +76,9 @@ def retrain_command(
     from loopml.errors import LoopmlError
     from loopml.loop.feedback_rows import describe_skipped
     from loopml.loop.policy import load_policy
-    from loopml.loop.retrain import retrain, should_retrain
+    from loopml.loop.retrain import describe_outcome, retrain, should_retrain
     from loopml.loop.rollout import advance_rollouts
+    from loopml.loop.worker import describe_rollout
     from loopml.registry import Store
 
     s, p = Store(store), load_policy(policy)
@@ -97,18 +98,13 @@ def retrain_command(
             skipped = (decision.get("numbers") or {}).get("feedback_skipped") or {}
             if skipped:
                 typer.echo(describe_skipped(skipped))
-            if decision.get("candidate_version") is None:
-                typer.echo(f"no candidate: {decision['reason']}")
-            else:
-                verdict = "PROMOTED" if decision["promoted"] else "on trial" if decision.get("trial") else "rejected"
-                typer.echo(f"candidate {name}:{decision['candidate_version']} {verdict}: {decision['reason']}")
+            typer.echo(describe_outcome(name, decision))
         else:
             typer.echo(f"no retrain: {why}")
         if not watch:
             return
         for change in advance_rollouts(s, name, p):  # a trial or a watch is judged each time round, as the worker does
-            typer.echo(f"{change['mode']} {name}:{change['candidate_version']} {change['from']} → {change['to']}: "
-                       f"{change['reason']}")
+            typer.echo(describe_rollout(change))
         time.sleep(watch)
 
 

@@ -64,16 +64,30 @@ def _scores(model, frame: pd.DataFrame, metric: str) -> tuple[float, np.ndarray]
     return metrics[metric], correct
 
 
+def mcnemar(first: np.ndarray, second: np.ndarray) -> tuple[int, int, float]:
+    """One-sided McNemar on paired right/wrong rows: is ``first`` right significantly more often than ``second``?
+    (rows only ``first`` got right, rows only ``second`` got right, p-value)."""
+    only_first, only_second = int((first & ~second).sum()), int((second & ~first).sum())
+    discordant = only_first + only_second
+    p_value = float(binomtest(only_first, discordant, 0.5, alternative="greater").pvalue) if discordant else 1.0
+    return only_first, only_second, p_value
+
+
+def describe_outcome(name: str, decision: dict) -> str:
+    """A retrain's result as one line: ``candidate clf:4 PROMOTED: …`` / ``on trial`` / ``rejected`` / ``no candidate``."""
+    if decision.get("candidate_version") is None:
+        return f"no candidate: {decision['reason']}"
+    verdict = "PROMOTED" if decision["promoted"] else "on trial" if decision.get("trial") else "rejected"
+    return f"candidate {name}:{decision['candidate_version']} {verdict}: {decision['reason']}"
+
+
 def gate(champion, candidate, window: pd.DataFrame, test: pd.DataFrame, policy: Policy) -> tuple[bool, str, dict]:
     g = policy.gate
     champ_window, champ_right = _scores(champion, window, g.metric)
     cand_window, cand_right = _scores(candidate, window, g.metric)
     champ_test, _ = _scores(champion, test, g.metric) if len(test) else (None, None)  # no test split: window only
     cand_test, _ = _scores(candidate, test, g.metric) if len(test) else (None, None)
-    only_candidate = int((cand_right & ~champ_right).sum())
-    only_champion = int((champ_right & ~cand_right).sum())
-    discordant = only_candidate + only_champion
-    p_value = float(binomtest(only_candidate, discordant, 0.5, alternative="greater").pvalue) if discordant else 1.0
+    only_candidate, only_champion, p_value = mcnemar(cand_right, champ_right)
     numbers = {"metric": g.metric, "window_rows": len(window), "test_rows": len(test),
                "champion_window": champ_window, "candidate_window": cand_window,
                "champion_test": champ_test, "candidate_test": cand_test,

@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 import numpy as np
 import sqlalchemy as sa
-from scipy.stats import binomtest, fisher_exact, ttest_ind, ttest_rel
+from scipy.stats import fisher_exact, ttest_ind, ttest_rel
 
+from loopml.loop.retrain import mcnemar
 from loopml.registry import db
 
 ACTIVE = ("trial", "watching")
@@ -223,10 +224,7 @@ def compare(champion: np.ndarray, candidate: np.ndarray, *, regression: bool, pa
     else:
         champ_metric, cand_metric = float(champion.mean()), float(candidate.mean())
         if paired:
-            only_champion = int((champion & ~candidate).sum())
-            only_candidate = int((candidate & ~champion).sum())
-            discordant = only_champion + only_candidate
-            p = float(binomtest(only_champion, discordant, 0.5, alternative="greater").pvalue) if discordant else 1.0
+            only_champion, only_candidate, p = mcnemar(champion, candidate)
             numbers = {"metric": "accuracy", "only_champion_right": only_champion, "only_candidate_right": only_candidate}
         else:
             table = [[int(champion.sum()), int((~champion).sum())], [int(candidate.sum()), int((~candidate).sum())]]

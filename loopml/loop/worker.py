@@ -206,7 +206,7 @@ class LoopWorker:
         # each step on its own: a window that cannot be monitored does not keep feedback from retraining
         seen = self._step(n, "monitoring", lambda: self._monitor(state)) or "monitoring skipped"
         for d in self._step(n, "rollouts", self._rollouts) or []:
-            self.echo(f"cycle {n}: {_describe_rollout(d)}")
+            self.echo(f"cycle {n}: {describe_rollout(d)}")
         if self.stopping:
             self.echo(f"cycle {n}: {seen}; stopping before the trigger check")
         else:
@@ -249,13 +249,9 @@ class LoopWorker:
         return self._served
 
     def _rollouts(self) -> list[dict]:
-        try:
-            from loopml.loop.rollout import advance_rollouts
-        except ModuleNotFoundError as e:  # an install without rollouts: the cycle skips that step
-            if e.name != "loopml.loop.rollout":
-                raise
-            return []
-        return list(advance_rollouts(self.store, self.name, self.policy) or [])
+        from loopml.loop.rollout import advance_rollouts
+
+        return advance_rollouts(self.store, self.name, self.policy)
 
     def _trigger(self, n: int, seen: str, state: dict) -> None:
         from loopml.loop.retrain import should_retrain
@@ -278,7 +274,7 @@ class LoopWorker:
         self._retrain(n, why, state)
 
     def _retrain(self, n: int, why: str, state: dict) -> None:
-        from loopml.loop.retrain import retrain
+        from loopml.loop.retrain import describe_outcome, retrain
 
         state.update(phase="retraining", reason=why, retrain_started_at=time.time())
         write_state(self.store, self.name, state=state)
@@ -289,18 +285,13 @@ class LoopWorker:
                                     else "stop requested")
             decision = retrain(self.store, self.name, self.policy, reason=why)
         except StopRequested as e:
-            self._training = False
             # the phase stays 'retraining': the next start redoes this cycle (retrain recorded the interrupted attempt)
             write_state(self.store, self.name, state={**state, "stopped": str(e)})
             self.echo(f"cycle {n}: retrain interrupted ({e}); recorded, redone when a worker starts again")
             raise
         finally:
             self._training = False
-        if decision.get("candidate_version") is None:
-            self.echo(f"cycle {n}: no candidate: {decision['reason']}")
-        else:
-            verdict = "PROMOTED" if decision["promoted"] else "on trial" if decision.get("trial") else "rejected"
-            self.echo(f"cycle {n}: candidate {self.name}:{decision['candidate_version']} {verdict}: {decision['reason']}")
+        self.echo(f"cycle {n}: {describe_outcome(self.name, decision)}")
 
     def _finish(self, n: int, started: float, state: dict) -> None:
         now = time.time()
@@ -386,10 +377,8 @@ def _check_store_file(known: tuple[str, tuple[int, int]] | None) -> None:
         raise LoopmlError(f"the store file {path} was deleted or replaced while the loop ran; stopping")
 
 
-def _describe_rollout(d: dict) -> str:
+def describe_rollout(d: dict) -> str:
     """``advance_rollouts``' state change as one line: ``canary rollout of v4: trial → PROMOTED: …``."""
-    if not isinstance(d, dict):
-        return str(d)
     version = f" of v{d['candidate_version']}" if d.get("candidate_version") is not None else ""
     moved = f"{d.get('from')} → {str(d.get('to')).upper()}" if d.get("to") else "step"
     return f"{d.get('mode') or ''} rollout{version}: {moved}: {d.get('reason', '')}".strip()

@@ -128,7 +128,7 @@ class Records:
         p, f = db.predictions, db.feedback
         labelled = sa.select(f.c.id).where(f.c.prediction_id == p.c.id).exists()
         query = (sa.select(p.c.id, p.c.created_at, p.c.inputs, p.c.outputs, p.c.model_version)
-                 .where(p.c.model_name == model_name, sa.or_(p.c.served.is_(None), p.c.served.is_(True)), ~labelled)
+                 .where(p.c.model_name == model_name, answered(p), ~labelled)
                  .order_by(p.c.created_at.desc(), p.c.id).limit(last))
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(query)]

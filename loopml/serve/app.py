@@ -29,6 +29,7 @@ from loopml.serve.batcher import Batcher, BatchFailed, QueueFull
 from loopml.serve.limits import LimitsAndMetrics
 from loopml.serve.metrics import ServerMetrics
 from loopml.serve.predlog import DURABILITY, LogUnavailable, PredictionLog, default_spool_dir, parse_retention
+from loopml.serve.queue_routes import queue_router  # GET /v1/feedback/queue (the labelling queue)
 from loopml.serve.rollout import RolloutServing
 from loopml.serve.schema import FeedbackResponse, ModelInfo, PredictResponse, StrictJSONResponse, printable, request_records
 from loopml.serve.swap import LoadFailure, input_schema, predict_body, rebind, request_models
@@ -402,8 +403,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def reload() -> dict:
         swapped = await swap_if_moved(retry_failed=True) if alias else False
         return {"swapped": swapped, "version": state["served"].version, "last_load_error": load_failure.as_dict()}
-
-    from loopml.serve.queue_routes import queue_router  # GET /v1/feedback/queue (the labelling queue)
 
     app.include_router(queue_router(store, state, client_key))
     app.state.loopml = state
