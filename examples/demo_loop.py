@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -296,8 +295,12 @@ def drift_line(url: str, artifacts: Path, out: Path) -> None:
     header = next((line.strip() for line in lines if "drift:" in line), "")
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
     flagged = [f"{c[0]} (PSI {float(c[2]):.1f})" for c in cells if len(c) > 7 and c[-1] == "drift"]
-    live = next((line for line in lines if line.startswith("live:")), "")
-    live_accuracy = json.loads(live[5:]).get("accuracy") if live else None
+    # the window `loopml monitor` just recorded, read from the store rather than from its printed text
+    from loopml.registry import Store
+
+    # (the server's and the worker's own checks record windows too: the newest one over the replayed rows is ours)
+    windows = [w for w in Store(url, str(artifacts)).list_drift_windows(NAME, limit=10) if w["rows"] == REPLAY]
+    live_accuracy = (windows[0]["results"].get("live") or {}).get("accuracy") if windows else None
     step(f"loopml monitor: {header}" + (f", drifted: {', '.join(flagged)}" if flagged else "")
          + (f"; v1 right on {live_accuracy:.0%} of the queued rows (the queue picks hard ones)" if live_accuracy else "")
          + f"; report {show(out / 'drift.html')}")
