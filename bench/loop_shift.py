@@ -154,7 +154,8 @@ def label_curve(refit: Refit, champion, pool: pd.DataFrame, held: pd.DataFrame, 
     model, chosen, points = champion, [], []
     for budget in sc.budgets:
         left = pool.drop(index=chosen)
-        ranked = rank_candidates(model, left.drop(columns=[sc.target]), budget - len(chosen), strategy, seed=seed)
+        ranked = rank_candidates(model, left.drop(columns=[sc.target]), budget - len(chosen), strategy, seed=seed,
+                                 labelled=pool.loc[chosen].drop(columns=[sc.target]) if chosen else None)
         chosen += [r["index"] for r in ranked]
         model = refit(pool.loc[chosen])
         points.append([len(chosen), score(model, held, sc.metric)])

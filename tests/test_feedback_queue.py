@@ -149,6 +149,24 @@ def test_regression_says_whether_members_disagree_or_inputs_are_novel(tmp_path):
     assert rows[0]["index"] == 0 and rows[0]["reason"].startswith("novelty (no ensemble members to disagree): a=9")
 
 
+def test_diverse_for_a_regressor_without_members_covers_the_dense_regions_labels_leave_open(tmp_path):
+    """Two dense groups of traffic and a few far outliers: the representative picks come from the groups,
+    one per group, never an outlier; with one group already labelled the next pick is the other group."""
+    df = make(300, 5).assign(label=lambda d: d.a * 2 + d.b)
+    lone = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(df, progress=False,
+                                                                                             cache_dir=False)
+    rng = np.random.default_rng(3)
+    groups = [pd.DataFrame({"a": rng.normal(c, 0.05, 60), "b": rng.normal(c, 0.05, 60), "kind": "x"}) for c in (-1, 1)]
+    outliers = pd.DataFrame({"a": [8.0, -8.0, 8.0], "b": [8.0, 8.0, -8.0], "kind": "x"})
+    frame = pd.concat([*groups, outliers], ignore_index=True)
+    picks = rank_candidates(lone, frame, 2, "diverse")
+    assert sorted(int(frame.loc[r["index"], "a"] > 0) for r in picks) == [0, 1], picks
+    assert all(r["reason"].startswith("typical of ") for r in picks), picks
+    labelled = groups[0].iloc[:5]
+    nxt = rank_candidates(lone, frame, 1, "diverse", labelled=labelled)
+    assert frame.loc[nxt[0]["index"], "a"] > 0 and abs(frame.loc[nxt[0]["index"], "a"]) < 2, nxt
+
+
 def test_queue_skips_labelled_and_shadow_predictions_and_is_fast(trained, tmp_path):
     model, model_dir = trained
     store = _store(tmp_path, model_dir)

@@ -7,7 +7,9 @@ Strategies (``STRATEGIES``):
 - ``drift``: inputs whose values are rare under the training reference, a column weighted up by how
   far it drifts in the candidate window (its PSI), so drifted regions come first.
 - ``diverse``: k-means on the standardised, encoded inputs of the most uncertain rows, the most
-  uncertain row of each cluster: spread out, not ten copies of one hard case.
+  uncertain row of each cluster: spread out, not ten copies of one hard case. For a model with no doubt
+  to rank by (a regressor without members), k-means over the whole window and the labelled rows, the
+  most typical row of each cluster no label covers yet: the traffic covered, densest regions first.
 - ``random``: seeded, the baseline the others are measured against.
 
 Every strategy drops repeated inputs (identical rows appear once: a second label on the same case
@@ -33,6 +35,8 @@ WINDOW = 5000
 RARE, VERY_RARE = 0.05, 0.001
 #: diverse: the k-means pool holds the most uncertain POOL_FACTOR x n rows (at least MIN_POOL)
 POOL_FACTOR, MIN_POOL = 20, 1000
+#: diverse without doubt: k-means over at most this many window rows (and as many labelled ones)
+REPRESENTATIVE_POOL = 5000
 
 
 def check_strategy(strategy: str) -> str:
@@ -42,8 +46,9 @@ def check_strategy(strategy: str) -> str:
 
 
 def rank_candidates(model: Any, frame: pd.DataFrame, n: int, strategy: str = "uncertainty", *, seed: int = 0,
-                    reference: dict | None = None) -> list[dict]:
-    """Up to ``n`` rows of ``frame`` as ``{"index", "score", "reason"}``, best first (``index``: the frame's label)."""
+                    reference: dict | None = None, labelled: pd.DataFrame | None = None) -> list[dict]:
+    """Up to ``n`` rows of ``frame`` as ``{"index", "score", "reason"}``, best first (``index``: the frame's label).
+    ``labelled``: inputs that already have a label (``diverse`` covers the regions they leave uncovered)."""
     check_strategy(strategy)
     if n < 1:
         raise LoopmlError(f"n must be at least 1 (got {n})")
@@ -59,6 +64,9 @@ def rank_candidates(model: Any, frame: pd.DataFrame, n: int, strategy: str = "un
     if strategy == "drift":
         scores, reasons = rarity(frame, ref, weighted=True)
         return _top(frame, scores, reasons, n)
+    if strategy == "diverse" and not has_doubt(model):
+        known = _model_columns(model, labelled) if labelled is not None and len(labelled) else None
+        return _representative(frame, n, ref, seed, known)
     scores, reasons = uncertainty(model, frame, ref)
     if strategy == "uncertainty":
         return _top(frame, scores, reasons, n)
@@ -83,7 +91,8 @@ def feedback_queue(store: Any, name: str, n: int = 50, strategy: str = "uncertai
     labelled = store.labelled_inputs(name, last=window)
     if labelled:  # a twin of a labelled case teaches a retrain nothing either: it leaves the queue with it
         frame = frame[_not_labelled(model, frame, pd.DataFrame(labelled))]
-    ranked = rank_candidates(model, frame, n, strategy, seed=seed)
+    ranked = rank_candidates(model, frame, n, strategy, seed=seed,
+                             labelled=pd.DataFrame(labelled) if labelled and strategy == "diverse" else None)
     out = []
     for r in ranked:
         row = rows[r["index"]]
@@ -130,6 +139,11 @@ def uncertainty(model: Any, frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray,
     return doubt + boost, reasons
 
 
+def has_doubt(model: Any) -> bool:
+    """Whether the model can say how unsure it is: a classifier's probabilities, or a regressor's members."""
+    return model.preprocessor.target.kind != "number" or len(member_predictions(model.learner, None, count=True)) >= 2
+
+
 def drift_boost(frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray, list[str]]:
     """In [0, 1] per row: how rare its value is (p ≥ 5%: 0, p ≤ 0.1% or outside the range: 1) in a column that drifts
     in this window (PSI past the warning level, noise allowed for), times PSI / 0.2 (at most 1: a column
@@ -153,23 +167,30 @@ def drift_boost(frame: pd.DataFrame, ref: dict) -> tuple[np.ndarray, list[str]]:
     return boost, lines
 
 
-def member_predictions(learner: Any, x: Any) -> list[np.ndarray]:
-    """Raw scores of an ensemble's members or a bagged learner's folds; [] for a learner without members."""
+def member_predictions(learner: Any, x: Any, count: bool = False) -> list:
+    """Raw scores of an ensemble's members or a bagged learner's folds; [] for a learner without members.
+    ``count``: only find the members (one placeholder each), predict nothing."""
     from loopml.learners.multiview import member_params, select_view
+
+    def view(v: Any, cls: type, params: Any) -> Any:
+        return None if count else select_view(v, cls, params)
+
+    def scores(m: Any, v: Any) -> Any:
+        return m if count else np.asarray(m.predict_scores(v))
 
     final = getattr(learner, "final", None)  # automl: the chosen learner
     if final is not None:
-        return member_predictions(final, select_view(x, type(final), final.params))
+        return member_predictions(final, view(x, type(final), final.params), count)
     members = getattr(learner, "members", None)
     if members:
         if len(members) == 1:
-            return member_predictions(members[0], select_view(x, type(members[0]), members[0].params))
-        return [np.asarray(m.predict_scores(select_view(x, type(m), m.params))) for m in members]
+            return member_predictions(members[0], view(x, type(members[0]), members[0].params), count)
+        return [scores(m, view(x, type(m), m.params)) for m in members]
     folds = getattr(learner, "models", None)
     if isinstance(folds, dict) and len(folds) >= 2 and getattr(learner, "full", None) is None:
         cls, params = member_params(learner.params.member)
-        view = select_view(x, cls, params)
-        return [np.asarray(m.predict_scores(view)) for m in folds.values()]
+        shared = view(x, cls, params)
+        return [scores(m, shared) for m in folds.values()]
     return []
 
 
@@ -285,6 +306,41 @@ def _diverse(frame: pd.DataFrame, weight: np.ndarray, reasons: list[str], n: int
     chosen = {i for i, _ in picks}
     rest = [i for i in range(len(pool)) if i not in chosen][: max(n - len(out), 0)]
     return out + [_row(frame.index[pool[i]], float(w[i]), reasons[pool[i]]) for i in rest]
+
+
+def _representative(frame: pd.DataFrame, n: int, ref: dict, seed: int, labelled: pd.DataFrame | None) -> list[dict]:
+    """For a model without doubt to rank by (a regressor without members): k-means over the window and the
+    labelled rows together, the row nearest the centre of each cluster no label is in yet, biggest cluster first.
+
+    Novelty as the ranking picks the extremes of the drifted region; on california (trained south, traffic
+    north) it needed 6x the labels random did, cluster centres ~0.65x (bench/results/loop_shift.md)."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(seed)
+    pool = np.sort(rng.permutation(len(frame))[:REPRESENTATIVE_POOL])
+    x = encode(frame.iloc[pool], ref)
+    known = encode(labelled.iloc[:REPRESENTATIVE_POOL], ref) if labelled is not None else np.zeros((0, x.shape[1]))
+    both = np.vstack([x, known])
+    k = min(n + len(known), len(np.unique(both, axis=0)))
+    if k < 1:
+        return []
+    fit = KMeans(k, n_init=1, max_iter=20, random_state=seed).fit(both) if k > 1 else None
+    labels = fit.labels_ if fit is not None else np.zeros(len(both), int)
+    centres = fit.cluster_centers_ if fit is not None else both.mean(axis=0, keepdims=True)
+    covered = set(labels[len(x):].tolist())
+    dist = ((x - centres[labels[: len(x)]]) ** 2).sum(axis=1)
+    picks = []
+    for c in range(k):
+        members = np.flatnonzero(labels[: len(x)] == c)
+        if c not in covered and len(members):
+            picks.append((int(members[dist[members].argmin()]), len(members)))
+    picks.sort(key=lambda p: -p[1])
+    out = [_row(frame.index[pool[i]], size / len(x), f"typical of {size} similar unlabelled row{'s' if size != 1 else ''}"
+                f" (the model has no members to disagree, so the queue covers the traffic)") for i, size in picks[:n]]
+    # clusters the labels already cover, or inputs the encoding cannot tell apart: topped up at random
+    chosen = {pool[i] for i, _ in picks[:n]}
+    rest = [i for i in rng.permutation(len(frame)) if i not in chosen][: max(n - len(out), 0)]
+    return out + [_row(frame.index[i], 0.0, "random pick: every cluster has its row or a label") for i in rest]
 
 
 def encode(frame: pd.DataFrame, ref: dict) -> np.ndarray:
