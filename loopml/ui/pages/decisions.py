@@ -1,0 +1,5 @@
+"""The decisions page (to be built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""The models page (to be built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""The runs page (to be built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
