@@ -47,6 +47,9 @@ app.command("label")(label_command)
 from loopml.tune_cli import tune_command  # noqa: E402
 
 app.command("tune")(tune_command)
+from loopml.ui.cli import ui_command  # noqa: E402
+
+app.command("ui")(ui_command)
 
 ModelArg = Annotated[str, typer.Argument(help="Model directory, or NAME@alias / NAME:version from the registry.",
                                          metavar="MODEL")]
@@ -321,15 +324,14 @@ def serve(
     loop_policy: Annotated[Path | None, typer.Option(
         help="Run the unattended loop (`loopml loop`) for NAME@alias beside the server, as its own process, "
              "with this policy; stopped when the server stops.")] = None,
+    ui: Annotated[bool, typer.Option("--ui", help="Also serve the dashboard (`loopml ui`) at /ui; "
+                                                  "read-only without --admin-token.")] = False,
     store: StoreOpt = None, artifacts: ArtifactsOpt = None,
 ) -> None:
     """Serve a model over HTTP: predict, feedback, OpenAPI docs at /docs, Prometheus /metrics.
 
     With NAME@alias the server follows the alias: promote or rollback, and it swaps versions live.
     """
-    import ipaddress
-    import socket
-
     import uvicorn
 
     from loopml.serve.app import ServeSettings, create_app
@@ -342,12 +344,7 @@ def serve(
             raise _user_error(f"{option} must be at least 1 (got {value})")
     if max_wait_ms < 0 or monitor_interval < 0:
         raise _user_error("--max-wait-ms and --monitor-interval cannot be negative")
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port)}
-    except socket.gaierror:
-        raise _user_error(f"cannot resolve --host {host!r}") from None
-    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses) and not admin_token:
-        raise _user_error(f"refusing to bind {host} (not loopback) without --admin-token (or LOOPML_ADMIN_TOKEN)")
+    check_bind(host, port, admin_token)
     _check_port_free(host, port)
     from loopml.errors import did_you_mean
     from loopml.serve.predlog import DURABILITY, parse_retention
@@ -367,7 +364,7 @@ def serve(
                              api_keys=api_key or [], admin_token=admin_token, media_root=media_root,
                              monitor_interval_s=monitor_interval, log_durability=log_durability,
                              spool_dir=str(spool_dir) if spool_dir else None, log_retention=log_retention,
-                             log_retention_interval_s=log_retention_interval)
+                             log_retention_interval_s=log_retention_interval, ui=ui)
     if media_root and not Path(media_root).expanduser().is_dir():
         raise _user_error(f"--media-root is not a folder: {media_root}")
     from loopml.loop.worker_cli import check_loop_policy, serving_with_loop
@@ -376,7 +373,7 @@ def serve(
         check_loop_policy(model, loop_policy)
     if workers > 1:
         _check_loadable(settings)  # a worker that cannot load its model is respawned by uvicorn, forever
-        _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
+        _echo(f"serving {model} on http://{host}:{port} (docs at /docs{', dashboard at /ui' if ui else ''})")
         from loopml.serve.metrics import multiprocess_dir
 
         os.environ["LOOPML_SERVE"] = settings.model_dump_json()
@@ -385,7 +382,7 @@ def serve(
                         log_level="warning", timeout_graceful_shutdown=30)
     else:
         application = create_app(settings)  # a model that cannot be served is its one error line, before "serving"
-        _echo(f"serving {model} on http://{host}:{port} (docs at /docs)")
+        _echo(f"serving {model} on http://{host}:{port} (docs at /docs{', dashboard at /ui' if ui else ''})")
         with serving_with_loop(model, loop_policy, store, artifacts):  # the loop worker lives as long as the server
             uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
@@ -400,6 +397,21 @@ def _check_loadable(settings) -> None:
         loopml.load(Store(settings.store, settings.artifacts).resolve(settings.model)["path"])
     else:
         loopml.load(settings.model)
+
+
+def check_bind(host: str, port: int, admin_token: str | None) -> None:
+    """Loopback only, unless an admin token is set (``serve`` and ``ui``); a bad port or host is one line."""
+    import ipaddress
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise _user_error(f"--port {port} is not a port (1 to 65535)")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port)}
+    except socket.gaierror:
+        raise _user_error(f"cannot resolve --host {host!r}") from None
+    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses) and not admin_token:
+        raise _user_error(f"refusing to bind {host} (not loopback) without --admin-token (or LOOPML_ADMIN_TOKEN)")
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -295,3 +295,139 @@ def test_retrain_learns_from_queue_chosen_labels(trained, tmp_path, monkeypatch,
     lineage = store.get_version("clf", decision["candidate_version"])["lineage"]  # promoted or not
     assert set(lineage["feedback_ids"]) | set(lineage["held_back_ids"]) == written, lineage
     assert len(lineage["feedback_ids"]) == 70
+
+
+class _Classes:
+    """A class target as ``label_cli`` reads it (kind, column, classes, class_of)."""
+
+    kind, column = "category", "answer"
+
+    def __init__(self, classes: list[str]) -> None:
+        self.classes = classes
+
+    def class_of(self, text: object) -> object | None:
+        return text if text in self.classes else None
+
+
+def test_a_class_named_q_is_a_label_and_colon_q_quits(monkeypatch, capsys):
+    """A class literally named `q` could not be typed: `q` quit. Now `:q` (or end of input) always quits, and `q` is
+    the label wherever it is a class (the prompt says which keys quit)."""
+    from loopml.loop.label_cli import _QUIT, _ask, _quits
+
+    target = _Classes(["q", "r"])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("q\n:q\n"))
+    assert _ask(target) == "q"
+    assert _ask(target) is _QUIT
+    assert _quits(target) == ":q or Ctrl-D quits"
+    plain = _Classes(["neg", "pos"])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("maybe\nq\n"))
+    assert _ask(plain) is _QUIT  # where q is no class it still quits
+    assert "Enter skips, :q (or q, Ctrl-D) quits" in capsys.readouterr().out
+
+
+def test_label_quits_on_colon_q_and_says_so(trained, tmp_path, monkeypatch, capsys):
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    _log(store, make(10, 12), model)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pos\n:q\nneg\n"))
+    assert main(["label", "clf", "--n", "3", "--store", store.url]) == 0
+    out = capsys.readouterr().out
+    assert "Enter skips, :q (or q, Ctrl-D) quits" in out and "1 label written, 0 skipped" in out
+
+
+@pytest.mark.parametrize("command", [["label", "clf"], ["monitor", "clf"], ["loop", "clf", "--policy", "POLICY"]])
+def test_a_reading_command_refuses_a_sqlite_store_that_does_not_exist(tmp_path, capsys, command):
+    """`--store sqlite:///typo.db` silently created an empty store (and `loop` then waited on it for ever)."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("{}\n")
+    typo = tmp_path / "typo.db"
+    args = [str(policy) if a == "POLICY" else a for a in command]
+    assert main([*args, "--store", f"sqlite:///{typo}"]) == 2
+    err = capsys.readouterr().err
+    assert f"no store at {typo}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not typo.exists()
+
+
+# -- one label per prediction ------------------------------------------------------------------------
+
+def test_two_concurrent_labels_for_one_prediction_store_one(store_url):
+    """POST /v1/feedback twice (or `loopml label` racing the dashboard) stored two labels for one prediction; now the
+    store refuses the second (a unique index: race-safe on SQLite and PostgreSQL) unless it says it corrects it."""
+    import threading
+
+    from loopml.registry.records import FeedbackExists
+
+    store = Store(store_url)
+    pid = uuid.uuid4().hex
+    start, ids, refused = threading.Barrier(8), [], []
+
+    def post(label: str) -> None:
+        start.wait()
+        try:
+            ids.append(store.add_feedback("clf", label, pid, {"a": 1.0}))
+        except FeedbackExists as e:
+            refused.append(str(e))
+
+    threads = [threading.Thread(target=post, args=(f"l{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(ids) == 1 and len(refused) == 7, (ids, refused)
+    assert refused[0].startswith(f"prediction {pid} already has feedback") and "\n" not in refused[0]
+    assert [f["id"] for f in store.list_feedback("clf")] == ids
+    fixed = store.add_feedback("clf", "right", pid, corrects=True)  # a correction takes the prediction over
+    rows = store.list_feedback("clf")
+    assert [(f["id"], f["prediction_id"], f["label"]) for f in rows if f["prediction_id"]] == [(fixed, pid, "right")]
+    assert fixed > ids[0] and all(f["inputs"] == {"a": 1.0} for f in rows)  # the old row stays, on its inputs
+    assert store.labelled([pid]) == {pid}
+    store.add_feedback("clf", "x", None, {"a": 2.0})  # feedback on bare inputs (no prediction id) may repeat
+    store.add_feedback("clf", "x", None, {"a": 2.0})
+    assert len(store.list_feedback("clf")) == 4
+
+
+def test_an_old_store_with_two_labels_for_one_prediction_upgrades_keeping_the_newest(tmp_path):
+    import sqlalchemy as sa
+
+    from loopml.registry import db
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = db.create_engine(url)
+    db.migrate(engine, "0008")
+    with engine.begin() as c:
+        c.execute(db.predictions.insert().values(id="p1", model_name="clf", model_version=1, created_at=1.0,
+                                             inputs={"a": 3.0}, outputs={"prediction": "x"}, served=True))
+        for label, pid in (("old", "p1"), ("new", "p1"), ("only", "p2"), ("bare", None), ("bare", None)):
+            c.execute(db.feedback.insert().values(model_name="clf", prediction_id=pid, label=label, created_at=1.0,
+                                                  inputs=None if pid == "p1" else {"a": 1.0}))
+    engine.dispose()
+    store = Store(url)
+    rows = store.list_feedback("clf")
+    assert [(f["prediction_id"], f["label"]) for f in rows] == [
+        (None, "old"), ("p1", "new"), ("p2", "only"), (None, "bare"), (None, "bare")]
+    assert rows[0]["inputs"] == {"a": 3.0} and rows[0]["model_version"] == 1  # its snapshot, from the prediction
+    with pytest.raises(LoopmlError, match="already has feedback"):
+        store.add_feedback("clf", "again", "p1")
+    with store.engine.connect() as c:
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == db.HEAD == "0009"
+
+
+def test_the_feedback_route_answers_409_to_a_second_label_unless_it_corrects(trained, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from loopml.serve.app import ServeSettings, create_app
+
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    pid = _log(store, make(5, 13), model)[0]
+    settings = ServeSettings(model="clf@production", store=store.url, artifacts=str(tmp_path / "artifacts"),
+                             monitor_interval_s=0, log_durability="none")
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/v1/feedback", json={"prediction_id": pid, "label": "pos"}).status_code == 201
+        again = c.post("/v1/feedback", json={"prediction_id": pid, "label": "neg"})
+        assert again.status_code == 409 and again.json()["detail"].startswith(f"prediction {pid} already has feedback")
+        assert "\n" not in again.json()["detail"] and '"corrects": true' in again.json()["detail"]
+        fixed = c.post("/v1/feedback", json={"prediction_id": pid, "label": "neg", "corrects": True})
+        assert fixed.status_code == 201, fixed.text
+        assert c.post("/v1/feedback", json={"prediction_id": pid, "label": "pos", "corrects": "yes"}).status_code == 422
+    assert [(f["prediction_id"], f["label"]) for f in store.list_feedback("clf")] == [(None, "pos"), (pid, "neg")]

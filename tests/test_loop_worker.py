@@ -135,11 +135,11 @@ def test_a_cycle_monitors_triggers_retrains_and_keeps_the_schedule(champion_dir,
 
 def test_the_schedule_resumes_from_the_store(champion_dir, tmp_path):
     store = _store(tmp_path, champion_dir)
-    policy = load_policy({**POLICY, "loop": {"interval_s": 0.2, "monitor_rows": 10}})
+    policy = load_policy({**POLICY, "loop": {"monitor_rows": 10}})
     due = time.time() + 30
     write_state(store, "clf", cycles=7, last_cycle_at=time.time() - 10, next_cycle_at=due, state={"phase": "idle"})
     stop, lines = threading.Event(), []
-    thread = threading.Thread(target=run_loop, args=(store, "clf", policy), kwargs={"stop_event": stop,
+    thread = threading.Thread(target=run_loop, args=(store, "clf", policy), kwargs={"stop_event": stop, "interval": 0.2,
                                                                                     "echo": lines.append})
     thread.start()
     time.sleep(1.5)
@@ -150,7 +150,7 @@ def test_the_schedule_resumes_from_the_store(champion_dir, tmp_path):
     thread.join(10)
     assert not thread.is_alive() and store.lock_holder("clf", "loop") is None
     write_state(store, "clf", next_cycle_at=time.time() - 1)  # overdue (the worker was down): a cycle at once
-    assert run_loop(store, "clf", policy, once=False, stop_event=_set_after(store, 8)) == "stopped"
+    assert run_loop(store, "clf", policy, once=False, stop_event=_set_after(store, 8), interval=0.2) == "stopped"
     assert read_state(store, "clf")["cycles"] >= 8
 
 
@@ -173,14 +173,14 @@ def test_two_workers_retrain_once_per_trigger_and_the_standby_takes_over(champio
     feedback' at once, so the test pays for no training; the lock, not the training, is what is tested.)"""
     store = _store(tmp_path, champion_dir, store_url)
     # the trigger fires once all 300 labels are in (they arrive one insert at a time)
-    fast = {"data": {**POLICY["data"], "min_holdout": 1000}, "loop": {"interval_s": 0.3, "monitor_rows": 100},
+    fast = {"data": {**POLICY["data"], "min_holdout": 1000}, "loop": {"interval_s": 1, "monitor_rows": 100},
             "trigger": {"min_feedback": 300}}
     policy = _policy_file(tmp_path, **fast)
     log = tmp_path / "w0.log"
     first = _worker(store_url, policy, log, env={"LOOPML_ARTIFACTS": str(tmp_path / "artifacts")})
     stop, lines = threading.Event(), []
     second = threading.Thread(target=run_loop, args=(store, "clf", load_policy(policy)),
-                              kwargs={"stop_event": stop, "echo": lines.append})
+                              kwargs={"stop_event": stop, "echo": lines.append, "interval": 0.3})
     try:
         _wait(lambda: "runs the loop" in log.read_text(), 60, "the first worker", [first])
         second.start()
@@ -263,7 +263,7 @@ def test_serve_runs_the_worker_beside_it_and_sigterm_stops_both_mid_training(cha
     assert main(["serve", str(champion_dir), "--port", str(port), "--loop-policy", str(_policy_file(tmp_path))]) == 2
     assert "--loop-policy needs a registered model" in capsys.readouterr().err
     _feed(store, make(300, 5, codes=RECODED))
-    policy = _policy_file(tmp_path, loop={"interval_s": 0.5, "monitor_rows": 100}, train={"training": {"epochs": 400}})
+    policy = _policy_file(tmp_path, loop={"interval_s": 1, "monitor_rows": 100}, train={"training": {"epochs": 400}})
     log = tmp_path / "serve.log"
     with log.open("w") as output:
         server = subprocess.Popen([sys.executable, "-m", "loopml", "serve", "clf@production", "--store", store._url,
@@ -300,3 +300,73 @@ def test_serve_runs_the_worker_beside_it_and_sigterm_stops_both_mid_training(cha
     assert [v["version"] for v in store.list_versions("clf")] == [1]
     state = read_state(store, "clf")["state"]
     assert state["phase"] == "retraining" and state["stopped"] == "stopped by SIGTERM"  # redone at the next start
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts processes in /proc")
+def test_serve_with_two_workers_starts_one_loop_worker_and_sigterm_stops_it(champion_dir, tmp_path):
+    """`serve --workers 2 --loop-policy`: exactly one loop worker (not one per uvicorn worker), the server answers,
+    and SIGTERM to the server stops the loop worker with it (no orphan left cycling on the store)."""
+    store = _store(tmp_path, champion_dir)
+    port = _free_port()
+    policy = _policy_file(tmp_path, trigger={"min_feedback": 10**6}, loop={"interval_s": 1, "monitor_rows": 100})
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        server = subprocess.Popen([sys.executable, "-m", "loopml", "serve", "clf@production", "--store", store._url,
+                                   "--port", str(port), "--workers", "2", "--monitor-interval", "0",
+                                   "--log-durability", "none", "--loop-policy", str(policy)],
+                                  cwd=ROOT, env={**os.environ, "LOOPML_ARTIFACTS": str(tmp_path / "artifacts")},
+                                  stdout=output, stderr=subprocess.STDOUT, text=True)
+
+    def loop_workers() -> list[int]:
+        mine = [server.pid] + [p for p, _ in _children(server.pid)]
+        return [p for parent in mine for p, cmd in _children(parent) if " -m loopml loop clf " in f"{cmd} "]
+
+    def answered() -> bool:
+        body = b'{"a": 0.5, "b": 1.0, "kind": "alpha"}'
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/clf/predict", data=body,
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return r.status == 200 and b'"prediction"' in r.read()
+        except OSError:
+            return False
+
+    try:
+        _wait(answered, 120, "the server to answer", [server])
+        _wait(lambda: (read_state(store, "clf") or {}).get("cycles", 0) >= 2, 60, "two loop cycles", [server])
+        workers = loop_workers()
+        assert len(workers) == 1, (workers, log.read_text())
+        holder = store.lock_holder("clf", "loop")
+        assert holder is not None and holder["pid"] == workers[0]
+        for _ in range(3):
+            assert answered()
+        code = _stop(server, timeout=90)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    out = log.read_text()
+    assert code == 0 and "Traceback" not in out, out
+    assert out.count("loop worker started") == 1 and "loop worker stopped (exit 0" in out, out
+    deadline = time.time() + 10
+    while Path(f"/proc/{workers[0]}").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{workers[0]}").exists() or "Z" in Path(f"/proc/{workers[0]}/stat").read_text().split()[2]
+    assert store.lock_holder("clf", "loop") is None

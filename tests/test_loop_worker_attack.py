@@ -13,6 +13,50 @@ from loopml.loop.policy import load_policy
 from loopml.loop.worker import _clock, read_state, run_loop, write_state
 from loopml.loop.worker_cli import loop_lines
 
+FAST = 0.2  # the worker's interval override (a policy's loop.interval_s is at least 1 s)
+
+
+@pytest.mark.parametrize("field,raw", [("loop.interval_s", {"loop": {"interval_s": 0.001}}),
+                                       ("rollout.watch_s", {"rollout": {"watch_s": 0.01}}),
+                                       ("rollout.trial_max_s", {"rollout": {"mode": "shadow", "trial_max_s": 0.5}})])
+def test_a_busy_loop_interval_or_a_blink_watch_is_refused_naming_the_field(field, raw):
+    """`loop: {interval_s: 0.001}` was accepted: a worker cycling a thousand times a second on the store lock."""
+    with pytest.raises(LoopmlError) as e:
+        load_policy(raw)
+    assert field in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert load_policy({"loop": {"interval_s": 1}, "rollout": {"watch_s": 0}}).rollout.watch_s == 0  # 0 = no watch
+
+
+def test_a_cli_interval_under_a_second_is_refused(tmp_path, capsys):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("loop: {interval_s: 5}\n")
+    assert main(["loop", "clf", "--policy", str(policy), "--interval", "0.001"]) == 2
+    assert "--interval must be between 1 and" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["shadow", "direct"])
+def test_a_percent_outside_a_canary_is_refused_naming_the_field(mode):
+    with pytest.raises(LoopmlError) as e:
+        load_policy({"rollout": {"mode": mode, "percent": 50}})
+    assert "rollout.percent" in str(e.value) and "canary" in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert load_policy({"rollout": {"mode": "canary", "percent": 50}}).rollout.percent == 50
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n\n   \n"])
+@pytest.mark.parametrize("command", ["loop", "serve", "retrain"])
+def test_an_empty_policy_file_is_an_error_not_every_default(tmp_path, capsys, text, command):
+    """An empty policy (0 bytes, or only comments) silently meant every default: a truncated copy retrained on defaults."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(text)
+    args = {"loop": ["loop", "clf", "--policy", str(policy)],
+            "serve": ["serve", "clf@production", "--loop-policy", str(policy)],
+            "retrain": ["retrain", "clf", "--policy", str(policy)]}[command]
+    assert main([*args, "--store", f"sqlite:///{tmp_path}/r.db"]) == 2
+    err = capsys.readouterr().err
+    assert f"policy file {policy} is empty" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    policy.write_text("{}\n")  # an explicit empty mapping is every default, on purpose
+    assert load_policy(policy).loop.interval_s == 60
+
 
 @pytest.mark.parametrize("interval", ["inf", "1e300"])
 def test_an_interval_no_clock_can_hold_is_refused_in_one_line(tmp_path, capsys, interval):
@@ -31,14 +75,14 @@ def test_a_schedule_no_clock_can_hold_does_not_crash_a_worker(champion_dir, tmp_
     """A store written before intervals were bounded (next_cycle_at inf or 1e300): a restarted worker used to exit 1
     (OverflowError) whatever its own interval; now it runs its cycle within its interval, and `monitor` prints."""
     store = _store(tmp_path, champion_dir)
-    policy = load_policy({**POLICY, "loop": {"interval_s": 0.3, "monitor_rows": 10}})
+    policy = load_policy({**POLICY, "loop": {"monitor_rows": 10}})
     for due in (float("inf"), 1e300):
         write_state(store, "clf", cycles=3, last_cycle_at=time.time() - 10, next_cycle_at=due, state={"phase": "idle"})
         stop, lines, errors = threading.Event(), [], []
 
         def target(stop=stop, lines=lines, errors=errors) -> None:
             try:
-                run_loop(store, "clf", policy, stop_event=stop, echo=lines.append)
+                run_loop(store, "clf", policy, stop_event=stop, echo=lines.append, interval=FAST)
             except Exception as e:  # noqa: BLE001  the assertion below reports it
                 errors.append(e)
 
@@ -61,12 +105,12 @@ def test_a_deleted_store_file_stops_the_worker_in_one_line(champion_dir, tmp_pat
     """`rm .loopml/registry.db` under a running worker: its open connections kept the deleted file alive, and it
     went on cycling, deciding and promoting into a file no one could read. Now it stops, naming the store."""
     store = _store(tmp_path, champion_dir)
-    policy = load_policy({**POLICY, "loop": {"interval_s": 0.2, "monitor_rows": 10}})
+    policy = load_policy({**POLICY, "loop": {"monitor_rows": 10}})
     stop, lines, errors = threading.Event(), [], []
 
     def target() -> None:
         try:
-            run_loop(store, "clf", policy, stop_event=stop, echo=lines.append)
+            run_loop(store, "clf", policy, stop_event=stop, echo=lines.append, interval=FAST)
         except LoopmlError as e:
             errors.append(e)
 
@@ -98,7 +142,7 @@ def test_a_retrain_that_keeps_failing_backs_off_and_its_labels_still_trigger_onc
     _feed(store, make(120, 5, codes=RECODED))
     # min_holdout above the feedback: once fixed, the retrain decides 'not enough feedback' at once (no training)
     policy = load_policy({**POLICY, "trigger": {"min_feedback": 100}, "data": {**POLICY["data"], "min_holdout": 1000},
-                          "loop": {"interval_s": 0.2, "monitor_rows": 10}})
+                          "loop": {"monitor_rows": 10}})
     broken = {"on": True}
     real = retrain_module._retrain
 
@@ -109,7 +153,7 @@ def test_a_retrain_that_keeps_failing_backs_off_and_its_labels_still_trigger_onc
 
     monkeypatch.setattr(retrain_module, "_retrain", flaky)
     stop, lines = threading.Event(), []
-    thread = threading.Thread(target=run_loop, args=(store, "clf", policy), kwargs={"stop_event": stop,
+    thread = threading.Thread(target=run_loop, args=(store, "clf", policy), kwargs={"interval": FAST, "stop_event": stop,
                                                                                     "echo": lines.append})
     thread.start()
     try:

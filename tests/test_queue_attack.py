@@ -191,3 +191,47 @@ def test_two_labellers_never_write_one_prediction_twice(trained, tmp_path, monke
     assert "labelled meanwhile" in out and "0 labels written, 3 skipped" in out, out
     rows = store.list_feedback("clf")
     assert sorted(f["prediction_id"] for f in rows) == sorted(ids) and {f["label"] for f in rows} == {"neg"}
+
+
+def test_hostile_values_in_the_log_and_the_query_never_make_a_500(trained, tmp_path):
+    """Lone surrogates, 1e308, -0.0 and huge ints logged, then ranked by every strategy; n and strategy as junk; a
+    canary's sticky key as bytes that are no text: each answer is 2xx/4xx, one line, valid JSON."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from loopml.loop.rollout import start_rollout
+    from loopml.serve.app import ServeSettings, create_app
+
+    model, model_dir = trained
+    store = _store(tmp_path, model_dir)
+    store.register("clf", path=model_dir)
+    _log(store, [{"a": "\ud800", "when": "2020-01-01", "kind": "x"}, {"a": 1e308, "when": "\ud800", "kind": "y"},
+                 {"a": 10**30, "when": None, "kind": "\ud800"}, {"a": -0.0, "when": 2**70, "kind": ["z"]}, {}])
+    start_rollout(store, "clf", alias="production", candidate=2, champion=1, mode="canary", percent=50)
+    settings = ServeSettings(model="clf@production", store=store.url, artifacts=str(tmp_path / "artifacts"),
+                             monitor_interval_s=0, log_durability="none", poll_interval_s=0.05)
+
+    def check(r, ok: tuple[int, ...]) -> dict:
+        assert r.status_code in ok, (r.request.url, r.status_code, r.text[:300])
+        body = json.loads(r.text, parse_constant=lambda v: pytest.fail(f"invalid JSON constant {v}"))
+        if r.status_code >= 400:
+            assert "\n" not in body["detail"] and str(tmp_path) not in r.text
+        return body
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        for strategy in STRATEGIES:
+            assert len(check(c.get(f"/v1/feedback/queue?n=10&strategy={strategy}"), (200,))["queue"]) == 5
+        for n in ("0", "-1", str(10**30), "9" * 5000, "abc", "", "1e3", "nan", "%ED%A0%80", "%D9%A1"):
+            assert "query.n" in check(c.get(f"/v1/feedback/queue?n={n}"), (422,))["detail"]
+        for junk in ("%ED%A0%80", "%FF", "%C0%80", "%E2%80%AE", "uncertainty%00", "x" * 10000):
+            assert "query.strategy" in check(c.get(f"/v1/feedback/queue?strategy={junk}"), (422,))["detail"]
+        for sticky in (b"\xed\xa0\x80", b"\xff\xfe", "\u202e".encode(), b"x" * 5000):
+            check(c.post("/v1/models/clf/predict", json={"a": 1.0, "when": "2020-01-01", "kind": "x"},
+                         headers={"X-Loopml-Sticky": sticky}), (200,))
+        for body in ('{"prediction_id": "\\ud800", "label": "pos"}', '{"prediction_id": "abc", "label": "\\ud800"}',
+                     '{"inputs": {"a": 1e308, "when": "2020-01-01", "kind": "x"}, "label": "pos"}',
+                     '{"inputs": {"a": 1%s, "when": "2020-01-01", "kind": "x"}, "label": "pos"}' % ("0" * 400),
+                     '{"prediction_id": "abc", "label": 1%s}' % ("0" * 5000),
+                     '{"prediction_id": "abc", "label": "pos", "corrects": "yes"}'):
+            check(c.post("/v1/feedback", content=body, headers={"content-type": "application/json"}), (400, 404, 422))

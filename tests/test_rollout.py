@@ -95,7 +95,7 @@ def _lifecycle(store: Store, models, mode: str, candidate: str, seed: int) -> tu
     name = f"{mode}-{candidate}-{seed}"
     rng = np.random.default_rng(seed)
     _model(store, models, name, candidate)
-    policy = Policy(rollout={"mode": mode, "percent": 30, **RULES})
+    policy = Policy(rollout={"mode": mode, **({"percent": 30} if mode == "canary" else {}), **RULES})
     if mode == "canary":
         rid = start_rollout(store, name, alias="production", candidate=2, champion=1, mode="canary", percent=30)
     else:
@@ -385,3 +385,25 @@ def test_compare_regression_and_classification():
     assert not same["worse"] and same["p_value"] == 1.0 and same["test"] == "mcnemar"
     wrong = compare(right, rng.random(100) < 0.5, regression=False, paired=False, margin=0.02, significance=0.05)
     assert wrong["worse"] and wrong["test"] == "fisher"
+
+
+@pytest.mark.parametrize("watch_s", [0, 600])
+def test_a_retrain_promoted_during_a_watch_ends_it_with_a_decision_row(store, models, watch_s):
+    """A retrain that promotes v3 while v2 is under watch used to leave v2's watch 'watching' with no verdict (for
+    ever, when nothing advanced the rollouts after a one-shot `loopml retrain`): the audit had a hole."""
+    from loopml.loop.policy import Rollout
+    from loopml.loop.rollout import starts_rollout
+
+    name = f"rewatch-{watch_s}"
+    _model(store, models, name, "good")
+    store.register(name, path=models["dirs"]["good"])
+    store.promote(name, 2)
+    watch = start_rollout(store, name, alias="production", candidate=2, champion=1, mode="direct", state="watching",
+                          watch_until=time.time() + 3600)
+    with store.writer.begin() as c:  # what register_decided runs in its transaction when the gate promotes v3
+        starts_rollout(name, "production", 2, Rollout(watch_s=watch_s))(c, 3, {"promoted": True})
+    states = {r["id"]: r["state"] for r in list_rollouts(store, name)}
+    assert states[watch] == "cancelled" and list(states.values()).count("watching") == (1 if watch_s else 0)
+    last = [d for d in store.list_gate_decisions(name) if d["kind"] == "rollout"][-1]
+    assert last["reason"] == "watch of v2 ended early: v3 promoted" and last["candidate_version"] == 2
+    assert last["promoted"] is False and last["numbers"]["rollout_id"] == watch

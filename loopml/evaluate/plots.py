@@ -113,6 +113,22 @@ def learning_curve(epochs: list[dict], key: str, best_epoch: int | None, title: 
     return _png(fig)
 
 
+def overlaid_curves(series: dict[str, list[tuple[int, float]]], key: str, xlabel: str = "epoch") -> bytes:
+    """One metric's curve for each of several runs on one axes (the dashboard's run comparison):
+    ``series`` maps a legend label to its ``(x, value)`` points."""
+    fig, ax = _figure()
+    for label, points in series.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, "o-" if len(points) <= 60 else "-", ms=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(key)
+    ax.set_title(key)
+    if any(series.values()):
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def per_epoch(epochs: list[dict], key: str, title: str, ylabel: str, log: bool = False) -> bytes:
     fig, ax = _figure(5.0, 2.8)
     ax.plot([e["epoch"] + 1 for e in epochs], [e[key] for e in epochs], "o-", color=BLUE, ms=3)
@@ -123,6 +139,24 @@ def per_epoch(epochs: list[dict], key: str, title: str, ylabel: str, log: bool =
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    return _png(fig)
+
+
+# -- monitoring -------------------------------------------------------------------------------
+def psi_history(windows: list[str], series: dict[str, list[float | None]], threshold: float) -> bytes:
+    """PSI per column over monitoring windows (oldest first; None: not measured in that window), on a
+    symlog axis with the drift threshold dashed. The dashboard's monitor page draws it."""
+    fig, ax = _figure(7.0, 3.2)
+    x = list(range(1, len(windows) + 1))
+    for name, values in series.items():
+        ax.plot(x, [np.nan if v is None else v for v in values], "o-", ms=3, label=name)
+    ax.axhline(threshold, color=GREY, ls="--", label=f"drift {threshold}")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.set_xticks(x, windows, rotation=45 if len(windows) > 8 else 0)
+    ax.set_xlabel("window")
+    ax.set_ylabel("PSI")
+    ax.legend(fontsize=7)
     return _png(fig)
 
 

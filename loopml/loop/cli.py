@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from loopml.registry.cli import StoreOpt, _table
+from loopml.registry.cli import StoreOpt, _table, existing_store
 
 
 def monitor_command(
@@ -23,7 +23,6 @@ def monitor_command(
     """Input and prediction drift of the logged traffic, and live metrics from feedback (stored per window)."""
     from loopml.errors import LoopmlError
     from loopml.loop.monitor import monitor
-    from loopml.registry import Store
 
     # 0 would silently mean "the whole log" (and a negative --window an empty future one): refuse both
     if last is not None and last < 1:
@@ -32,7 +31,7 @@ def monitor_command(
         raise LoopmlError(f"--window must be a positive number of seconds (got {window})")
     if report is not None and report.is_dir():
         raise LoopmlError(f"--report {report} is a folder; give the HTML file to write, e.g. {report / 'drift.html'}")
-    s = Store(store)
+    s = existing_store(store)
     since = time.time() - window if window else None
     result = monitor(s, name, alias, since=since, last=last)
     rows = [[col, d["kind"], d["psi"], d["noise"], d.get("ks"), d.get("wasserstein"), d.get("chi2_p"), d["level"]]

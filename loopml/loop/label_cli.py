@@ -2,7 +2,8 @@
 
 Labels are checked as the server's ``POST /v1/feedback`` checks them (a class of the target, or a
 finite number in range) and written with the prediction id and the same snapshot (inputs, outputs,
-version). Enter skips a row, ``q`` quits; end of input and Ctrl-C stop after the last whole write.
+version). Enter skips a row, ``:q`` quits (so does ``q`` unless it is one of the classes); end of input
+(Ctrl-D) and Ctrl-C stop after the last whole write.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import Annotated, Any
 
 import typer
 
-from loopml.registry.cli import StoreOpt
+from loopml.registry.cli import StoreOpt, existing_store
 
+#: always quits: no class is typed with a leading colon
+QUIT_KEY = ":q"
+#: quit too, unless the target has a class of that name (then they are that label)
 QUIT = {"q", "quit", "exit"}
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
@@ -31,16 +35,16 @@ def label_command(
     store: StoreOpt = None,
 ) -> None:
     """Label the predictions that matter most: each queued row's inputs, prediction and why it is asked;
-    type the true label (Enter skips, q quits). Each label is stored as feedback at once."""
+    type the true label (Enter skips, :q or Ctrl-D quits). Each label is stored as feedback at once."""
     import loopml
     from loopml.errors import LoopmlError
     from loopml.loop.queue import check_strategy, feedback_queue
-    from loopml.registry import Store
+    from loopml.registry.records import FeedbackExists
 
     if not 1 <= n <= 500:
         raise LoopmlError(f"--n must be between 1 and 500 (got {n})")
     check_strategy(strategy)
-    s = Store(store)
+    s = existing_store(store)
     resolved = s.resolve(f"{name}@{alias}")
     model = loopml.load(resolved["path"])
     target = model.preprocessor.target
@@ -50,7 +54,7 @@ def label_command(
         return
     what = f"classes: {', '.join(map(str, target.classes))}" if target.kind != "number" else "a number"
     typer.echo(f"{len(rows)} predictions of {name} to label by {strategy} — '{target.column}' ({what}); "
-               "Enter skips, q quits")
+               f"Enter skips, {_quits(target)}")
     written = skipped = 0
     try:
         for i, row in enumerate(rows, 1):
@@ -70,10 +74,15 @@ def label_command(
                 typer.echo("  labelled meanwhile by someone else: not written twice")
                 skipped += 1
                 continue
-            with _no_interrupt():  # the one write finishes (or never starts): nothing half-written
-                s.add_feedback(name, label, row["prediction_id"], row["inputs"],
-                               {"prediction": row["prediction"], "probabilities": row["probabilities"]},
-                               row["model_version"])
+            try:
+                with _no_interrupt():  # the one write finishes (or never starts): nothing half-written
+                    s.add_feedback(name, label, row["prediction_id"], row["inputs"],
+                                   {"prediction": row["prediction"], "probabilities": row["probabilities"]},
+                                   row["model_version"])
+            except FeedbackExists:  # labelled between our check and our write (the dashboard, another labeller)
+                typer.echo("  labelled meanwhile by someone else: not written twice")
+                skipped += 1
+                continue
             written += 1
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: {_count(written)} written, {skipped} skipped")
@@ -90,7 +99,8 @@ _QUIT, _SKIP = _Marker(), _Marker()
 
 
 def _ask(target: Any) -> object:
-    """The checked label, ``_SKIP`` (Enter) or ``_QUIT`` (q, end of input); asks again after a bad one."""
+    """The checked label, ``_SKIP`` (Enter) or ``_QUIT`` (:q, q when no class is named so, end of input); asks
+    again after a bad one."""
     while True:
         typer.echo("  label> ", nl=False)
         sys.stdout.flush()
@@ -102,12 +112,21 @@ def _ask(target: Any) -> object:
         text = line.strip()
         if not text:
             return _SKIP
-        if text.lower() in QUIT:
+        if text == QUIT_KEY:
             return _QUIT
         label, problem = check_label(target, text)
-        if problem is None:
+        if problem is None:  # a class named q is a label, not a way out
             return label
-        typer.echo(f"  {problem}; type it again, Enter skips, q quits")
+        if text.lower() in QUIT:
+            return _QUIT
+        typer.echo(f"  {problem}; type it again, Enter skips, {_quits(target)}")
+
+
+def _quits(target: Any) -> str:
+    """How to quit, as the prompt says it: ``q`` only where it is not a label."""
+    classes = target.classes if target.kind != "number" else []
+    shadowed = any(str(c).strip().lower() in QUIT for c in classes)
+    return f"{QUIT_KEY} or Ctrl-D quits" if shadowed else f"{QUIT_KEY} (or q, Ctrl-D) quits"
 
 
 def check_label(target: Any, text: str) -> tuple[object, str | None]:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from loopml.errors import LoopmlError
 from loopml.features.base import StrictModel
@@ -55,13 +55,30 @@ class Rollout(StrictModel):
     min_live_labels: int = Field(50, ge=1, le=MAX_COUNT)
     #: shadow / canary: a trial without enough live labels by then is ended (rejected), so it cannot block
     #: retraining for ever (e.g. the candidate failed to load on the server, or no labels arrive)
-    trial_max_s: float = Field(86400.0, gt=0, allow_inf_nan=False)
+    trial_max_s: float = Field(86400.0, ge=1, allow_inf_nan=False)  # under a second no label could ever arrive
     #: after promotion: how long the new champion is watched, and how many live labels the watch needs
-    watch_s: float = Field(3600.0, ge=0, allow_inf_nan=False)  # an endless watch would never record "kept"
+    watch_s: float = Field(3600.0, ge=0, allow_inf_nan=False)  # an endless watch would never record "kept"; 0 = none
     watch_min_labels: int = Field(50, ge=1, le=MAX_COUNT)
     #: roll back when the new champion's live metric is below the previous one's by this much, significantly
     watch_margin: float = Field(0.02, ge=0)
     significance: float = Field(0.05, gt=0, lt=1)
+
+    @field_validator("watch_s")
+    @classmethod
+    def _watch_long_enough(cls, watch_s: float) -> float:
+        # a watch of a few milliseconds ends before any label can arrive: it would record "kept" unjudged
+        if 0 < watch_s < MIN_INTERVAL_S:
+            raise ValueError(f"must be 0 (no watch) or at least {MIN_INTERVAL_S:g} s")
+        return watch_s
+
+    @field_validator("percent")
+    @classmethod
+    def _percent_only_with_canary(cls, percent: float, info: ValidationInfo) -> float:
+        # a share of traffic means nothing to shadow (all requests) or direct (none): refuse it, not ignore it
+        mode = info.data.get("mode")
+        if mode is not None and mode != "canary":  # (None: mode itself was invalid, and says so)
+            raise ValueError(f"only a canary takes a percent (this rollout is {mode}): drop it, or set mode: canary")
+        return percent
 
     @classmethod
     def parse_short(cls, raw: Any) -> Any:
@@ -79,13 +96,15 @@ class Rollout(StrictModel):
 
 #: the longest loop interval (a year): longer ones overflow the clock and the waits (inf, 1e300)
 MAX_INTERVAL_S = 365 * 24 * 3600.0
+#: the shortest loop interval (and watch): each cycle reads the store and takes its lock; faster is a busy loop
+MIN_INTERVAL_S = 1.0
 
 
 class Schedule(StrictModel):
     """The unattended worker's cadence (``loopml loop``)."""
 
     #: seconds between two cycles (monitor → rollouts → trigger → retrain → gate → promote)
-    interval_s: float = Field(60.0, gt=0, le=MAX_INTERVAL_S)
+    interval_s: float = Field(60.0, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
     #: predictions each cycle's drift check looks at (the newest)
     monitor_rows: int = Field(5000, ge=10, le=MAX_COUNT)
 
@@ -128,7 +147,18 @@ def load_policy(source: str | Path | dict | None) -> Policy:
     from loopml.config import describe_error, read_yaml
 
     raw = source if isinstance(source, dict) else read_yaml(source, "policy", "alias, trigger, data, gate, rollout, loop, train")
+    if not isinstance(source, dict) and not raw and _empty(Path(source)):
+        # an empty file is a mistake (a truncated copy, the wrong path), not a request for every default
+        raise LoopmlError(f"policy file {source} is empty (give at least one section: alias, trigger, data, gate, "
+                          "rollout, loop, train; `{}` means every default)")
     try:
         return Policy.model_validate(raw)
     except ValidationError as e:
         raise LoopmlError(describe_error(e, Policy).replace("config", "policy", 1)) from None
+
+
+def _empty(path: Path) -> bool:
+    """Nothing but whitespace and comments (YAML reads it as null); ``{}`` is not empty."""
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8")) is None

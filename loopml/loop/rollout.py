@@ -59,6 +59,22 @@ def insert_rollout(c, name: str, *, alias: str, candidate: int, champion: int | 
     return int(result.inserted_primary_key[0])
 
 
+def end_watches(c, name: str, alias: str, promoted: int) -> None:
+    """Inside the transaction that promoted ``promoted``: a watch still running on ``name@alias`` ends now, with its
+    decision row (it watched a version that no longer serves, so it can give no verdict; the audit says why)."""
+    now = time.time()
+    watching = c.execute(sa.select(db.rollouts).where(db.rollouts.c.model_name == name, db.rollouts.c.alias == alias,
+                                                      db.rollouts.c.state == "watching")).all()
+    for row in watching:
+        if row.candidate_version == promoted:
+            continue
+        ended = c.execute(db.rollouts.update().where(db.rollouts.c.id == row.id, db.rollouts.c.state == "watching")
+                          .values(state="cancelled", updated_at=now)).rowcount
+        if ended == 1:
+            _decision(c, dict(row._mapping), "rollout", False, f"watch of v{row.candidate_version} ended early: "
+                      f"v{promoted} promoted", {"state": "cancelled", "rollout_id": row.id, "promoted": promoted}, now)
+
+
 def start_rollout(store, name: str, *, alias: str, candidate: int, champion: int | None, mode: str,
                   percent: float | None = None, state: str = "trial", watch_until: float | None = None,
                   numbers: dict | None = None) -> int:
@@ -77,7 +93,10 @@ def starts_rollout(name: str, alias: str, champion: int, rollout) -> Callable:
         if outcome.get("trial"):
             insert_rollout(c, name, alias=alias, candidate=version, champion=champion, mode=rollout.mode,
                            percent=rollout.percent)
-        elif outcome.get("promoted") and rollout.watch_s > 0:
+            return
+        if outcome.get("promoted"):
+            end_watches(c, name, alias, version)
+        if outcome.get("promoted") and rollout.watch_s > 0:
             now = time.time()
             insert_rollout(c, name, alias=alias, candidate=version, champion=champion, mode="direct",
                            state="watching", watch_until=now + rollout.watch_s, numbers={"promoted_at": now})

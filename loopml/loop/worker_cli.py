@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from loopml.registry.cli import ArtifactsOpt, StoreOpt
+from loopml.registry.cli import ArtifactsOpt, StoreOpt, existing_store
 
 #: how long the server waits for its loop worker to stop (a retrain in progress records its interruption first)
 STOP_TIMEOUT_S = 60.0
@@ -35,15 +35,15 @@ def loop_command(
 
     The schedule survives restarts; SIGTERM stops it cleanly (a retrain in progress is interrupted, recorded, redone)."""
     from loopml.errors import LoopmlError
-    from loopml.loop.policy import MAX_INTERVAL_S, load_policy
+    from loopml.loop.policy import MAX_INTERVAL_S, MIN_INTERVAL_S, load_policy
     from loopml.loop.worker import LoopWorker
-    from loopml.registry import Store
 
-    if interval is not None and not 0 < interval <= MAX_INTERVAL_S:
-        raise LoopmlError(f"--interval must be a positive number of seconds, at most {MAX_INTERVAL_S:g} (got {interval})")
+    if interval is not None and not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
+        raise LoopmlError(f"--interval must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} seconds (got {interval})")
     if not policy.is_file():
         raise LoopmlError(f"policy file not found: {policy}")
-    worker = LoopWorker(Store(store, artifacts), name, load_policy(policy), interval=interval, echo=typer.echo)
+    loaded = load_policy(policy)  # the policy's own mistakes first: they are in the file named on the command line
+    worker = LoopWorker(existing_store(store, artifacts), name, loaded, interval=interval, echo=typer.echo)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, worker.on_signal)

@@ -19,6 +19,27 @@ runs_app = typer.Typer(help="Tracked training runs.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models: versions, aliases, lineage.", no_args_is_help=True)
 
 
+def existing_store(store: str | None, artifacts: str | None = None):
+    """The store a reading command (``label``, ``monitor``, ``loop``) works on: a SQLite file that does not exist is
+    a typo, refused in one line, never created empty (the command would then find nothing, or wait for nothing)."""
+    import sqlalchemy as sa
+
+    from loopml.errors import LoopmlError
+    from loopml.registry import Store
+    from loopml.registry.db import store_url
+
+    url = store_url(store)
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        parsed = None  # Store says what a store URL must be
+    if parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not parsed.database.startswith("file:") and not Path(parsed.database).expanduser().is_file():
+        raise LoopmlError(f"no store at {parsed.database}: the SQLite file does not exist (check --store or "
+                          "$LOOPML_STORE; `loopml train` or `loopml models register` creates one)")
+    return Store(store, artifacts)
+
+
 def _store(store: str | None, artifacts: str | None = None):
     from loopml.registry import Store
 

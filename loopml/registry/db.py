@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from loopml.errors import LoopmlError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0007"
+HEAD = "0009"
 DEFAULT_URL = "sqlite:///.loopml/registry.db"
 #: execution option marking a writing transaction (SQLite: BEGIN IMMEDIATE; reads stay deferred)
 WRITE = "loopml_write"

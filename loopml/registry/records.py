@@ -16,6 +16,15 @@ def answered(p: sa.Table = db.predictions) -> sa.ColumnElement:
     return p.c.served.is_not(sa.false())
 
 
+class FeedbackExists(LoopmlError):
+    """A second label for one prediction, not marked as a correction (the server answers 409)."""
+
+    def __init__(self, prediction_id: str) -> None:
+        self.prediction_id = prediction_id
+        super().__init__(f"prediction {prediction_id} already has feedback (to replace its label, send it as a "
+                         "correction: \"corrects\": true)")
+
+
 class Records:
     """Mixed into ``Store``: rows of ``predictions`` and ``feedback``."""
 
@@ -44,16 +53,38 @@ class Records:
                 c.execute(db.predictions.insert(), fresh)
 
     def add_feedback(self, model_name: str, label: object, prediction_id: str | None = None,
-                     inputs: dict | None = None, outputs: dict | None = None, model_version: int | None = None) -> int:
+                     inputs: dict | None = None, outputs: dict | None = None, model_version: int | None = None,
+                     corrects: bool = False) -> int:
         """``outputs``/``model_version`` (and ``inputs``) snapshot the prediction the feedback is about, so the row
-        stands on its own: before its prediction reaches the store, and after retention deleted it."""
+        stands on its own: before its prediction reaches the store, and after retention deleted it.
+
+        One label per prediction: a second one raises ``FeedbackExists`` (two labellers, or a client retrying),
+        unless ``corrects``: then, in the same transaction, the old row lets go of the prediction (it stays, on its
+        inputs alone: a champion that learned it still finds it by id) and the new one takes it, with a new id and
+        time, so a retrain counts it as new feedback and its label wins for those inputs (the latest label wins,
+        as ``feedback_relabelled`` counts across turns). The unique index on ``feedback.prediction_id`` (0009)
+        makes this hold under concurrent writers too."""
         if prediction_id is None and inputs is None:
             raise LoopmlError("feedback needs a prediction_id or the inputs it is about")
-        with self.writer.begin() as c:
-            result = c.execute(db.feedback.insert().values(
-                model_name=model_name, prediction_id=prediction_id, inputs=inputs, label=label, created_at=time.time(),
-                prediction_outputs=outputs, model_version=model_version))
-            return int(result.inserted_primary_key[0])
+        f = db.feedback
+        try:
+            with self.writer.begin() as c:
+                if prediction_id is not None:
+                    known = c.execute(sa.select(f.c.id, f.c.inputs).where(f.c.prediction_id == prediction_id)).first()
+                    if known is not None and not corrects:
+                        raise FeedbackExists(prediction_id)
+                    if known is not None:
+                        inputs = inputs if inputs is not None else known.inputs
+                        c.execute(f.update().where(f.c.id == known.id).values(
+                            prediction_id=None, inputs=known.inputs if known.inputs is not None else inputs))
+                result = c.execute(f.insert().values(
+                    model_name=model_name, prediction_id=prediction_id, inputs=inputs, label=label,
+                    created_at=time.time(), prediction_outputs=outputs, model_version=model_version))
+                return int(result.inserted_primary_key[0])
+        except sa.exc.IntegrityError:  # a concurrent writer labelled it between our check and our insert
+            if prediction_id is None:
+                raise
+            raise FeedbackExists(prediction_id) from None
 
     def prune_predictions(self, model_name: str, older_than: float | None = None, keep_rows: int | None = None,
                           chunk: int = 5000, max_chunks: int = 100) -> int:

@@ -25,7 +25,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from loopml.data.validate import FLOAT32_MAX, NUMBER_RANGE
 from loopml.errors import LoopmlError
+from loopml.registry.records import FeedbackExists
 from loopml.serve.batcher import Batcher, BatchFailed, QueueFull
+from loopml.serve.docs import vendored_docs
 from loopml.serve.limits import LimitsAndMetrics
 from loopml.serve.metrics import ServerMetrics
 from loopml.serve.predlog import DURABILITY, LogUnavailable, PredictionLog, default_spool_dir, parse_retention
@@ -62,6 +64,8 @@ class ServeSettings(BaseModel):
     #: prune this model's prediction log: an age (30d, 12h, 45m) or a row count; None keeps everything
     log_retention: str | None = None
     log_retention_interval_s: float = Field(300.0, gt=0)
+    #: mount the dashboard (loopml.ui) at /ui, over the same store
+    ui: bool = False
 
 
 @dataclass
@@ -230,6 +234,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         metrics.close()
 
     app = FastAPI(title=f"loopml: {first.name}", version="1", lifespan=lifespan, default_response_class=StrictJSONResponse,
+                  docs_url=None, redoc_url=None,  # /docs from the vendored Swagger UI (serve/docs.py): no CDN
                   description=f"Predictions from {first.reference} (target '{pre.target.column}', {pre.target.kind}).")
     app.add_middleware(CountArrivals, counter=arriving)
     app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
@@ -366,7 +371,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 inputs = inputs if inputs is not None else logged["inputs"]
                 outputs, version = logged["outputs"], logged["model_version"]
             feedback_id = await run_in_threadpool(store.add_feedback, name, label, body.prediction_id, inputs,
-                                                  outputs, version)
+                                                  outputs, version, body.corrects)
+        except FeedbackExists as e:  # one label per prediction (a unique index): a second one is a conflict
+            raise _HTTP(409, printable(e)) from None
         except SQLAlchemyError as e:
             log.error("feedback not stored: %s", e)
             raise _HTTP(503, "the store is unavailable; the feedback was not stored, retry shortly") from None
@@ -405,6 +412,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return {"swapped": swapped, "version": state["served"].version, "last_load_error": load_failure.as_dict()}
 
     app.include_router(queue_router(store, state, client_key))
+    vendored_docs(app)
+    if settings.ui:  # the dashboard over the same store; its pages link under /ui
+        from loopml.ui.app import create_ui_app
+        from loopml.ui.context import UISettings
+
+        app.mount("/ui", create_ui_app(UISettings(settings.store, settings.artifacts, admin_token=settings.admin_token),
+                                       store=store))
     app.state.loopml = state
     app.state.predictions = predictions
     app.state.rollout = trial

@@ -9,7 +9,7 @@ import re
 from typing import Annotated, Any, Union
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, create_model
 
 
 def _encodable(value: str) -> str:
@@ -153,4 +153,6 @@ def feedback_model(inputs: type[BaseModel]) -> type[BaseModel]:
         inputs=(inputs | None, Field(None, description="instead of prediction_id")),
         label=(Union[Text, int, float, bool], Field(description="the true class or value")),  # noqa: UP007
         model=(Text | None, Field(None, description="model name (default: the served model)")),
+        corrects=(StrictBool, Field(False, description="replace the label this prediction already has (otherwise a second "
+                                                 "label for one prediction_id is refused: 409)")),
     )

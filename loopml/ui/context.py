@@ -34,6 +34,9 @@ class UISettings:
     session_s: float = 12 * 3600.0
     #: who the audit log names for an action taken from the dashboard
     actor: str = "ui"
+    #: the folder logged image inputs are relative to (``serve --media-root``): the labelling queue shows
+    #: thumbnails of files inside it; None: image inputs show as their text
+    media_root: str | None = None
 
 
 @dataclass

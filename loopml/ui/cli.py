@@ -1,0 +1,62 @@
+"""``loopml ui``: the dashboard on its own (``loopml serve --ui`` mounts the same app at /ui)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from loopml.registry.cli import ArtifactsOpt, StoreOpt
+
+
+def ui_command(
+    host: Annotated[str, typer.Option(help="Address to bind (non-loopback needs --admin-token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    admin_token: Annotated[str | None, typer.Option(
+        envvar="LOOPML_ADMIN_TOKEN", help="Token for promote, rollback and labelling (without it: read-only).")] = None,
+    store: StoreOpt = None, artifacts: ArtifactsOpt = None,
+) -> None:
+    """The web dashboard: runs, models, monitor, feedback (labelling), decisions.
+
+    Read-only without --admin-token; with it, log in on the page to promote, roll back and label."""
+    import uvicorn
+
+    from loopml.cli import _check_port_free, check_bind
+    from loopml.registry import Store
+    from loopml.ui.app import create_ui_app
+    from loopml.ui.context import UISettings
+
+    check_bind(host, port, admin_token)
+    _check_port_free(host, port)
+    existing_store(store)
+    shared = Store(store, artifacts)
+    shared.engine  # noqa: B018  a bad URL or an unreachable server is one line now, not on the first page
+    application = create_ui_app(UISettings(store=store, artifacts=artifacts, admin_token=admin_token or None),
+                                store=shared)
+    mode = "admin actions need the token" if admin_token else \
+        "read-only: start with --admin-token to promote, roll back, label"
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"dashboard on http://{shown}:{port}/ ({mode})", err=True)
+    uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+
+
+def existing_store(url: str | None) -> None:
+    """A dashboard reads a store: a SQLite file that is not there is a typo, not a store to create."""
+    import sqlalchemy as sa
+
+    from loopml.errors import LoopmlError
+    from loopml.registry.db import store_url
+
+    resolved = store_url(url)
+    try:
+        parsed = sa.engine.make_url(resolved)
+    except sa.exc.ArgumentError:
+        raise LoopmlError(f"store URL {resolved!r} is not a SQLAlchemy URL (e.g. sqlite:///registry.db, "
+                          "postgresql+psycopg://user@host/db)") from None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return
+    path = Path(parsed.database).expanduser()
+    if not path.is_file():
+        raise LoopmlError(f"no store at {path}: give --store (or LOOPML_STORE) of an existing store; "
+                          "`loopml train … --register NAME` creates one")
