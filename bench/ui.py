@@ -41,6 +41,10 @@ CACHE = Path(tempfile.gettempdir()) / "loopml_ui_bench"
 FULL = {"runs": 10_000, "versions": 1_000, "predictions": 1_000_000}
 QUICK = {"runs": 200, "versions": 20, "predictions": 5_000}
 TOKEN = "bench-token"
+LOAD_LAZY_IMAGES = """() => Promise.all(Array.from(document.images).map(i => {
+  i.loading = "eager";
+  return i.complete && i.naturalWidth ? 0 : new Promise(done => { i.onload = i.onerror = done; });
+}))"""
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run"]
 
@@ -229,6 +233,7 @@ def screenshots(out: Path = RESULTS / "ui") -> list[Path]:
             for name, path in shots[1:]:
                 page.goto(base + path)
                 page.wait_for_load_state("networkidle")
+                page.evaluate(LOAD_LAZY_IMAGES)  # a full-page shot shows what is below the fold: load it first
                 page.screenshot(path=str(out / f"{name}.png"), full_page=True)
                 written.append(out / f"{name}.png")
                 print(f"  {out / f'{name}.png'}", flush=True)

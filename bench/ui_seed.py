@@ -230,7 +230,7 @@ def _drift_windows(c, model, version: int, now: float, windows: int) -> int:
     rows = []
     for w in range(windows):
         data = frame(300, 100 + w, shift=w / max(windows - 1, 1))
-        predicted = list(np.where(data["a"] > data["b"], "pos", "neg"))
+        predicted = [str(p) for p in model.predict(data.drop(columns=["label"]))]  # the real model's answers
         result = window_drift(data.drop(columns=["label"]), predicted, model.reference)
         live = live_metrics([{"prediction_outputs": {"prediction": p}, "label": y}
                              for p, y in zip(predicted[:60], data["label"][:60], strict=True)], "category")

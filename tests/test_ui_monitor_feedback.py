@@ -138,6 +138,18 @@ def test_monitor_predictions_are_paged_newest_first(seeded):
     assert "page 3 of 3" in html
 
 
+def test_monitor_lists_only_the_newest_rows(seeded, monkeypatch):
+    from loopml.ui import queries_monitor
+
+    _, client, ids = seeded
+    monkeypatch.setattr(queries_monitor, "MAX_LISTED", 150)
+    last = client.get("/monitor?model=clf&per=100&page=2").text
+    assert re.findall(r'<td title="([0-9a-f]{32})">', last) == ids[::-1][100:150]
+    assert 'rel="next"' not in last and "The newest 150 predictions are listed" in last
+    beyond = client.get("/monitor?model=clf&per=100&page=3")
+    assert beyond.status_code == 400 and "the monitor lists the newest 150 predictions" in beyond.text
+
+
 def test_queue_shows_ranked_rows_with_reasons_read_only_without_login(seeded):
     _, client, _ = seeded
     html = client.get("/feedback?model=clf&n=10").text
@@ -220,3 +232,85 @@ def test_a_logged_script_renders_as_text_on_both_pages(seeded):
 def test_thumbnails_need_a_media_root_and_an_image_column(seeded):
     _, client, ids = seeded
     assert client.get(f"/feedback/clf/thumb/{ids[0]}/note").status_code == 404
+
+
+def test_monitor_shows_the_loop_schedule_and_rollouts_in_progress(seeded):
+    from loopml.loop.rollout import insert_rollout
+    from loopml.loop.worker import write_state
+
+    store, client, _ = seeded
+    write_state(store, "clf", cycles=3, last_cycle_at=time.time() - 60, next_cycle_at=time.time() + 60,
+                state={"phase": "idle"})
+    with store.writer.begin() as c:
+        insert_rollout(c, "clf", alias="production", candidate=2, champion=1, mode="canary", percent=10.0,
+                       numbers={"candidate_labels": 7})
+    html = client.get("/monitor?model=clf").text
+    assert "no worker running; 3 cycles, last " in html and "(when a worker runs); idle" in html
+    assert re.search(r"rollout: clf:2 canary 10%\s*<span class=\"tag\">trial</span> since .*\(champion :1, 7 live labels\)",
+                     html), html
+
+
+def test_a_regressor_label_is_a_finite_number():
+    from types import SimpleNamespace
+
+    from loopml.ui.auth import UIError
+    from loopml.ui.pages.feedback import check_label
+
+    target = SimpleNamespace(kind="number", column="price")
+    assert check_label(target, "3.5") == 3.5
+    for bad, line in (("cheap", "label: a number is expected for 'price'"), ("1e309", "is not"), ("nan", "is not")):
+        with pytest.raises(UIError) as refused:
+            check_label(target, bad)
+        assert refused.value.status == 422 and line in refused.value.message, refused.value.message
+
+
+def test_a_stale_ranking_is_shown_while_it_is_ranked_again(seeded, monkeypatch):
+    from loopml.ui.pages import feedback
+
+    _, client, _ = seeded
+    first = client.get("/feedback?model=clf&n=5").text
+    assert "re-ranking now" not in first
+    monkeypatch.setattr(feedback, "TTL_S", -1.0)
+    stale = client.get("/feedback?model=clf&n=5").text
+    assert "re-ranking now" in stale and _queue_ids(stale) == _queue_ids(first)
+    cache = client.app.state.ui.caches
+    key = ("feedback.queue", "clf", 1, "uncertainty")
+    deadline = time.time() + 60
+    while cache[key]["refreshing"] and time.time() < deadline:
+        time.sleep(0.1)
+    monkeypatch.setattr(feedback, "TTL_S", 60.0)  # the fresh list is used as it is: no thread left running
+    assert not cache[key]["refreshing"] and _queue_ids(client.get("/feedback?model=clf&n=5").text) == _queue_ids(first)
+
+
+def test_image_thumbnails_only_for_files_inside_the_media_root(tmp_path, seeded, monkeypatch):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from loopml.ui.pages import feedback
+
+    store, _, _ = seeded
+    media = tmp_path / "media"
+    media.mkdir()
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(media / "cat.png")
+    (tmp_path / "outside.png").write_bytes((media / "cat.png").read_bytes())
+    image = SimpleNamespace(config=SimpleNamespace(type="image"))
+    fake = SimpleNamespace(preprocessor=SimpleNamespace(features={"img": image}))
+    monkeypatch.setattr(feedback, "production", lambda ctx, name: (1, fake))
+    rows = [{"id": f"{i:032x}", "model_name": "clf", "model_version": 1, "created_at": time.time(),
+             "inputs": {"img": path}, "outputs": {"prediction": "pos"}, "latency_ms": 1.0}
+            for i, path in enumerate(["cat.png", "../outside.png", str(tmp_path / "outside.png"), "missing.png"])]
+    store.log_predictions(rows)
+    client = TestClient(create_ui_app(UISettings(admin_token="t", media_root=str(media)), store=store))
+    small = client.get(f"/feedback/clf/thumb/{rows[0]['id']}/img")
+    assert small.status_code == 200 and small.headers["content-type"] == "image/png"
+    from io import BytesIO
+
+    assert max(Image.open(BytesIO(small.content)).size) <= 160
+    for r in rows[1:]:
+        refused = client.get(f"/feedback/clf/thumb/{r['id']}/img")
+        assert refused.status_code == 404 and str(tmp_path) not in refused.text
+    assert client.get(f"/feedback/clf/thumb/{rows[0]['id']}/note").status_code == 404
+    ctx = client.app.state.ui
+    shown = [feedback._inputs(ctx, {"inputs": r["inputs"]}, {"img": "image"})[0]["thumb"] for r in rows]
+    assert shown == [True, False, False, False]

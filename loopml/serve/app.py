@@ -417,8 +417,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         from loopml.ui.app import create_ui_app
         from loopml.ui.context import UISettings
 
-        app.mount("/ui", create_ui_app(UISettings(settings.store, settings.artifacts, admin_token=settings.admin_token),
-                                       store=store))
+        app.mount("/ui", create_ui_app(UISettings(settings.store, settings.artifacts, admin_token=settings.admin_token,
+                                                  media_root=settings.media_root), store=store))
     app.state.loopml = state
     app.state.predictions = predictions
     app.state.rollout = trial

@@ -17,6 +17,8 @@ from loopml.registry.records import answered
 
 #: at most this many windows in the monitor's table and chart
 MAX_WINDOWS = 50
+#: the predictions table pages through the newest this many (a deep OFFSET walks the index: 10k rows stay fast)
+MAX_LISTED = 10_000
 #: at most this many model names named in a "no such model" line's suggestion
 _KNOWN = 1000
 

@@ -101,6 +101,11 @@ def experiments(conn: sa.Connection) -> list[str]:
     return [e for e in conn.execute(query).scalars() if e is not None]
 
 
+def has_experiment(conn: sa.Connection, name: str) -> bool:
+    """Whether any run has this experiment (for a name past the menu's first MAX_EXPERIMENTS)."""
+    return conn.execute(sa.select(db.runs.c.id).where(db.runs.c.experiment == name).limit(1)).first() is not None
+
+
 def _sort_source(dialect: str, q: RunQuery):
     """``(id, started_at, sort_value)`` of the filtered runs: ``sort_value`` is the number at ``q.metric`` (a
     dotted path) in ``runs.metrics``, NULL when absent or not a number."""

@@ -47,15 +47,19 @@ def monitor_page(request: Request, ctx: UIContext = Depends(get_ctx), model: str
     grid = [(col, [q.cell(w, col) for w in shown]) for col in columns]
     predicted = [q.cell(w, None) for w in shown]
     live = [_live(w, tests.get(w["model_version"], {})) for w in shown]
-    rows, older = q.recent_predictions(engine, model, page.offset, page.per)
-    if not older:
+    if page.offset >= q.MAX_LISTED:
+        raise UIError(400, f"page: the monitor lists the newest {q.MAX_LISTED} predictions "
+                           f"(at {page.per} a page, pages 1..{-(-q.MAX_LISTED // page.per)})")
+    rows, older = q.recent_predictions(engine, model, page.offset, min(page.per, q.MAX_LISTED - page.offset))
+    if not older or page.offset + page.per >= q.MAX_LISTED:
         page.total = page.offset + len(rows)
     inputs: dict[str, None] = {}
     for r in rows:
         inputs.update(dict.fromkeys(r["inputs"] if isinstance(r["inputs"], dict) else {}))
     return render(request, "monitor.html", model=model, windows=shown, grid=grid, predicted=predicted, live=live,
                   chart=_chart(ctx, model, shown, columns), loop=_loop(ctx, model), rows=rows,
-                  input_columns=list(inputs), page=page, query={"model": model, "windows": windows}, drift=DRIFT)
+                  input_columns=list(inputs), page=page, capped=older and page.total is not None,
+                  query={"model": model, "windows": windows}, drift=DRIFT)
 
 
 def _live(window: dict, test: dict) -> dict:

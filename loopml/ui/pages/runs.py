@@ -55,7 +55,7 @@ def runs_list(request: Request, ctx: UIContext = Depends(get_ctx), page: Page = 
     q = qr.parse_query(experiment, status, sort, order)
     with ctx.store.engine.connect() as conn:
         names = qr.experiments(conn)
-        if q.experiment is not None and q.experiment not in names:
+        if q.experiment is not None and q.experiment not in names and not qr.has_experiment(conn, q.experiment):
             raise UIError(404, qr.nearest(q.experiment, names, "experiment"))
         rows = qr.list_runs(conn, q, page)
     return render(request, "runs.html", rows=rows, page=page, q=q, experiments=names,
