@@ -9,6 +9,7 @@ watched: one to anywhere but 127.0.0.1 is aborted and fails the test.
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -38,9 +39,11 @@ def dashboard(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ui_browser")
     url, artifacts = f"sqlite:///{root / 'registry.db'}", str(root / "artifacts")
-    facts = seed(url, artifacts, runs=3, versions=0, predictions=40, drift_windows=3, epochs=2)
-    with ui_server(url, artifacts, token=TOKEN, log=root / "ui.log") as base:
-        yield {**facts, "base": base, "store": Store(url, artifacts)}
+    _ = Store(url, artifacts).artifacts  # the schema now: `loopml ui` starts (imports) while the model trains
+    with ThreadPoolExecutor(1) as pool:
+        seeding = pool.submit(seed, url, artifacts, runs=3, versions=0, predictions=40, drift_windows=3, epochs=2)
+        with ui_server(url, artifacts, token=TOKEN, log=root / "ui.log") as base:
+            yield {**seeding.result(), "base": base, "store": Store(url, artifacts)}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +163,7 @@ def test_script_input_renders_as_text(page, dashboard):
     base, name = dashboard["base"], dashboard["model"]
     for path in (f"/feedback?model={name}&n=100", f"/monitor?model={name}"):
         page.goto(base + path)
-        page.wait_for_load_state("networkidle")
+        page.wait_for_load_state("load")
         assert page.evaluate("typeof window.__xss") == "undefined", path
     page.goto(f"{base}/feedback?model={name}&n=100")
     expect(page.get_by_text(XSS, exact=True)).to_be_visible()
@@ -203,7 +206,7 @@ def test_no_request_leaves_localhost(page, dashboard):
                  "/decisions"):
         response = page.goto(base + path)
         assert response.status == 200, path
-        page.wait_for_load_state("networkidle")
+        page.wait_for_load_state("load")
     assert any(u.endswith("/static/ui.js") for u in page.seen) and any(u.endswith("/static/style.css") for u in page.seen)
     assert page.outside == [], page.outside
     assert all(urlsplit(u).hostname == "127.0.0.1" for u in page.seen)
