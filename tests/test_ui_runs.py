@@ -152,7 +152,9 @@ def test_compare_two_runs(seeded):
     params = r.text.split('id="compare-params"')[1].split("</table>")[0]
     differing = re.findall(r'<tr class="differs"><td><code>([\w.]+)</code>', params)
     assert differing == ["lr", "model.width"]  # model.depth is the same: not highlighted
-    assert "<code>model.depth</code>" in params
+    assert "<code>model.depth</code>" not in params  # the same in both: only under "show all"
+    every = r.text.split('id="compare-params-all"')[1].split("</details>")[0]
+    assert "<code>model.depth</code>" in every and "show all" in every
     plots = re.findall(r'<img class="plot"[^>]*src="([^"]+)"', r.text)
     assert len(plots) == 3  # lr, train_loss, val_loss
     png = client.get(plots[0].replace("&amp;", "&"))

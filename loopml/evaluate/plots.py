@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402  (not pyplot: no global figure registry to manage)
-from matplotlib.ticker import LogFormatter  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 from loopml.evaluate.metrics import calibration  # noqa: E402
@@ -107,6 +107,7 @@ def learning_curve(epochs: list[dict], key: str, best_epoch: int | None, title: 
     if best_epoch is not None:
         ax.axvline(best_epoch + 1, color=GREY, ls="--", label=f"best {unit} ({best_epoch + 1})")
     ax.set_xlabel(unit)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and rounds are whole: no 1.5, 2.5 ticks
     ax.set_ylabel(key)
     ax.set_title(title)
     ax.legend()
@@ -122,6 +123,7 @@ def overlaid_curves(series: dict[str, list[tuple[int, float]]], key: str, xlabel
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, "o-" if len(points) <= 60 else "-", ms=3, label=label)
     ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key)
     ax.set_title(key)
     if any(series.values()):
@@ -137,6 +139,7 @@ def per_epoch(epochs: list[dict], key: str, title: str, ylabel: str, log: bool =
         ax.yaxis.set_major_formatter(LogFormatter())  # plain text; labels minor ticks on short ranges
         ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _png(fig)

@@ -415,10 +415,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
     vendored_docs(app)
     if settings.ui:  # the dashboard over the same store; its pages link under /ui
         from loopml.ui.app import create_ui_app
-        from loopml.ui.context import UISettings
+        from loopml.ui.context import SERVER_RANK_WAIT_S, UISettings
+
+        def served_model(name: str) -> tuple[int, Any] | None:  # the served copy: the queue loads no second one
+            served = state["served"]  # read per call: after a swap the dashboard ranks with the new version
+            return (served.version, served.model) if served.name == name else None
 
         app.mount("/ui", create_ui_app(UISettings(settings.store, settings.artifacts, admin_token=settings.admin_token,
-                                                  media_root=settings.media_root), store=store))
+                                                  api_keys=list(settings.api_keys), media_root=settings.media_root,
+                                                  rank_wait_s=SERVER_RANK_WAIT_S),
+                                       store=store, served_model=served_model))
     app.state.loopml = state
     app.state.predictions = predictions
     app.state.rollout = trial

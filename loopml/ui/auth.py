@@ -1,4 +1,5 @@
-"""Who may change things: read-only for everyone, the admin token for promote, rollback and labels.
+"""Who may see and change things: read-only for everyone (or, with API keys configured, for a visitor logged in
+with one), the admin token for promote, rollback and labels.
 
 - A browser logs in once (``POST /login`` with the token) and gets a session cookie: HttpOnly,
   SameSite=Strict, signed with the token (HMAC) and expiring; the token itself is never stored in it.
@@ -38,29 +39,47 @@ def _sign(token: str, text: str) -> str:
     return hmac.new(token.encode("utf-8"), text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def new_session(request: Request) -> str:
-    """A cookie value for a fresh login: ``expiry.nonce.signature``."""
+def new_session(request: Request, key: str | None = None) -> str:
+    """A cookie value for a fresh login, ``role.expiry.nonce.signature``: an admin session signed with the admin
+    token, a read-only one (``key``: the API key given) with that key, so removing the key ends its sessions."""
     settings = _settings(request)
+    role, secret = ("read", key) if key is not None else ("admin", settings.admin_token)
     expiry = str(int(time.time() + settings.session_s))
     nonce = secrets.token_hex(16)
-    return f"{expiry}.{nonce}.{_sign(settings.admin_token, f'session:{expiry}:{nonce}')}"
+    return f"{role}.{expiry}.{nonce}.{_sign(secret, f'session:{role}:{expiry}:{nonce}')}"
 
 
-def _session(request: Request) -> str | None:
-    """The request's valid session cookie, else None."""
-    token = _settings(request).admin_token
+def _session(request: Request) -> tuple[str, str, str] | None:
+    """(cookie value, role, the secret it is signed with) of the request's valid session cookie, else None."""
+    settings = _settings(request)
     value = request.cookies.get(COOKIE, "")
-    if not token or value.count(".") != 2:
+    if value.count(".") != 3:
         return None
-    expiry, nonce, signature = value.split(".")
+    role, expiry, nonce, signature = value.split(".")
     if not expiry.isdigit() or int(expiry) < time.time():
         return None
-    return value if hmac.compare_digest(signature, _sign(token, f"session:{expiry}:{nonce}")) else None
+    secrets_ = [settings.admin_token] if role == "admin" else list(settings.api_keys) if role == "read" else []
+    for secret in secrets_:
+        if secret and hmac.compare_digest(signature, _sign(secret, f"session:{role}:{expiry}:{nonce}")):
+            return value, role, secret
+    return None
+
+
+def _same_secret(given: str, secret: str | None) -> bool:
+    return bool(secret) and bool(given) and hmac.compare_digest(given.encode("utf-8"), secret.encode("utf-8"))
 
 
 def token_matches(request: Request, given: str) -> bool:
-    token = _settings(request).admin_token
-    return bool(token) and hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
+    return _same_secret(given, _settings(request).admin_token)
+
+
+def api_key_matching(request: Request, given: str) -> str | None:
+    """The configured API key ``given`` is (every key compared, constant-time), else None."""
+    found = None
+    for key in _settings(request).api_keys:
+        if _same_secret(given, key):
+            found = key
+    return found
 
 
 def _bearer(request: Request) -> bool:
@@ -69,12 +88,28 @@ def _bearer(request: Request) -> bool:
 
 
 def is_admin(request: Request) -> bool:
-    return _bearer(request) or _session(request) is not None
+    session = _session(request)
+    return _bearer(request) or (session is not None and session[1] == "admin")
+
+
+def session_role(request: Request) -> str | None:
+    session = _session(request)
+    return session[1] if session else None
+
+
+def can_read(request: Request) -> bool:
+    """Whether the request may see the pages: always without API keys configured; with them (``serve --api-key``,
+    ``ui --api-key``) a session (admin or read-only), the admin token, or an API key in ``X-API-Key`` or
+    ``Authorization: Bearer`` (as the prediction API takes it)."""
+    if not _settings(request).api_keys or _session(request) is not None or _bearer(request):
+        return True
+    given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return api_key_matching(request, given) is not None
 
 
 def csrf_token(request: Request) -> str:
     session = _session(request)
-    return _sign(_settings(request).admin_token, f"csrf:{session}") if session else ""
+    return _sign(session[2], f"csrf:{session[0]}") if session else ""
 
 
 def _same_origin(request: Request) -> bool:
@@ -93,13 +128,32 @@ async def require_admin(request: Request) -> str:
         raise UIError(403, "the dashboard is read-only: start it with --admin-token to promote, roll back or label")
     if _bearer(request):
         return settings.actor
-    if _session(request) is None:
+    session = _session(request)
+    if session is None:
         raise UIError(401, "log in with the admin token first")
+    if session[1] != "admin":
+        raise UIError(403, "this session is read-only (an API key): log in with the admin token to change things")
+    await check_csrf(request)
+    return settings.actor
+
+
+async def check_csrf(request: Request) -> None:
+    """The form's (or ``X-CSRF-Token``'s) token must be the session's, and a browser's Origin this host."""
     form = await request.form()
     given = request.headers.get("x-csrf-token") or str(form.get("csrf", ""))
-    if not _same_origin(request) or not hmac.compare_digest(given.encode("utf-8"), csrf_token(request).encode("utf-8")):
+    expected = csrf_token(request)
+    if not expected or not _same_origin(request) or not hmac.compare_digest(given.encode("utf-8"),
+                                                                            expected.encode("utf-8")):
         raise UIError(403, "CSRF check failed: reload the page and submit its form again")
-    return settings.actor
+
+
+async def require_session(request: Request) -> None:
+    """Dependency of logout: any session (admin or read-only), with its CSRF token (or the admin token as Bearer)."""
+    if _bearer(request):
+        return
+    if _session(request) is None:
+        raise UIError(401, "not logged in")
+    await check_csrf(request)
 
 
 def safe_next(request: Request, target: str | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+#: what a dashboard server (``loopml ui``, ``serve --ui``) lets the labelling page wait for a first ranking
+SERVER_RANK_WAIT_S = 0.3
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
@@ -30,6 +33,9 @@ class UISettings:
     artifacts: str | None = None
     #: the admin token: promote, rollback and labelling need it (None: the dashboard is read-only)
     admin_token: str | None = None
+    #: API keys (``serve --api-key``, ``ui --api-key``): when any is set, only a visitor logged in with one (a
+    #: read-only session) or with the admin token sees the pages; none: the pages are public (read-only)
+    api_keys: list[str] = field(default_factory=list)
     #: seconds a login lasts
     session_s: float = 12 * 3600.0
     #: who the audit log names for an action taken from the dashboard
@@ -37,6 +43,14 @@ class UISettings:
     #: the folder logged image inputs are relative to (``serve --media-root``): the labelling queue shows
     #: thumbnails of files inside it; None: image inputs show as their text
     media_root: str | None = None
+    #: seconds the labelling page waits for its first ranking (model load + scoring, done in the background)
+    #: before it answers "ranking…" and reloads itself; ``loopml ui`` / ``serve --ui`` wait a fraction of a second
+    rank_wait_s: float = 30.0
+
+
+#: a host's loaded model, to reuse rather than load again: ``name`` → ``(version, loopml model)`` when the host
+#: has that model's version in memory (``loopml serve --ui``: the version it serves), else None
+ServedModel = Callable[[str], "tuple[int, Any] | None"]
 
 
 @dataclass
@@ -46,6 +60,8 @@ class UIContext:
     templates: Jinja2Templates
     #: small per-app caches a page may keep (e.g. a ranked labelling queue), keyed by the page
     caches: dict = field(default_factory=dict)
+    #: the model the host already serves (the labelling queue ranks with it when it is name@production)
+    served_model: ServedModel | None = None
 
 
 def get_ctx(request: Request) -> UIContext:
@@ -58,13 +74,14 @@ def base_url(request: Request) -> str:
 
 
 def render(request: Request, template: str, status_code: int = 200, **values: Any) -> HTMLResponse:
-    from loopml.ui.auth import csrf_token, is_admin
+    from loopml.ui.auth import csrf_token, is_admin, session_role
 
     ctx = get_ctx(request)
     admin = is_admin(request)
     return ctx.templates.TemplateResponse(
         request, template, {"base": base_url(request), "is_admin": admin, "admin_enabled": bool(ctx.settings.admin_token),
-                            "csrf": csrf_token(request) if admin else "", **values}, status_code=status_code)
+                            "session_role": session_role(request), "keys_enabled": bool(ctx.settings.api_keys),
+                            "csrf": csrf_token(request), **values}, status_code=status_code)
 
 
 def png_uri(png: bytes) -> str:

@@ -38,6 +38,7 @@ WINDOW = 1000
 TTL_S = 60.0
 #: the most rows one page shows; the list keeps more so labelled rows leave it without a re-rank
 MAX_N, KEEP = 100, 2
+DEFAULT_N = 20
 THUMB = (160, 120)
 MAX_THUMB_PIXELS = 40_000_000
 
@@ -48,6 +49,9 @@ def production(ctx: UIContext, name: str) -> tuple[int, Any] | None:
     version = ctx.store.alias_version(name, "production")
     if version is None:
         return None
+    hosted = ctx.served_model(name) if ctx.served_model is not None else None
+    if hosted is not None and hosted[0] == version:  # the server's own copy (serve --ui): no second load
+        return int(hosted[0]), hosted[1]
     key = ("feedback.model", name)
     cached = ctx.caches.get(key)
     if cached is not None and cached[0] == version:
@@ -103,11 +107,67 @@ def _refresh(ctx: UIContext, key: tuple, name: str, version: int, model: Any, st
             ctx.caches[key]["refreshing"] = False
 
 
+# -- the first ranking, in the background ----------------------------------------------------------
+def _prepare(ctx: UIContext, job: dict, name: str, strategy: str, n: int) -> None:
+    try:
+        served = production(ctx, name)
+        job["result"] = (served, ranked(ctx, name, *served, strategy, n) if served is not None else None)
+    except (UIError, LoopmlError, SQLAlchemyError, ValueError) as e:  # re-raised by the view that collects it
+        job["error"] = e
+    finally:
+        job["done"].set()
+
+
+def _job(ctx: UIContext, name: str, strategy: str, n: int) -> tuple[tuple, dict]:
+    """The running (or finished, not yet collected) preparation of this queue, started if there is none."""
+    key = ("feedback.job", name, strategy, n)
+    with _lock(ctx, ("feedback.jobs",)):
+        job = ctx.caches.get(key)
+        if job is None:
+            job = ctx.caches[key] = {"done": threading.Event(), "result": None, "error": None}
+            threading.Thread(target=_prepare, args=(ctx, job, name, strategy, n), name=f"loopml-ui-prepare-{name}",
+                             daemon=True).start()
+    return key, job
+
+
+def prepared(ctx: UIContext, name: str, strategy: str, n: int) -> tuple[Any, dict | None] | None:
+    """((version, model) or None, ranked entry) of ``name``'s queue, or None while a first load and ranking (seconds:
+    the model is loaded, 1000 rows scored) still runs: it runs in a thread the view waits on for at most
+    ``settings.rank_wait_s``, so a fresh server's page answers at once with "ranking…" and reloads itself."""
+    key, job = _job(ctx, name, strategy, n)
+    if not job["done"].wait(max(ctx.settings.rank_wait_s, 0.0)):
+        return None
+    with _lock(ctx, ("feedback.jobs",)):
+        if ctx.caches.get(key) is job:
+            del ctx.caches[key]  # the next view asks again (a cache hit once the model and ranking are kept)
+    if job["error"] is not None:
+        raise job["error"]
+    return job["result"]
+
+
+def prerank(ctx: UIContext, limit: int = 3) -> list[str]:
+    """Start the first ranking, in the background, of the queues of the (at most ``limit``) models with a production
+    alias among the newest logged predictions: the models someone is about to label. Their names."""
+    import sqlalchemy as sa
+
+    from loopml.registry import db
+
+    p, a = db.predictions, db.aliases
+    newest = sa.select(p.c.model_name).order_by(p.c.created_at.desc()).limit(500).subquery()
+    query = (sa.select(a.c.name).where(a.c.alias == "production", a.c.name.in_(sa.select(newest.c.model_name)))
+             .order_by(a.c.name).limit(limit))
+    with ctx.store.engine.connect() as c:
+        names = list(c.execute(query).scalars())
+    for name in names:
+        _job(ctx, name, "uncertainty", DEFAULT_N)
+    return names
+
+
 # -- the page --------------------------------------------------------------------------------------
 @router.get("/feedback", response_class=HTMLResponse)
 def feedback_page(request: Request, ctx: UIContext = Depends(get_ctx), model: str | None = NAME,
                   strategy: str = Query("uncertainty", max_length=32, description="|".join(STRATEGIES)),
-                  n: int = Query(20, ge=1, le=MAX_N, description=f"Rows to show (1..{MAX_N})."),
+                  n: int = Query(DEFAULT_N, ge=1, le=MAX_N, description=f"Rows to show (1..{MAX_N})."),
                   page: Page = Depends(page_params)) -> HTMLResponse:
     if not model:
         return model_list(request, ctx, page, "/feedback", "Labelling queue")
@@ -115,15 +175,17 @@ def feedback_page(request: Request, ctx: UIContext = Depends(get_ctx), model: st
         raise UIError(422, f"strategy: unknown strategy '{strategy}'{did_you_mean(strategy, STRATEGIES)}; "
                            f"valid strategies: {', '.join(STRATEGIES)}")
     known_model(ctx, model)
-    served = production(ctx, model)
     values = {"model": model, "strategy": strategy, "n": n, "strategies": STRATEGIES, "window": WINDOW}
+    try:
+        ready = prepared(ctx, model, strategy, n)
+    except LoopmlError as e:
+        raise UIError(422, str(e)) from None
+    if ready is None:
+        return render(request, "feedback.html", rows=[], version=None, entry=None, ranking=True, **values)
+    served, entry = ready
     if served is None:
         return render(request, "feedback.html", rows=[], version=None, entry=None, **values)
     version, loaded = served
-    try:
-        entry = ranked(ctx, model, version, loaded, strategy, n)
-    except LoopmlError as e:
-        raise UIError(422, str(e)) from None
     listed = entry["rows"]
     done = ctx.store.labelled([r["prediction_id"] for r in listed])
     rows = [dict(r) for r in listed if r["prediction_id"] not in done][:n]  # copies: the cached rows stay as ranked

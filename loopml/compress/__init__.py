@@ -1,0 +1,1 @@
+"""Compression and export of fitted networks: quantisation (compress) and ONNX/TorchScript export."""

@@ -1,0 +1,212 @@
+"""Predictions of an exported loopml network, without loopml: ``python predict_onnx.py rows.csv``.
+
+Reads preprocessing.json beside this file (per column: its type and fitted state; the target's
+decoding), turns every CSV row into the network's input tensors, runs model.onnx with ONNX Runtime
+(model.pt with TorchScript, when exported with --format torchscript) and prints one prediction per
+row: the class, or the number. Needs numpy and onnxruntime, and tokenizers for text columns.
+
+Values a column cannot read (text in a number column, a third value in a binary one, a date that is
+not ISO 8601) are read as missing and counted on stderr, as ``loopml predict --coerce`` does.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
+_ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
+                  r"(?: ?(Z|z|[+-]\d{2}(?::?\d{2})?))?)?", re.ASCII)
+_DAY = 86_400_000_000  # microseconds
+_FLOAT32_MAX = 3.4028234663852886e38
+coerced: dict[str, int] = {}
+
+
+def key(text: str | None) -> str | None:
+    """The one string form of a value (loopml's canonical key): '2.0' -> '2', 'True' -> '1', stripped."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if len(text) <= 64 and text[0] in "0123456789+-." and _DECIMAL.fullmatch(text):
+        if _INTEGER.fullmatch(text):
+            return str(int(text))
+        number = float(text)
+        return ("inf" if number > 0 else "-inf") if abs(number) == float("inf") else (
+            str(int(number)) if number.is_integer() else repr(number))
+    return {"true": "1", "false": "0"}.get(text.lower(), text) if len(text) <= 5 else text
+
+
+def read_csv(path: str, spec: dict) -> dict[str, list[str | None]]:
+    """Each column's cells as text, None where missing (the same strings pandas reads as missing)."""
+    options = spec["csv"]
+    missing = set(options["missing"])
+    with open(path, encoding=options["encoding"], newline="") as f:
+        reader = csv.reader(f, delimiter=options["delimiter"], skipinitialspace=options["skip_initial_space"])
+        header = [h.strip() for h in next(reader)]
+        rows = [row for row in reader if row]
+    wanted = [c["name"] for c in spec["columns"]]
+    absent = [c for c in wanted if c not in header]
+    if absent:
+        sys.exit(f"error: {path} has no column(s) {', '.join(absent)}")
+    at = {name: header.index(name) for name in wanted}
+    return {name: [None if i >= len(row) or row[i] in missing else row[i] for row in rows]
+            for name, i in at.items()}
+
+
+def _bad(column: str, count: int) -> None:
+    if count:
+        coerced[column] = coerced.get(column, 0) + count
+
+
+def number_input(c: dict, cells: list) -> np.ndarray:
+    values = np.full(len(cells), np.nan)
+    for i, cell in enumerate(cells):
+        if cell is not None and _DECIMAL.fullmatch(cell.strip()) and abs(float(cell)) <= _FLOAT32_MAX:
+            values[i] = float(cell)
+    _bad(c["name"], sum(cell is not None for cell in cells) - int((~np.isnan(values)).sum()))
+    missing = np.isnan(values)
+    raw = np.where(missing, c["fill"], values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.sign(raw) * np.log1p(np.abs(raw)) if c["method"] == "log1p" else raw
+        parts = [(scaled - c["center"]) / c["scale"]]
+        edges = np.asarray(c["edges"])
+        if edges.size:
+            lo, hi = edges[:-1][None, :], edges[1:][None, :]
+            parts += list(np.clip((raw[:, None] - lo) / (hi - lo), 0.0, 1.0).T)
+    if c["indicator"]:
+        parts.append(missing.astype(np.float64))
+    return np.stack(parts, axis=1).astype(np.float32)
+
+
+def category_input(c: dict, cells: list) -> np.ndarray:
+    keys = [key(cell) for cell in cells]
+    return np.array([c["missing_id"] if k is None else c["index"].get(k, c["unknown_id"]) for k in keys], dtype=np.int64)
+
+
+def binary_input(c: dict, cells: list) -> np.ndarray:
+    keys = [key(cell) for cell in cells]
+    _bad(c["name"], sum(k is not None and k not in c["values"] for k in keys))
+    out = [c["fill"] if k is None or k not in c["values"] else float(k == c["positive"]) for k in keys]
+    return np.array(out, dtype=np.float32)[:, None]
+
+
+def text_input(c: dict, cells: list) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(HERE / c["tokenizer"]))
+    encoded = tokenizer.encode_batch([key(cell) or "" for cell in cells])
+    return np.array([e.ids for e in encoded], dtype=np.int64).reshape(len(cells), -1)
+
+
+def instant(text: str) -> int | None:
+    """Microseconds since 1970-01-01 (UTC for zoned values) of an ISO 8601 date or timestamp."""
+    match = _ISO.fullmatch(text.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    try:
+        days = (datetime.date(int(year), int(month), int(day)) - datetime.date(1970, 1, 1)).days
+    except ValueError:
+        return None
+    h, m, s = int(hour or 0), int(minute or 0), int(second or 0)
+    if h > 23 or m > 59 or s > 59:
+        return None
+    offset = 0
+    if zone and zone not in "Zz":
+        digits = zone[1:].replace(":", "")
+        zh, zm = int(digits[:2]), int(digits[2:] or 0)
+        if zh > 23 or zm > 59:
+            return None
+        offset = (1 if zone[0] == "+" else -1) * (zh * 3600 + zm * 60) * 1_000_000
+    return days * _DAY + (h * 3600 + m * 60 + s) * 1_000_000 + int((fraction or "0")[:6].ljust(6, "0")) - offset
+
+
+def date_input(c: dict, cells: list) -> np.ndarray:
+    parsed = [None if cell is None else instant(cell) for cell in cells]
+    _bad(c["name"], sum(cell is not None and p is None for cell, p in zip(cells, parsed, strict=True)))
+    absent = np.array([p is None for p in parsed])
+    micros = np.array([p or 0 for p in parsed], dtype=np.int64)
+    days = np.floor_divide(micros, _DAY)
+    day64 = days.astype("datetime64[D]")
+    month64 = day64.astype("datetime64[M]")
+    start = month64.astype("datetime64[D]")
+    ordinal = days + (micros - days * _DAY) / _DAY
+    year = (day64.astype("datetime64[Y]").astype(np.int64) + 1970).astype(np.float64)
+    month = (np.mod(month64.astype(np.int64), 12) + 1).astype(np.float64)
+    mday = ((day64 - start).astype(np.int64) + 1).astype(np.float64)
+    month_days = ((month64 + 1).astype("datetime64[D]") - start).astype(np.int64).astype(np.float64)
+    inputs = [(ordinal - c["ordinal_mean"]) / c["ordinal_std"], (year - c["year_mean"]) / c["year_std"]]
+    cycles = [(month - 1, 12.0), (np.mod(days + 3, 7).astype(np.float64), 7.0), (mday - 1, month_days)]
+    if c["has_time"]:
+        cycles.append(((micros - days * _DAY) / 3_600_000_000, 24.0))
+    for value, period in cycles:
+        angle = 2 * np.pi * value / period
+        inputs += [np.sin(angle), np.cos(angle)]
+    x = np.where(absent[:, None], 0.0, np.stack(inputs, axis=1))
+    return np.concatenate([x, absent[:, None]], axis=1).astype(np.float32)
+
+
+INPUTS = {"number": number_input, "category": category_input, "binary": binary_input, "text": text_input,
+          "date": date_input}
+
+
+def inputs(spec: dict, table: dict[str, list]) -> dict[str, np.ndarray]:
+    """The network's input tensors by input name."""
+    for c in spec["columns"]:
+        if c.get("standalone") is False or c["type"] not in INPUTS:
+            sys.exit(f"error: column '{c['name']}' ({c['type']}) is not covered by this example; "
+                     "model.onnx takes its tensor as loopml computes it")
+    return {c["input"]: INPUTS[c["type"]](c, table[c["name"]]) for c in spec["columns"]}
+
+
+def scores(spec: dict, feed: dict[str, np.ndarray]) -> np.ndarray:
+    network = HERE / spec["network"]["file"]
+    if spec["network"]["format"] == "torchscript":
+        import torch
+
+        with torch.no_grad():
+            module = torch.jit.load(str(network))
+            return module(*(torch.from_numpy(feed[c["input"]]) for c in spec["columns"])).numpy()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(network), providers=["CPUExecutionProvider"])
+    return session.run([spec["output"]], feed)[0]
+
+
+def decode(target: dict, out: np.ndarray) -> list:
+    """Scores -> the class (argmax, or p(positive) >= the tuned threshold) or the number."""
+    if target["kind"] == "number":
+        return [float(v) for v in out.reshape(-1) * target["std"] + target["mean"]]
+    if target["kind"] == "binary":
+        p1 = 1.0 / (1.0 + np.exp(-out.reshape(-1).astype(np.float64)))
+        proba = np.stack([1.0 - p1, p1], axis=1)
+    else:
+        z = out.astype(np.float64) - out.max(axis=1, keepdims=True)
+        proba = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    threshold = target.get("threshold")
+    picked = (proba[:, 1] >= threshold).astype(np.int64) if threshold is not None and proba.shape[1] == 2 \
+        else proba.argmax(axis=1)
+    return [target["classes"][i] for i in picked]
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        sys.exit("usage: python predict_onnx.py rows.csv")
+    spec = json.loads((HERE / "preprocessing.json").read_text(encoding="utf-8"))
+    table = read_csv(argv[0], spec)
+    for prediction in decode(spec["target"], scores(spec, inputs(spec, table))):
+        print(repr(prediction) if isinstance(prediction, float) else prediction)
+    if coerced:
+        print("read as missing: " + ", ".join(f"{c} ({n})" for c, n in coerced.items()), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
