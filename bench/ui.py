@@ -4,7 +4,9 @@ A store is seeded by ``bench.ui_seed`` (10k runs, 1k versions, 1M predictions by
 one is kept under /tmp/loopml_ui_bench and reused while its sizes match, the PostgreSQL one is a fresh
 database dropped after), then a real ``loopml ui`` process serves it on loopback and each page is
 requested ``--repeats`` times over one keep-alive connection, after one untimed warm-up request per
-page (the feedback page's first request ranks the labelling queue: it is reported as ``first_ms``).
+page (reported as ``first_ms``: a fresh server's first answer; the feedback page answers "ranking…" while a
+fresh server loads the model and ranks the queue in the background: ``ranked_after_ms``). ``startup_s``: from
+starting the process to its first answer (the server warms imports, templates, matplotlib before it listens).
 The figure is the wall time of the whole response at the client; the goal is p95 ≤ 200 ms per page.
 
     python -m bench.ui                       # both stores, full size
@@ -37,6 +39,8 @@ from bench.common import RESULTS, write_result  # noqa: E402
 from bench.ui_seed import postgres_database, seed  # noqa: E402
 
 GOAL_MS = 200.0
+#: port → seconds from starting a ``loopml ui`` process to its first answer
+STARTUP_S: dict[int, float] = {}
 CACHE = Path(tempfile.gettempdir()) / "loopml_ui_bench"
 FULL = {"runs": 10_000, "versions": 1_000, "predictions": 1_000_000}
 QUICK = {"runs": 200, "versions": 20, "predictions": 5_000}
@@ -64,6 +68,7 @@ def ui_server(store: str, artifacts: str | None = None, token: str | None = TOKE
     command += ["--artifacts", artifacts] if artifacts else []
     command += ["--admin-token", token] if token else []
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115  closed below
+    began = time.monotonic()
     process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -83,6 +88,7 @@ def ui_server(store: str, artifacts: str | None = None, token: str | None = TOKE
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"loopml ui did not answer on port {port} within {timeout:.0f} s") from None
                 time.sleep(0.1)
+        STARTUP_S[port] = round(time.monotonic() - began, 2)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -139,24 +145,31 @@ def time_pages(base: str, facts: dict, repeats: int) -> list[dict]:
     host, port = base.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=120)
 
-    def get(path: str) -> tuple[float, int, int]:
+    def get(path: str) -> tuple[float, int, int, bool]:
         start = time.perf_counter()
         connection.request("GET", path)
         response = connection.getresponse()
         body = response.read()
-        return (time.perf_counter() - start) * 1000, response.status, len(body)
+        return (time.perf_counter() - start) * 1000, response.status, len(body), b'id="queue-ranking"' in body
 
     out = []
     for name, path in pages(facts):
-        first_ms, status, size = get(path)  # warm-up (the feedback page ranks its queue here): not in the figures
+        started = time.perf_counter()
+        first_ms, status, size, ranking = get(path)  # warm-up: not in the figures
+        ready_ms = None
+        while ranking and time.perf_counter() - started < 120:  # "ranking…": the page reloads itself until ranked
+            time.sleep(0.2)
+            _, status, size, ranking = get(path)
+            ready_ms = round((time.perf_counter() - started) * 1000, 1)
         times = [get(path)[0] for _ in range(repeats)]
         times.sort()
         p95 = times[min(len(times) - 1, max(0, int(round(0.95 * len(times))) - 1))]
         out.append({"page": name, "path": path, "status": status, "bytes": size, "first_ms": round(first_ms, 1),
                     "p50_ms": round(statistics.median(times), 1), "p95_ms": round(p95, 1), "max_ms": round(times[-1], 1),
-                    "repeats": repeats, "meets_goal": status == 200 and p95 <= GOAL_MS})
-        print(f"  {name:<40} {status} p50 {out[-1]['p50_ms']:7.1f} ms  p95 {p95:7.1f} ms  first {first_ms:7.1f} ms",
-              flush=True)
+                    "repeats": repeats, "meets_goal": status == 200 and p95 <= GOAL_MS,
+                    **({"ranked_after_ms": ready_ms} if ready_ms is not None else {})})
+        print(f"  {name:<40} {status} p50 {out[-1]['p50_ms']:7.1f} ms  p95 {p95:7.1f} ms  first {first_ms:7.1f} ms"
+              + (f" (ranked after {ready_ms:.0f} ms)" if ready_ms is not None else ""), flush=True)
     connection.close()
     return out
 
@@ -166,13 +179,15 @@ def bench_store(kind: str, size: dict, repeats: int, reuse: bool) -> dict:
     if kind == "sqlite":
         facts = seeded_sqlite(size, reuse=reuse)
         with ui_server(facts["url"], facts["artifacts"]) as base:
-            return {"seed": facts, "pages": time_pages(base, facts, repeats)}
+            return {"seed": facts, "startup_s": STARTUP_S[int(base.rsplit(":", 1)[1])],
+                    "pages": time_pages(base, facts, repeats)}
     with postgres_database() as url, tempfile.TemporaryDirectory() as tmp:
         facts = seed(url, str(Path(tmp) / "artifacts"), **size)
         facts["reused"] = False
         print(f"  seeded in {facts['seconds']['total']} s", flush=True)
         with ui_server(url, str(Path(tmp) / "artifacts")) as base:
-            return {"seed": facts, "pages": time_pages(base, facts, repeats)}
+            return {"seed": facts, "startup_s": STARTUP_S[int(base.rsplit(":", 1)[1])],
+                    "pages": time_pages(base, facts, repeats)}
 
 
 def markdown(result: dict) -> str:
@@ -181,7 +196,8 @@ def markdown(result: dict) -> str:
              f"Store: {size['runs']} runs, {size['versions']} versions, {size['predictions']} predictions "
              f"(one real model, `tiny`, holds the predictions). A `loopml ui` process on loopback; each page "
              f"requested {result['repeats']} times over one keep-alive connection after one untimed warm-up "
-             "request (the feedback page's first request ranks the labelling queue: `first`). "
+             "request (`first`: a fresh server's first answer of that page; the feedback page answers \"ranking…\" "
+             "at once and reloads itself until the background ranking is done: `ranked after` below). "
              f"Goal: p95 ≤ {GOAL_MS:.0f} ms per page.", ""]
     stores = list(result["stores"])
     lines.append("| page | " + " | ".join(f"{s} p50 | {s} p95 | {s} first" for s in stores) + " | goal |")
@@ -196,6 +212,11 @@ def markdown(result: dict) -> str:
             ok = ok and p["meets_goal"]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'✓' if ok else '✗'} |")
     lines.append("")
+    for s in stores:
+        ranked = [f"{p['page']} ranked after {p['ranked_after_ms']} ms" for p in result["stores"][s]["pages"]
+                  if p.get("ranked_after_ms") is not None]
+        lines.append(f"- {s}: `loopml ui` answered {result['stores'][s].get('startup_s')} s after it was started"
+                     + (f"; {', '.join(ranked)}" if ranked else ""))
     for s in stores:
         seconds = result["stores"][s]["seed"]["seconds"]
         reused = " (reused from an earlier run)" if result["stores"][s]["seed"].get("reused") else ""

@@ -29,6 +29,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from loopml.registry import Store, db
+from loopml.registry.store import metric_values
 
 CHUNK = 10_000
 KINDS = ("alpha", "beta", "gamma")
@@ -88,7 +89,7 @@ def _runs(c, rng, n: int, template: dict, now: float) -> list[str]:
     statuses = rng.choice(["finished", "failed", "killed", "running"], size=n, p=[0.9, 0.05, 0.03, 0.02])
     lrs = rng.choice([1e-4, 3e-4, 1e-3, 3e-3, 1e-2], size=n)
     skill = rng.uniform(0.6, 0.95, size=n)
-    rows, curve = [], []
+    rows, curve, values = [], [], []
     for i, run_id in enumerate(ids):
         params = copy.deepcopy(template["params"])
         params["training"]["optimizer"]["lr"] = float(lrs[i])
@@ -107,6 +108,7 @@ def _runs(c, rng, n: int, template: dict, now: float) -> list[str]:
                      "git_commit": template["git_commit"], "host": "bench", "pid": 1000 + i % 5000,
                      "duration": None if status == "running" else duration, "artifact_uri": template["artifact_uri"],
                      "error": "RuntimeError: out of memory" if status == "failed" else None})
+        values += metric_values(run_id, metrics)  # what Store.end_run writes with the metrics
         for step in range(5):
             loss = 0.7 * (1 - skill[i]) + 0.3 * np.exp(-step / 2)
             curve += [{"run_id": run_id, "step": step, "key": "train_loss", "value": float(loss)},
@@ -114,6 +116,7 @@ def _runs(c, rng, n: int, template: dict, now: float) -> list[str]:
                       {"run_id": run_id, "step": step, "key": "val_accuracy", "value": float(skill[i] * (1 - np.exp(-step - 1)))}]
     _insert(c, db.runs, rows)
     _insert(c, db.run_metrics, curve)
+    _insert(c, db.run_metric_values, values)
     return ids
 
 

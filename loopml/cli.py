@@ -50,6 +50,9 @@ app.command("tune")(tune_command)
 from loopml.ui.cli import ui_command  # noqa: E402
 
 app.command("ui")(ui_command)
+from loopml.compress.compress_cli import compress_command  # noqa: E402
+
+app.command("compress")(compress_command)
 from loopml.compress.export_cli import export_command  # noqa: E402
 
 app.command("export")(export_command)

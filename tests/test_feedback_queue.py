@@ -409,7 +409,7 @@ def test_an_old_store_with_two_labels_for_one_prediction_upgrades_keeping_the_ne
     with pytest.raises(LoopmlError, match="already has feedback"):
         store.add_feedback("clf", "again", "p1")
     with store.engine.connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == db.HEAD == "0009"
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == db.HEAD == "0010"
 
 
 def test_the_feedback_route_answers_409_to_a_second_label_unless_it_corrects(trained, tmp_path):

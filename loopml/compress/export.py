@@ -141,7 +141,7 @@ def trace_torchscript(model, path: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():  # TracerWarnings (shape-dependent branches) and deprecations
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(network, args, check_trace=False)
-        torch.jit.save(traced, str(path))
+            torch.jit.save(traced, str(path))
     except (RuntimeError, TypeError, ValueError) as e:  # the tracer's failures: unsupported ops, dict outputs
         raise LoopmlError(f"this model cannot be traced to TorchScript ({type(e).__name__}: {str(e)[:200]}); "
                           "try --format onnx") from None
@@ -157,7 +157,9 @@ def network_outputs(path: Path, fmt: str, tensors: tuple) -> np.ndarray:
         return session.run(None, {n: t.numpy() for n, t in zip(names, tensors, strict=True)})[0]
     import torch
 
-    module = torch.jit.load(str(path))
+    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export, which writes no .pt module
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path))
     with torch.no_grad():
         return module(*tensors).numpy()
 

@@ -115,6 +115,8 @@ def model_report(model, name: str, evaluation: dict | None = None, compare: tupl
     _learner_section(report, model)
     _training_section(report, model)
     _leaderboard_section(report, model)
+    if isinstance(model.evaluation.get("compression"), dict):
+        _compression_section(report, model.evaluation["compression"])
     if evaluation is not None:
         _evaluation_section(report, evaluation)
         _worst_section(report, evaluation)
@@ -226,6 +228,20 @@ def _leaderboard_section(report: Report, model) -> None:
     if board:
         report.add("leaderboard", "Leaderboard", f'<p class="muted">{len(board)} candidates, as AutoML ranked them '
                    "on the validation rows.</p>" + _dict_table(board))
+
+
+def _compression_section(report: Report, c: dict) -> None:
+    """``loopml compress``'s trade-off table: original vs compressed (loopml/compress/tradeoff.py)."""
+    keys = ["network_bytes", "bundle_bytes", "p50_ms_batch1", "p99_ms_batch1", "p50_ms_batch64", "p99_ms_batch64", "value"]
+    rows = [[r.get("model", ""), *[r.get(k, "") for k in keys]] for r in c.get("rows", []) if isinstance(r, dict)]
+    metric = next((r.get("metric") for r in c.get("rows", []) if isinstance(r, dict)), "metric")
+    facts = c.get("facts", {}) if isinstance(c.get("facts"), dict) else {}
+    body = (f'<p>{html.escape(str(c.get("method", "")))}: {html.escape(_compact(facts.get("quantized_ops", "")))} '
+            f'quantised; latency of the network alone, {html.escape(str(c.get("threads", 1)))} thread, interleaved runs; '
+            f'{html.escape(str(metric))} on {html.escape(str(c.get("test_rows", "")))} {html.escape(str(c.get("split", "")))} '
+            "rows.</p>")
+    header = ["model", "network bytes", "bundle bytes", "p50 ms (1)", "p99 ms (1)", "p50 ms (64)", "p99 ms (64)", str(metric)]
+    report.add("compression", "Compression trade-off", body + table(header, rows))
 
 
 def _training_section(report: Report, model) -> None:

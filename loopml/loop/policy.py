@@ -21,7 +21,7 @@ class Trigger(StrictModel):
     #: retrain when the latest monitoring window flagged drift (and some feedback exists)
     on_drift: bool = True
     #: retrain when live accuracy on feedback falls below this
-    live_accuracy_below: float | None = Field(None, ge=0, le=1)
+    live_accuracy_below: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
 class DataPolicy(StrictModel):
@@ -30,18 +30,18 @@ class DataPolicy(StrictModel):
     #: each feedback row counts this many times in training
     feedback_weight: int = Field(1, ge=1, le=1000)  # the feedback frame is repeated this many times in memory
     #: the newest share of feedback held back to judge candidate vs champion
-    holdout_fraction: float = Field(0.3, gt=0, lt=1)
+    holdout_fraction: float = Field(0.3, gt=0, lt=1, allow_inf_nan=False)
     min_holdout: int = Field(30, ge=1, le=MAX_COUNT)
 
 
 class Gate(StrictModel):
     metric: Literal["accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "r2"] = "accuracy"
     #: the candidate must beat the champion on the held-back feedback by at least this much
-    margin: float = Field(0.01, ge=0)
+    margin: float = Field(0.01, ge=0, allow_inf_nan=False)
     #: and be right significantly more often there (one-sided McNemar test)
-    significance: float = Field(0.05, gt=0, lt=1)
+    significance: float = Field(0.05, gt=0, lt=1, allow_inf_nan=False)
     #: and lose at most this much of the metric on the champion's original test set
-    max_test_regression: float = Field(0.01, ge=0)
+    max_test_regression: float = Field(0.01, ge=0, allow_inf_nan=False)
 
 
 class Rollout(StrictModel):
@@ -50,7 +50,7 @@ class Rollout(StrictModel):
 
     mode: Literal["direct", "shadow", "canary"] = "direct"
     #: canary: the sticky share of requests the candidate answers
-    percent: float = Field(10.0, gt=0, lt=100)
+    percent: float = Field(10.0, gt=0, lt=100, allow_inf_nan=False)
     #: shadow / canary: live labels on the candidate's own predictions needed before it is promoted
     min_live_labels: int = Field(50, ge=1, le=MAX_COUNT)
     #: shadow / canary: a trial without enough live labels by then is ended (rejected), so it cannot block
@@ -60,8 +60,8 @@ class Rollout(StrictModel):
     watch_s: float = Field(3600.0, ge=0, allow_inf_nan=False)  # an endless watch would never record "kept"; 0 = none
     watch_min_labels: int = Field(50, ge=1, le=MAX_COUNT)
     #: roll back when the new champion's live metric is below the previous one's by this much, significantly
-    watch_margin: float = Field(0.02, ge=0)
-    significance: float = Field(0.05, gt=0, lt=1)
+    watch_margin: float = Field(0.02, ge=0, allow_inf_nan=False)
+    significance: float = Field(0.05, gt=0, lt=1, allow_inf_nan=False)
 
     @field_validator("watch_s")
     @classmethod
@@ -104,7 +104,7 @@ class Schedule(StrictModel):
     """The unattended worker's cadence (``loopml loop``)."""
 
     #: seconds between two cycles (monitor → rollouts → trigger → retrain → gate → promote)
-    interval_s: float = Field(60.0, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
+    interval_s: float = Field(60.0, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S, allow_inf_nan=False)
     #: predictions each cycle's drift check looks at (the newest)
     monitor_rows: int = Field(5000, ge=10, le=MAX_COUNT)
 

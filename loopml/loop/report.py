@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-import matplotlib
+from loopml.evaluate.plots import BLUE, GREY, ORANGE, _figure, _png, psi_history
+from loopml.evaluate.report import Report, table
+from loopml.loop.drift import DRIFT
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+PREDICTIONS = "(predictions)"
+#: the history chart follows this many columns (those drifting most in this window)
+HISTORY_COLUMNS = 6
 
-from loopml.evaluate.plots import BLUE, GREY, ORANGE, _figure, _png  # noqa: E402
-from loopml.evaluate.report import Report, table  # noqa: E402
-from loopml.loop.drift import DRIFT  # noqa: E402
+
+def window_psi(window: dict, name: str) -> float | None:
+    """A stored window's PSI for column ``name`` (``PREDICTIONS``: the prediction drift); None when that window
+    did not measure it (a column added later, a window without prediction drift)."""
+    results = window.get("results") if isinstance(window.get("results"), dict) else {}
+    if name == PREDICTIONS:
+        cell = results.get("predictions")
+    else:
+        columns = results.get("columns")
+        cell = columns.get(name) if isinstance(columns, dict) else None
+    psi = cell.get("psi") if isinstance(cell, dict) else None
+    return float(psi) if isinstance(psi, int | float) and not isinstance(psi, bool) else None
 
 
 def drift_report(store, name: str, result: dict) -> Report:
     report = Report(f"{name}:{result['version']} drift — {result['rows']} predictions")
     columns = dict(result["columns"])
     if "predictions" in result:
-        columns["(predictions)"] = result["predictions"]
+        columns[PREDICTIONS] = result["predictions"]
     names = list(columns)
     fig, ax = _figure(6.5, max(2.5, 0.32 * len(names) + 1))
     values = [columns[n]["psi"] for n in names]
@@ -32,17 +44,11 @@ def drift_report(store, name: str, result: dict) -> Report:
                                                            "χ² p", "level"], rows))
     history = store.list_drift_windows(name, limit=200)[::-1]
     if len(history) > 1:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        top = sorted(names, key=lambda n: -columns[n]["psi"])[:6]
-        for n in top:
-            series = [(w["results"]["columns"].get(n) or w["results"].get("predictions") or {}).get("psi") for w in history]
-            ax.plot(range(1, len(history) + 1), series, "o-", ms=3, label=n)
-        ax.axhline(DRIFT, color=GREY, ls="--")
-        ax.set_yscale("symlog", linthresh=0.1)
-        ax.set_xlabel("window")
-        ax.set_ylabel("PSI")
-        ax.legend(fontsize=7)
-        report.add("history", "Windows", report.figure("history", _png(fig)) + table(
+        # the dashboard's monitor page draws the same chart (one plotting code path)
+        top = sorted(names, key=lambda n: -columns[n]["psi"])[:HISTORY_COLUMNS]
+        chart = psi_history([f"#{w['id']}" for w in history], {n: [window_psi(w, n) for w in history] for n in top},
+                            DRIFT)
+        report.add("history", "Windows", report.figure("history", chart) + table(
             ["window", "version", "rows", "drift", "drifted"],
             [[w["id"], w["model_version"], w["rows"], w["drift"], ", ".join(w["results"].get("drifted", []))] for w in history]))
     return report

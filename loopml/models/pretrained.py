@@ -153,8 +153,9 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch
 
 def run_transformer(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Pooled sentence vectors for padded ``ids``; trims padding columns that no row uses."""
-    length = max(1, int(mask.sum(1).max())) if len(ids) else 1
-    ids, mask = ids[:, :length], mask[:, :length]
+    if not torch.jit.is_tracing():  # an ONNX export keeps every column: a traced length would be a constant
+        length = max(1, int(mask.sum(1).max())) if len(ids) else 1
+        ids, mask = ids[:, :length], mask[:, :length]
     hidden = model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
     return pool_hidden(hidden, mask, pooling)
 

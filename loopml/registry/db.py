@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from loopml.errors import LoopmlError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0009"
+HEAD = "0010"
 DEFAULT_URL = "sqlite:///.loopml/registry.db"
 #: execution option marking a writing transaction (SQLite: BEGIN IMMEDIATE; reads stay deferred)
 WRITE = "loopml_write"
@@ -42,6 +42,12 @@ run_metrics = sa.Table(
     "run_metrics", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("run_id", sa.String(32)),
     sa.Column("step", sa.Integer), sa.Column("key", sa.String(100)), sa.Column("value", sa.Float),
+)
+#: each finished run's numeric final metrics by dotted key (migration 0010): what /runs sorts by
+run_metric_values = sa.Table(
+    "run_metric_values", metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True), sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("value", sa.Float, nullable=False),
 )
 registered_models = sa.Table(
     "registered_models", metadata,

@@ -158,23 +158,28 @@ class OnnxRunner(TorchRunner):
 
     def __init__(self, model, onnx_path: str | os.PathLike | None = None, threads: int | None = None,
                  media_root: str | os.PathLike | None = None) -> None:
-        if onnx_path is None:
+        graph = getattr(getattr(model, "learner", None), "onnx_bytes", None)  # a compressed model holds its graph
+        if onnx_path is None and graph is None:
             raise LoopmlError("the onnx backend needs a path for the exported model")
-        super().__init__(model, threads, media_root, onnx_path)
+        if graph is None:
+            super().__init__(model, threads, media_root, onnx_path)
+        else:
+            Runner.__init__(self, model, threads, media_root, onnx_path)
         import onnxruntime as ort
 
         from loopml.serve.onnx import export_onnx
 
-        export_onnx(model, onnx_path)
+        if graph is None:
+            export_onnx(model, onnx_path)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(graph or str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     @classmethod
     def refuses(cls, model) -> str | None:
-        if getattr(model, "network", None) is None:
+        if getattr(model, "network", None) is None and getattr(getattr(model, "learner", None), "onnx_bytes", None) is None:
             return (f"the {learner_name(model)} learner does not convert to ONNX here (only networks do); "
                     "serve it with --backend native")
         return None

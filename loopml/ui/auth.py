@@ -149,6 +149,9 @@ async def check_csrf(request: Request) -> None:
 
 async def require_session(request: Request) -> None:
     """Dependency of logout: any session (admin or read-only), with its CSRF token (or the admin token as Bearer)."""
+    settings = _settings(request)
+    if not settings.admin_token and not settings.api_keys:
+        raise UIError(403, "the dashboard is read-only (started without --admin-token): there is no login to end")
     if _bearer(request):
         return
     if _session(request) is None:

@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 #: what a dashboard server (``loopml ui``, ``serve --ui``) lets the labelling page wait for a first ranking
 SERVER_RANK_WAIT_S = 0.3
@@ -95,18 +96,29 @@ def make_templates() -> Jinja2Templates:
     env = templates.env
     env.autoescape = True
     env.filters["when"] = when
+    env.filters["when_text"] = when_text
     env.filters["num"] = num
     env.filters["short"] = short
     return templates
 
 
-def when(ts: float | None) -> str:
+def when_text(ts: float | None) -> str:
+    """A store timestamp as plain text, zone included (``2026-12-01 19:46:27 UTC``); for attributes."""
     if ts is None or not isinstance(ts, int | float) or not math.isfinite(ts):
         return "—"
     try:
-        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, OSError, ValueError):
         return "—"
+
+
+def when(ts: float | None) -> Markup | str:
+    """A store timestamp as a ``<time>`` element (machine-readable ``datetime``, the zone shown, kept on one line)."""
+    text = when_text(ts)
+    if text == "—":
+        return text
+    iso = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # type: ignore[arg-type]
+    return Markup(f'<time datetime="{iso}">{text}</time>')  # digits, '-', ':' and 'UTC' only: nothing to escape
 
 
 def num(x: Any, digits: int = 4) -> str:

@@ -2,8 +2,8 @@
 
 - The list reads one page (LIMIT/OFFSET) of a few columns, ordered by an index (``started_at``, within
   a status or an experiment: migration 0008); its JSON ``metrics`` are decoded for the rows shown only.
-- Sorting by a final metric (``test.accuracy``: a path into ``runs.metrics``) extracts the number in
-  SQL (SQLite ``json_extract``, PostgreSQL ``#>``), non-numbers and runs without it last.
+- Sorting by a final metric (``test.accuracy``: a path into ``runs.metrics``) joins ``run_metric_values``
+  (its numbers as rows, migration 0010), runs without it (or with a non-number there) last.
 - A run's curves come from ``run_metrics`` by (run_id, key, step), an index too.
 """
 
@@ -106,25 +106,14 @@ def has_experiment(conn: sa.Connection, name: str) -> bool:
     return conn.execute(sa.select(db.runs.c.id).where(db.runs.c.experiment == name).limit(1)).first() is not None
 
 
-def _sort_source(dialect: str, q: RunQuery):
-    """``(id, started_at, sort_value)`` of the filtered runs: ``sort_value`` is the number at ``q.metric`` (a
-    dotted path) in ``runs.metrics``, NULL when absent or not a number."""
-    path = tuple(q.metric.split("."))
-    column = db.runs.c.metrics
-    if dialect == "postgresql":
-        # ``json`` is text: each operator parses the whole document again. Take the node once, in a subquery
-        # the planner keeps (OFFSET 0), then test and cast that small node
-        inner = _where(sa.select(db.runs.c.id, db.runs.c.started_at, column[path].label("node")), q).offset(0).subquery()
-        value = sa.case((sa.func.json_typeof(inner.c.node) == "number",
-                         sa.cast(sa.cast(inner.c.node, sa.Text), sa.Float)), else_=sa.null())
-        return inner.c.id, inner.c.started_at, value.label("sort_value")
-    if dialect == "sqlite":  # SQLite caches the parsed document within a statement: two calls parse once
-        json_path = "$" + "".join(f'."{p}"' for p in path)  # METRIC_KEY allows no quote: a safe literal
-        value = sa.case((sa.func.json_type(column, json_path).in_(("integer", "real")),
-                         sa.func.json_extract(column, json_path)), else_=sa.null())
-    else:
-        value = column[path].as_float()
-    return db.runs.c.id, db.runs.c.started_at, value.label("sort_value")
+def _sort_source(q: RunQuery):
+    """``(id, started_at, sort_value)`` of the filtered runs: ``sort_value`` is the run's number at ``q.metric`` (a
+    dotted path into its final metrics), NULL when absent or not a number. It comes from ``run_metric_values``
+    (one row per run and numeric metric, written by ``end_run``; migration 0010): a primary-key lookup per run
+    and a sort of plain floats, where extracting it from each run's JSON parsed 10k documents per page."""
+    v = db.run_metric_values
+    joined = db.runs.outerjoin(v, sa.and_(v.c.run_id == db.runs.c.id, v.c.key == q.metric))
+    return joined, db.runs.c.id, db.runs.c.started_at, v.c.value.label("sort_value")
 
 
 def _where(query, q: RunQuery):
@@ -143,10 +132,9 @@ def list_runs(conn: sa.Connection, q: RunQuery, page: Page) -> list[dict]:
     page.total = conn.execute(_where(sa.select(sa.func.count()).select_from(db.runs), q)).scalar_one()
     direction = sa.desc if q.order == "desc" else sa.asc
     if q.metric is not None:
-        run_id, started, value = _sort_source(conn.dialect.name, q)
-        ids_query = sa.select(run_id, value).order_by(direction(value).nulls_last(), started.desc(), run_id)
-        if not isinstance(run_id.table, sa.Subquery):
-            ids_query = _where(ids_query, q)
+        source, run_id, started, value = _sort_source(q)
+        ids_query = _where(sa.select(run_id, value).select_from(source), q).order_by(
+            direction(value).nulls_last(), started.desc(), run_id)
     elif q.sort == "duration":
         ids_query = _where(sa.select(db.runs.c.id, db.runs.c.duration.label("sort_value")), q).order_by(
             direction(db.runs.c.duration).nulls_last(), db.runs.c.started_at.desc(), db.runs.c.id)

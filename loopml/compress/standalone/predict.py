@@ -170,9 +170,12 @@ def inputs(spec: dict, table: dict[str, list]) -> dict[str, np.ndarray]:
 def scores(spec: dict, feed: dict[str, np.ndarray]) -> np.ndarray:
     network = HERE / spec["network"]["file"]
     if spec["network"]["format"] == "torchscript":
+        import warnings
+
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; its .pt modules still load
             module = torch.jit.load(str(network))
             return module(*(torch.from_numpy(feed[c["input"]]) for c in spec["columns"])).numpy()
     import onnxruntime as ort

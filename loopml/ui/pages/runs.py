@@ -12,6 +12,7 @@ import threading
 from collections import OrderedDict
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 
 from loopml.ui import queries_runs as qr
@@ -107,7 +108,7 @@ def _labels(runs: list[dict]) -> dict[str, str]:
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_detail(request: Request, run_id: str, ctx: UIContext = Depends(get_ctx)):
+def run_detail(request: Request, run_id: str = PathParam(max_length=64), ctx: UIContext = Depends(get_ctx)):
     with ctx.store.engine.connect() as conn:
         run = qr.find_run(conn, run_id)
         versions = qr.versions_of(conn, run["id"])
@@ -117,7 +118,8 @@ def run_detail(request: Request, run_id: str, ctx: UIContext = Depends(get_ctx))
 
 
 @router.get("/runs/{run_id}/curve.png")
-def run_curve(run_id: str, ctx: UIContext = Depends(get_ctx), key: str = Query(..., min_length=1, max_length=100)):
+def run_curve(run_id: str = PathParam(max_length=64), ctx: UIContext = Depends(get_ctx),
+              key: str = Query(..., min_length=1, max_length=100)):
     """``key``: a base name (``loss``: train_loss and val_loss, as the report draws it) or a logged key (``lr``)."""
     with ctx.store.engine.connect() as conn:
         run = qr.find_run(conn, run_id)

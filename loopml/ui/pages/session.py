@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from loopml.ui.auth import (COOKIE, _same_origin, api_key_matching, new_session, require_session, safe_next,
-                             token_matches)
+from loopml.ui.auth import COOKIE, _same_origin, api_key_matching, new_session, require_session, safe_next, token_matches
 from loopml.ui.context import base_url, get_ctx, render
 
 router = APIRouter()

@@ -1,0 +1,114 @@
+"""`loopml compress --quantize dynamic-int8` on sms_spam's fine-tuned MiniLM (bench/pretrained_text's model).
+
+    python -m bench.compress [--quick] [--method dynamic-int8] [--threads 1]
+
+The model is bench/pretrained_text.py's fine-tuned run (all-MiniLM-L6-v2, top 2 layers trained,
+lr 1e-4, max_length 48, 2 epochs, batch 32; default split: stratified, test 0.2, exact duplicates
+dropped; seed 42), trained from a file so its split record points at real rows. Then the same
+code as `loopml compress`: export to ONNX, quantise, and the trade-off table on the original test
+split: network size, p50/p99 latency at batch 1 and 64 (one thread, interleaved, same process),
+accuracy and spam F1 -- original (torch fp32) vs compressed (onnxruntime).
+
+Acceptance (issue 15): >= 2x faster at batch 1 and batch 64, >= 3.5x smaller, <= 1 point accuracy lost.
+``--quick``: a 400-row subset, 1 epoch, max_length 32, few latency rounds: a smoke run of the
+pipeline, not the measurement (its figures are written, marked quick).
+Results: bench/results/compress.json and compress.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import loopml  # noqa: E402
+from bench import realdata  # noqa: E402
+from bench.common import RESULTS, write_result  # noqa: E402
+from bench.pretrained_text import SECTIONS  # noqa: E402
+
+ACCEPT = {"faster_batch1": 2.0, "faster_batch64": 2.0, "smaller_network": 3.5, "accuracy_points_lost": 1.0}
+
+
+def fine_tuned(frame, folder: Path, epochs: int, max_length: int, batch_size: int) -> tuple[Path, float]:
+    """bench/pretrained_text's fine-tuned MiniLM, trained from a parquet file, saved in ``folder``."""
+    data = folder / "sms_spam.parquet"
+    frame.to_parquet(data, index=False)
+    encoder = {"type": "pretrained", "trainable": "top", "lr": 1e-4, "top_layers": 2}
+    start = time.perf_counter()
+    model = loopml.Model(target="label", **SECTIONS["sms_spam"],
+                         features={"text": {"type": "text", "encoder": encoder, "max_length": max_length}},
+                         training={"seed": 42, "epochs": epochs, "batch_size": batch_size})
+    model.fit(str(data), progress=False, cache_dir=False)
+    return model.save(folder / "minilm"), time.perf_counter() - start
+
+
+def verdict(table: dict) -> dict:
+    q = table["ratios"]
+    lost = -100.0 * q["accuracy_change"]
+    return {"faster_batch1": q["faster_batch1"] >= ACCEPT["faster_batch1"],
+            "faster_batch64": q["faster_batch64"] >= ACCEPT["faster_batch64"],
+            "smaller_network": q["smaller_network"] >= ACCEPT["smaller_network"],
+            "accuracy_points_lost": lost <= ACCEPT["accuracy_points_lost"]}
+
+
+def markdown(result: dict) -> str:
+    t = result["tradeoff"]
+    out = [f"# compress: {t['method']} on sms_spam, fine-tuned MiniLM{' (QUICK smoke run)' if result['quick'] else ''}", "",
+           f"{t['test_rows']} {t['split']} rows; latency of the network alone, {t['threads']} thread, interleaved "
+           f"({t['timing']['rounds']['1']} rounds at batch 1, {t['timing']['rounds']['64']} at batch 64).", "",
+           "| model | network MB | p50 ms b1 | p99 ms b1 | p50 ms b64 | p99 ms b64 | accuracy | spam F1 |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in t["rows"]:
+        out.append(f"| {r['model']} | {r['network_bytes'] / 1e6:.1f} | {r['p50_ms_batch1']:.2f} | {r['p99_ms_batch1']:.2f} | "
+                   f"{r['p50_ms_batch64']:.1f} | {r['p99_ms_batch64']:.1f} | {r['value']:.4f} | "
+                   f"{r.get('per_class_f1', {}).get('spam', float('nan')):.4f} |")
+    q = t["ratios"]
+    out += ["", f"{q['smaller_network']:.2f}x smaller, {q['faster_batch1']:.2f}x faster at batch 1, "
+                f"{q['faster_batch64']:.2f}x at batch 64, accuracy {100 * q['accuracy_change']:+.2f} points.",
+            "", "Acceptance: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in result["acceptance"].items()),
+            "", f"Quantised ops: {', '.join(t['facts'].get('quantized_ops', []))}."]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    from loopml.compress.quantize import compress
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="a tiny subset: a smoke run, not the measurement")
+    parser.add_argument("--method", default="dynamic-int8", choices=["dynamic-int8", "static-int8", "fp16"])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if not realdata.available("sms_spam"):
+        print("sms_spam: not in ../shared/datasets, skipped")
+        return
+    frame = realdata.sms_spam()
+    if args.quick:
+        frame = realdata.subsample(frame, 400, "label", seed=0)
+    epochs, max_length = (1, 32) if args.quick else (2, 48)
+    rounds = {1: 20, 64: 3} if args.quick else {1: 300, 64: 40}
+    with tempfile.TemporaryDirectory() as work:
+        folder, fit_seconds = fine_tuned(frame, Path(work), epochs, max_length, 32)
+        print(f"fine-tuned MiniLM: {fit_seconds:.1f}s", flush=True)
+        original = loopml.load(folder)
+        start = time.perf_counter()
+        done = compress(original, folder, {"folder": "sms_spam fine-tuned MiniLM"}, args.method, Path(work) / "q",
+                        rounds=rounds, threads=args.threads)
+        compress_seconds = time.perf_counter() - start
+    table = done.table
+    result = {"quick": args.quick, "rows": len(frame), "fit_seconds": fit_seconds, "compress_seconds": compress_seconds,
+              "settings": {"model": "minilm (all-MiniLM-L6-v2), trainable top 2 layers, lr 1e-4", "max_length": max_length,
+                           "epochs": epochs, "batch_size": 32, "split": "default (stratified, test 0.2, duplicates "
+                           "dropped), seed 42", "method": args.method, "threads": args.threads},
+              "tradeoff": table, "acceptance": verdict(table), "acceptance_thresholds": ACCEPT}
+    path = write_result("compress", result)
+    (RESULTS / "compress.md").write_text(markdown(result))
+    print(markdown(result))
+    print("results:", path)
+
+
+if __name__ == "__main__":
+    main()
