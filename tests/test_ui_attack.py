@@ -128,9 +128,29 @@ def test_loopml_ui_takes_repeatable_api_keys(store, capsys, monkeypatch):
     assert main(["ui", "--store", store._url, "--port", str(port), "--api-key", "a", "--api-key", "b"]) == 0
     assert started["app"].state.ui.settings.api_keys == ["a", "b"]
     assert "pages need a login with an API key" in capsys.readouterr().err
-    with TestClient(started["app"]) as c:
+    with TestClient(started["app"], base_url=f"http://127.0.0.1:{port}") as c:
         assert c.get("/", follow_redirects=False).status_code == 303
         assert c.get("/", headers={"X-API-Key": "b"}).status_code == 200
+
+
+def test_loopml_ui_on_loopback_answers_only_loopback_host_names(store, monkeypatch):
+    """DNS rebinding: evil.example re-pointed at 127.0.0.1 must not read a loopback dashboard's logged inputs."""
+    import uvicorn
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    monkeypatch.delenv("LOOPML_ADMIN_TOKEN", raising=False)
+    port = free_port()
+    assert main(["ui", "--store", store._url, "--port", str(port)]) == 0
+    with TestClient(started["app"], base_url=f"http://127.0.0.1:{port}") as c:
+        assert c.get("/").status_code == 200
+        for host in (f"localhost:{port}", f"[::1]:{port}"):
+            assert c.get("/", headers={"Host": host}).status_code == 200, host
+        evil = c.get("/monitor?model=income", headers={"Host": f"evil.example:{port}"})
+        assert evil.status_code == 400 and "<script>" not in evil.text
+    assert main(["ui", "--store", store._url, "--port", str(port), "--host", "0.0.0.0", "--admin-token", "t"]) == 0
+    with TestClient(started["app"], base_url="http://dashboard.example") as c:  # public: any name it is reached by
+        assert c.get("/").status_code == 200
 
 
 def test_serve_ui_honours_the_api_keys(served):  # noqa: F811

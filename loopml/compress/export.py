@@ -98,7 +98,9 @@ def export_model(model, output: str | os.PathLike, fmt: str = "onnx", force: boo
         if fmt == "onnx":
             from loopml.serve.onnx import export_onnx
 
-            export_onnx(model, network_file)
+            with warnings.catch_warnings():  # the tracer's notes on pretrained encoders are not the user's concern
+                warnings.simplefilter("ignore")
+                export_onnx(model, network_file)
         else:
             trace_torchscript(model, network_file)
         spec["network"] = {"file": FORMATS[fmt], "format": fmt}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class Quantized:
     onnx_bytes: bytes
     fp32_bytes: bytes
     facts: dict
+    trim: dict
 
 
 def export_fp32(model, folder: Path, check_frame: pd.DataFrame | None = None) -> Path:
@@ -79,21 +81,44 @@ def export_fp32(model, folder: Path, check_frame: pd.DataFrame | None = None) ->
 
     from loopml.serve.onnx import export_onnx
 
-    path = export_onnx(model, Path(folder) / "fp32.onnx")
+    trim = trimmed_columns(model)
+    with warnings.catch_warnings():  # the tracer's shape notes; the check below is what decides
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        path = export_onnx(model, Path(folder) / "fp32.onnx", dynamic_length=tuple(trim))
     if check_frame is not None and len(check_frame):
         import onnxruntime as ort
 
+        from loopml.learners.onnx_network import trim_padding
+
         inputs = model.preprocessor.transform(check_frame)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feed = {i.name: inputs[c].numpy() for i, c in zip(session.get_inputs(), model.preprocessor.features, strict=True)}
         with torch.inference_mode():
-            expected = model.network(inputs).numpy()
-        got = session.run(None, feed)[0]
+            expected = np.concatenate([model.network({k: v[i : i + 1] for k, v in inputs.items()}).numpy()
+                                       for i in range(min(4, len(check_frame)))] + [model.network(inputs).numpy()])
+        feeds = [{i.name: inputs[c][r : r + 1].numpy() for i, c in zip(session.get_inputs(), model.preprocessor.features,
+                                                                         strict=True)} for r in range(min(4, len(check_frame)))]
+        feeds.append({i.name: inputs[c].numpy() for i, c in zip(session.get_inputs(), model.preprocessor.features, strict=True)})
+        names = dict(zip(model.preprocessor.features, [i.name for i in session.get_inputs()], strict=True))
+        trim_by_name = {names[c]: pad for c, pad in trim.items()}
+        got = np.concatenate([session.run(None, trim_padding(f, trim_by_name))[0] for f in feeds])
         error = float(np.abs(got - expected).max()) if expected.size else 0.0
         if not error <= EXPORT_TOLERANCE:
             raise LoopmlError(f"the ONNX export of this network disagrees with it (max |score difference| {error:.3g} "
                               "on training rows): it cannot be quantised safely")
     return path
+
+
+def trimmed_columns(model) -> dict[str, int]:
+    """{column: pad id} of the token columns whose encoder trims padding itself (a trainable pretrained
+    transformer): their graph input keeps a dynamic length, and the compressed model trims them as the
+    network does (without it, every row would run at max_length)."""
+    network = model.network
+    out = {}
+    for column, encoder in zip(network.columns, network.encoders, strict=True):
+        if getattr(encoder, "transformer", None) is not None and hasattr(encoder, "pad_id"):
+            out[column] = int(encoder.pad_id)
+    return out
 
 
 class _Calibration:
@@ -133,7 +158,7 @@ def quantize_graph(model, method: str, train: pd.DataFrame, workdir: Path) -> Qu
     facts: dict[str, Any] = {"method": method}
     with _no_preprocessing_hint():
         _quantize(method, fp32, out, ops, facts, model, calib)
-    return Quantized(out.read_bytes(), fp32.read_bytes(), facts)
+    return Quantized(out.read_bytes(), fp32.read_bytes(), facts, trimmed_columns(model))
 
 
 class _PreprocessingHint(logging.Filter):
@@ -246,7 +271,7 @@ def compress(model, folder: Path, source: dict, method: str, output: Path, *, fo
     with temporary_workdir() as work:
         quantized = quantize_graph(model, method, frames["train"], Path(work))
     facts = {**quantized.facts, "from": source}
-    compressed = _copy_with_graph(model, quantized.onnx_bytes, method, facts, OnnxNetworkLearner, Context)
+    compressed = _copy_with_graph(model, quantized, method, facts, OnnxNetworkLearner, Context)
     for split, frame in frames.items():  # its own metrics, on the original's splits
         if split in model.metrics and len(frame):
             ev = compressed.evaluation_of(frame, split)
@@ -260,13 +285,13 @@ def compress(model, folder: Path, source: dict, method: str, output: Path, *, fo
                  "learner_files", ["model.safetensors"])), "original_bundle_bytes": network_bytes(folder, original_files),
              "compressed_network_bytes": len(quantized.onnx_bytes),
              "compressed_bundle_bytes": sum(len(t.encode()) for t in documents.values()) + len(quantized.onnx_bytes)}
-    table = tradeoff(model, compressed, test, test_split, sizes, rounds=rounds, threads=threads)
-    compressed.evaluation["compression"] = {**table, "facts": facts}
+    table = {**tradeoff(model, compressed, test, test_split, sizes, rounds=rounds, threads=threads), "facts": facts}
+    compressed.evaluation["compression"] = table
     documents, manifest = model_documents(compressed)
     manifest["compression"] = facts
 
     def extras(folder: Path) -> None:
-        (folder / "compress.json").write_text(json.dumps({**table, "facts": facts}, indent=2), encoding="utf-8")
+        (folder / "compress.json").write_text(json.dumps(table, indent=2), encoding="utf-8")
         compressed.report(folder / "report.html", name=output.name)
 
     written = write_bundle(output, documents, manifest, overwrite=force, learner_files=compressed.learner.save,
@@ -283,7 +308,7 @@ def compress(model, folder: Path, source: dict, method: str, output: Path, *, fo
     return Compressed(written, table, version)
 
 
-def _copy_with_graph(model, onnx_bytes: bytes, method: str, facts: dict, learner_cls: type, context_cls: type):
+def _copy_with_graph(model, quantized: Quantized, method: str, facts: dict, learner_cls: type, context_cls: type):
     """A new Model with ``model``'s config, schema, preprocessing and reference, its learner the ONNX graph."""
     import copy
 
@@ -293,8 +318,8 @@ def _copy_with_graph(model, onnx_bytes: bytes, method: str, facts: dict, learner
     out.evaluation = copy.deepcopy(model.evaluation)
     out.history = list(model.history)
     out.info = {k: copy.deepcopy(v) for k, v in model.info.items() if k not in ("registry", "manifest")}
-    out.learner = learner_cls.from_graph(onnx_bytes, method, model.learner.task,
-                                         context_cls(model.config, model.preprocessor), facts)
+    out.learner = learner_cls.from_graph(quantized.onnx_bytes, method, model.learner.task,
+                                         context_cls(model.config, model.preprocessor), facts, quantized.trim)
     return out
 
 

@@ -41,6 +41,8 @@ class OnnxNetworkLearner(Learner):
         method: str = "dynamic-int8"
         #: the learner it was made from (what retraining trains again: the bundle's config says so too)
         source_learner: str = "network"
+        #: token columns -> pad id: trailing padding is cut per batch, as the network's pretrained encoder does
+        trim: dict[str, int] = {}
 
     def __init__(self, params: Learner.Params, task: Task, context: Context | None = None) -> None:
         super().__init__(params, task, context)
@@ -54,8 +56,9 @@ class OnnxNetworkLearner(Learner):
         self._threads: int | None = None
 
     @classmethod
-    def from_graph(cls, onnx_bytes: bytes, method: str, task: Task, context: Context, info: dict) -> OnnxNetworkLearner:
-        learner = cls(cls.Params(method=method), task, context)
+    def from_graph(cls, onnx_bytes: bytes, method: str, task: Task, context: Context, info: dict,
+                   trim: dict[str, int] | None = None) -> OnnxNetworkLearner:
+        learner = cls(cls.Params(method=method, trim=trim or {}), task, context)
         learner.onnx_bytes, learner.info = onnx_bytes, dict(info)
         return learner
 
@@ -88,17 +91,18 @@ class OnnxNetworkLearner(Learner):
         names = [i.name for i in self.session().get_inputs()]
         if len(names) != len(self.columns):
             raise LoopmlError(f"the ONNX graph takes {len(names)} inputs; this model has {len(self.columns)} columns")
-        return {name: _numpy(x[column]) for name, column in zip(names, self.columns, strict=True)}
+        feed = {name: _numpy(x[column]) for name, column in zip(names, self.columns, strict=True)}
+        trim = {name: self.params.trim[c] for name, c in zip(names, self.columns, strict=True) if c in self.params.trim}
+        return trim_padding(feed, trim)
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self.session().run(None, feed)[0], dtype=np.float32)
 
     def predict_scores(self, x: dict) -> np.ndarray:
-        feed = self.feed(x)
-        n = len(next(iter(feed.values()))) if feed else 0
+        n = len(next(iter(x.values()))) if x else 0
         if n <= BATCH:
-            return self.run(feed)
-        return np.concatenate([self.run({k: v[i : i + BATCH] for k, v in feed.items()}) for i in range(0, n, BATCH)])
+            return self.run(self.feed(x))
+        return np.concatenate([self.run(self.feed({k: v[i : i + BATCH] for k, v in x.items()})) for i in range(0, n, BATCH)])
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -117,6 +121,17 @@ class OnnxNetworkLearner(Learner):
         except (OSError, ValueError) as e:
             raise LoopmlError(f"cannot read the compressed network in {folder}: {e}") from None
         return learner
+
+
+def trim_padding(feed: dict[str, np.ndarray], trim: dict[str, int]) -> dict[str, np.ndarray]:
+    """``feed`` with the token inputs in ``trim`` (name -> pad id) cut after the batch's longest row."""
+    out = dict(feed)
+    for name, pad in trim.items():
+        ids = feed[name]
+        if ids.ndim == 2 and ids.shape[1] > 1:
+            length = max(1, int((ids != pad).sum(1).max())) if len(ids) else 1
+            out[name] = np.ascontiguousarray(ids[:, :length])
+    return out
 
 
 def _numpy(value: Any) -> np.ndarray:

@@ -117,16 +117,20 @@ def _ask(target: Any) -> object:
         label, problem = check_label(target, text)
         if problem is None:  # a class named q is a label, not a way out
             return label
-        if text.lower() in QUIT:
+        if text.lower() in QUIT and not _shadowed(target):  # with a class q, 'Q' is a mistyped label, not a way out
             return _QUIT
         typer.echo(f"  {problem}; type it again, Enter skips, {_quits(target)}")
 
 
+def _shadowed(target: Any) -> bool:
+    """Whether a class is named like a quit word (q, quit, exit): then only :q quits, as the prompt says."""
+    classes = target.classes if target.kind != "number" else []
+    return any(str(c).strip().lower() in QUIT for c in classes)
+
+
 def _quits(target: Any) -> str:
     """How to quit, as the prompt says it: ``q`` only where it is not a label."""
-    classes = target.classes if target.kind != "number" else []
-    shadowed = any(str(c).strip().lower() in QUIT for c in classes)
-    return f"{QUIT_KEY} or Ctrl-D quits" if shadowed else f"{QUIT_KEY} (or q, Ctrl-D) quits"
+    return f"{QUIT_KEY} or Ctrl-D quits" if _shadowed(target) else f"{QUIT_KEY} (or q, Ctrl-D) quits"
 
 
 def check_label(target: Any, text: str) -> tuple[object, str | None]:

@@ -26,7 +26,8 @@ class _Positional(nn.Module):
         return self.network(dict(zip(self.columns, tensors, strict=True)))
 
 
-def export_onnx(model, path: str | os.PathLike, example_rows: int = 2) -> Path:
+def export_onnx(model, path: str | os.PathLike, example_rows: int = 2, dynamic_length: tuple[str, ...] = ()) -> Path:
+    """``dynamic_length``: columns whose second axis (token positions) is dynamic too (compress trims padding)."""
     if getattr(model, "network", None) is None:
         from loopml.serve.runner import learner_name
 
@@ -46,7 +47,9 @@ def export_onnx(model, path: str | os.PathLike, example_rows: int = 2) -> Path:
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 _Positional(model.network, columns).eval(), args, str(tmp), input_names=names, output_names=["scores"],
-                dynamic_axes={**{n: {0: "batch"} for n in names}, "scores": {0: "batch"}}, dynamo=False,
+                dynamic_axes={**{n: {0: "batch", **({1: f"length_{i}"} if c in dynamic_length else {})}
+                                 for i, (n, c) in enumerate(zip(names, columns, strict=True))}, "scores": {0: "batch"}},
+                dynamo=False,
             )
     except Exception as e:  # noqa: BLE001  exporter failures come in many types; report, do not crash the server
         tmp.unlink(missing_ok=True)

@@ -176,6 +176,9 @@ class OnnxRunner(TorchRunner):
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(graph or str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        #: a compressed model cuts token padding as its network did (input name -> pad id)
+        trim = getattr(getattr(model.learner, "params", None), "trim", None) if graph is not None else None
+        self.trim = {n: trim[c] for n, c in zip(self.input_names, self.columns, strict=True) if c in trim} if trim else {}
 
     @classmethod
     def refuses(cls, model) -> str | None:
@@ -186,6 +189,10 @@ class OnnxRunner(TorchRunner):
 
     def outputs(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
         feed = {name: inputs[col].numpy() for name, col in zip(self.input_names, self.columns, strict=True)}
+        if self.trim:
+            from loopml.learners.onnx_network import trim_padding
+
+            feed = trim_padding(feed, self.trim)
         return self.session.run(None, feed)[0]
 
 

@@ -119,7 +119,7 @@ def _warm(app: FastAPI) -> None:
 def warm_up(app: FastAPI, limit_s: float = 30.0) -> float:
     """Pay before the first visitor does: the imports the pages make (torch through the loop modules, matplotlib),
     the templates compiled, a first figure drawn (together 4-12 s on a fresh process, that the first page and
-    the first PNG paid), and the first ranking of the labelling queues about to be used started in the background.
+    the first PNG paid), and the first ranking of the labelling queues about to be used (model load + scoring).
     Waits at most ``limit_s`` (what is not done by then finishes in the background); the seconds it waited."""
     from loopml.ui.pages.feedback import prerank
 
@@ -128,7 +128,12 @@ def warm_up(app: FastAPI, limit_s: float = 30.0) -> float:
     worker.start()
     worker.join(limit_s)
     try:
-        prerank(app.state.ui)
+        names = prerank(app.state.ui)
     except SQLAlchemyError as e:  # a store without these tables yet, or gone: the page ranks on first view
         log.warning("not pre-ranking the labelling queues: %s", e)
+        names = []
+    # waited for too (within the bound): a ranking running beside the first pages would slow them down
+    for key, job in list(app.state.ui.caches.items()):
+        if key[0] == "feedback.job" and key[1] in names:
+            job["done"].wait(max(0.0, limit_s - (time.perf_counter() - started)))
     return time.perf_counter() - started

@@ -44,12 +44,28 @@ def ui_command(
                                            api_keys=[k for k in api_key or [] if k], media_root=media_root,
                                            rank_wait_s=SERVER_RANK_WAIT_S), store=shared)
     warm_up(application)  # the first page answers in milliseconds, not the seconds of first imports
+    if _loopback(host):  # DNS rebinding: a web page whose name resolves to 127.0.0.1 must not read the pages
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        application.add_middleware(TrustedHostMiddleware,
+                                   allowed_hosts=sorted({"127.0.0.1", "localhost", "::1", "[::1]", host.strip("[]")}))
     mode = "admin actions need the token" if admin_token else \
         "read-only: start with --admin-token to promote, roll back, label"
     mode += "; pages need a login with an API key" if api_key else ""
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"dashboard on http://{shown}:{port}/ ({mode})", err=True)
     uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+
+
+def _loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (``check_bind`` has resolved it already)."""
+    import ipaddress
+    import socket
+
+    try:
+        return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
 
 
 def existing_store(url: str | None) -> None:

@@ -3,7 +3,7 @@
 Sorting the runs list by a final metric (``test.accuracy``) used to extract the number from every run's JSON
 ``metrics`` in SQL (PostgreSQL parses each ``json`` document again: 160+ ms for 10k runs). Here each numeric
 leaf of that JSON (dotted key, finite float) is a row, primary key ``(run_id, key)``, with an index on
-``(key, value)``: the sort is a join on indexed columns and a sort of plain floats. ``Store.end_run`` writes the
+``(key, value, run_id)``: a page of runs sorted by a metric is a range of that index. ``Store.end_run`` writes the
 rows with the metrics; this migration backfills them from the runs already stored (in chunks).
 
 Revision ID: 0010
@@ -48,7 +48,7 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(32), primary_key=True), sa.Column("key", sa.String(KEY_LENGTH), primary_key=True),
         sa.Column("value", sa.Float, nullable=False),
     )
-    op.create_index("ix_run_metric_values_key_value", "run_metric_values", ["key", "value"])
+    op.create_index("ix_run_metric_values_key_value", "run_metric_values", ["key", "value", "run_id"])
     bind = op.get_bind()
     runs = sa.table("runs", sa.column("id", sa.String), sa.column("metrics", sa.Text))
     after = ""
