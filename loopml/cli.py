@@ -385,12 +385,19 @@ def serve(
         os.environ["LOOPML_SERVE"] = settings.model_dump_json()
         with multiprocess_dir(), serving_with_loop(model, loop_policy, store, artifacts):  # /metrics aggregates workers
             uvicorn.run("loopml.serve.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                        log_level="warning", timeout_graceful_shutdown=30)
+                        log_level="warning", timeout_graceful_shutdown=30,
+                        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
     else:
         application = create_app(settings)  # a model that cannot be served is its one error line, before "serving"
         _echo(f"serving {model} on http://{host}:{port} (docs at /docs{', dashboard at /ui' if ui else ''})")
         with serving_with_loop(model, loop_policy, store, artifacts):  # the loop worker lives as long as the server
             uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+#: how long uvicorn waits for a worker's answer to its health ping before killing and respawning it. Its default (5 s)
+#: is shorter than a worker takes to import torch and load a model on a busy machine: every worker was killed
+#: mid-start and respawned, forever, and the port never answered
+WORKER_HEALTHCHECK_S = 120
 
 
 def _check_loadable(settings) -> None:

@@ -46,3 +46,29 @@ def test_label_prompt_with_a_class_q_quits_only_on_colon_q(monkeypatch, capsys):
     assert label_cli._ask(_target(["q", "r"])) is label_cli._QUIT
     monkeypatch.setattr(sys, "stdin", io.StringIO("Q\n"))  # no class q: q, Q, quit quit as the prompt says
     assert label_cli._ask(_target(["pos", "neg"])) is label_cli._QUIT
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
+def test_loop_worker_started_after_its_server_died_stops_at_once(monkeypatch):
+    # `serve --loop-policy`: a server killed between fork and prctl left a worker that no death signal would reach
+    # (it would hold the loop lock for ever); the child checks its parent right after asking for the signal
+    import os
+    import subprocess
+
+    from loopml.loop import worker_cli
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)  # as if the parent that forked were already gone (getppid != it)
+    preexec = worker_cli._parent_death_signal()
+    monkeypatch.undo()
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)  # a server with its own SIGTERM handler forks the worker
+    try:
+        child = subprocess.Popen(["sleep", "30"], preexec_fn=preexec)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        assert child.wait(timeout=15) == -15
+    finally:
+        child.kill()
+        child.wait()

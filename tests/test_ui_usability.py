@@ -106,3 +106,24 @@ def test_no_page_is_wider_than_a_narrow_window(store, tmp_path):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_serve_workers_get_time_to_start():
+    """`serve --ui --workers 2` on a busy machine: uvicorn's 5 s health ping killed each worker while it imported
+    torch and loaded its model, and respawned it forever (the port never answered)."""
+    import inspect
+
+    from loopml import cli
+
+    assert cli.WORKER_HEALTHCHECK_S >= 60
+    assert "timeout_worker_healthcheck=WORKER_HEALTHCHECK_S" in inspect.getsource(cli)
+
+
+def test_a_long_text_input_is_capped_in_the_queue():
+    """A 7,000-character logged text made its queue row 1,600 px tall (two screens per row): the text box is capped
+    and scrolls on its own."""
+    from pathlib import Path
+
+    css = (Path(__file__).resolve().parents[1] / "loopml/ui/static/style.css").read_text()
+    rule = re.search(r"dl\.inputs \.text \{([^}]*)\}", css)
+    assert rule and "max-height" in rule.group(1) and "overflow-y: auto" in rule.group(1)

@@ -18,6 +18,11 @@ and 3.9x smaller on a 2-layer transformer and a 3x512 MLP (1 thread); torch's ow
 quantisation is deprecated and breaks ``nn.TransformerEncoderLayer``; torchao's CPU int8 was slower
 than fp32.
 
+A trainable pretrained transformer cuts token padding per batch in torch; its graph input keeps a
+dynamic length (``export_onnx(dynamic_length=...)``) and the compressed learner cuts padding the same
+way, so short texts stay fast (a traced length would otherwise be a constant: run_transformer skips
+the cut while tracing). Every export is checked against the network (single rows and a batch) first.
+
 The new bundle keeps the original's config (``learner: network``), schema, preprocessing and drift
 reference; its learner is ``onnx_network`` (model.onnx), its metrics are the compressed graph's own,
 re-computed on the original splits, and its evaluation holds the trade-off table (tradeoff.py).

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -103,7 +104,15 @@ def _parent_death_signal():
         prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
     except (OSError, AttributeError):  # no libc to ask: the server's stop_worker is the only stop
         return None
-    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    parent = os.getpid()
+
+    def _die_with_parent() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the server died between fork and prctl: no death signal will ever come
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's own handler would swallow it before exec
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return _die_with_parent
 
 
 def start_worker(model: str, policy: Path, store: str | None, artifacts: str | None) -> subprocess.Popen:
