@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from loopml.errors import LoopmlError
+from loopml.files import replace_folder
 
 FORMAT = "loopml-model"
 FORMAT_VERSION = 1
@@ -109,13 +110,7 @@ def write_bundle(
                 os.fsync(f.fileno())
         if extras is not None:
             extras(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        replace_folder(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from loopml.errors import LoopmlError, did_you_mean
+from loopml.files import replace_folder
 
 #: --format -> the file the network is written to
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -110,13 +111,7 @@ def export_model(model, output: str | os.PathLike, fmt: str = "onnx", force: boo
         shutil.copyfile(TEMPLATE, tmp / SCRIPTS[fmt])
         max_diff = _check_parity(model, network_file, fmt)
         files = sorted(p.name for p in tmp.iterdir())
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        replace_folder(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Export(final, files, max_diff, notes)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from loopml.evaluate import plots
+from loopml.files import replace_folder
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:24px;color:#222}
@@ -64,11 +65,7 @@ class Report:
         tmp.mkdir()
         for name, png in self.figures.items():
             (tmp / f"{name}.png").write_bytes(png)
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        if folder.exists():
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, folder)
         tmp_html = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp_html.write_text(self.html(), encoding="utf-8")
         os.replace(tmp_html, path)
