@@ -183,6 +183,14 @@ class Config(StrictModel):
     def _combiner_shortcut(cls, value: Any) -> Any:
         return _name_to_section(value)
 
+    @field_validator("learner")
+    @classmethod
+    def _trainable_learner(cls, value: Any) -> Any:
+        if LEARNERS.get(value.type).derived:
+            raise ValueError(f"learner {value.type} is made by `loopml compress` from a trained network, not trained "
+                             "from a config; train learner: network and compress it")
+        return value
+
 
 def json_schema() -> dict:
     return Config.model_json_schema()

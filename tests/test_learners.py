@@ -28,7 +28,7 @@ FAST = {
     "ensemble": {"folds": 2, "members": [{"type": "lightgbm", "n_estimators": 20}, {"type": "xgboost", "n_estimators": 20}]},
     "automl": {"preset": "fast", "tune": False, "folds": 2, "members": {"lightgbm": {"type": "lightgbm", "n_estimators": 20}}},
 }
-NAMES = LEARNERS.names()
+NAMES = [n for n in LEARNERS.names() if not LEARNERS.get(n).derived]  # a compressed graph is made, not trained
 
 
 def _section(name: str) -> dict:
@@ -252,3 +252,12 @@ def test_pickle_detection_by_content_spares_safetensors(tmp_path):
     plain = tmp_path / "model.txt"
     plain.write_text("tree\n")
     assert not looks_like_pickle(plain) and looks_like_pickle(tmp_path / "x.PKL") is True
+
+
+def test_a_derived_learner_is_refused_as_a_training_config():
+    """onnx_network is what `loopml compress` makes from a fitted network: asking to train it is a config error
+    that says how to get one, not 'no input columns left'."""
+    derived = [n for n in LEARNERS.names() if LEARNERS.get(n).derived]
+    assert "onnx_network" in derived
+    with pytest.raises(loopml.LoopmlError, match="made by `loopml compress`"):
+        loopml.Model(target="label", learner="onnx_network").fit(_table(), progress=False, cache_dir=False)

@@ -116,6 +116,9 @@ class Learner(ABC):
     view: ClassVar[str] = "tensors"
     #: feature types it can take; a column of another type is a config error naming the column
     accepts: ClassVar[frozenset[str]] = frozenset()
+    #: made from another fitted learner (``loopml compress``), never trained from a config: the training
+    #: contract (tests/test_learners.py) does not apply; its own suite (tests/test_compress.py) does
+    derived: ClassVar[bool] = False
     registered_name: ClassVar[str]
 
     class Params(StrictModel):

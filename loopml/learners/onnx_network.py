@@ -34,6 +34,7 @@ class OnnxNetworkLearner(Learner):
     view = "tensors"
     #: made by ``loopml compress`` from a fitted network, never from a config: no column makes it a choice
     accepts = frozenset()
+    derived = True
 
     class Params(Learner.Params):
         type: Literal["onnx_network"] = "onnx_network"

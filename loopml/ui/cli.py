@@ -29,7 +29,7 @@ def ui_command(
 
     from loopml.cli import _check_port_free, check_bind
     from loopml.errors import LoopmlError
-    from loopml.registry import Store
+    from loopml.registry.cli import existing_store
     from loopml.ui.app import create_ui_app, warm_up
     from loopml.ui.context import SERVER_RANK_WAIT_S, UISettings
 
@@ -37,8 +37,7 @@ def ui_command(
         raise LoopmlError(f"--media-root is not a folder: {media_root}")
     check_bind(host, port, admin_token)
     _check_port_free(host, port)
-    existing_store(store)
-    shared = Store(store, artifacts)
+    shared = existing_store(store, artifacts)
     shared.engine  # noqa: B018  a bad URL or an unreachable server is one line now, not on the first page
     application = create_ui_app(UISettings(store=store, artifacts=artifacts, admin_token=admin_token or None,
                                            api_keys=[k for k in api_key or [] if k], media_root=media_root,
@@ -67,23 +66,3 @@ def _loopback(host: str) -> bool:
     except (OSError, ValueError):
         return False
 
-
-def existing_store(url: str | None) -> None:
-    """A dashboard reads a store: a SQLite file that is not there is a typo, not a store to create."""
-    import sqlalchemy as sa
-
-    from loopml.errors import LoopmlError
-    from loopml.registry.db import store_url
-
-    resolved = store_url(url)
-    try:
-        parsed = sa.engine.make_url(resolved)
-    except sa.exc.ArgumentError:
-        raise LoopmlError(f"store URL {resolved!r} is not a SQLAlchemy URL (e.g. sqlite:///registry.db, "
-                          "postgresql+psycopg://user@host/db)") from None
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return
-    path = Path(parsed.database).expanduser()
-    if not path.is_file():
-        raise LoopmlError(f"no store at {path}: give --store (or LOOPML_STORE) of an existing store; "
-                          "`loopml train … --register NAME` creates one")
