@@ -48,9 +48,13 @@ def test_three_turns_in_a_row_each_gated_and_promoted(champion_dir, tmp_path, ca
         assert f"candidate clf:{turn + 1} PROMOTED" in out, out
         assert store.resolve("clf@production")["version"] == turn + 1
         assert (Path(store.resolve("clf@production")["path"]) / "report.html").is_file()  # retrained versions have a report
-    decisions = [d for d in store.list_gate_decisions("clf") if d["candidate_version"] is not None]
-    assert [(d["candidate_version"], d["champion_version"], d["promoted"]) for d in decisions] == \
+    decisions = store.list_gate_decisions("clf")
+    gates = [d for d in decisions if d["candidate_version"] is not None and (d["kind"] or "retrain") == "retrain"]
+    assert [(d["candidate_version"], d["champion_version"], d["promoted"]) for d in gates] == \
         [(2, 1, True), (3, 2, True), (4, 3, True)]
+    # each promotion is watched; the next turn's promotion ends that watch, with its own row
+    ended = [d["reason"] for d in decisions if d["kind"] == "rollout"]
+    assert len(ended) == 2 and all("ended early" in r for r in ended), ended
     # turn 3 trained on the file's rows and on all feedback (each row once) but what it held back
     record = loopml.load("clf:4", store=store._url).info["splits"]
     fed = [i for p in record["train"] if "feedback" in p for i in p["feedback"]]
