@@ -79,24 +79,27 @@ def decision_outcome(d: dict) -> str:
     return "no_candidate" if d.get("candidate_version") is None else "rejected"
 
 
-def loop_status(store, name: str) -> dict:
-    """What ``/metrics`` and ``loopml monitor`` show: the schedule, whether a worker holds the loop, decision counts."""
+def loop_status(store, name: str, counts: bool = True) -> dict:
+    """What ``/metrics`` and ``loopml monitor`` show: the schedule, whether a worker holds the loop, decision counts
+    (``counts=False``: none — they read every decision row of the model, which a page shown often should not)."""
     row = read_state(store, name)
     holder = store.lock_holder(name, PURPOSE)
     alive = bool(holder) and holder["expires_at"] > time.time() and (
         holder["host"] != socket.gethostname() or pid_alive(holder["pid"], holder["acquired_at"]))
     g = db.gate_decisions
-    with store.engine.connect() as c:
-        rows = c.execute(sa.select(g.c.kind, g.c.promoted, g.c.candidate_version, g.c.numbers)
-                         .where(g.c.model_name == name)).all()
-    counts: dict[tuple[str, str], int] = {}
+    rows = []
+    if counts:
+        with store.engine.connect() as c:
+            rows = c.execute(sa.select(g.c.kind, g.c.promoted, g.c.candidate_version, g.c.numbers)
+                             .where(g.c.model_name == name)).all()
+    tally: dict[tuple[str, str], int] = {}
     for r in rows:
         d = dict(r._mapping)
         key = (d["kind"] or "retrain", decision_outcome(d))
-        counts[key] = counts.get(key, 0) + 1
+        tally[key] = tally.get(key, 0) + 1
     from loopml.loop.rollout import ACTIVE, list_rollouts
 
-    return {"state": row, "worker": holder if alive else None, "decisions": counts,
+    return {"state": row, "worker": holder if alive else None, "decisions": tally,
             "rollouts": list_rollouts(store, name, ACTIVE)}
 
 

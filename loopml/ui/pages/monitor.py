@@ -107,7 +107,7 @@ def _loop(ctx: UIContext, name: str) -> dict:
     """The loop worker's schedule and the rollouts in progress (what ``loopml monitor`` prints last)."""
     from loopml.loop.worker import loop_status
 
-    status = loop_status(ctx.store, name)
+    status = loop_status(ctx.store, name, counts=False)
     row = status["state"]
     return {"state": row, "phase": ((row or {}).get("state") or {}).get("phase", "idle") if row else None,
             "worker": status["worker"], "rollouts": status["rollouts"]}
