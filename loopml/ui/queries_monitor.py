@@ -11,7 +11,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loopml.errors import did_you_mean
 from loopml.registry import db
 from loopml.registry.records import answered
 
@@ -19,8 +18,6 @@ from loopml.registry.records import answered
 MAX_WINDOWS = 50
 #: the predictions table pages through the newest this many (a deep OFFSET walks the index: 10k rows stay fast)
 MAX_LISTED = 10_000
-#: at most this many model names named in a "no such model" line's suggestion
-_KNOWN = 1000
 
 
 def model_page(engine: sa.engine.Engine, offset: int, limit: int) -> tuple[list[dict], int]:
@@ -44,12 +41,13 @@ def model_page(engine: sa.engine.Engine, offset: int, limit: int) -> tuple[list[
 
 def require_model(engine: sa.engine.Engine, name: str) -> None:
     """Nothing, or LookupError with the one line a page shows (naming the nearest model)."""
+    from loopml.ui.queries_models import unknown_model
+
     m = db.registered_models
     with engine.connect() as c:
         if c.execute(sa.select(m.c.name).where(m.c.name == name)).first() is not None:
             return
-        known = list(c.execute(sa.select(m.c.name).order_by(m.c.name).limit(_KNOWN)).scalars())
-    raise LookupError(f"no model named '{name}'{did_you_mean(name, known)}")
+        raise LookupError(unknown_model(c, name))
 
 
 def drift_windows(engine: sa.engine.Engine, name: str, limit: int) -> list[dict]:
