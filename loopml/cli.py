@@ -412,8 +412,9 @@ def _check_loadable(settings) -> None:
         loopml.load(settings.model)
 
 
-def check_bind(host: str, port: int, admin_token: str | None) -> None:
-    """Loopback only, unless an admin token is set (``serve`` and ``ui``); a bad port or host is one line."""
+def check_bind(host: str, port: int, admin_token: str | None) -> bool:
+    """Loopback only, unless an admin token is set (``serve`` and ``ui``); a bad port or host is one line.
+    Whether every address ``host`` names is a loopback one."""
     import ipaddress
     import socket
 
@@ -423,8 +424,10 @@ def check_bind(host: str, port: int, admin_token: str | None) -> None:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, port)}
     except socket.gaierror:
         raise _user_error(f"cannot resolve --host {host!r}") from None
-    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses) and not admin_token:
+    loopback = all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+    if not loopback and not admin_token:
         raise _user_error(f"refusing to bind {host} (not loopback) without --admin-token (or LOOPML_ADMIN_TOKEN)")
+    return loopback
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -35,7 +35,7 @@ def ui_command(
 
     if media_root and not Path(media_root).expanduser().is_dir():
         raise LoopmlError(f"--media-root is not a folder: {media_root}")
-    check_bind(host, port, admin_token)
+    loopback = check_bind(host, port, admin_token)
     _check_port_free(host, port)
     shared = existing_store(store, artifacts)
     shared.engine  # noqa: B018  a bad URL or an unreachable server is one line now, not on the first page
@@ -43,7 +43,7 @@ def ui_command(
                                            api_keys=[k for k in api_key or [] if k], media_root=media_root,
                                            rank_wait_s=SERVER_RANK_WAIT_S), store=shared)
     warm_up(application)  # the first page answers in milliseconds, not the seconds of first imports
-    if _loopback(host):  # DNS rebinding: a web page whose name resolves to 127.0.0.1 must not read the pages
+    if loopback:  # DNS rebinding: a web page whose name resolves to 127.0.0.1 must not read the pages
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         application.add_middleware(TrustedHostMiddleware,
@@ -55,14 +55,4 @@ def ui_command(
     typer.echo(f"dashboard on http://{shown}:{port}/ ({mode})", err=True)
     uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
 
-
-def _loopback(host: str) -> bool:
-    """Whether every address ``host`` names is a loopback one (``check_bind`` has resolved it already)."""
-    import ipaddress
-    import socket
-
-    try:
-        return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in socket.getaddrinfo(host, None))
-    except (OSError, ValueError):
-        return False
 
