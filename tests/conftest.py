@@ -79,3 +79,30 @@ def recoded_champion(tmp_path_factory):
     make(900, 0).to_csv(data, index=False)
     model = loopml.Model(target="label", training={"epochs": 10}).fit(data, progress=False, cache_dir=False)
     return model, model.save(root / "champion")
+
+
+# -- the suite's cost per test, in CPU seconds (this process and its children), robust to a loaded machine --
+CPU_REPORT = os.environ.get("LOOPML_TEST_CPU_REPORT")
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With LOOPML_TEST_CPU_REPORT=FILE: one JSON line per test (setup + call + teardown CPU and wall seconds)."""
+    if not CPU_REPORT:
+        yield
+        return
+    import json
+    import time
+
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    yield
+    with open(CPU_REPORT, "a") as out:
+        out.write(json.dumps({"test": item.nodeid, "cpu_s": round(_cpu_seconds() - cpu, 2),
+                              "wall_s": round(time.perf_counter() - wall, 2)}) + "\n")
