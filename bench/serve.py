@@ -7,6 +7,7 @@ on loopback, closed loop, at concurrency 1, 8, 32 and 64, against, in the same r
   (c) a hot swap during load (promote / rollback every 2 s) — errors counted.
 
     python -m bench.serve [--seconds 8]
+    python -m bench.serve --only v2   # /v2 infer (Open Inference Protocol) next to /v1 at c=64: serve_v2.json
 """
 
 from __future__ import annotations
@@ -145,16 +146,58 @@ def swap_under_load(store: Store, name: str, url: str, path: str, body: Path, se
             "swap_seconds_max": max(moves, default=None), "swap_seconds": moves}
 
 
+def v2_body(url: str, name: str, record: dict) -> dict:
+    """One record as an Open Inference Protocol request: a one-row tensor per column, typed as the metadata says."""
+    datatypes = {i["name"]: i["datatype"] for i in httpx.get(f"{url}/v2/models/{name}").json()["inputs"]}
+    return {"inputs": [{"name": c, "shape": [1], "datatype": datatypes[c], "data": [v]} for c, v in record.items()
+                       if c in datatypes]}
+
+
+def bench_v2(df, target: str, seconds: float, tmp: Path, rounds: int = 3, concurrency: int = 64) -> dict:
+    """/v2 infer next to /v1 predict: the same server process and model, one record per request, the same load
+    generator at ``concurrency``, alternating /v1 and /v2 for ``rounds`` rounds (so a drift in the machine's
+    load reaches both alike); the ratio is of the summed throughputs."""
+    store_url = f"sqlite:///{tmp / 'v2.db'}"
+    store = Store(store_url, str(tmp / "artifacts"))
+    model = loopml.Model({"target": target, "training": {"seed": 0}}).fit(df, progress=False)
+    store.register("adult", path=model.save(tmp / "adult-v2"))
+    store.promote("adult", 1)
+    record = {k: (v.item() if hasattr(v, "item") else v) for k, v in df.drop(columns=[target]).iloc[0].items()}
+    proc, url = start_server("adult@production", store_url)
+    try:
+        bodies = {"v1": ("/v1/models/adult/predict", record), "v2": ("/v2/models/adult/infer", v2_body(url, "adult", record))}
+        for label, (path, body) in bodies.items():  # both answer the same prediction before any load
+            (tmp / f"{label}.json").write_text(json.dumps(body))
+            assert httpx.post(f"{url}{path}", json=body).status_code == 200, label
+        points: dict[str, list] = {"v1": [], "v2": []}
+        for _ in range(rounds):
+            for label, (path, _body) in bodies.items():
+                p = load(url, path, tmp / f"{label}.json", concurrency, seconds)
+                points[label].append(p)
+                print(f"adult {label} c={concurrency}: {p['rps']:.0f} req/s, p50 {p['p50_ms']:.1f} ms, "
+                      f"p99 {p['p99_ms']:.1f} ms, errors {p['errors']}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    rps = {label: sum(p["ok"] for p in ps) / sum(p["seconds"] for p in ps) for label, ps in points.items()}
+    result = {"concurrency": concurrency, "rounds": rounds, "seconds_per_point": seconds, "train_rows": len(df),
+              "v1_rps": rps["v1"], "v2_rps": rps["v2"], "ratio_v2_vs_v1": rps["v2"] / rps["v1"],
+              "errors": {label: sum(p["errors"] for p in ps) for label, ps in points.items()}, "points": points}
+    print(f"adult c={concurrency}: /v2 {rps['v2']:.0f} req/s vs /v1 {rps['v1']:.0f} req/s = "
+          f"{result['ratio_v2_vs_v1']:.3f}x (goal >= 0.8)", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--only", default="text,tabular,minilm")
+    parser.add_argument("--only", default="text,tabular,minilm", help="also: v2 (/v2 infer next to /v1, adult)")
     args = parser.parse_args()
     parts = args.only.split(",")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sms = realdata.sms_spam()
+        sms = realdata.sms_spam() if {"text", "minilm"} & set(parts) else None
         dedup = {"split": {"duplicates": "drop"}}
         if "text" in parts:
             results["text_sms_spam"] = bench_model("sms", sms, "label", dedup, args.seconds, tmp)
@@ -165,6 +208,9 @@ def main() -> None:
             minilm = {**dedup, "features": {"text": {"type": "text", "encoder": {"type": "pretrained"}}}}
             subset = realdata.subsample(sms, 1000, "label")
             results["minilm_sms_spam"] = bench_model("minilm", subset, "label", minilm, args.seconds, tmp)
+        if "v2" in parts:  # the Open Inference Protocol route against /v1, one server (bench/results/serve_v2.json)
+            train, _ = realdata.adult()
+            results["v2_adult"] = bench_v2(realdata.subsample(train, 4000, "income"), "income", args.seconds, tmp)
     name = "serve" if sorted(parts) == ["tabular", "text"] else f"serve_{'_'.join(parts)}"
     print(f"written {write_result(name, results)}")
 

@@ -56,6 +56,11 @@ app.command("compress")(compress_command)
 from loopml.compress.export_cli import export_command  # noqa: E402
 
 app.command("export")(export_command)
+from loopml.deploy.gate import gate_command  # noqa: E402
+from loopml.deploy.package_cli import package_command  # noqa: E402
+
+app.command("package")(package_command)
+app.command("gate")(gate_command)
 
 ModelArg = Annotated[str, typer.Argument(help="Model directory, or NAME@alias / NAME:version from the registry.",
                                          metavar="MODEL")]
@@ -68,6 +73,9 @@ NamesOpt = Annotated[str | None, typer.Option(help="Comma-separated column names
 EncodingOpt = Annotated[str | None, typer.Option(help="Text encoding, e.g. utf-8, cp1252.")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed rows (and report them).")]
 MediaRootOpt = Annotated[str | None, typer.Option(help="Folder that image/audio paths are relative to (and confined to).")]
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="[ADDRESS]", help="Run on Ray: a cluster's address (ray://host:10001, auto), or nothing for a "
+                                       "local cluster started for this command (pip install loopml[ray]).")]
 CoerceOpt = Annotated[bool, typer.Option(
     "--coerce", help="Read values a column cannot hold ('old' in a number column, a third value in a binary one, "
                      "inf) as missing, and say how many; without it they are an error.")]
@@ -112,6 +120,8 @@ def train(
         "--time-budget", help="AutoML: choose, tune and ensemble learners in S seconds (preparation included).")] = None,
     preset: Annotated[str | None, typer.Option(
         help="AutoML preset with --time-budget: fast (fewer members, no bagging) or best (bagging + ensemble).")] = None,
+    ray: RayOpt = None,
+    workers: Annotated[int, typer.Option(help="Ray Train workers (data-parallel copies of the network), with --ray.")] = 1,
 ) -> None:
     """Train a model on a table and save it (config, preprocessing, weights, metrics, report); record the run."""
     _require_inputs(data=data, validation=validation, test=test, config=config)
@@ -143,9 +153,12 @@ def train(
 
         tracked_in = Store(store, artifacts)
     try:
-        model.fit(data, validation=validation, test=test, checkpoint_dir=checkpoints, resume=resume,
-                  progress=not quiet, cache_dir=False if no_cache else None,
-                  track=(experiment or True) if track else False, store=tracked_in)
+        from loopml.train.ray_train import ray_launch
+
+        with ray_launch(ray, workers, model.config.learner.type, automl=time_budget is not None):
+            model.fit(data, validation=validation, test=test, checkpoint_dir=checkpoints, resume=resume,
+                      progress=not quiet, cache_dir=False if no_cache else None,
+                      track=(experiment or True) if track else False, store=tracked_in)
         path = model.save(claim.output, overwrite=overwrite, report=True)
     except KeyboardInterrupt:
         claim.release(keep_checkpoints=(checkpoints / "last.safetensors").exists())
@@ -311,11 +324,15 @@ def serve(
     backend: Annotated[str, typer.Option(
         help="torch, onnx or native (a learner's own predictor); a model that is not a network runs native.")] = "torch",
     threads: Annotated[int | None, typer.Option(help="Inference threads per worker.")] = None,
+    device: Annotated[str, typer.Option(
+        help="Where the torch backend runs the network: cpu, cuda, cuda:N, mps or auto (CUDA when available).")] = "cpu",
     max_batch_size: Annotated[int, typer.Option(help="Rows per inference batch at most.")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.")] = 2.0,
     max_queue: Annotated[int, typer.Option(help="Rows queued before answering 503.")] = 4096,
     monitor_interval: Annotated[float, typer.Option(help="Seconds between drift checks on /metrics (0 = off).")] = 60.0,
-    api_key: Annotated[list[str] | None, typer.Option(help="Accepted API key for predict/feedback (repeatable).")] = None,
+    api_key: Annotated[list[str] | None, typer.Option(
+        envvar="LOOPML_API_KEYS", help="Accepted API key for predict/feedback (repeatable; or space-separated in "
+                                       "$LOOPML_API_KEYS).")] = None,
     admin_token: Annotated[str | None, typer.Option(envvar="LOOPML_ADMIN_TOKEN", help="Token for admin endpoints.")] = None,
     media_root: MediaRootOpt = None,
     log_durability: Annotated[str, typer.Option(
@@ -350,6 +367,9 @@ def serve(
             raise _user_error(f"{option} must be at least 1 (got {value})")
     if max_wait_ms < 0 or monitor_interval < 0:
         raise _user_error("--max-wait-ms and --monitor-interval cannot be negative")
+    from loopml.train.device import resolve_device
+
+    resolve_device(device)  # cuda asked on a machine without it: one line now, not in every worker
     check_bind(host, port, admin_token)
     _check_port_free(host, port)
     from loopml.errors import did_you_mean
@@ -365,7 +385,7 @@ def serve(
         raise _user_error(str(e)) from None
     if log_retention_interval <= 0:
         raise _user_error("--log-retention-interval must be more than 0 seconds")
-    settings = ServeSettings(model=model, store=store, artifacts=artifacts, backend=backend, threads=threads,
+    settings = ServeSettings(model=model, store=store, artifacts=artifacts, backend=backend, threads=threads, device=device,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              api_keys=api_key or [], admin_token=admin_token, media_root=media_root,
                              monitor_interval_s=monitor_interval, log_durability=log_durability,
@@ -656,12 +676,24 @@ def _user_error(message: str) -> Exception:
     return LoopmlError(message)
 
 
+def _optional_value(args: list[str], option: str, default: str) -> list[str]:
+    """``option`` given without a value (last, or before another option) gets ``default``: click has no
+    optional option values."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == option and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(default)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from loopml.errors import LoopmlError
 
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         # without standalone mode click returns a raised typer.Exit's code instead of exiting with it
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=_optional_value(args, "--ray", "local"), standalone_mode=False)
         if isinstance(code, int) and code:
             return code
     except LoopmlError as e:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from loopml.data.read import DataConfig
 from loopml.data.split import SplitConfig
@@ -126,6 +127,15 @@ class EarlyStoppingConfig(StrictModel):
     min_delta: float = Field(0.0, ge=0)
 
 
+class DistillConfig(StrictModel):
+    """Distillation's loss (``loopml compress --distill``): alpha * hard-label loss + (1 - alpha) * soft term,
+    the soft term T^2 * KL(teacher || student) at temperature T (MSE to the teacher's prediction for a number).
+    Used only where the training target carries a teacher's scores; plain training otherwise (a retrain)."""
+
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+
+
 class TrainingConfig(StrictModel):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -139,6 +149,36 @@ class TrainingConfig(StrictModel):
     threads: int | None = Field(None, ge=1)
     #: stop after this many seconds (the best checkpoint so far is kept)
     max_time: float | None = Field(None, gt=0)
+    #: the loss mixes hard labels with a teacher's soft targets (set by ``loopml compress --distill``)
+    distill: DistillConfig | None = None
+    #: where the network trains: auto (CUDA when available, else the CPU), cpu, cuda, cuda:N or mps
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    #: mixed precision (autocast): bf16 works on CPUs and recent GPUs; fp16 (with loss scaling) needs a GPU
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: torch.compile the network (falls back to eager with a warning if compiling fails); off by default:
+    #: on a CPU its first-epoch cost outweighs the speed-up for loopml's small networks (bench/scale.py)
+    compile: bool = False
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_setting(cls, value: Any) -> Any:
+        from loopml.train.device import check_device_setting  # lazy: loopml.train imports this module
+
+        if not isinstance(value, str):
+            return value
+        try:
+            return check_device_setting(value)
+        except LoopmlError as e:
+            raise PydanticCustomError("device", str(e)) from None
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_setting(cls, value: Any) -> Any:
+        choices = ("fp32", "bf16", "fp16")
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise PydanticCustomError("precision", f"precision {value!r} is not one of {', '.join(choices)}"
+                                  f"{did_you_mean(str(value).lower(), choices)}")
 
 
 class Config(StrictModel):

@@ -21,6 +21,15 @@ def compress_command(
     quantize: Annotated[str | None, typer.Option(
         "--quantize", help="dynamic-int8 (int8 weights, CPU), static-int8 (int8 weights and activations, calibrated "
                            "on training rows) or fp16 (float16, for GPUs).")] = None,
+    prune: Annotated[float | None, typer.Option(
+        "--prune", metavar="FRACTION", help="Prune this fraction of the network (0 < FRACTION < 1): the smallest "
+                                            "weights (magnitude), or with --structured whole units and channels; then "
+                                            "fine-tune; then quantise when --quantize is given too.")] = None,
+    structured: Annotated[bool, typer.Option(
+        "--structured", help="With --prune: remove hidden units and conv channels (the network shrinks).")] = False,
+    fine_tune_epochs: Annotated[int, typer.Option(
+        "--fine-tune-epochs", help="With --prune: epochs of fine-tuning on the training split (early stopping on "
+                                   "validation; 0: none).")] = 3,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Folder of the new model (default: MODEL-METHOD beside a model folder, or "
                                "./compressed/NAME-vN-METHOD for a registered version).")] = None,
@@ -30,6 +39,18 @@ def compress_command(
     data: Annotated[str | None, typer.Option(
         "--data", "-d", help="The training file, when the one the model recorded moved (or it was trained in memory).")]
     = None,
+    distill: Annotated[bool, typer.Option(
+        "--distill", help="Train a small student network on this model's soft targets (see --student).")] = False,
+    student: Annotated[str | None, typer.Option(
+        help="With --distill: bag or bilstm (loopml's text encoders), mlp (the default network), or a YAML "
+             "training config whose target is the teacher's.")] = None,
+    unlabelled: Annotated[str | None, typer.Option(
+        help="With --distill: more rows (the teacher's input columns, no target needed) for the teacher to label.")]
+    = None,
+    temperature: Annotated[float, typer.Option(help="With --distill: the softmax temperature of the soft targets.")]
+    = 2.0,
+    alpha: Annotated[float, typer.Option(
+        help="With --distill: the weight of the hard labels' loss (1 - alpha: the soft targets').")] = 0.5,
     store: StoreOpt = None, artifacts: ArtifactsOpt = None,
 ) -> None:
     """Quantise a network model into a new, smaller model, with its measured trade-off (size, latency, metric)."""
@@ -39,30 +60,56 @@ def compress_command(
     from loopml.registry import Store
     from loopml.registry.store import REF, check_name
 
-    if quantize is None:
-        raise LoopmlError("nothing to do: pass --quantize dynamic-int8, static-int8 or fp16")
-    method = check_method(quantize)
+    if distill:
+        from loopml.compress.distill import distill_command
+
+        if quantize is not None:
+            raise LoopmlError("--distill trains a new network; quantise the student in a second compress run")
+        return distill_command(model, student, unlabelled=unlabelled, temperature=temperature, alpha=alpha,
+                               output=output, register=register, force=force, data=data, store=store,
+                               artifacts=artifacts, echo=typer.echo)
+    if quantize is None and prune is None:
+        raise LoopmlError("nothing to do: pass --quantize dynamic-int8, static-int8 or fp16, --prune FRACTION, "
+                          "or --distill")
+    method = check_method(quantize) if quantize is not None else None
+    label = method
+    if prune is not None:  # prune, fine-tune, then quantise when asked (loopml/compress/prune.py)
+        from loopml.compress.prune import check_fraction, label_of
+
+        if fine_tune_epochs < 0:
+            raise LoopmlError(f"--fine-tune-epochs must be 0 or more; got {fine_tune_epochs}")
+        label = label_of(check_fraction(prune), structured, method)
+    elif structured:
+        raise LoopmlError("--structured goes with --prune FRACTION")
     if register is not None:
         check_name(register)
     registered = not Path(model).exists() and REF.match(model) is not None
     if not registered and not Path(model).is_dir():
         raise LoopmlError(f"model not found: {model} (a model directory, or NAME@alias / NAME:version)")
     if output is None and not registered:
-        output = Path(model).resolve().with_name(f"{Path(model).resolve().name}-{method}")
+        output = Path(model).resolve().with_name(f"{Path(model).resolve().name}-{label}")
     if output is not None:
         check_output(output, force)
     opened = Store(store, artifacts) if registered or register is not None else None
     if registered:
         version = opened.resolve(model)
         folder, source = Path(version["path"]), {"name": version["name"], "version": int(version["version"])}
-        output = output or Path("compressed") / f"{version['name']}-v{version['version']}-{method}"
+        output = output or Path("compressed") / f"{version['name']}-v{version['version']}-{label}"
         check_output(output, force)
     else:
         folder, source = Path(model), {"folder": Path(model).resolve().name}
     original = loopml.load(folder)
-    check_quantizable(original)
-    result = compress(original, folder, source, method, output, force=force, data=data, store=opened,
-                      register=register, echo=typer.echo)
+    if prune is not None:
+        from loopml.compress.prune import check_prunable, compress_pruned
+
+        check_prunable(original)
+        result = compress_pruned(original, folder, source, prune, output, structured=structured, epochs=fine_tune_epochs,
+                                 quantize=method, force=force, data=data, store=opened, register=register,
+                                 echo=typer.echo)
+    else:
+        check_quantizable(original)
+        result = compress(original, folder, source, method, output, force=force, data=data, store=opened,
+                          register=register, echo=typer.echo)
     typer.echo(f"compressed model: {result.path} (trade-off table in compress.json and report.html there)")
     if result.version is not None:
         parent = result.version.get("parent_version")

@@ -1,7 +1,8 @@
 """The trade-off table of a compression: size on disk, latency, and the task metric, original vs compressed.
 
-Latency is the network alone (the rows are preprocessed once, outside the timing; preprocessing is
-the same code for both), at batch 1 and batch 64, measured in the same process with one thread each
+Latency is the model's core call alone (each model preprocesses the same raw rows with its own
+preprocessor, outside the timing: a distilled student reads other features than its teacher), at
+batch 1 and batch 64, measured in the same process with one thread each
 (torch ``set_num_threads(1)``, ONNX Runtime ``intra_op_num_threads=1``), the two models' runs
 interleaved (ABAB..., the order flipped each round) so that machine noise falls on both alike.
 The metric is computed on the original model's test split (validation when it has no test rows).
@@ -30,36 +31,44 @@ def network_bytes(folder: Path, learner_files: list[str]) -> int:
     return sum((Path(folder) / name).stat().st_size for name in learner_files if (Path(folder) / name).is_file())
 
 
-def _take(inputs: dict, start: int, size: int, n: int) -> dict:
-    index = np.arange(start, start + size) % n
-    return {k: v[index] for k, v in inputs.items()}
+def runner(model) -> tuple[Any, Any]:
+    """(prepare, run) of a model: its own preprocessing of raw rows (outside the timing) and its core call
+    (an ONNX graph's session, a network's forward pass, any other learner's ``predict_scores``)."""
+    import torch
+
+    learner = model.learner
+    if callable(getattr(learner, "feed", None)):  # an ONNX graph (onnx_network)
+        return (lambda frame: learner.feed(model.preprocessor.transform(frame))), learner.run
+    network = model.network
+    if network is not None:
+        network.eval()
+
+        def forward(inputs: dict) -> None:
+            with torch.inference_mode():
+                network(inputs)
+
+        return model.preprocessor.transform, forward
+    return model.inputs, learner.predict_scores
 
 
 def latencies(original, compressed, frame: pd.DataFrame, rounds: dict[int, int], threads: int = 1) -> dict:
-    """{batch: {"original": [ms...], "compressed": [ms...]}}: interleaved timings of the two networks."""
+    """{batch: {"original": [ms...], "compressed": [ms...]}}: interleaved timings of the two models."""
     import torch
 
-    inputs = original.preprocessor.transform(frame)
     n = len(frame)
-    learner = compressed.learner
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    learner.task = _with_threads(learner.task, threads)
-    network = original.network.eval()
+    tasks = [(m.learner, m.learner.task) for m in (original, compressed)]
+    for learner, task in tasks:
+        learner.task = _with_threads(task, threads)
+    (prepare_original, run_original), (prepare_compressed, run_compressed) = runner(original), runner(compressed)
     out: dict[int, dict[str, list[float]]] = {}
     try:
         for batch, count in rounds.items():
             times: dict[str, list[float]] = {"original": [], "compressed": []}
-            batches = [_take(inputs, (i * batch) % n, batch, n) for i in range(count)]
-            feeds = [learner.feed(b) for b in batches]
-
-            def run_original(b: dict) -> None:
-                with torch.inference_mode():
-                    network(b)
-
-            def run_compressed(f: dict) -> None:
-                learner.run(f)
-
+            rows = [frame.iloc[np.arange(i * batch, i * batch + batch) % n] for i in range(count)]
+            batches = [prepare_original(r) for r in rows]
+            feeds = [prepare_compressed(r) for r in rows]
             run_original(batches[0])  # warm-up: first calls pay for lazy initialisation
             run_compressed(feeds[0])
             for i, (b, f) in enumerate(zip(batches, feeds, strict=True)):
@@ -71,6 +80,8 @@ def latencies(original, compressed, frame: pd.DataFrame, rounds: dict[int, int],
             out[batch] = times
     finally:
         torch.set_num_threads(previous)
+        for learner, task in tasks[:1]:  # the original is the caller's model: its own threads back
+            learner.task = task
     return out
 
 
@@ -85,7 +96,7 @@ def _scalars(metrics: dict) -> dict:
 
 
 def tradeoff(original, compressed, test: pd.DataFrame, split: str, sizes: dict, *, rounds: dict[int, int] | None = None,
-             threads: int = 1) -> dict:
+             threads: int = 1, labels: tuple[str, str] | None = None) -> dict:
     """The table (a dict for compress.json): one row per model with every field in FIELDS."""
     rounds = rounds or {1: 200, 64: 30}
     kind = original.preprocessor.target.kind
@@ -93,7 +104,8 @@ def tradeoff(original, compressed, test: pd.DataFrame, split: str, sizes: dict, 
     metrics = {"original": original.evaluate(test), "compressed": compressed.evaluate(test)}
     timed = latencies(original, compressed, test, rounds, threads)
     rows = []
-    for who, label in (("original", "original (torch fp32)"), ("compressed", f"compressed ({sizes['method']}, onnxruntime)")):
+    labels = labels or ("original (torch fp32)", f"compressed ({sizes['method']}, onnxruntime)")
+    for who, label in zip(("original", "compressed"), labels, strict=True):
         row: dict[str, Any] = {"model": label, "network_bytes": sizes[f"{who}_network_bytes"],
                                "bundle_bytes": sizes[f"{who}_bundle_bytes"]}
         for batch in (1, 64):
@@ -109,7 +121,7 @@ def tradeoff(original, compressed, test: pd.DataFrame, split: str, sizes: dict, 
     a, b = rows
     return {
         "method": sizes["method"], "split": split, "test_rows": len(test), "threads": threads,
-        "timing": {"what": "the network alone on preprocessed rows, interleaved, same process",
+        "timing": {"what": "the model's core call alone on rows each model preprocessed itself, interleaved, same process",
                    "rounds": {str(k): v for k, v in rounds.items()}},
         "rows": rows,
         "ratios": {"smaller_network": a["network_bytes"] / max(b["network_bytes"], 1),

@@ -74,7 +74,11 @@ def integrated_gradients(
     """
     from captum.attr import LayerIntegratedGradients
 
+    from loopml.train.device import module_device, to_device
+
     network.eval()
+    device = module_device(network)  # explained where the network is; the attributions come back on the CPU
+    inputs, target = to_device((inputs, target), device)
     columns, encoders = network.columns, list(network.encoders)
 
     def forward(*tensors: torch.Tensor) -> torch.Tensor:
@@ -97,7 +101,7 @@ def integrated_gradients(
             out[column] = attr.sum(1)
         else:
             out[column] = attr.reshape(len(attr), -1).sum(1)
-    return out
+    return to_device(out, "cpu")
 
 
 def explain_rows(network: LoopModel, pre, frame, n_steps: int = 32) -> list[dict]:

@@ -233,8 +233,12 @@ def _compression_section(report: Report, c: dict) -> None:
     rows = [[r.get("model", ""), *[r.get(k, "") for k in keys]] for r in c.get("rows", []) if isinstance(r, dict)]
     metric = next((r.get("metric") for r in c.get("rows", []) if isinstance(r, dict)), "metric")
     facts = c.get("facts", {}) if isinstance(c.get("facts"), dict) else {}
-    body = (f'<p>{html.escape(str(c.get("method", "")))}: {html.escape(_compact(facts.get("quantized_ops", "")))} '
-            f'quantised; latency of the network alone, {html.escape(str(c.get("threads", 1)))} thread, interleaved runs; '
+    quantized = facts.get("quantized_ops") or (facts.get("quantization") or {}).get("quantized_ops")
+    did = [f"{_compact(quantized)} quantised"] if quantized else []
+    if isinstance(c.get("pruning"), dict) and c["pruning"].get("summary"):  # loopml/compress/prune.py
+        did.append(str(c["pruning"]["summary"]))
+    body = (f'<p>{html.escape(str(c.get("method", "")))}: {html.escape("; ".join(did))}; '
+            f'latency of the network alone, {html.escape(str(c.get("threads", 1)))} thread, interleaved runs; '
             f'{html.escape(str(metric))} on {html.escape(str(c.get("test_rows", "")))} {html.escape(str(c.get("split", "")))} '
             "rows.</p>")
     header = ["model", "network bytes", "bundle bytes", "p50 ms (1)", "p99 ms (1)", "p50 ms (64)", "p99 ms (64)", str(metric)]

@@ -18,6 +18,8 @@ from loopml.learners.base import ANY_FEATURE_TYPE, LEARNERS, Budget, Context, Fi
 
 #: the network's weights in the bundle (the file name every loopml bundle had before learners)
 WEIGHTS = "model.safetensors"
+#: {module path: {tensor: shape}} of the layers structured pruning resized (loopml/compress/prune.py); absent when none
+SHAPES = "network_shapes.json"
 
 
 @dataclass
@@ -40,6 +42,8 @@ class NetworkRun:
     make_callbacks: Callable | None = None
     #: outputs, target tensors -> per-epoch metrics
     metric_fn: Callable | None = None
+    #: the training rows' target with a teacher's scores (train/soft_targets.py), replacing the plain one
+    soft_targets: Any = None
 
 
 def build_network(pre, config, class_weights: list[float] | None = None):
@@ -70,12 +74,15 @@ class NetworkLearner(Learner):
     def _reset(self) -> None:
         super()._reset()
         self.network = None
+        #: the layers resized away from the config's architecture (structured pruning): saved beside the weights
+        self.shapes: dict[str, dict[str, list[int]]] = {}
 
     # -- fitting -----------------------------------------------------------------------------------
     def fit(self, data: FitData, budget: Budget) -> NetworkLearner:
         import torch
 
         from loopml.evaluate.assemble import epoch_metric_fn
+        from loopml.train.determinism import deterministic_algorithms
         from loopml.train.trainer import TensorData, Trainer, default_callbacks
 
         self._reset()
@@ -85,7 +92,7 @@ class NetworkLearner(Learner):
         if left is not None:  # the budget caps training time; a tighter max_time stays
             cfg = cfg.model_copy(update={"max_time": max(1e-3, min(cfg.max_time or left, left))})
         monitor = run.monitor or cfg.early_stopping.metric
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic_algorithms()
         torch.manual_seed(cfg.seed)
         weights = list(self.task.class_weights) if self.task.class_weights else None
         self.network = build_network(self.context.preprocessor, config, weights)
@@ -101,7 +108,12 @@ class NetworkLearner(Learner):
             if not run.checkpoint_dir:
                 raise LoopmlError("resume needs a checkpoint directory")
             resumed = trainer.resume(Path(run.checkpoint_dir))
-        self.history = trainer.fit(_tensors(data.train, TensorData), _tensors(data.validation, TensorData))
+        train = _tensors(data.train, TensorData)
+        if run.soft_targets is not None:
+            if len(run.soft_targets) != len(train):
+                raise LoopmlError(f"{len(run.soft_targets)} soft targets for {len(train)} training rows")
+            train = TensorData(train.inputs, torch.as_tensor(run.soft_targets))
+        self.history = trainer.fit(train, _tensors(data.validation, TensorData))
         self.network.eval()
         best = next((cb for cb in callbacks if hasattr(cb, "best_epoch")), None)
         self.info = {"epochs_run": trainer.epoch, "best_epoch": best.best_epoch if best is not None else trainer.epoch - 1,
@@ -124,7 +136,8 @@ class NetworkLearner(Learner):
 
         self._require_fitted()
         self.network.eval()
-        return predict_batches(self.network, x, self.context.config.training.eval_batch_size).numpy()
+        training = self.context.config.training  # on the network's device, in the precision it trained in
+        return predict_batches(self.network, x, training.eval_batch_size, precision=training.precision).numpy()
 
     def _require_fitted(self) -> None:
         if self.network is None:
@@ -135,7 +148,13 @@ class NetworkLearner(Learner):
         from loopml.bundle import save_tensors
 
         self._require_fitted()
-        save_tensors(self.network.state_dict(), Path(folder) / WEIGHTS)
+        from loopml.train.device import to_device
+
+        save_tensors(to_device(self.network.state_dict(), "cpu"), Path(folder) / WEIGHTS)  # CPU tensors whatever trained
+        if self.shapes:
+            import json
+
+            (Path(folder) / SHAPES).write_text(json.dumps(self.shapes, sort_keys=True), encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path, params: Learner.Params, task: Task, context: Context | None = None) -> NetworkLearner:
@@ -149,12 +168,31 @@ class NetworkLearner(Learner):
         buffer = weights.get("head.class_weights")
         class_weights = buffer.tolist() if buffer is not None and buffer.numel() else None
         learner.network = build_network(context.preprocessor, context.config, class_weights)
+        learner.shapes = _read_shapes(Path(folder) / SHAPES)
+        if learner.shapes:  # a pruned network: its smaller layers, before the weights go in
+            from loopml.models.model import resize_modules
+
+            resize_modules(learner.network, learner.shapes)
         try:
             learner.network.load_state_dict(weights)
         except RuntimeError:
             raise LoopmlError(f"the weights in {folder} do not fit its config") from None
         learner.network.eval()
         return learner
+
+
+def _read_shapes(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    import json
+
+    try:
+        shapes = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LoopmlError(f"cannot read the pruned layer shapes {path.name}: {e}") from None
+    if not isinstance(shapes, dict) or not all(isinstance(v, dict) for v in shapes.values()):
+        raise LoopmlError(f"{path.name} is not a {{module: {{tensor: shape}}}} record")
+    return shapes
 
 
 def _tensors(split: Any, tensor_data: type) -> Any:

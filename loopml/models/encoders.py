@@ -239,7 +239,7 @@ class TransformerText(TextEncoder):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = ids != 0
-        mask = mask | (torch.arange(ids.shape[1]) == 0)  # never a fully masked row
+        mask = mask | (torch.arange(ids.shape[1], device=ids.device) == 0)  # never a fully masked row
         x = self.embedding(ids) * math.sqrt(self.output_dim) + self.positions[: ids.shape[1]]
         return masked_mean(self.encoder(x, src_key_padding_mask=~mask), mask)
 

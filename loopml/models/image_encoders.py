@@ -44,16 +44,16 @@ class ImageInput(nn.Module):
 def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
     b, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4, mode="reflect" if padding < min(h, w) else "constant")
-    dy = torch.randint(0, 2 * padding + 1, (b,))
-    dx = torch.randint(0, 2 * padding + 1, (b,))
-    rows = (dy.view(b, 1) + torch.arange(h)).view(b, 1, h, 1).expand(b, x.shape[1], h, padded.shape[-1])
+    dy = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
+    rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, x.shape[1], h, padded.shape[-1])
     taken = padded.gather(2, rows)
-    cols = (dx.view(b, 1) + torch.arange(w)).view(b, 1, 1, w).expand(b, x.shape[1], h, w)
+    cols = (dx.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, x.shape[1], h, w)
     return taken.gather(3, cols)
 
 
 def random_rotation(x: torch.Tensor, degrees: float) -> torch.Tensor:
-    angle = (torch.rand(x.shape[0]) * 2 - 1) * math.radians(degrees)
+    angle = (torch.rand(x.shape[0], device=x.device) * 2 - 1) * math.radians(degrees)
     cos, sin = angle.cos(), angle.sin()
     zero = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
@@ -65,7 +65,7 @@ def color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     b = x.shape[0]
 
     def factor() -> torch.Tensor:
-        return (1 + (torch.rand(b, 1, 1, 1) * 2 - 1) * strength).to(x.dtype)
+        return (1 + (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * strength).to(x.dtype)
 
     x = x * factor()  # brightness
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -78,8 +78,8 @@ def color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
 
 def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
     b, _, h, w = x.shape
-    cy, cx = torch.randint(0, h, (b, 1, 1)), torch.randint(0, w, (b, 1, 1))
-    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    cy, cx = torch.randint(0, h, (b, 1, 1), device=x.device), torch.randint(0, w, (b, 1, 1), device=x.device)
+    ys, xs = torch.arange(h, device=x.device).view(1, h, 1), torch.arange(w, device=x.device).view(1, 1, w)
     hole = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)
     return x.masked_fill(hole.unsqueeze(1), 0.0)  # 0 = the channel mean after normalisation
 

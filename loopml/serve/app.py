@@ -35,6 +35,7 @@ from loopml.serve.queue_routes import queue_router  # GET /v1/feedback/queue (th
 from loopml.serve.rollout import RolloutServing
 from loopml.serve.schema import FeedbackResponse, ModelInfo, PredictResponse, StrictJSONResponse, printable, request_records
 from loopml.serve.swap import LoadFailure, input_schema, predict_body, rebind, request_models
+from loopml.serve.v2 import V2ErrorShape, v2_router  # the Open Inference Protocol (KServe / Triton REST)
 
 log = logging.getLogger("loopml.serve")
 
@@ -45,6 +46,8 @@ class ServeSettings(BaseModel):
     artifacts: str | None = None
     backend: str = "torch"
     threads: int | None = None
+    #: where the torch backend runs the network: cpu, cuda, cuda:N, mps or auto
+    device: str = "cpu"
     max_batch_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(2.0, ge=0)
     max_queue: int = Field(4096, ge=1)
@@ -94,7 +97,7 @@ def load_served(settings: ServeSettings, store) -> Served:
         reference = name  # what clients see (/v1/models, /docs): never a server path
     if settings.media_root:
         model.config.data.media_root = settings.media_root
-    runner = make_runner(model, settings.backend, onnx_path, settings.threads, settings.media_root)
+    runner = make_runner(model, settings.backend, onnx_path, settings.threads, settings.media_root, settings.device)
     try:  # warm up: the first batch pays for lazy initialisation, not a user
         runner.predict(model_example(model, 2).to_dict(orient="records"))
     except LoopmlError as e:
@@ -114,6 +117,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     pre = first.model.preprocessor
     Input, Feedback = request_models(first)
     state["input_model"] = Input.__name__
+    state["input_class"] = Input  # /v2 validates its rows with it
     # which columns a request was validated against, and which columns each served version reads: a swap to
     # other columns while a request waits must not answer it with columns dropped or read as missing
     validated_with: dict[type, tuple] = {Input: input_schema(first)}
@@ -205,6 +209,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             validated_with[new_input] = columns
             rebind(app, {"predict": predict_body(new_input), "feedback": new_feedback})
             state["input_model"] = new_input.__name__
+            state["input_class"] = new_input
             log.info("input schema changed with %s:%s: request models and OpenAPI rebuilt", new.name, new.version)
         state["served"] = new
         load_failure.clear()
@@ -238,6 +243,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   description=f"Predictions from {first.reference} (target '{pre.target.column}', {pre.target.kind}).")
     app.add_middleware(CountArrivals, counter=arriving)
     app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(V2ErrorShape)  # outermost: every /v2 error, the 413 cap and 401 included, as {"error": ...}
 
     def client_key(request: Request) -> None:
         if not settings.api_keys:
@@ -300,6 +306,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise _HTTP(422, "body: an empty list has nothing to predict")
         if len(items) > settings.max_records:
             raise _HTTP(413, f"body: at most {settings.max_records} records per request")
+        version, out = await predict_items(request, served, items)
+        # the response model documents the shape; building the JSON directly skips re-validating our own output
+        return Response(json.dumps({"model": served.name, "version": version, "predictions": out},
+                                   allow_nan=False), media_type="application/json")
+
+    async def predict_items(request: Request, served: Served, items: list) -> tuple[int, list[dict]]:
+        """The one predict path (/v1 and /v2): validated records -> batcher -> prediction log, shadow, metrics.
+        Returns the answering version and one {prediction_id, prediction, probabilities} per record."""
+        queued(request)
         validated = validated_with.get(type(items[0]))
         if validated != schema_of.get(served.version):
             raise _SchemaMoved()
@@ -332,9 +347,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise _HTTP(503, f"{e}; retry shortly") from None
         trial.shadow(records, rows)  # after the answer is settled; never in it
         metrics.predictions.labels(served.name).inc(len(rows))
-        # the response model documents the shape; building the JSON directly skips re-validating our own output
-        return Response(json.dumps({"model": served.name, "version": results[0]["version"], "predictions": out},
-                                   allow_nan=False), media_type="application/json")
+        return results[0]["version"], out
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, status_code=201, dependencies=[Depends(client_key)],
               summary="The true label of a prediction (stored before the response)")
@@ -412,6 +425,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return {"swapped": swapped, "version": state["served"].version, "last_load_error": load_failure.as_dict()}
 
     app.include_router(queue_router(store, state, client_key))
+    app.include_router(v2_router(state, settings.max_records, client_key, predict_items))
     vendored_docs(app)
     if settings.ui:  # the dashboard over the same store; its pages link under /ui
         from loopml.ui.app import create_ui_app
@@ -438,7 +452,7 @@ class CountArrivals:
         self.app, self.counter = app, counter
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].endswith("/predict"):
+        if scope["type"] == "http" and scope["path"].endswith(("/predict", "/infer")):
             self.counter["requests"] += 1
             scope["loopml.arriving"] = True
         try:

@@ -130,11 +130,16 @@ class TorchRunner(Runner):
     backend = "torch"
 
     def __init__(self, model, threads: int | None = None, media_root: str | os.PathLike | None = None,
-                 onnx_path: str | os.PathLike | None = None) -> None:
+                 onnx_path: str | os.PathLike | None = None, device: torch.device | None = None) -> None:
+        from loopml.train.device import to_device
+
         super().__init__(model, threads, media_root, onnx_path)
         if threads:
             torch.set_num_threads(threads)
-        model.network.eval()
+        #: where the network runs (``serve --device``); the bundle loaded it on the CPU
+        self.device = device or torch.device("cpu")
+        self.precision = model.config.training.precision
+        to_device(model.network, self.device).eval()
 
     @classmethod
     def refuses(cls, model) -> str | None:
@@ -146,8 +151,10 @@ class TorchRunner(Runner):
         return self.pre.transform(frame)
 
     def outputs(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-        with torch.inference_mode():
-            return self.model.network(inputs).numpy()
+        from loopml.train.device import autocast, to_device
+
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return self.model.network(to_device(inputs, self.device)).float().cpu().numpy()
 
 
 @RUNNERS.register("onnx")
@@ -264,9 +271,13 @@ def _out_of_range(row: int, column: str) -> None:
 
 
 def make_runner(model, backend: str = "torch", onnx_path=None, threads: int | None = None,
-                media_root: str | os.PathLike | None = None) -> Runner:
+                media_root: str | os.PathLike | None = None, device: str = "cpu") -> Runner:
     """The runner for ``backend``. ``torch`` is the default: a model that is not a network (trees, linear,
-    ensembles) has no PyTorch graph, so it runs on its native predictor instead; ``auto`` does the same."""
+    ensembles) has no PyTorch graph, so it runs on its native predictor instead; ``auto`` does the same.
+    ``device`` (cpu, cuda, cuda:N, mps, auto) is where the torch backend runs the network."""
+    from loopml.train.device import resolve_device
+
+    target = resolve_device(device)
     if backend in ("auto", "torch") and getattr(model, "network", None) is None and getattr(model, "learner", None) is not None:
         backend = "native"
     elif backend == "auto":
@@ -275,4 +286,9 @@ def make_runner(model, backend: str = "torch", onnx_path=None, threads: int | No
     why = cls.refuses(model)
     if why is not None:
         raise LoopmlError(f"cannot serve with the {backend} backend: {why}")
-    return cls(model, threads=threads, media_root=media_root, onnx_path=onnx_path)
+    if cls.backend != "torch":
+        if target.type != "cpu":
+            raise LoopmlError(f"--device {device} is for networks on the torch backend; the {backend} backend "
+                              f"({learner_name(model)}) runs on the CPU")
+        return cls(model, threads=threads, media_root=media_root, onnx_path=onnx_path)
+    return cls(model, threads=threads, media_root=media_root, onnx_path=onnx_path, device=target)

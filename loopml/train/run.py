@@ -54,6 +54,8 @@ class RunOptions:
     make_callbacks: Callable | None = None
     #: the wall-clock allowance, started before preparation; None: ``automl.time_budget`` from now
     budget: Budget | None = None
+    #: the network's training target with a teacher's scores (distillation: train/soft_targets.py)
+    soft_targets: Any = None
 
 
 # -- checks that come before anything is recorded -------------------------------------------------
@@ -209,9 +211,9 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
             learner.run = NetworkRun(
                 monitor, Path(options.checkpoint_dir) if options.checkpoint_dir else None, options.resume,
                 options.progress, [*options.callbacks, share], options.initial_weights, options.make_callbacks,
-                epoch_metric_fn(pre, monitor))
-        elif options.resume or options.initial_weights is not None:
-            raise LoopmlError(f"resume and warm start are for the network learner, not {config.learner.type}")
+                epoch_metric_fn(pre, monitor), soft_targets=options.soft_targets)
+        elif options.resume or options.initial_weights is not None or options.soft_targets is not None:
+            raise LoopmlError(f"resume, warm start and soft targets are for the network learner, not {config.learner.type}")
         start = time.perf_counter()
         learner.fit(FitData(train_split, splits["validation"]), budget)
         seconds = time.perf_counter() - start

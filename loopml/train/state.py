@@ -16,7 +16,8 @@ def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> An
     """Replace every tensor in ``obj`` by a reference, collecting them in ``tensors``."""
     if isinstance(obj, torch.Tensor):
         key = f"{prefix}.{len(tensors)}"
-        tensors[key] = obj.detach().contiguous().clone()
+        # a copy on the CPU: checkpoints hold CPU tensors whichever device trained (and load on the CPU first)
+        tensors[key] = obj.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
         return {"__tensor__": key}
     if isinstance(obj, dict):
         items = {str(k): flatten(v, tensors, prefix) for k, v in obj.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,19 @@ from torch import nn
 from loopml.config import TrainingConfig
 from loopml.errors import LoopmlError
 from loopml.train.callbacks import BestModel, Callback, Checkpoint, History
+from loopml.train.device import (
+    autocast,
+    check_precision,
+    compile_network,
+    grad_scaler,
+    module_device,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+    to_device,
+)
 from loopml.train.optim import Schedule, make_optimizer
+from loopml.train.soft_targets import head_kind, labelled_part, training_loss
 from loopml.train.state import load_state
 
 
@@ -33,6 +46,10 @@ class TensorData:
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], dict]
 
+#: set around a command to run every Trainer's ``fit`` elsewhere (``launcher.fit(trainer, train, val)``):
+#: Ray Train runs this same loop data-parallel (train/ray_train.py); None, the default: here
+LAUNCHER: ContextVar = ContextVar("loopml_trainer_launcher", default=None)
+
 
 class Trainer:
     def __init__(
@@ -40,15 +57,26 @@ class Trainer:
         metric_fn: MetricFn | None = None,
     ) -> None:
         self.model, self.config = model, config
+        self.device = resolve_device(config.device)
+        check_precision(config.precision, self.device)
+        model.to(self.device)  # before the optimizer: its state is created next to the parameters
+        #: the forward pass: the network itself, or its torch.compile'd form (same weights)
+        self.forward = compile_network(model) if config.compile else model
+        self.scaler = grad_scaler(self.device, config.precision)
         # checkpoints run last so they capture every other callback's updated state
         self.callbacks = sorted(callbacks, key=lambda cb: isinstance(cb, Checkpoint))
         self.metric_fn = metric_fn or (lambda outputs, target: {})
+        # a 2-D target carries a teacher's soft targets (train/soft_targets.py); config.distill mixes them in
+        self.loss_fn = training_loss(model, config.distill)
         self.optimizer = make_optimizer(param_groups(model, config.optimizer.lr), config.optimizer)
         self.schedule = Schedule(self.optimizer, config.scheduler, config.epochs)
         self.epoch = 0
         self.elapsed = 0.0
         self.stop_reason: str | None = None
         self.steps_per_epoch = 0
+        self.launcher = LAUNCHER.get()
+        #: (rank, world size) in data-parallel training: this process trains on its part of each epoch's rows
+        self.shard: tuple[int, int] | None = None
         self._drop_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
     @property
@@ -59,8 +87,11 @@ class Trainer:
     def fit(self, train: TensorData, val: TensorData, resume_from: Path | None = None) -> list[dict]:
         if resume_from is not None:
             self.resume(resume_from)
+        if self.launcher is not None:
+            return self.launcher.fit(self, train, val)
         cfg = self.config
-        self.steps_per_epoch = -(-len(train) // cfg.batch_size)
+        rows = len(train) if self.shard is None else -(-len(train) // self.shard[1])
+        self.steps_per_epoch = -(-rows // cfg.batch_size)
         for cb in self.callbacks:
             cb.on_train_begin(self)
         try:
@@ -70,8 +101,8 @@ class Trainer:
                     cb.on_epoch_begin(self, self.epoch)
                 train_loss, train_metrics = self._train_epoch(train)
                 val_outputs = self.predict(val.inputs)
-                with torch.inference_mode():
-                    val_loss = float(self.model.loss(val_outputs, val.target))
+                with torch.inference_mode():  # on the device: the loss's class weights live there
+                    val_loss = float(self.model.loss(*to_device((val_outputs, val.target), self.device)))
                 self.schedule.step(val_loss)
                 self.elapsed += time.perf_counter() - start
                 logs = {
@@ -101,32 +132,40 @@ class Trainer:
         self.model.train()
         # a per-epoch generator makes the order depend only on (seed, epoch): resumable
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
+        if self.shard is not None:
+            order = shard_rows(order, *self.shard)
         total, seen = 0.0, 0
         outputs_seen, targets_seen = [], []
-        for step, begin in enumerate(range(0, len(train), cfg.batch_size)):
+        for step, begin in enumerate(range(0, len(order), cfg.batch_size)):
             index = order[begin : begin + cfg.batch_size]
             if len(index) == 1 and self._drop_single:
                 continue  # batch norm cannot train on a single row
             inputs, target = train.rows(index)
-            outputs = self.model(inputs)
-            loss = self.model.loss(outputs, target)
-            outputs_seen.append(outputs.detach())
+            on_device, device_target = to_device((inputs, target), self.device)
+            with autocast(self.device, cfg.precision):
+                outputs = self.forward(on_device)
+                loss = self.loss_fn(outputs, device_target)
+            outputs_seen.append(outputs.detach().float())
             targets_seen.append(target)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             value = loss.item()
             total, seen = total + value * len(index), seen + len(index)
             for cb in self.callbacks:
                 cb.on_batch_end(self, step, value)
-        metrics = self.metric_fn(torch.cat(outputs_seen), torch.cat(targets_seen)) if outputs_seen else {}
+        labelled = labelled_part(torch.cat(outputs_seen).cpu(), torch.cat(targets_seen), head_kind(self.model)) \
+            if outputs_seen else None
+        metrics = self.metric_fn(*labelled) if labelled is not None and len(labelled[1]) else {}
         return total / max(seen, 1), metrics
 
     def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         self.model.eval()
-        return predict_batches(self.model, inputs, self.config.eval_batch_size)
+        return predict_batches(self.forward, inputs, self.config.eval_batch_size, self.device, self.config.precision)
 
     # -- resuming --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -137,7 +176,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "rng": torch.get_rng_state(),
+            **rng_state(self.device),
+            "scaler": self.scaler.state_dict(),
             "callbacks": [cb.state_dict() for cb in self.callbacks],
             "callback_types": [type(cb).__name__ for cb in self.callbacks],
         }
@@ -150,7 +190,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state, self.device)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self._load_callback_states(state["callbacks"], state.get("callback_types"))
         self.epoch, self.elapsed, self.stop_reason = state["epoch"], state["elapsed"], state["stop_reason"]
         return True
@@ -172,6 +214,15 @@ class Trainer:
                 raise LoopmlError(f"the checkpoint has no state for the {type(cb).__name__} callback: cannot resume")
 
 
+def shard_rows(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s rows of an epoch's ``order``, as DistributedSampler splits them: padded by wrapping
+    around so every rank gets as many rows (and batches: each gradient all-reduce needs every rank)."""
+    pad = (-len(order)) % world
+    if pad:
+        order = torch.cat([order, order[:pad]])
+    return order[rank::world]
+
+
 def param_groups(model: nn.Module, base_lr: float) -> list[dict]:
     """One group per encoder with its own ``lr``, the rest at the base rate."""
     special: dict[float, list] = {}
@@ -186,11 +237,17 @@ def param_groups(model: nn.Module, base_lr: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def predict_batches(model: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+def predict_batches(model: Callable, inputs: dict[str, torch.Tensor], batch_size: int,
+                    device: torch.device | None = None, precision: str = "fp32") -> torch.Tensor:
+    """The model's outputs for CPU ``inputs``, batch by batch on ``device`` (default: where the model's
+    weights are), under ``precision``'s autocast; always float32 on the CPU."""
+    if device is None:
+        device = module_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
     n = len(next(iter(inputs.values())))
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         parts = [
-            model({name: t[i : i + batch_size] for name, t in inputs.items()}) for i in range(0, n, batch_size)
+            model(to_device({name: t[i : i + batch_size] for name, t in inputs.items()}, device)).float().cpu()
+            for i in range(0, n, batch_size)
         ]
     return torch.cat(parts) if parts else torch.empty(0)
 

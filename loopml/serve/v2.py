@@ -1,0 +1,407 @@
+"""The Open Inference Protocol ("v2", the REST shape of KServe, Triton and Seldon) beside ``/v1``.
+
+One tensor per input column (shape ``[n]`` or ``[n, 1]``, ``data`` flat or nested, JSON only: the
+binary tensor extension is refused with a 400 that says so). Each row becomes the record a ``/v1``
+request would send, is validated by the same request model and goes through the same predict path
+(``predict_items`` in app.py: batcher, runner checks, prediction log, feedback ids, shadow, metrics).
+Out: ``label`` (BYTES) and ``probabilities`` (FP64, ``[n, classes]``) for a classifier, ``prediction``
+(FP64) for regression, and ``prediction_id`` (BYTES) for ``POST /v1/feedback``. FP64 because those
+are the exact numbers ``/v1`` answers; FP32 would round a native learner's float64 scores.
+
+The model name is the served model's name as ``/v1/models`` lists it: the registry name for
+``NAME@alias`` / ``NAME:version``, the bundle folder's name for a path; the version is its registry
+version (0 for a path). Errors are ``{"error": "..."}`` (``V2ErrorShape``, for every /v2 response).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+
+import loopml
+from loopml.errors import did_you_mean
+from loopml.serve.schema import StrictJSONResponse, printable
+
+FLOATS = ("FP64", "FP32", "FP16")
+INT_RANGES = {"INT64": (-2**63, 2**63 - 1), "INT32": (-2**31, 2**31 - 1), "INT16": (-2**15, 2**15 - 1),
+              "INT8": (-2**7, 2**7 - 1), "UINT64": (0, 2**64 - 1), "UINT32": (0, 2**32 - 1),
+              "UINT16": (0, 2**16 - 1), "UINT8": (0, 2**8 - 1)}
+NUMBERS = (*FLOATS, *INT_RANGES)
+#: the datatypes an input column of each feature type accepts (what JSON carries for /v1 is the guide)
+ACCEPTED = {"number": NUMBERS, "binary": ("BYTES", "BOOL", *NUMBERS), "category": ("BYTES", *INT_RANGES),
+            "text": ("BYTES",), "image": ("BYTES",), "audio": ("BYTES",), "date": ("BYTES",),
+            "skip": ("BYTES", "BOOL", *NUMBERS)}
+HOSTILE = {"string_unicode": "not valid Unicode text (a lone surrogate such as \\ud800?)",
+           "finite_number": "not a finite number"}
+TOP_LEVEL = ("id", "parameters", "inputs", "outputs")
+TENSOR_KEYS = ("name", "shape", "datatype", "parameters", "data")
+#: the request as the protocol defines it, for /docs and /openapi.json (the route checks it by hand, naming the input)
+INFER_REQUEST = {"type": "object", "required": ["inputs"], "properties": {
+    "id": {"type": "string"},
+    "parameters": {"type": "object"},
+    "inputs": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+            "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {"type": "string", "enum": ["BOOL", "BYTES", *NUMBERS]},
+            "parameters": {"type": "object"}, "data": {"type": "array", "description": "flat (row-major) or nested"}}}},
+    "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
+BINARY_REFUSED = ("binary tensor data is not supported here: send JSON tensors "
+                  "(tritonclient: set_data_from_numpy(..., binary_data=False))")
+
+
+class V2Error(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _fail(message: str, status: int = 400) -> V2Error:
+    return V2Error(status, printable(message))
+
+
+def _advertised(feature) -> str:
+    """The one datatype metadata names for a column (others in ``ACCEPTED`` are taken too)."""
+    kind = feature.config.type
+    if kind == "number":
+        return "FP64"
+    if kind == "binary":
+        values = [str(v) for v in (feature.state or {}).get("values", [])]
+        # booleans and 0/1 share canonical keys ("0", "1"): INT64 is named, BOOL is accepted as well
+        return "INT64" if values and all(v.lstrip("-").isdigit() for v in values) else "BYTES"
+    return "BYTES"
+
+
+def model_metadata(served) -> dict:
+    pre = served.model.preprocessor
+    inputs = [{"name": column, "datatype": _advertised(f), "shape": [-1]} for column, f in pre.features.items()]
+    if pre.target.kind == "number":
+        outputs = [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
+    else:
+        classes = [str(c) for c in pre.target.classes]
+        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                   {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(classes)],
+                    "parameters": {"classes": json.dumps(classes)}}]  # a parameter is a string: the class order as JSON
+    outputs.append({"name": "prediction_id", "datatype": "BYTES", "shape": [-1]})
+    return {"name": served.name, "versions": [str(served.version)], "platform": "loopml", "inputs": inputs,
+            "outputs": outputs, "parameters": {"target": pre.target.column, "task": pre.target.kind,
+                                               "backend": served.runner.backend}}
+
+
+def _flatten(data: Any, shape: list[int], name: str) -> list:
+    """Row-major elements of ``data``, given flat or nested as ``shape`` says (the protocol allows both)."""
+    expected = math.prod(shape)
+    if not isinstance(data, list):
+        raise _fail(f"input '{name}': data must be a JSON array")
+    if all(not isinstance(v, list) for v in data):
+        flat = data
+    else:
+        flat = []
+
+        def walk(node: Any, depth: int) -> None:
+            if depth == len(shape):
+                if isinstance(node, list):
+                    raise _fail(f"input '{name}': data is nested deeper than shape {shape}")
+                flat.append(node)
+                return
+            if not isinstance(node, list) or len(node) != shape[depth]:
+                raise _fail(f"input '{name}': nested data does not match shape {shape} at depth {depth}")
+            for child in node:
+                walk(child, depth + 1)
+
+        walk(data, 0)
+    if len(flat) != expected:
+        raise _fail(f"input '{name}': shape {shape} holds {expected} elements, data has {len(flat)}")
+    return flat
+
+
+def _element_check(datatype: str) -> Callable[[Any], bool]:
+    if datatype in FLOATS:
+        return lambda v: type(v) in (int, float) and math.isfinite(v)
+    if datatype in INT_RANGES:
+        low, high = INT_RANGES[datatype]
+        return lambda v: type(v) is int and low <= v <= high
+    if datatype == "BOOL":
+        return lambda v: type(v) is bool
+    return lambda v: type(v) is str
+
+
+def _values(tensor: Any, kind: str, advertised: str, name: str) -> list:
+    """One input tensor's elements, checked against its datatype (null = a missing value, as on /v1)."""
+    datatype, shape = tensor.get("datatype"), tensor.get("shape")
+    accepted = ACCEPTED.get(kind, ("BYTES",))
+    if datatype not in accepted:
+        others = ", ".join(d for d in accepted if d != advertised)
+        also = f"; also accepted: {others}" if others else ""
+        raise _fail(f"input '{name}': datatype {str(datatype)[:20]!r} does not fit this {kind} column "
+                    f"({advertised} expected{also})")
+    if not (isinstance(shape, list) and len(shape) in (1, 2) and all(type(d) is int and d >= 0 for d in shape)
+            and (len(shape) == 1 or shape[1] == 1)):
+        raise _fail(f"input '{name}': shape {str(shape)[:60]} is not [n] or [n, 1] (one value per row)")
+    flat = _flatten(tensor.get("data"), shape, name)
+    ok = _element_check(datatype)
+    for i, value in enumerate(flat):
+        if value is not None and not ok(value):
+            shown = repr(value)[:60]
+            why = "not a finite number" if datatype in FLOATS and type(value) is float else f"not {datatype} data"
+            raise _fail(f"input '{name}': element {i} ({shown}) is {why}")
+    return flat
+
+
+def _tensor_map(inputs: Any) -> dict[str, dict]:
+    if not isinstance(inputs, list) or not inputs:
+        raise _fail("inputs: a non-empty array of tensors is required")
+    tensors: dict[str, dict] = {}
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise _fail(f"inputs[{i}]: a tensor is an object with a string 'name'")
+        name = tensor["name"]
+        extra = [k for k in tensor if k not in TENSOR_KEYS]
+        if extra:
+            raise _fail(f"input '{name}': unknown field '{extra[0]}'{did_you_mean(extra[0], TENSOR_KEYS)}")
+        params = tensor.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise _fail(f"input '{name}': parameters must be an object")
+        if "binary_data_size" in params or "shared_memory_region" in params:
+            raise _fail(f"input '{name}': {BINARY_REFUSED}")
+        if "data" not in tensor:
+            raise _fail(f"input '{name}': no 'data'")
+        if name in tensors:
+            raise _fail(f"input '{name}' is given twice")
+        tensors[name] = tensor
+    return tensors
+
+
+def request_rows(served, body: Any, max_records: int) -> tuple[list[dict], list[str] | None]:
+    """The /v1 records of a v2 infer body (one per row), and the outputs asked for (None = all)."""
+    if not isinstance(body, dict):
+        raise _fail("body: an inference request is a JSON object with 'inputs'")
+    extra = [k for k in body if k not in TOP_LEVEL]
+    if extra:
+        raise _fail(f"body: unknown field '{extra[0]}'{did_you_mean(extra[0], TOP_LEVEL)}")
+    if "id" in body and not isinstance(body["id"], str):
+        raise _fail("id: a string is expected")
+    if not isinstance(body.get("parameters", {}), dict):
+        raise _fail("parameters: an object is expected")
+    pre = served.model.preprocessor
+    features = pre.features
+    skipped = [c.name for c in served.model.schema.columns if c.type == "skip"]
+    tensors = _tensor_map(body.get("inputs"))
+    for name in tensors:
+        if name not in features and name not in skipped:
+            raise _fail(f"unknown input '{name}'{did_you_mean(name, list(features))}")
+    missing = [c for c in features if c not in tensors]
+    if missing:
+        raise _fail(f"missing input '{missing[0]}'" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    columns: dict[str, list] = {}
+    for name, tensor in tensors.items():
+        if name in features:
+            columns[name] = _values(tensor, features[name].config.type, _advertised(features[name]), name)
+        else:  # an ignored column (a row id): any JSON scalar, as /v1 accepts it
+            columns[name] = _values(tensor, "skip", "BYTES", name)
+    rows = {name: tensor["shape"][0] for name, tensor in tensors.items()}
+    if len(set(rows.values())) > 1:
+        shown = ", ".join(f"{k}: {v}" for k, v in list(rows.items())[:4])
+        raise _fail(f"inputs: every input needs the same number of rows ({shown})")
+    n = next(iter(rows.values()))
+    if n == 0:
+        raise _fail("inputs: zero rows have nothing to predict")
+    if n > max_records:
+        raise _fail(f"inputs: at most {max_records} rows per request", 413)
+    names = list(columns)
+    records = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    return records, _requested_outputs(served, body.get("outputs"))
+
+
+def _requested_outputs(served, outputs: Any) -> list[str] | None:
+    if outputs is None:
+        return None
+    available = [o["name"] for o in model_metadata(served)["outputs"]]
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        raise _fail("outputs: an array of objects with a string 'name' is expected")
+    names = [o["name"] for o in outputs]
+    for name in names:
+        if name not in available:
+            raise _fail(f"unknown output '{name}'{did_you_mean(name, available)} (outputs: {', '.join(available)})")
+    return names
+
+
+def response_outputs(served, predictions: list[dict], wanted: list[str] | None) -> list[dict]:
+    n = len(predictions)
+    out = []
+    if served.model.preprocessor.target.kind == "number":
+        out.append({"name": "prediction", "datatype": "FP64", "shape": [n], "data": [p["prediction"] for p in predictions]})
+    else:
+        classes = [str(c) for c in served.model.preprocessor.target.classes]
+        out.append({"name": "label", "datatype": "BYTES", "shape": [n], "data": [str(p["prediction"]) for p in predictions]})
+        out.append({"name": "probabilities", "datatype": "FP64", "shape": [n, len(classes)],
+                    "data": [p["probabilities"][c] for p in predictions for c in classes],
+                    "parameters": {"classes": json.dumps(classes)}})
+    out.append({"name": "prediction_id", "datatype": "BYTES", "shape": [n], "data": [p["prediction_id"] for p in predictions]})
+    return out if wanted is None else [o for name in wanted for o in out if o["name"] == name]
+
+
+def _refuse_constant(word: str) -> None:
+    raise ValueError(f"{word} is not JSON (strict JSON has no NaN or Infinity)")
+
+
+def parse_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise _fail("body: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _fail(f"body: not valid JSON ({str(e)[:120]})") from None
+
+
+def v2_router(state: dict, max_records: int, client_key: Callable,
+              predict_items: Callable[[Request, Any, list], Awaitable[tuple[int, list[dict]]]]) -> APIRouter:
+    """The v2 routes over the served model in ``state["served"]`` (read per request: they follow hot swaps).
+    Health and metadata are open, as /health and /v1/models are; infer needs the API key as /v1 predict does."""
+    router = APIRouter(tags=["Open Inference Protocol v2"])
+
+    def served_as(name: str, version: str | None):
+        served = state["served"]
+        if name != served.name:
+            raise _fail(f"unknown model '{name}'; this server serves '{served.name}'", 404)
+        if version is not None and version != str(served.version):
+            raise _fail(f"model '{name}' has no version '{version}' here; this server serves version {served.version}", 404)
+        return served
+
+    def answer(content: dict, status: int = 200) -> StrictJSONResponse:
+        return StrictJSONResponse(content, status_code=status)
+
+    def error(e: V2Error) -> StrictJSONResponse:
+        return answer({"error": e.message}, e.status)
+
+    @router.get("/v2/health/live", summary="v2: liveness")
+    async def live() -> StrictJSONResponse:
+        return answer({"live": True})
+
+    @router.get("/v2/health/ready", summary="v2: readiness (as /ready)")
+    async def ready(request: Request) -> StrictJSONResponse:
+        log_health = request.app.state.predictions.health()
+        ok = state["ready"] and log_health["status"] != "unavailable"
+        if ok:
+            return answer({"ready": True})
+        why = "starting or stopping" if not state["ready"] else f"prediction log unavailable: {log_health.get('reason')}"
+        return answer({"ready": False, "error": f"not ready ({why})"}, 503)
+
+    @router.get("/v2", summary="v2: server metadata")
+    async def server() -> StrictJSONResponse:
+        return answer({"name": "loopml", "version": loopml.__version__, "extensions": []})
+
+    @router.get("/v2/models/{name}", summary="v2: model metadata")
+    @router.get("/v2/models/{name}/versions/{version}", summary="v2: model metadata (one version)")
+    async def metadata(name: str, version: str | None = None) -> StrictJSONResponse:
+        try:
+            return answer(model_metadata(served_as(name, version)))
+        except V2Error as e:
+            return error(e)
+
+    @router.get("/v2/models/{name}/ready", summary="v2: model readiness")
+    @router.get("/v2/models/{name}/versions/{version}/ready", summary="v2: model readiness (one version)")
+    async def model_ready(name: str, version: str | None = None) -> StrictJSONResponse:
+        try:
+            served = served_as(name, version)
+        except V2Error as e:
+            return error(e)
+        if not state["ready"]:
+            return answer({"name": served.name, "ready": False, "error": "not ready (starting or stopping)"}, 503)
+        return answer({"name": served.name, "ready": True})
+
+    documented = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST}}}}
+
+    @router.post("/v2/models/{name}/infer", dependencies=[Depends(client_key)], summary="v2: inference",
+                 openapi_extra=documented)
+    @router.post("/v2/models/{name}/versions/{version}/infer", dependencies=[Depends(client_key)],
+                 summary="v2: inference (one version)", openapi_extra=documented)
+    async def infer(name: str, request: Request, version: str | None = None) -> StrictJSONResponse:
+        try:
+            served = served_as(name, version)
+            input_class = state["input_class"]  # read with ``served``: a swap between them is caught in predict_items
+            if request.headers.get("inference-header-content-length") is not None:
+                raise _fail(BINARY_REFUSED)
+            body = parse_body(await request.body())
+            records, wanted = request_rows(served, body, max_records)
+            items = [_validated(input_class, record, i) for i, record in enumerate(records)]
+        except V2Error as e:
+            return error(e)
+        version_number, predictions = await predict_items(request, served, items)
+        content = {"model_name": served.name, "model_version": str(version_number),
+                   "outputs": response_outputs(served, predictions, wanted)}
+        if "id" in body:
+            content["id"] = body["id"]
+        return answer(content)
+
+    return router
+
+
+def _validated(input_class, record: dict, row: int):
+    """The /v1 request model's checks on one row; a failure names the input and the row."""
+    try:
+        return input_class.model_validate(record)
+    except ValidationError as e:
+        errors = e.errors()
+        # a value that fails every branch of a union (str | int | float) is reported by what is wrong with it
+        hostile = next((err for err in errors if err["type"] in HOSTILE), None)
+        first = hostile or errors[0]
+        where = first["loc"][0] if first.get("loc") else "?"
+        message = HOSTILE[first["type"]] if hostile else first.get("msg", "invalid value")
+        raise _fail(f"input '{where}', row {row}: {message}") from None
+
+
+class V2ErrorShape:
+    """Every /v2 error response as the protocol shapes it, ``{"error": "..."}`` (also the 413 of the body cap
+    and the 401 of the API key, which are answered before any v2 route runs); a 422 from the shared predict
+    path (a value the model refuses) is a 400 here, as v2 clients expect."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == "/v2" or path.startswith("/v2/")):
+            await self.app(scope, receive, send)
+            return
+        held: dict = {}
+
+        async def reshape(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held["start"], held["body"] = message, b""
+                return
+            if "start" not in held:
+                await send(message)
+                return
+            held["body"] += message.get("body", b"")
+            if message.get("more_body"):
+                return
+            status, payload = _as_v2_error(held["start"]["status"], held["body"])
+            headers = [(k, v) for k, v in held["start"].get("headers", [])
+                       if k.lower() not in (b"content-length", b"content-type")]
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+            await send({**held["start"], "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+
+        await self.app(scope, receive, reshape)
+
+
+def _as_v2_error(status: int, body: bytes) -> tuple[int, bytes]:
+    try:
+        content = json.loads(body)
+    except ValueError:
+        content = None
+    status = 400 if status == 422 else status
+    if isinstance(content, dict) and isinstance(content.get("error"), str):  # a v2 route's own answer
+        return status, body
+    if isinstance(content, dict) and "detail" in content:
+        detail = content["detail"]
+        message = detail if isinstance(detail, str) else json.dumps(detail, ensure_ascii=True)[:500]
+    else:
+        message = body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
+    return status, json.dumps({"error": printable(message)}, ensure_ascii=True, allow_nan=False).encode("ascii")
