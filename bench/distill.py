@@ -1,6 +1,7 @@
 """Distillation (issue 15): fine-tuned MiniLM teacher -> bag / BiLSTM students on ag_news_test.
 
-    python -m bench.distill [--students bag bilstm] [--grid 2:0.5 4:0.1 ...] [--augment 0] [--quick]
+    python -m bench.distill [--teacher minilm|linear] [--students bag bilstm] [--grid 2:0.5 4:0.1 ...]
+                            [--augment 0] [--epochs N] [--quick]
 
 The teacher is bench/pretrained_text's fine-tuned model (all-MiniLM-L6-v2, top 2 layers trained,
 lr 1e-4, max_length 48, 2 epochs, batch 32; default split: stratified, test 0.2; seed 42), trained
@@ -18,6 +19,8 @@ encoders, default settings otherwise):
 ``--augment N``: N extra unlabelled rows made from the teacher's *training* texts only (random word
 dropout and n-gram windows, as in Tang et al. 2019), labelled by the teacher: no validation or test
 text is used. Acceptance (issue 15): a student >= 0.89 test accuracy at >= 10x lower batch-1 latency.
+``--teacher linear``: a cheap non-network teacher (loopml's TF-IDF + linear SVM learner) on the same
+split, for the "any loopml model" path; results then go to distill_linear.json / .md.
 Results: bench/results/distill.json and distill.md.
 """
 
@@ -45,17 +48,27 @@ ACCEPT = {"accuracy": 0.89, "faster_batch1": 10.0}
 DEFAULT_GRID = ["2:0.5", "4:0.1", "4:0.5", "1:0.1"]
 
 
-def teacher(frame: pd.DataFrame) -> tuple[Path, float | None]:
-    """bench/pretrained_text's fine-tuned MiniLM on ag_news_test, trained once from a file and kept in CACHE."""
-    folder = CACHE / "teacher"
+TEACHERS = {
+    "minilm": {"features": {"text": {"type": "text", "encoder": TEACHER_ENCODER, "max_length": 48}},
+               "training": {"seed": 42, "epochs": 2, "batch_size": 32}},
+    # a cheap non-network teacher (TF-IDF + calibrated linear SVM, ~0.895 in loopml/learners/linear.py's notes)
+    "linear": {"learner": {"type": "linear", "model": "svm"}, "training": {"seed": 42}},
+}
+TEACHER_NAMES = {"minilm": "all-MiniLM-L6-v2 fine-tuned (top 2 layers, lr 1e-4, max_length 48, 2 epochs, batch 32)",
+                 "linear": "loopml linear learner (TF-IDF, calibrated linear SVM, C=1)"}
+
+
+def teacher(frame: pd.DataFrame, kind: str = "minilm") -> tuple[Path, float | None]:
+    """The teacher on ag_news_test (default split, seed 42), trained once from a file and kept in CACHE."""
+    folder = CACHE / ("teacher" if kind == "minilm" else f"teacher-{kind}")
     if (folder / "manifest.json").is_file():
         return folder, None
     CACHE.mkdir(parents=True, exist_ok=True)
     data = CACHE / "ag_news_test.parquet"
-    frame.to_parquet(data, index=False)
+    if not data.is_file():
+        frame.to_parquet(data, index=False)
     start = time.perf_counter()
-    model = loopml.Model(target="label", features={"text": {"type": "text", "encoder": TEACHER_ENCODER, "max_length": 48}},
-                         training={"seed": 42, "epochs": 2, "batch_size": 32})
+    model = loopml.Model(target="label", **TEACHERS[kind])
     model.fit(str(data), progress=False, cache_dir=False)
     model.save(folder)
     seconds = time.perf_counter() - start
@@ -148,7 +161,7 @@ def run_student(kind: str, teacher_model, frames: dict, grid: list[tuple[float, 
 
 def markdown(result: dict) -> str:
     t = result["teacher"]
-    out = [f"# distill: fine-tuned MiniLM teacher -> small students on ag_news_test{' (QUICK)' if result['quick'] else ''}",
+    out = [f"# distill: {t['model']} teacher -> small students on ag_news_test{' (QUICK)' if result['quick'] else ''}",
            "", f"Teacher test accuracy {t['test_accuracy']:.4f} (validation {t['validation_accuracy']:.4f}); "
            f"{result['sizes']['train']} training rows labelled by the teacher"
            + (f" + {result['augment']} augmented rows from them" if result["augment"] else "") + ". "
@@ -190,6 +203,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--teacher-only", action="store_true", help="train (or find) the cached teacher, nothing else")
+    parser.add_argument("--teacher", default="minilm", choices=list(TEACHERS))
     parser.add_argument("--students", nargs="+", default=["bag", "bilstm"], choices=["bag", "bilstm", "mlp"])
     parser.add_argument("--grid", nargs="+", default=DEFAULT_GRID, help="temperature:alpha pairs to try")
     parser.add_argument("--augment", type=int, default=0, help="augmented unlabelled rows from the training texts")
@@ -201,19 +215,20 @@ def main() -> None:
         print("ag_news_test: not in ../shared/datasets, skipped")
         return
     frame = realdata.ag_news()
-    folder, teacher_seconds = teacher(frame)
+    folder, teacher_seconds = teacher(frame, args.teacher)
     if args.teacher_only:
         return
     teacher_model = loopml.load(folder)
-    stats = cache_scores(teacher_model, CACHE / "teacher_scores.npz")
+    stats = cache_scores(teacher_model, CACHE / "teacher_scores.npz") if args.teacher == "minilm" else {}
     frames = original_splits(teacher_model, None, None, None)
     extra = augment(frames["train"], args.augment) if args.augment else None
     training = {"epochs": args.epochs} if args.epochs else {}
     rounds = {1: 20, 64: 3} if args.quick else {1: 100, 64: 8}
+    name = "distill" if args.teacher == "minilm" else f"distill_{args.teacher}"
     result: dict = {
         "quick": args.quick, "augment": args.augment, "grid": args.grid, "student_training": training,
         "sizes": {k: len(v) for k, v in frames.items()},
-        "teacher": {"model": "all-MiniLM-L6-v2 fine-tuned (top 2 layers, lr 1e-4, max_length 48, 2 epochs, batch 32)",
+        "teacher": {"kind": args.teacher, "model": TEACHER_NAMES[args.teacher],
                     "test_accuracy": accuracy(teacher_model, "test"),
                     "validation_accuracy": accuracy(teacher_model, "validation"), "fit_seconds": teacher_seconds},
         "split": "default (stratified, test 0.2), seed 42", "rounds": {str(k): v for k, v in rounds.items()},
@@ -223,17 +238,17 @@ def main() -> None:
         entry = run_student(kind, teacher_model, frames, parse_grid(args.grid), extra, training)
         fitted = entry.pop("_fitted")
         done = write_student(teacher_model, folder, {"folder": "ag_news_test fine-tuned MiniLM"}, fitted, kind,
-                             CACHE / f"student-{kind}", frames, force=True, rounds=rounds, threads=1)
+                             CACHE / f"student-{kind}-from-{args.teacher}", frames, force=True, rounds=rounds, threads=1)
         entry["tradeoff"] = done.table
         q, student_row = done.table["ratios"], done.table["rows"][1]
         entry["acceptance"] = {"accuracy": student_row["value"] >= ACCEPT["accuracy"],
                                "faster_batch1": q["faster_batch1"] >= ACCEPT["faster_batch1"]}
         result["students"][kind] = entry
         result["teacher_scoring"] = dict(stats)
-        write_result("distill", result)
-        (RESULTS / "distill.md").write_text(markdown(result))
+        write_result(name, result)
+        (RESULTS / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
-    print("results:", RESULTS / "distill.json")
+    print("results:", RESULTS / f"{name}.json")
 
 
 if __name__ == "__main__":

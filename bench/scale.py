@@ -9,6 +9,8 @@ Sections (run all, or some with ``--only``):
   last, smaller batch makes shapes dynamic) as a ratio to eager's, the steady-state epoch time
   (median of the epochs after the first) as eager / compiled (> 1 = compile is faster), the epochs
   it takes to repay the first epoch's extra cost, and both final validation losses (same learning).
+- ``ray``: ``ray.init`` start-up and a W-worker Ray Train fit against one process on the same adult
+  rows, as ratios (bench/scale_ray.py).
 
 A section is a function ``(args) -> dict`` in ``SECTIONS``; add one there (and its options in
 ``_arguments``) to extend the bench.
@@ -32,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import realdata  # noqa: E402
 from bench.common import RESULTS, write_result  # noqa: E402
+from bench.scale_ray import ray_markdown, section_ray  # noqa: E402
 
 
 # -- compile ---------------------------------------------------------------------------------------
@@ -126,6 +129,7 @@ def _compile_markdown(result: dict) -> str:
 #: section name -> (run, markdown); each writes bench/results/scale_<name>.json and .md
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], str]]] = {
     "compile": (section_compile, _compile_markdown),
+    "ray": (section_ray, ray_markdown),
 }
 
 
@@ -135,6 +139,7 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     parser.add_argument("--epochs", type=int, default=6, help="compile: epochs per training")
     parser.add_argument("--rows-adult", type=int, default=8000, help="compile: adult rows before the split")
+    parser.add_argument("--ray-workers", type=int, default=2, help="ray: Ray Train workers")
     parser.add_argument("--rows-text", type=int, default=2000, help="compile: sms_spam rows before the split")
     return parser
 

@@ -22,7 +22,7 @@ from loopml.errors import LoopmlError
 
 def run_study(data: str | Path, config: dict | str | Path | None, *, target: str | None, learner: str,
               trials: int | None, time_budget: float | None = None, store: str | None = None,
-              study: str | None = None, folds: int = 3) -> dict:
+              study: str | None = None, folds: int = 3, ray: str | None = None) -> dict:
     """Run (or continue) the study; returns a summary with the best parameters and the trial numbers."""
     import numpy as np
 
@@ -59,8 +59,13 @@ def run_study(data: str | Path, config: dict | str | Path | None, *, target: str
         raise LoopmlError(f"{len(rows)} rows are too few for {folds}-fold tuning")
     task = learner_task(cfg, pre, class_weights(cfg, pre, as_array(rows.y)))
     name = study or _default_study(data, cfg.target.column, learner)
-    storage = study_storage(store)
     base = {k: v for k, v in cfg.learner.model_dump(mode="json").items() if k != "type"}
+    if ray is not None:  # Ray Tune over the same space and objective; trials recorded as runs (tune_ray.py)
+        from loopml.tune_ray import tune_on_ray
+
+        return tune_on_ray(ray, learner, base, task, Context(cfg, pre), rows, trials=trials, folds=folds,
+                           budget=budget, store=store, experiment=name)
+    storage = study_storage(store)
     result = tune(learner, base, task, Context(cfg, pre), rows, budget=budget, trials=trials, folds=folds,
                   storage=storage, study_name=name, enqueue=base)
     import optuna
@@ -116,6 +121,9 @@ def tune_command(
                                                 "as a config YAML (default: <study>.yaml).")] = None,
     store: Annotated[str | None, typer.Option(help="Store URL whose database keeps the study "
                                               "(default $LOOPML_STORE or sqlite:///.loopml/registry.db).")] = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]", help="Run the trials on Ray Tune (OptunaSearch + ASHA), each recorded as a run: "
+                                           "a cluster's address, or nothing for a local cluster.")] = None,
 ) -> None:
     """Tune one learner's hyper-parameters with Optuna (seeded TPE, pruning per fold) in a resumable study."""
     if output is not None and output.is_dir():
@@ -123,7 +131,7 @@ def tune_command(
     if not data.exists():
         raise LoopmlError(f"data file {data} does not exist")
     summary = run_study(data, config, target=target, learner=learner, trials=trials, time_budget=time_budget,
-                        store=store, study=study, folds=folds)
+                        store=store, study=study, folds=folds, ray=ray)
     text = learner_yaml(summary)
     path = output or Path(f"{summary['study']}.yaml")
     tmp = path.with_name(f".{path.name}.tmp")

@@ -81,6 +81,30 @@ def recoded_champion(tmp_path_factory):
     return model, model.save(root / "champion")
 
 
+@pytest.fixture
+def cli_here(monkeypatch, capfd):
+    """Run ``loopml ARGS`` through ``loopml.cli.main`` in this process, in folder ``cwd``: the CLI's own code
+    without a fresh interpreter's ~7 CPU-s of imports (torch, scikit-learn), for steps whose point is not
+    being a separate process. ``env``: variables to set for the call (None: unset)."""
+    import subprocess
+
+    from loopml.cli import main
+
+    def run(args: list[str], cwd: Path, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        for name, value in (env or {}).items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        capfd.readouterr()
+        code = main(list(args))
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
 # -- the suite's cost per test, in CPU seconds (this process and its children), robust to a loaded machine --
 CPU_REPORT = os.environ.get("LOOPML_TEST_CPU_REPORT")
 

@@ -8,18 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from conftest import ROOT
 
 CLI = [sys.executable, "-m", "loopml"]
-
-
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(CLI + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def _user_error(result: subprocess.CompletedProcess) -> str:
@@ -30,7 +24,7 @@ def _user_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_unstratified_split_with_a_one_class_validation_trains_and_marks_importance_unavailable(tmp_path):
+def test_unstratified_split_with_a_one_class_validation_trains_and_marks_importance_unavailable(tmp_path, cli_here):
     # 3 rows of "b" in 40 and no stratification: the 4-row validation split holds only "a", so the
     # default importance metric (roc_auc) cannot be computed there; that must not end the training
     rng = np.random.default_rng(0)
@@ -38,7 +32,7 @@ def test_unstratified_split_with_a_one_class_validation_trains_and_marks_importa
                           "label": ["b"] * 3 + ["a"] * 37})
     frame.to_csv(tmp_path / "rare.csv", index=False)
     (tmp_path / "c.yaml").write_text("target: {column: label}\nsplit: {stratify: false, seed: 1}\ntraining: {epochs: 1}\n")
-    result = _cli(["train", "-d", "rare.csv", "-c", "c.yaml", "-o", "out", "--no-track"], tmp_path)
+    result = cli_here(["train", "-d", "rare.csv", "-c", "c.yaml", "-o", "out", "--no-track"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (tmp_path / "out.partial").exists()
     importance = json.loads((tmp_path / "out" / "evaluation.json").read_text())["importance"]
@@ -134,7 +128,7 @@ print(len(store.list_runs()))
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "0", "")
 
 
-def test_predict_and_evaluate_refuse_unwritable_outputs_up_front_and_never_overwrite_the_input(tmp_path):
+def test_predict_and_evaluate_refuse_unwritable_outputs_up_front_and_never_overwrite_the_input(tmp_path, cli_here):
     import loopml
 
     rng = np.random.default_rng(0)
@@ -151,7 +145,7 @@ def test_predict_and_evaluate_refuse_unwritable_outputs_up_front_and_never_overw
     }
     before = (tmp_path / "d.csv").read_bytes()
     for (command, output), message in cases.items():
-        assert message in _user_error(_cli([command, "m", "-d", "d.csv", "-o", output], tmp_path))
+        assert message in _user_error(cli_here([command, "m", "-d", "d.csv", "-o", output], tmp_path))
     assert (tmp_path / "d.csv").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "d.csv", "m"]  # no temp file, no report
     assert list((tmp_path / "adir").iterdir()) == []
@@ -170,12 +164,13 @@ def test_a_repeated_header_name_is_refused_not_silently_renamed(tmp_path):
     assert list(read_table(tmp_path / "fine.csv").columns) == ["x", "x.1", "label"]
 
 
-def test_a_config_that_is_a_folder_or_not_utf8_is_one_clear_line(tmp_path):
+def test_a_config_that_is_a_folder_or_not_utf8_is_one_clear_line(tmp_path, cli_here):
     (tmp_path / "conf").mkdir()
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe garbage")
     pd.DataFrame({"x": [1, 2, 3], "label": ["a", "b", "a"]}).to_csv(tmp_path / "d.csv", index=False)
-    assert "conf is a directory" in _user_error(_cli(["train", "-d", "d.csv", "-c", "conf", "--no-track"], tmp_path))
-    assert "bin.yaml is not UTF-8 text" in _user_error(_cli(["train", "-d", "d.csv", "-c", "bin.yaml", "--no-track"], tmp_path))
+    assert "conf is a directory" in _user_error(cli_here(["train", "-d", "d.csv", "-c", "conf", "--no-track"], tmp_path))
+    assert "bin.yaml is not UTF-8 text" in _user_error(cli_here(["train", "-d", "d.csv", "-c", "bin.yaml", "--no-track"],
+                                                                tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin.yaml", "conf", "d.csv"]
 
 
@@ -195,12 +190,12 @@ def test_too_few_names_for_a_headerless_file_and_an_unknown_encoding_are_refused
         read_table(tmp_path / "n.csv", DataConfig(encoding="bogus"))
 
 
-def test_include_inputs_with_an_input_column_named_like_an_output_is_a_user_error(tmp_path):
+def test_include_inputs_with_an_input_column_named_like_an_output_is_a_user_error(tmp_path, cli_here):
     import loopml
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.normal(size=60).round(3), "label": rng.choice(["a", "b"], 60)})
     loopml.Model(target="label", training={"epochs": 1}).fit(frame).save(tmp_path / "m", report=False)
     frame.assign(label_prediction="zz").to_csv(tmp_path / "q.csv", index=False)
-    line = _user_error(_cli(["predict", "m", "-d", "q.csv", "--include-inputs", "-o", "out.csv"], tmp_path))
+    line = _user_error(cli_here(["predict", "m", "-d", "q.csv", "--include-inputs", "-o", "out.csv"], tmp_path))
     assert "label_prediction" in line and not (tmp_path / "out.csv").exists()

@@ -137,7 +137,7 @@ def test_cp1252_file_with_its_encoding(tmp_path: Path) -> None:
 # -- describe -> edit -> train -------------------------------------------------------------------
 
 
-def test_describe_then_edit_the_schema_and_train_with_it(tmp_path: Path) -> None:
+def test_describe_then_edit_the_schema_and_train_with_it(tmp_path: Path, cli_here) -> None:
     if not TITANIC.is_file():
         pytest.skip(f"Titanic data not found at {TITANIC} (expected /work/shared/datasets/titanic/train.csv)")
     data = str(TITANIC.resolve())
@@ -161,8 +161,8 @@ def test_describe_then_edit_the_schema_and_train_with_it(tmp_path: Path) -> None
     (tmp_path / "schema.yaml").write_text(edited)
     assert yaml.safe_load(edited)["features"]["Pclass"] == {"type": "category"}
 
-    trained = cli(["train", "--data", data, "--config", "schema.yaml", "-o", "model", "--epochs", "2", "-q"],
-                  tmp_path)
+    trained = cli_here(["train", "--data", data, "--config", "schema.yaml", "-o", "model", "--epochs", "2", "-q"],
+                       tmp_path, env={"LOOPML_DEBUG": None})
     assert trained.returncode == 0, trained.stderr
     config = yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())
     assert config["target"]["column"] == "Survived"

@@ -184,7 +184,10 @@ def test_workflow_has_the_gated_jobs(deploy):
 
 
 def test_bad_input_is_one_line_and_writes_nothing(bundle, tmp_path, capsys):
-    assert main(["package", "nosuchmodel@production", "-o", str(tmp_path / "a")]) == 2
+    from loopml.registry import Store
+
+    Store().register("churn", path=bundle)
+    assert main(["package", "chrun@production", "-o", str(tmp_path / "a")]) == 2
     assert main(["package", str(tmp_path / "missing_dir"), "-o", str(tmp_path / "a")]) == 2
     assert not (tmp_path / "a").exists()
     taken = tmp_path / "taken"
@@ -198,7 +201,7 @@ def test_bad_input_is_one_line_and_writes_nothing(bundle, tmp_path, capsys):
                  "--registry-url", "postgresql://loopml:hunter2@db/loopml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 7 and all(line.startswith("error: ") for line in err), err
-    assert "nosuchmodel" in err[0] and "--force" in err[2] and "'bad-name'" in err[3] and "hunter2" not in err[6]
+    assert "no model named 'chrun' (did you mean 'churn'?)" in err[0] and "--force" in err[2] and "'bad-name'" in err[3] and "hunter2" not in err[6]
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no temp folder left behind
     assert main(["package", str(bundle), "-o", str(taken), "--no-wheel", "--force"]) == 0

@@ -47,6 +47,12 @@ def _cli(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(CLI + args, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=120, **kw)
 
 
+@pytest.fixture
+def here(cli_here):
+    """The CLI in this process (conftest ``cli_here``) with this module's LOOPML_DEBUG=1."""
+    return lambda args, cwd: cli_here(args, cwd, env={"LOOPML_DEBUG": "1"})
+
+
 def _run_in_pty(args: list[str], cwd: Path, timeout: float = 120) -> tuple[int, str]:
     """Run the CLI with stdin/stdout/stderr on a pseudo-terminal, as a user at a terminal would."""
     master, slave = pty.openpty()
@@ -117,7 +123,7 @@ def test_parallel_trainings_in_one_folder_get_distinct_outputs(tmp_path, small_c
     assert sorted(r["status"] for r in runs) == ["finished"] * 3
 
 
-def test_same_explicit_output_twice_is_refused_before_training(tmp_path, small_csv):
+def test_same_explicit_output_twice_is_refused_before_training(tmp_path, small_csv, here):
     out = tmp_path / "shared"
     args = ["train", "-d", str(small_csv), "-c", str(_epochs(tmp_path, 400)), "-q", "-o", str(out)]
     first = subprocess.Popen(CLI + args, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
@@ -134,16 +140,16 @@ def test_same_explicit_output_twice_is_refused_before_training(tmp_path, small_c
         first.send_signal(signal.SIGKILL)
         first.wait()
     # the first one died: its folder is an interrupted run now, which a new training may take over
-    third = _cli(["train", "-d", str(small_csv), "-c", str(_epochs(tmp_path, 1)), "-q", "-o", str(out)], tmp_path)
+    third = here(["train", "-d", str(small_csv), "-c", str(_epochs(tmp_path, 1)), "-q", "-o", str(out)], tmp_path)
     assert third.returncode == 0, third.stderr
     assert "holds an interrupted run" in third.stderr and (out / "model.safetensors").is_file()
 
 
-def test_resume_without_output_and_overwrite_of_a_foreign_folder_are_refused_up_front(tmp_path, small_csv):
-    resume = _cli(["train", "-d", str(small_csv), "-t", "label", "--resume"], tmp_path)
+def test_resume_without_output_and_overwrite_of_a_foreign_folder_are_refused_up_front(tmp_path, small_csv, here):
+    resume = here(["train", "-d", str(small_csv), "-t", "label", "--resume"], tmp_path)
     assert resume.returncode == 2 and "--resume needs --output" in resume.stderr
     (tmp_path / "notamodel").mkdir()
-    foreign = _cli(["train", "-d", str(small_csv), "-t", "label", "-o", "notamodel", "--overwrite"], tmp_path)
+    foreign = here(["train", "-d", str(small_csv), "-t", "label", "-o", "notamodel", "--overwrite"], tmp_path)
     assert foreign.returncode == 2 and "not a loopml model directory" in foreign.stderr
     assert not Store().list_runs()  # refused before any run was recorded
 
@@ -178,7 +184,7 @@ def test_a_run_killed_with_sigkill_is_reported_killed(tmp_path, small_csv):
     assert killed["status"] == "killed" and killed["ended_at"] is not None
     assert f"process {proc.pid}" in killed["error"]
     assert runs[other_host]["status"] == "running"  # another host's process cannot be seen from here
-    shown = _cli(["runs", "show", killed["id"][:8]], tmp_path)
+    shown = here(["runs", "show", killed["id"][:8]], tmp_path)
     assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "killed"
 
 
@@ -223,7 +229,7 @@ def test_resume_continues_the_same_run_with_its_history(tmp_path, small_csv):
         proc.wait()
     run_id = json.loads(run_file.read_text())["run_id"]
     assert Store().get_run(run_id)["status"] == "killed"
-    done = _cli(args + ["--resume"], tmp_path)
+    done = here(args + ["--resume"], tmp_path)
     assert done.returncode == 0, done.stderr
     runs = Store().list_runs()
     assert [r["id"] for r in runs] == [run_id]  # the same run, not a new one
@@ -270,7 +276,7 @@ def test_api_resume_continues_the_recorded_run(tmp_path, small_csv, monkeypatch)
 
 # -- item 5: the registered artifact has the report ------------------------------------------------------
 def test_registered_model_directory_contains_the_report(tmp_path, small_csv):
-    done = _cli(["train", "-d", str(small_csv), "-t", "label", "--epochs", "2", "-q", "-o", "m", "--register", "demo"],
+    done = here(["train", "-d", str(small_csv), "-t", "label", "--epochs", "2", "-q", "-o", "m", "--register", "demo"],
                 tmp_path)
     assert done.returncode == 0, done.stderr
     registered = Store().resolve("demo:1")["path"]
@@ -303,14 +309,14 @@ def test_models_diff_shows_no_config_differences_for_identical_effective_configs
 def test_describe_output_of_a_headerless_file_trains_with_c(tmp_path, small_csv):
     headerless = tmp_path / "data.txt"
     headerless.write_text("".join(small_csv.read_text().splitlines(keepends=True)[1:]).replace(",", ";"))
-    described = _cli(["describe", "-d", str(headerless), "-t", "label", "--no-header", "--names",
+    described = here(["describe", "-d", str(headerless), "-t", "label", "--no-header", "--names",
                       "x1,x2,color,label", "--delimiter", ";", "-o", "schema.yaml"], tmp_path)
     assert described.returncode == 0, described.stderr
     import yaml
 
     schema = yaml.safe_load((tmp_path / "schema.yaml").read_text())
     assert schema["data"] == {"delimiter": ";", "header": False, "names": ["x1", "x2", "color", "label"]}
-    trained = _cli(["train", "-d", str(headerless), "-c", "schema.yaml", "--epochs", "1", "-q", "--no-track",
+    trained = here(["train", "-d", str(headerless), "-c", "schema.yaml", "--epochs", "1", "-q", "--no-track",
                     "-o", "m"], tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert (tmp_path / "m" / "model.safetensors").is_file()

@@ -1,7 +1,8 @@
 """``loopml compress MODEL --quantize dynamic-int8|static-int8|fp16 [-o DIR] [--register NAME]``.
 
 Thin: checks the arguments (before loading anything), opens the model and its store, and calls
-``loopml.compress.quantize.compress``, which writes the new bundle atomically and prints the
+``loopml.compress.quantize.compress`` (``--prune``: ``loopml.compress.prune.compress_pruned``, which prunes,
+fine-tunes, then quantises when asked), which writes the new bundle atomically and prints the
 trade-off table, one line per row.
 """
 
@@ -53,7 +54,7 @@ def compress_command(
         help="With --distill: the weight of the hard labels' loss (1 - alpha: the soft targets').")] = 0.5,
     store: StoreOpt = None, artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Quantise a network model into a new, smaller model, with its measured trade-off (size, latency, metric)."""
+    """Quantise or prune a network model into a new, smaller model, with its measured trade-off (size, latency, metric)."""
     import loopml
     from loopml.compress.quantize import check_method, check_output, check_quantizable, compress
     from loopml.errors import LoopmlError

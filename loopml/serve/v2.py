@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -39,7 +40,8 @@ ACCEPTED = {"number": NUMBERS, "binary": ("BYTES", "BOOL", *NUMBERS), "category"
 HOSTILE = {"string_unicode": "not valid Unicode text (a lone surrogate such as \\ud800?)",
            "finite_number": "not a finite number"}
 TOP_LEVEL = ("id", "parameters", "inputs", "outputs")
-TENSOR_KEYS = ("name", "shape", "datatype", "parameters", "data")
+TOP_LEVEL_KEYS = frozenset(TOP_LEVEL)
+TENSOR_KEYS = frozenset(("name", "shape", "datatype", "parameters", "data"))
 #: the request as the protocol defines it, for /docs and /openapi.json (the route checks it by hand, naming the input)
 INFER_REQUEST = {"type": "object", "required": ["inputs"], "properties": {
     "id": {"type": "string"},
@@ -120,55 +122,76 @@ def _flatten(data: Any, shape: list[int], name: str) -> list:
     return flat
 
 
-def _element_check(datatype: str) -> Callable[[Any], bool]:
-    if datatype in FLOATS:
-        return lambda v: type(v) in (int, float) and math.isfinite(v)
-    if datatype in INT_RANGES:
-        low, high = INT_RANGES[datatype]
-        return lambda v: type(v) is int and low <= v <= high
-    if datatype == "BOOL":
-        return lambda v: type(v) is bool
-    return lambda v: type(v) is str
+def _is_float(v: Any) -> bool:
+    return (type(v) is float and math.isfinite(v)) or type(v) is int
 
 
-def _values(tensor: Any, kind: str, advertised: str, name: str) -> list:
+def _int_check(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and low <= v <= high
+
+
+#: each datatype's test of one JSON element (null is a missing value and passes)
+ELEMENT_OK: dict[str, Callable[[Any], bool]] = {
+    **dict.fromkeys(FLOATS, _is_float), **{d: _int_check(*r) for d, r in INT_RANGES.items()},
+    "BOOL": lambda v: type(v) is bool, "BYTES": lambda v: type(v) is str}
+
+
+@dataclass(frozen=True)
+class Column:
+    """What one input column accepts: computed once per served version, not per request."""
+
+    kind: str
+    advertised: str
+    accepted: frozenset
+
+
+def input_plan(served) -> dict[str, Column]:
+    """Every column a request may name: the model's inputs, then the ignored ones (row ids; any scalar, as on /v1)."""
+    plan = {c: Column(f.config.type, _advertised(f), frozenset(ACCEPTED.get(f.config.type, ("BYTES",))))
+            for c, f in served.model.preprocessor.features.items()}
+    for c in served.model.schema.columns:
+        if c.type == "skip":
+            plan.setdefault(c.name, Column("skip", "BYTES", frozenset(ACCEPTED["skip"])))
+    return plan
+
+
+def _values(tensor: dict, column: Column, name: str) -> list:
     """One input tensor's elements, checked against its datatype (null = a missing value, as on /v1)."""
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    accepted = ACCEPTED.get(kind, ("BYTES",))
-    if datatype not in accepted:
-        others = ", ".join(d for d in accepted if d != advertised)
+    if datatype not in column.accepted:
+        others = ", ".join(d for d in ACCEPTED[column.kind] if d != column.advertised)
         also = f"; also accepted: {others}" if others else ""
-        raise _fail(f"input '{name}': datatype {str(datatype)[:20]!r} does not fit this {kind} column "
-                    f"({advertised} expected{also})")
-    if not (isinstance(shape, list) and len(shape) in (1, 2) and all(type(d) is int and d >= 0 for d in shape)
+        raise _fail(f"input '{name}': datatype {str(datatype)[:20]!r} does not fit this {column.kind} column "
+                    f"({column.advertised} expected{also})")
+    if not (type(shape) is list and len(shape) in (1, 2) and all(type(d) is int and d >= 0 for d in shape)
             and (len(shape) == 1 or shape[1] == 1)):
         raise _fail(f"input '{name}': shape {str(shape)[:60]} is not [n] or [n, 1] (one value per row)")
     flat = _flatten(tensor.get("data"), shape, name)
-    ok = _element_check(datatype)
+    ok = ELEMENT_OK[datatype]
     for i, value in enumerate(flat):
         if value is not None and not ok(value):
-            shown = repr(value)[:60]
             why = "not a finite number" if datatype in FLOATS and type(value) is float else f"not {datatype} data"
-            raise _fail(f"input '{name}': element {i} ({shown}) is {why}")
+            raise _fail(f"input '{name}': element {i} ({repr(value)[:60]}) is {why}")
     return flat
 
 
 def _tensor_map(inputs: Any) -> dict[str, dict]:
-    if not isinstance(inputs, list) or not inputs:
+    if type(inputs) is not list or not inputs:
         raise _fail("inputs: a non-empty array of tensors is required")
     tensors: dict[str, dict] = {}
     for i, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+        if type(tensor) is not dict or type(tensor.get("name")) is not str:
             raise _fail(f"inputs[{i}]: a tensor is an object with a string 'name'")
         name = tensor["name"]
-        extra = [k for k in tensor if k not in TENSOR_KEYS]
-        if extra:
-            raise _fail(f"input '{name}': unknown field '{extra[0]}'{did_you_mean(extra[0], TENSOR_KEYS)}")
-        params = tensor.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise _fail(f"input '{name}': parameters must be an object")
-        if "binary_data_size" in params or "shared_memory_region" in params:
-            raise _fail(f"input '{name}': {BINARY_REFUSED}")
+        if not tensor.keys() <= TENSOR_KEYS:
+            extra = next(k for k in tensor if k not in TENSOR_KEYS)
+            raise _fail(f"input '{name}': unknown field '{extra}'{did_you_mean(extra, TENSOR_KEYS)}")
+        params = tensor.get("parameters")
+        if params is not None:
+            if type(params) is not dict:
+                raise _fail(f"input '{name}': parameters must be an object")
+            if "binary_data_size" in params or "shared_memory_region" in params:
+                raise _fail(f"input '{name}': {BINARY_REFUSED}")
         if "data" not in tensor:
             raise _fail(f"input '{name}': no 'data'")
         if name in tensors:
@@ -177,34 +200,27 @@ def _tensor_map(inputs: Any) -> dict[str, dict]:
     return tensors
 
 
-def request_rows(served, body: Any, max_records: int) -> tuple[list[dict], list[str] | None]:
+def request_rows(served, plan: dict[str, Column], body: Any, max_records: int) -> tuple[list[dict], list[str] | None]:
     """The /v1 records of a v2 infer body (one per row), and the outputs asked for (None = all)."""
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise _fail("body: an inference request is a JSON object with 'inputs'")
-    extra = [k for k in body if k not in TOP_LEVEL]
-    if extra:
-        raise _fail(f"body: unknown field '{extra[0]}'{did_you_mean(extra[0], TOP_LEVEL)}")
-    if "id" in body and not isinstance(body["id"], str):
+    if not body.keys() <= TOP_LEVEL_KEYS:
+        extra = next(k for k in body if k not in TOP_LEVEL_KEYS)
+        raise _fail(f"body: unknown field '{extra}'{did_you_mean(extra, TOP_LEVEL)}")
+    if "id" in body and type(body["id"]) is not str:
         raise _fail("id: a string is expected")
-    if not isinstance(body.get("parameters", {}), dict):
+    if type(body.get("parameters", {})) is not dict:
         raise _fail("parameters: an object is expected")
-    pre = served.model.preprocessor
-    features = pre.features
-    skipped = [c.name for c in served.model.schema.columns if c.type == "skip"]
     tensors = _tensor_map(body.get("inputs"))
     for name in tensors:
-        if name not in features and name not in skipped:
-            raise _fail(f"unknown input '{name}'{did_you_mean(name, list(features))}")
-    missing = [c for c in features if c not in tensors]
+        if name not in plan:
+            inputs = [c for c, col in plan.items() if col.kind != "skip"]
+            raise _fail(f"unknown input '{name}'{did_you_mean(name, inputs)}")
+    missing = [c for c, col in plan.items() if col.kind != "skip" and c not in tensors]
     if missing:
         raise _fail(f"missing input '{missing[0]}'" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    columns: dict[str, list] = {}
-    for name, tensor in tensors.items():
-        if name in features:
-            columns[name] = _values(tensor, features[name].config.type, _advertised(features[name]), name)
-        else:  # an ignored column (a row id): any JSON scalar, as /v1 accepts it
-            columns[name] = _values(tensor, "skip", "BYTES", name)
-    rows = {name: tensor["shape"][0] for name, tensor in tensors.items()}
+    columns = {name: _values(tensor, plan[name], name) for name, tensor in tensors.items()}
+    rows = {name: len(values) for name, values in columns.items()}
     if len(set(rows.values())) > 1:
         shown = ", ".join(f"{k}: {v}" for k, v in list(rows.items())[:4])
         raise _fail(f"inputs: every input needs the same number of rows ({shown})")
@@ -250,9 +266,12 @@ def _refuse_constant(word: str) -> None:
     raise ValueError(f"{word} is not JSON (strict JSON has no NaN or Infinity)")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)  # made once: json.loads with options builds one per call
+
+
 def parse_body(raw: bytes) -> Any:
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        return _DECODER.decode(raw.decode("utf-8"))  # JSON between systems is UTF-8 (RFC 8259)
     except RecursionError:
         raise _fail("body: nested too deeply") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -264,6 +283,7 @@ def v2_router(state: dict, max_records: int, client_key: Callable,
     """The v2 routes over the served model in ``state["served"]`` (read per request: they follow hot swaps).
     Health and metadata are open, as /health and /v1/models are; infer needs the API key as /v1 predict does."""
     router = APIRouter(tags=["Open Inference Protocol v2"])
+    plans: dict[str, Any] = {}  # the served version's input plan, remade after a swap
 
     def served_as(name: str, version: str | None):
         served = state["served"]
@@ -328,7 +348,9 @@ def v2_router(state: dict, max_records: int, client_key: Callable,
             if request.headers.get("inference-header-content-length") is not None:
                 raise _fail(BINARY_REFUSED)
             body = parse_body(await request.body())
-            records, wanted = request_rows(served, body, max_records)
+            if plans.get("of") is not served:
+                plans.update(of=served, plan=input_plan(served))
+            records, wanted = request_rows(served, plans["plan"], body, max_records)
             items = [_validated(input_class, record, i) for i, record in enumerate(records)]
         except V2Error as e:
             return error(e)
