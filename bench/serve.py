@@ -153,7 +153,7 @@ def v2_body(url: str, name: str, record: dict) -> dict:
                        if c in datatypes]}
 
 
-def bench_v2(df, target: str, seconds: float, tmp: Path, rounds: int = 3, concurrency: int = 64) -> dict:
+def bench_v2(df, target: str, seconds: float, tmp: Path, rounds: int = 5, concurrency: int = 64) -> dict:
     """/v2 infer next to /v1 predict: the same server process and model, one record per request, the same load
     generator at ``concurrency``, alternating /v1 and /v2 for ``rounds`` rounds (so a drift in the machine's
     load reaches both alike); the ratio is of the summed throughputs."""
@@ -210,7 +210,7 @@ def main() -> None:
             results["minilm_sms_spam"] = bench_model("minilm", subset, "label", minilm, args.seconds, tmp)
         if "v2" in parts:  # the Open Inference Protocol route against /v1, one server (bench/results/serve_v2.json)
             train, _ = realdata.adult()
-            results["v2_adult"] = bench_v2(realdata.subsample(train, 4000, "income"), "income", args.seconds, tmp)
+            results["v2_adult"] = bench_v2(realdata.subsample(train, 2000, "income"), "income", args.seconds, tmp)
     name = "serve" if sorted(parts) == ["tabular", "text"] else f"serve_{'_'.join(parts)}"
     print(f"written {write_result(name, results)}")
 

@@ -130,6 +130,10 @@ def tune_command(
         raise LoopmlError(f"output {output} is a directory: give a file name")
     if not data.exists():
         raise LoopmlError(f"data file {data} does not exist")
+    if ray is not None:
+        from loopml.train.ray_train import require_ray
+
+        require_ray()  # before the seconds of preparation
     summary = run_study(data, config, target=target, learner=learner, trials=trials, time_budget=time_budget,
                         store=store, study=study, folds=folds, ray=ray)
     text = learner_yaml(summary)

@@ -43,6 +43,17 @@ class RayTrial:
         return False  # ASHA stops the trial at a report instead
 
 
+class SearchSpace:
+    """OptunaSearch's define-by-run space: the local study's ``suggest``. A class, not a closure: Ray Tune
+    saves its searcher's state (with Python's pickle, in its own temporary folder, deleted after the command)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, trial) -> None:
+        suggest(self.name, trial)
+
+
 def run_trial(config: dict, *, name: str, base: dict, task: Task, context: Context | None, data: Split,
               folds: int) -> None:
     """One Ray Tune trial: the local tune's k-fold objective with Ray's suggestions."""
@@ -67,14 +78,12 @@ def tune_on_ray(address: str, name: str, base: dict, task: Task, context: Contex
     start = time.monotonic()
     runs = Store(store)  # opened (and its URL checked) before any trial runs
 
-    def space(trial) -> None:
-        suggest(name, trial)  # define-by-run: the same space as the local study
-
     sampler = optuna.samplers.TPESampler(seed=task.seed, n_startup_trials=8, multivariate=True)
     first = start_point(name, base)
-    searcher = OptunaSearch(space=space, metric="loss", mode="min", sampler=sampler,
+    searcher = OptunaSearch(space=SearchSpace(name), metric="loss", mode="min", sampler=sampler,
                             points_to_evaluate=[first] if first else None)
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=folds, grace_period=1, reduction_factor=2)
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric="loss", mode="min", max_t=folds, grace_period=1,
+                              reduction_factor=2)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, name=name, base=base, task=task, context=context, data=data, folds=folds),
         {"cpu": 1})

@@ -257,3 +257,19 @@ def test_transformer_positions_and_mask_stay_on_the_input_device():
                                   max_length=12).train()
     assert encoder.positions.device == META  # a buffer: it moves with the module
     _on_meta(encoder, torch.zeros(3, 10, dtype=torch.long, device=META))
+
+
+def test_serving_runner_moves_the_network_and_other_backends_stay_on_the_cpu(tabular, monkeypatch):
+    import loopml.train.device as device_module
+    from loopml.serve.runner import make_runner
+
+    small = tabular[["x1", "color", "label"]]
+    network = loopml.Model(target="label", training={"epochs": 1}).fit(small, progress=False, cache_dir=False)
+    trees = loopml.Model(target="label", learner="lightgbm").fit(small, progress=False, cache_dir=False)
+    runner = make_runner(network)  # default: the CPU, as before
+    assert runner.device == torch.device("cpu") and runner.predict([{"x1": 0.5, "color": "red"}])
+    monkeypatch.setattr(device_module, "resolve_device", lambda setting: META)  # stands in for a GPU
+    runner = make_runner(network, device="cuda")
+    assert runner.device == META and all(p.device == META for p in network.network.parameters())
+    with pytest.raises(LoopmlError, match="--device cuda is for networks on the torch backend"):
+        make_runner(trees, device="cuda")

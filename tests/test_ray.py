@@ -8,18 +8,21 @@ single process test accuracy 0.829, 2 Ray workers (DDP, gloo) 0.826.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import needs_dataset
 
-pytest.importorskip("ray", reason="Ray is not installed (pip install loopml[ray])")
+import loopml
+from bench import realdata
+from loopml.cli import main
+from loopml.train.ray_train import ray_cluster, ray_launch
 
-import loopml  # noqa: E402
-from bench import realdata  # noqa: E402
-from loopml.cli import main  # noqa: E402
-from loopml.train.ray_train import ray_cluster, ray_launch  # noqa: E402
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed (pip install loopml[ray])")
 
 EPOCHS = 4
 
@@ -75,6 +78,7 @@ def adult_files(tmp_path_factory):
     return folder / "train.csv", folder / "test.csv"
 
 
+@needs_ray
 @needs_dataset("adult")
 def test_two_ray_workers_reach_single_process_accuracy(cluster, adult_files, tmp_path):
     train, test = adult_files
@@ -94,6 +98,7 @@ def test_two_ray_workers_reach_single_process_accuracy(cluster, adult_files, tmp
     assert run["metrics"]["test"]["accuracy"] == pytest.approx(ray_acc)
 
 
+@needs_ray
 @needs_dataset("adult")
 def test_resume_on_ray_continues_a_checkpoint(cluster, adult_files, tmp_path):
     from loopml.train.state import load_state
@@ -130,6 +135,7 @@ def test_workers_without_ray_is_refused(tmp_path, capsys):
     assert "--workers" in capsys.readouterr().err
 
 
+@needs_ray
 def test_tune_on_ray_records_every_trial_as_a_run(cluster, tmp_path, capsys):
     import numpy as np
 
@@ -147,3 +153,14 @@ def test_tune_on_ray_records_every_trial_as_a_run(cluster, tmp_path, capsys):
     losses = [r["metrics"]["cv"]["loss"] for r in runs if r["metrics"]["cv"]["folds"] == 2]
     assert losses and "learner:" in out.read_text()
     assert f"{min(losses):.5f}" in capsys.readouterr().err  # the best trial is the one printed
+
+
+def test_missing_ray_is_one_line_error_naming_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    data = tmp_path / "t.csv"
+    data.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
+    assert main(["train", "-d", str(data), "-t", "y", "--ray", "--no-track", "-o", str(tmp_path / "m")]) == 2
+    assert main(["tune", "-d", str(data), "-t", "y", "-l", "linear", "--trials", "2", "--ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: Ray is not installed: pip install loopml[ray]"] * 2
+    assert not (tmp_path / "m").exists()

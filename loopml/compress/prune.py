@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,12 @@ def structured_prune(network, encoder_types: list[str], example: dict, fraction:
     network.eval()  # tracing runs a forward pass: no batch-norm statistics may move
     try:
         # no torch.no_grad here: torch-pruning traces the graph through autograd
-        pruner = tp.pruner.MetaPruner(network, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                      pruning_ratio=fraction, ignored_layers=ignored,
-                                      forward_fn=lambda module, inputs: module(inputs))
-        pruner.step()
+        with warnings.catch_warnings():  # its tracing notes ("Maximum recursive depth reached!") say nothing to a user
+            warnings.simplefilter("ignore")
+            pruner = tp.pruner.MetaPruner(network, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                          pruning_ratio=fraction, ignored_layers=ignored,
+                                          forward_fn=lambda module, inputs: module(inputs))
+            pruner.step()
     # torch-pruning fails in its own ways (index errors while mapping concatenations, shape errors) on graphs it
     # cannot trace: one line naming it, not its traceback
     except (RuntimeError, IndexError, KeyError, ValueError, TypeError, AttributeError) as e:

@@ -9,7 +9,7 @@ image=$2
 mirror=${3:-http://deb.debian.org/debian}
 rootfs=${LOOPML_ROOTFS:-/var/tmp/loopml-rootfs/bookworm}
 if [ ! -x "$rootfs/usr/bin/python3" ]; then
-    debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates bookworm "$rootfs" "$mirror"
+    debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates,passwd bookworm "$rootfs" "$mirror"
 fi
 container=$(buildah from scratch)
 trap 'buildah rm "$container" >/dev/null 2>&1 || true' EXIT
@@ -30,5 +30,5 @@ set -- -v "$ca:/run/host-ca.crt:ro" -e PIP_CERT=/run/host-ca.crt -e PIP_RETRIES=
 [ -d "$wheels" ] && set -- "$@" -v "$wheels:/wheels:ro" -e PIP_FIND_LINKS=/wheels
 $run "$@" "$container" -- python -m pip install --no-cache-dir -r /tmp/requirements.txt
 $run "$container" -- rm -f /tmp/requirements.txt
-buildah config --env LANG=C.UTF-8 --env PATH=/usr/local/bin:/usr/bin:/bin --cmd python3 "$container"
+buildah config --env LANG=C.UTF-8 --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd python3 "$container"
 buildah commit --quiet "$container" "$image"

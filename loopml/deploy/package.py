@@ -88,14 +88,17 @@ def package(options: PackageOptions) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         (tmp / "wheels").mkdir()
+        wheel_file = None
         if project is not None:
-            build_wheel(project, tmp / "wheels")
+            wheel_file = build_wheel(project, tmp / "wheels").name
         else:
             (tmp / "wheels" / ".keep").write_text("loopml's wheel goes here when it is not on your index\n")
         (tmp / "requirements.txt").write_text(requirements_text(dependency_pins()), encoding="utf-8")
         if not options.from_store:
             copy_bundle(resolved.folder, tmp / "model")
-        context = template_context(options, resolved, name)
+        context = {**template_context(options, resolved, name), "wheel_file": wheel_file,
+                   # a wheel by path: a same-named project on a public index can never stand in for it
+                   "loopml_install": f"deploy/wheels/{wheel_file}" if wheel_file else f"loopml=={context_version()}"}
         environment = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
                                   trim_blocks=True, lstrip_blocks=True, autoescape=False)
         for template, target in OUTPUTS.items():
@@ -196,6 +199,12 @@ def k8s_name(text: str) -> str:
     """``text`` as a DNS-1123 label (lowercase, '-', at most 52 characters so suffixes still fit)."""
     cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:52].strip("-")
     return cleaned or "model"
+
+
+def context_version() -> str:
+    from loopml import __version__
+
+    return __version__
 
 
 def template_context(options: PackageOptions, model: ResolvedModel, name: str) -> dict:

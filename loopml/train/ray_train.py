@@ -35,7 +35,7 @@ from typing import Any
 
 from loopml.errors import LoopmlError
 from loopml.train.callbacks import BestModel, Callback, Checkpoint, History
-from loopml.train.state import flatten, load_state, save_state, unflatten
+from loopml.train.state import flatten, save_state, unflatten
 
 RAY_MISSING = "Ray is not installed: pip install loopml[ray]"
 #: ``--ray`` without an address: start a local cluster for this command
@@ -139,8 +139,9 @@ class RayLauncher:
             cb.on_train_begin(trainer)
         try:
             self.result = self._run(trainer, train, val, storage, name)
-            with self.result.checkpoint.as_directory() as folder:
-                trainer.resume(Path(folder))
+            if self.result.checkpoint is not None:  # None: no epoch was left to train (a finished run resumed)
+                with self.result.checkpoint.as_directory() as folder:
+                    trainer.resume(Path(folder))
             for logs in trainer.history[start_epoch:]:
                 for cb in self._observers(trainer):
                     cb.on_epoch_begin(trainer, int(logs["epoch"]))
@@ -305,9 +306,3 @@ class RayReport(Checkpoint):
         with tempfile.TemporaryDirectory(prefix="loopml-ray-ckpt-") as folder:
             save_state(trainer.state_dict(), Path(folder) / STATE_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-
-def load_ray_checkpoint(checkpoint: Any) -> dict | None:
-    """The loopml trainer state inside a Ray checkpoint (None without one)."""
-    with checkpoint.as_directory() as folder:
-        return load_state(Path(folder) / STATE_FILE)
