@@ -291,12 +291,19 @@ def test_image_builds_and_serves_on_loopback(bundle, tmp_path):
     assert main(["package", str(bundle), "-o", str(out), "--base-image", BASE_IMAGE, "--cpus", "1"]) == 0
     assert "RUN python -m pip install --no-cache-dir --no-deps /app/wheels/loopml-" in (out / "Dockerfile").read_text()
     tag = f"localhost/loopml-test-{os.getpid()}:1"
+    try:
+        _build_and_serve(out, tag, bundle)
+    finally:
+        subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+def _build_and_serve(out: Path, tag: str, bundle: Path) -> None:
     build = subprocess.run(["buildah", "bud", "--isolation", "chroot", "--format", "docker", "--network", "host",
                             "-t", tag, str(out)], capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     inspect = json.loads(subprocess.run(["podman", "image", "inspect", tag], capture_output=True, text=True).stdout)
     assert inspect[0]["Config"]["User"] == "10001:10001"
-    assert "/ready" in " ".join(inspect[0]["Config"]["Healthcheck"]["Test"])
+    assert "/ready" in " ".join(inspect[0]["Healthcheck"]["Test"])
     port = 18000 + os.getpid() % 1000
     name = f"loopml-test-{os.getpid()}"
     # runc, not crun: crun refuses this host's cgroup v1/v2 hybrid; rlimits lowered: podman's root defaults are above
@@ -329,4 +336,3 @@ def test_image_builds_and_serves_on_loopback(bundle, tmp_path):
         assert health.returncode == 0, health.stdout + health.stderr  # the image's HEALTHCHECK, on /ready
     finally:
         subprocess.run(["podman", "stop", "-t", "70", name], capture_output=True, timeout=120)
-        subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)

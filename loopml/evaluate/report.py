@@ -237,7 +237,7 @@ def _compression_section(report: Report, c: dict) -> None:
     did = [f"{_compact(quantized)} quantised"] if quantized else []
     if isinstance(c.get("pruning"), dict) and c["pruning"].get("summary"):  # loopml/compress/prune.py
         did.append(str(c["pruning"]["summary"]))
-    body = (f'<p>{html.escape(str(c.get("method", "")))}: {html.escape("; ".join(did))}; '
+    body = (f'<p>{html.escape(str(c.get("method", "")))}: {html.escape("".join(f"{d}; " for d in did))}'
             f'latency of the network alone, {html.escape(str(c.get("threads", 1)))} thread, interleaved runs; '
             f'{html.escape(str(metric))} on {html.escape(str(c.get("test_rows", "")))} {html.escape(str(c.get("split", "")))} '
             "rows.</p>")
