@@ -11,6 +11,7 @@ enough; on one machine it is overhead, and this section says how much.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -65,7 +66,7 @@ def section_ray(args: argparse.Namespace) -> dict:
 
     out = {
         "rows": len(frame), "epochs": args.epochs, "workers": args.ray_workers, "threads": args.threads,
-        "ray_version": ray.__version__,
+        "ray_version": ray.__version__, "load_average_1m_after": os.getloadavg()[0],
         "single": {"fit_s": single_s, "epoch_s": epoch_s(single), "outside_epochs_s": outside_epochs_s(single_s, single),
                    "val_accuracy": single.metrics["validation"]["accuracy"]},
         "ray": {"init_s": init_s, "fit_s": ray_s, "epoch_s": epoch_s(on_ray), "shutdown_s": shutdown_s,

@@ -34,6 +34,11 @@ def needs_dataset(name: str):
 @pytest.fixture
 def tabular() -> pd.DataFrame:
     """A small learnable table: numbers, a category, a flag, free text and a binary target."""
+    return make_tabular()
+
+
+def make_tabular() -> pd.DataFrame:
+    """The ``tabular`` fixture's table (for module-scoped fixtures, which cannot use a test's fixture)."""
     rng = np.random.default_rng(0)
     n = 400
     x1, x2 = rng.normal(size=n), rng.exponential(size=n)

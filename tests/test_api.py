@@ -5,14 +5,16 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_tabular
 
 import loopml
 from loopml import bundle
 
 
-@pytest.fixture
-def trained(tabular):
-    return loopml.Model(target="label", training={"epochs": 5}).fit(tabular, progress=False)
+@pytest.fixture(scope="module")
+def trained():
+    """One fit for the module: its tests only read the model (predict, evaluate, save to their own folder)."""
+    return loopml.Model(target="label", training={"epochs": 5}).fit(make_tabular(), progress=False, cache_dir=False)
 
 
 def test_predict_and_predict_proba(trained, tabular):

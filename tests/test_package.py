@@ -161,7 +161,7 @@ def test_dockerfile_is_non_root_health_checked_and_secret_free(deploy):
     assert user and user[-1].split()[1].split(":")[0] not in ("0", "root")
     assert any(line.startswith("HEALTHCHECK") for line in lines) and "/ready" in text
     assert 'ENTRYPOINT ["loopml", "serve"]' in text
-    assert "COPY --chown=10001:10001 model/ /app/model/" in text
+    assert "COPY --chown=10001:10001 model/ /app/models/churn-model/" in text
     assert "TOKEN=" not in text and "API_KEYS=" not in text
     assert (deploy / ".dockerignore").read_text().splitlines()[1] == "*"
 
@@ -326,7 +326,7 @@ def _build_and_serve(out: Path, tag: str, bundle: Path) -> None:
         logs = subprocess.run(["podman", "logs", name], capture_output=True, text=True).stderr[-2000:]
         assert ready is not None and ready["ready"], logs
         rows = _table(3, 4).drop(columns="label").to_dict(orient="records")
-        request = urllib.request.Request(f"{base}/v1/models/churn_model/predict", data=json.dumps(rows).encode(),
+        request = urllib.request.Request(f"{base}/v1/models/churn-model/predict", data=json.dumps(rows).encode(),
                                          headers={"Content-Type": "application/json", "X-API-Key": "k2"})
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read())

@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_tabular
 from PIL import Image
 
 import loopml
@@ -18,12 +19,25 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """One training (8 epochs, and its report with every figure) for the module, in its own store and cache."""
+    root = tmp_path_factory.mktemp("report")
+    csv = root / "data.csv"
+    make_tabular().to_csv(csv, index=False)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LOOPML_CACHE_DIR", str(root / "cache"))
+        env.setenv("LOOPML_STORE", f"sqlite:///{root / 'registry.db'}")
+        env.setenv("LOOPML_ARTIFACTS", str(root / "artifacts"))
+        assert main(["train", "-d", str(csv), "-t", "label", "-o", str(root / "model"), "-q", "--epochs", "8"]) == 0
+    return root / "model", csv
+
+
 @pytest.fixture
-def trained(tabular, tmp_path):
-    csv = tmp_path / "data.csv"
-    tabular.to_csv(csv, index=False)
-    assert main(["train", "-d", str(csv), "-t", "label", "-o", str(tmp_path / "model"), "-q", "--epochs", "8"]) == 0
-    return tmp_path / "model", csv
+def trained(trained_once, tmp_path):
+    """A copy of the module's trained model directory (tests rewrite files in it); the CSV is only read."""
+    model_dir, csv = trained_once
+    return shutil.copytree(model_dir, tmp_path / "model"), csv
 
 
 def _images(page: str) -> list[bytes]:

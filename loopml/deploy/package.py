@@ -10,9 +10,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlalchemy as sa
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
 from loopml.errors import LoopmlError
 from loopml.files import replace_folder
 
@@ -80,6 +77,8 @@ def package(options: PackageOptions) -> Path:
         raise LoopmlError(f"-o {output} exists and is not empty: choose another folder or pass --force to replace it")
     if not output.parent.is_dir():
         raise LoopmlError(f"the folder {output.parent} (of -o {output}) does not exist")
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
     from loopml.deploy.pins import build_wheel, dependency_pins, requirements_text, source_checkout
 
     project = source_checkout() if options.wheel is not False else None
@@ -137,6 +136,8 @@ def _check_options(options: PackageOptions) -> None:
 
 def check_registry_url(url: str) -> None:
     """A SQLAlchemy URL whose password, if any, is a ``${VARIABLE}`` for compose to fill in, never the secret."""
+    import sqlalchemy as sa
+
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
@@ -208,6 +209,8 @@ def context_version() -> str:
 
 
 def template_context(options: PackageOptions, model: ResolvedModel, name: str) -> dict:
+    from jinja2 import Environment, StrictUndefined
+
     from loopml import __version__
 
     registered = model.version is not None
@@ -218,7 +221,7 @@ def template_context(options: PackageOptions, model: ResolvedModel, name: str) -
     threads = str(options.cpus)
     common = ["--host", "0.0.0.0", "--port", str(options.port), "--threads", threads,
               "--spool-dir", "/var/lib/loopml/spool"]
-    served = alias_ref if options.from_store else "/app/model"
+    served = alias_ref if options.from_store else "/app/models/" + name
     regression = model.task in ("regression", "number")
     store_url = options.registry_url or "postgresql+psycopg://loopml:${POSTGRES_PASSWORD}@registry:5432/loopml"
     policy = (TEMPLATES / "policy.yaml.j2").read_text(encoding="utf-8")

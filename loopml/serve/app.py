@@ -35,7 +35,7 @@ from loopml.serve.queue_routes import queue_router  # GET /v1/feedback/queue (th
 from loopml.serve.rollout import RolloutServing
 from loopml.serve.schema import FeedbackResponse, ModelInfo, PredictResponse, StrictJSONResponse, printable, request_records
 from loopml.serve.swap import LoadFailure, input_schema, predict_body, rebind, request_models
-from loopml.serve.v2 import V2ErrorShape, v2_router  # the Open Inference Protocol (KServe / Triton REST)
+from loopml.serve.v2 import V2ErrorShape, add_v2_routes  # the Open Inference Protocol (KServe / Triton REST)
 
 log = logging.getLogger("loopml.serve")
 
@@ -425,7 +425,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return {"swapped": swapped, "version": state["served"].version, "last_load_error": load_failure.as_dict()}
 
     app.include_router(queue_router(store, state, client_key))
-    app.include_router(v2_router(state, settings.max_records, client_key, predict_items))
+    add_v2_routes(app, state, settings.max_records, client_key, predict_items)
     vendored_docs(app)
     if settings.ui:  # the dashboard over the same store; its pages link under /ui
         from loopml.ui.app import create_ui_app

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, FastAPI, Request
 from pydantic import ValidationError
 
 import loopml
@@ -53,6 +53,7 @@ INFER_REQUEST = {"type": "object", "required": ["inputs"], "properties": {
             "parameters": {"type": "object"}, "data": {"type": "array", "description": "flat (row-major) or nested"}}}},
     "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
         "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
+TAGS = ["Open Inference Protocol v2"]
 BINARY_REFUSED = ("binary tensor data is not supported here: send JSON tensors "
                   "(tritonclient: set_data_from_numpy(..., binary_data=False))")
 
@@ -138,48 +139,42 @@ ELEMENT_OK: dict[str, Callable[[Any], bool]] = {
 
 @dataclass(frozen=True)
 class Column:
-    """What one input column accepts: computed once per served version, not per request."""
-
     kind: str
     advertised: str
     accepted: frozenset
 
 
-def input_plan(served) -> dict[str, Column]:
-    """Every column a request may name: the model's inputs, then the ignored ones (row ids; any scalar, as on /v1)."""
-    plan = {c: Column(f.config.type, _advertised(f), frozenset(ACCEPTED.get(f.config.type, ("BYTES",))))
-            for c, f in served.model.preprocessor.features.items()}
+@dataclass(frozen=True)
+class Plan:
+    """What a request to one served version may hold and what it answers: made once per version, not per request."""
+
+    columns: dict[str, Column]  # the model's inputs, then the ignored ones (row ids: any scalar, as on /v1)
+    inputs: list[str]  # the columns a request must send
+    classes: list[str] | None  # None for regression
+    classes_json: str
+    outputs: list[str]
+
+
+def plan_of(served) -> Plan:
+    pre = served.model.preprocessor
+    columns = {c: Column(f.config.type, _advertised(f), frozenset(ACCEPTED.get(f.config.type, ("BYTES",))))
+               for c, f in pre.features.items()}
+    inputs = list(columns)
     for c in served.model.schema.columns:
         if c.type == "skip":
-            plan.setdefault(c.name, Column("skip", "BYTES", frozenset(ACCEPTED["skip"])))
-    return plan
+            columns.setdefault(c.name, Column("skip", "BYTES", frozenset(ACCEPTED["skip"])))
+    classes = None if pre.target.kind == "number" else [str(c) for c in pre.target.classes]
+    outputs = ["prediction"] if classes is None else ["label", "probabilities"]
+    return Plan(columns, inputs, classes, json.dumps(classes), [*outputs, "prediction_id"])
 
 
-def _values(tensor: dict, column: Column, name: str) -> list:
-    """One input tensor's elements, checked against its datatype (null = a missing value, as on /v1).
-    Written for speed (it runs per tensor of every request): the common flat ``[n]`` case takes no detours."""
-    datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
-    if datatype not in column.accepted:
-        others = ", ".join(d for d in ACCEPTED[column.kind] if d != column.advertised)
-        also = f"; also accepted: {others}" if others else ""
-        raise _fail(f"input '{name}': datatype {str(datatype)[:20]!r} does not fit this {column.kind} column "
-                    f"({column.advertised} expected{also})")
-    if type(shape) is list and len(shape) == 1 and type(shape[0]) is int and type(data) is list and len(data) == shape[0]:
-        flat = data  # a nested element is no valid element of any datatype: the check below refuses it
-    else:
-        if not (type(shape) is list and len(shape) in (1, 2) and all(type(d) is int and d >= 0 for d in shape)
-                and (len(shape) == 1 or shape[1] == 1)):
-            raise _fail(f"input '{name}': shape {str(shape)[:60]} is not [n] or [n, 1] (one value per row)")
-        flat = _flatten(data, shape, name)
-    ok = ELEMENT_OK[datatype]
-    for i, value in enumerate(flat):
-        if value is not None and not ok(value):
-            why = "not a finite number" if datatype in FLOATS and type(value) is float else f"not {datatype} data"
-            raise _fail(f"input '{name}': element {i} ({repr(value)[:60]}) is {why}")
-    return flat
+def _shape_error(name: str, shape: Any) -> V2Error:
+    return _fail(f"input '{name}': shape {str(shape)[:60]} is not [n] or [n, 1] (one value per row)")
 
 
-def _checked_tensor(tensor: Any, i: int, plan: dict[str, Column], seen: dict) -> tuple[str, Column]:
+def _values(tensor: Any, i: int, plan: Plan, seen: dict) -> tuple[str, list]:
+    """One input tensor's name and elements, checked against its column and datatype (null = a missing value,
+    as on /v1). Runs per tensor of every request: the common flat ``[n]`` case takes no detours."""
     if type(tensor) is not dict or type(tensor.get("name")) is not str:
         raise _fail(f"inputs[{i}]: a tensor is an object with a string 'name'")
     name = tensor["name"]
@@ -192,17 +187,35 @@ def _checked_tensor(tensor: Any, i: int, plan: dict[str, Column], seen: dict) ->
             raise _fail(f"input '{name}': parameters must be an object")
         if "binary_data_size" in params or "shared_memory_region" in params:
             raise _fail(f"input '{name}': {BINARY_REFUSED}")
-    column = plan.get(name)
+    column = plan.columns.get(name)
     if column is None:
-        raise _fail(f"unknown input '{name}'{did_you_mean(name, [c for c, col in plan.items() if col.kind != 'skip'])}")
-    if "data" not in tensor:
-        raise _fail(f"input '{name}': no 'data'")
+        raise _fail(f"unknown input '{name}'{did_you_mean(name, plan.inputs)}")
     if name in seen:
         raise _fail(f"input '{name}' is given twice")
-    return name, column
+    datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
+    if datatype not in column.accepted:
+        others = ", ".join(d for d in ACCEPTED[column.kind] if d != column.advertised)
+        also = f"; also accepted: {others}" if others else ""
+        raise _fail(f"input '{name}': datatype {str(datatype)[:20]!r} does not fit this {column.kind} column "
+                    f"({column.advertised} expected{also})")
+    if "data" not in tensor:
+        raise _fail(f"input '{name}': no 'data'")
+    if type(shape) is list and len(shape) == 1 and type(shape[0]) is int and type(data) is list and shape[0] == len(data):
+        flat = data  # a nested element is no valid element of any datatype: the check below refuses it
+    elif type(shape) is not list or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) \
+            or not all(type(d) is int and d >= 0 for d in shape):
+        raise _shape_error(name, shape)
+    else:
+        flat = _flatten(data, shape, name)
+    ok = ELEMENT_OK[datatype]
+    for k, value in enumerate(flat):
+        if value is not None and not ok(value):
+            why = "not a finite number" if datatype in FLOATS and type(value) is float else f"not {datatype} data"
+            raise _fail(f"input '{name}': element {k} ({repr(value)[:60]}) is {why}")
+    return name, flat
 
 
-def request_rows(served, plan: dict[str, Column], body: Any, max_records: int) -> tuple[list[dict], list[str] | None]:
+def request_rows(plan: Plan, body: Any, max_records: int) -> tuple[list[dict], list[str] | None]:
     """The /v1 records of a v2 infer body (one per row), and the outputs asked for (None = all)."""
     if type(body) is not dict:
         raise _fail("body: an inference request is a JSON object with 'inputs'")
@@ -218,14 +231,14 @@ def request_rows(served, plan: dict[str, Column], body: Any, max_records: int) -
         raise _fail("inputs: a non-empty array of tensors is required")
     columns: dict[str, list] = {}
     for i, tensor in enumerate(inputs):
-        name, column = _checked_tensor(tensor, i, plan, columns)
-        columns[name] = _values(tensor, column, name)
-    if len(columns) < len(plan):
-        missing = [c for c, col in plan.items() if col.kind != "skip" and c not in columns]
+        name, flat = _values(tensor, i, plan, columns)
+        columns[name] = flat
+    if len(columns) < len(plan.columns):
+        missing = [c for c in plan.inputs if c not in columns]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise _fail(f"missing input '{missing[0]}'{more}")
-    n = len(next(iter(columns.values())))
+    n = len(flat)
     if any(len(values) != n for values in columns.values()):
         shown = ", ".join(f"{k}: {len(v)}" for k, v in list(columns.items())[:4])
         raise _fail(f"inputs: every input needs the same number of rows ({shown})")
@@ -235,33 +248,32 @@ def request_rows(served, plan: dict[str, Column], body: Any, max_records: int) -
         raise _fail(f"inputs: at most {max_records} rows per request", 413)
     names = list(columns)
     records = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-    return records, _requested_outputs(served, body.get("outputs"))
+    return records, _requested_outputs(plan, body.get("outputs"))
 
 
-def _requested_outputs(served, outputs: Any) -> list[str] | None:
+def _requested_outputs(plan: Plan, outputs: Any) -> list[str] | None:
     if outputs is None:
         return None
-    available = [o["name"] for o in model_metadata(served)["outputs"]]
-    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+    if type(outputs) is not list or not all(type(o) is dict and type(o.get("name")) is str for o in outputs):
         raise _fail("outputs: an array of objects with a string 'name' is expected")
     names = [o["name"] for o in outputs]
     for name in names:
-        if name not in available:
-            raise _fail(f"unknown output '{name}'{did_you_mean(name, available)} (outputs: {', '.join(available)})")
+        if name not in plan.outputs:
+            raise _fail(f"unknown output '{name}'{did_you_mean(name, plan.outputs)} (outputs: {', '.join(plan.outputs)})")
     return names
 
 
-def response_outputs(served, predictions: list[dict], wanted: list[str] | None) -> list[dict]:
+def response_outputs(plan: Plan, predictions: list[dict], wanted: list[str] | None) -> list[dict]:
     n = len(predictions)
     out = []
-    if served.model.preprocessor.target.kind == "number":
+    if plan.classes is None:
         out.append({"name": "prediction", "datatype": "FP64", "shape": [n], "data": [p["prediction"] for p in predictions]})
     else:
-        classes = [str(c) for c in served.model.preprocessor.target.classes]
+        classes = plan.classes
         out.append({"name": "label", "datatype": "BYTES", "shape": [n], "data": [str(p["prediction"]) for p in predictions]})
         out.append({"name": "probabilities", "datatype": "FP64", "shape": [n, len(classes)],
                     "data": [p["probabilities"][c] for p in predictions for c in classes],
-                    "parameters": {"classes": json.dumps(classes)}})
+                    "parameters": {"classes": plan.classes_json}})
     out.append({"name": "prediction_id", "datatype": "BYTES", "shape": [n], "data": [p["prediction_id"] for p in predictions]})
     return out if wanted is None else [o for name in wanted for o in out if o["name"] == name]
 
@@ -282,11 +294,13 @@ def parse_body(raw: bytes) -> Any:
         raise _fail(f"body: not valid JSON ({str(e)[:120]})") from None
 
 
-def v2_router(state: dict, max_records: int, client_key: Callable,
-              predict_items: Callable[[Request, Any, list], Awaitable[tuple[int, list[dict]]]]) -> APIRouter:
+def add_v2_routes(app: FastAPI, state: dict, max_records: int, client_key: Callable,
+                  predict_items: Callable[[Request, Any, list], Awaitable[tuple[int, list[dict]]]]) -> None:
     """The v2 routes over the served model in ``state["served"]`` (read per request: they follow hot swaps).
-    Health and metadata are open, as /health and /v1/models are; infer needs the API key as /v1 predict does."""
-    router = APIRouter(tags=["Open Inference Protocol v2"])
+    Health and metadata are open, as /health and /v1/models are; infer needs the API key as /v1 predict does.
+    On the app's own router, not an included ``APIRouter``: FastAPI matches an included router's routes
+    through a slower nested path, which cost /v2 infer a measurable share of its throughput."""
+    router = app.router
     plans: dict[str, Any] = {}  # the served version's input plan, remade after a swap
 
     def served_as(name: str, version: str | None):
@@ -303,11 +317,11 @@ def v2_router(state: dict, max_records: int, client_key: Callable,
     def error(e: V2Error) -> StrictJSONResponse:
         return answer({"error": e.message}, e.status)
 
-    @router.get("/v2/health/live", summary="v2: liveness")
+    @router.get("/v2/health/live", tags=TAGS, summary="v2: liveness")
     async def live() -> StrictJSONResponse:
         return answer({"live": True})
 
-    @router.get("/v2/health/ready", summary="v2: readiness (as /ready)")
+    @router.get("/v2/health/ready", tags=TAGS, summary="v2: readiness (as /ready)")
     async def ready(request: Request) -> StrictJSONResponse:
         log_health = request.app.state.predictions.health()
         ok = state["ready"] and log_health["status"] != "unavailable"
@@ -316,20 +330,20 @@ def v2_router(state: dict, max_records: int, client_key: Callable,
         why = "starting or stopping" if not state["ready"] else f"prediction log unavailable: {log_health.get('reason')}"
         return answer({"ready": False, "error": f"not ready ({why})"}, 503)
 
-    @router.get("/v2", summary="v2: server metadata")
+    @router.get("/v2", tags=TAGS, summary="v2: server metadata")
     async def server() -> StrictJSONResponse:
         return answer({"name": "loopml", "version": loopml.__version__, "extensions": []})
 
-    @router.get("/v2/models/{name}", summary="v2: model metadata")
-    @router.get("/v2/models/{name}/versions/{version}", summary="v2: model metadata (one version)")
+    @router.get("/v2/models/{name}", tags=TAGS, summary="v2: model metadata")
+    @router.get("/v2/models/{name}/versions/{version}", tags=TAGS, summary="v2: model metadata (one version)")
     async def metadata(name: str, version: str | None = None) -> StrictJSONResponse:
         try:
             return answer(model_metadata(served_as(name, version)))
         except V2Error as e:
             return error(e)
 
-    @router.get("/v2/models/{name}/ready", summary="v2: model readiness")
-    @router.get("/v2/models/{name}/versions/{version}/ready", summary="v2: model readiness (one version)")
+    @router.get("/v2/models/{name}/ready", tags=TAGS, summary="v2: model readiness")
+    @router.get("/v2/models/{name}/versions/{version}/ready", tags=TAGS, summary="v2: model readiness (one version)")
     async def model_ready(name: str, version: str | None = None) -> StrictJSONResponse:
         try:
             served = served_as(name, version)
@@ -341,9 +355,9 @@ def v2_router(state: dict, max_records: int, client_key: Callable,
 
     documented = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST}}}}
 
-    @router.post("/v2/models/{name}/infer", dependencies=[Depends(client_key)], summary="v2: inference",
+    @router.post("/v2/models/{name}/infer", tags=TAGS, dependencies=[Depends(client_key)], summary="v2: inference",
                  openapi_extra=documented)
-    @router.post("/v2/models/{name}/versions/{version}/infer", dependencies=[Depends(client_key)],
+    @router.post("/v2/models/{name}/versions/{version}/infer", tags=TAGS, dependencies=[Depends(client_key)],
                  summary="v2: inference (one version)", openapi_extra=documented)
     async def infer(name: str, request: Request, version: str | None = None) -> StrictJSONResponse:
         try:
@@ -353,19 +367,18 @@ def v2_router(state: dict, max_records: int, client_key: Callable,
                 raise _fail(BINARY_REFUSED)
             body = parse_body(await request.body())
             if plans.get("of") is not served:
-                plans.update(of=served, plan=input_plan(served))
-            records, wanted = request_rows(served, plans["plan"], body, max_records)
+                plans.update(of=served, plan=plan_of(served))
+            plan = plans["plan"]
+            records, wanted = request_rows(plan, body, max_records)
             items = [_validated(input_class, record, i) for i, record in enumerate(records)]
         except V2Error as e:
             return error(e)
         version_number, predictions = await predict_items(request, served, items)
         content = {"model_name": served.name, "model_version": str(version_number),
-                   "outputs": response_outputs(served, predictions, wanted)}
+                   "outputs": response_outputs(plan, predictions, wanted)}
         if "id" in body:
             content["id"] = body["id"]
         return answer(content)
-
-    return router
 
 
 def _validated(input_class, record: dict, row: int):

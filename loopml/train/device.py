@@ -165,6 +165,10 @@ class CompiledForward:
         self.network = network
         self.compiled: Any = None
         self.failed: str | None = None
+        if torch.are_deterministic_algorithms_enabled():  # a loopml training: generated kernels deterministic too
+            from loopml.train.determinism import deterministic_for_compile
+
+            deterministic_for_compile()
         try:
             self.compiled = torch.compile(network)
         except RuntimeError as e:  # e.g. "Dynamo is not supported on Python 3.x"

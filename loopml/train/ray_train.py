@@ -185,7 +185,9 @@ class RayLauncher:
             "start": encode_state(trainer.state_dict()) if trainer.epoch else None,
         }
         use_gpu = trainer.device.type == "cuda"
-        cpus = max(1, int(ray.available_resources().get("CPU", workers)) // workers) if not use_gpu else 1
+        # a local cluster's CPUs are shared out; on a remote one each worker asks for one (it must fit a node)
+        local = self.settings.address in (None, LOCAL)
+        cpus = max(1, int(ray.available_resources().get("CPU", workers)) // workers) if local and not use_gpu else 1
         run = TorchTrainer(
             worker_loop, train_loop_config=job,
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
@@ -269,9 +271,9 @@ class EpochMean(Callback):
         import torch.distributed as dist
 
         keys = [k for k, v in logs.items() if k.startswith("train_") and isinstance(v, (int, float))]
-        values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64)
+        values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=trainer.device)  # nccl: on the GPU
         dist.all_reduce(values)
-        for key, value in zip(keys, (values / dist.get_world_size()).tolist(), strict=True):
+        for key, value in zip(keys, (values / dist.get_world_size()).cpu().tolist(), strict=True):
             logs[key] = value
 
 
@@ -282,7 +284,7 @@ class RankZeroStops(Callback):
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if trainer.stop_reason else 0])
+        flag = torch.tensor([1 if trainer.stop_reason else 0], device=trainer.device)
         dist.broadcast(flag, src=0)
         if not flag.item():
             trainer.stop_reason = None
