@@ -128,19 +128,29 @@ def accuracy(model, split: str) -> float:
     return float(model.metrics[split]["accuracy"])
 
 
-def run_student(kind: str, teacher_model, frames: dict, grid: list[tuple[float, float]], extra, training: dict) -> dict:
-    from loopml.compress.distill import fit_student, student_config
+def scratch_run(kind: str, teacher_model, frames: dict, training: dict) -> dict:
+    """The same student config trained on the hard labels alone (no teacher), on the same splits."""
+    from loopml.compress.distill import student_config
 
-    entry: dict = {"runs": []}
     base = student_config(kind, teacher_model, training=training)
     start = time.perf_counter()
     scratch_config = base.model_copy(update={"training": base.training.model_copy(update={"distill": None})})
     scratch = loopml.Model(scratch_config).fit(frames["train"], validation=frames["validation"], test=frames["test"],
                                                progress=False, cache_dir=False)
-    entry["scratch"] = {"validation_accuracy": accuracy(scratch, "validation"), "test_accuracy": accuracy(scratch, "test"),
-                        "epochs_run": scratch.info["training"]["epochs_run"], "seconds": time.perf_counter() - start}
-    print(f"{kind} scratch: validation {entry['scratch']['validation_accuracy']:.4f}, test "
-          f"{entry['scratch']['test_accuracy']:.4f} ({entry['scratch']['seconds']:.0f}s)", flush=True)
+    out = {"validation_accuracy": accuracy(scratch, "validation"), "test_accuracy": accuracy(scratch, "test"),
+           "epochs_run": scratch.info["training"]["epochs_run"], "seconds": time.perf_counter() - start}
+    print(f"{kind} scratch: validation {out['validation_accuracy']:.4f}, test {out['test_accuracy']:.4f} "
+          f"({out['seconds']:.0f}s)", flush=True)
+    return out
+
+
+def run_student(kind: str, teacher_model, frames: dict, grid: list[tuple[float, float]], extra, training: dict,
+                scratch_too: bool = True) -> dict:
+    from loopml.compress.distill import fit_student, student_config
+
+    entry: dict = {"runs": []}
+    if scratch_too:
+        entry["scratch"] = scratch_run(kind, teacher_model, frames, training)
     best = None
     for temperature, alpha in grid:
         start = time.perf_counter()
@@ -168,8 +178,9 @@ def markdown(result: dict) -> str:
            "Settings chosen on validation accuracy only.", "",
            "| student | run | T | alpha | validation acc | test acc | epochs |", "|---|---|---:|---:|---:|---:|---:|"]
     for kind, s in result["students"].items():
-        out.append(f"| {kind} | scratch (hard labels) | | | {s['scratch']['validation_accuracy']:.4f} | "
-                   f"{s['scratch']['test_accuracy']:.4f} | {s['scratch']['epochs_run']} |")
+        if "scratch" in s:
+            out.append(f"| {kind} | scratch (hard labels) | | | {s['scratch']['validation_accuracy']:.4f} | "
+                       f"{s['scratch']['test_accuracy']:.4f} | {s['scratch']['epochs_run']} |")
         for r in s["runs"]:
             chosen = " **(chosen)**" if (r["temperature"], r["alpha"]) == (s["chosen"]["temperature"], s["chosen"]["alpha"]) \
                 else ""
@@ -209,6 +220,7 @@ def main() -> None:
     parser.add_argument("--augment", type=int, default=0, help="augmented unlabelled rows from the training texts")
     parser.add_argument("--epochs", type=int, default=None, help="the students' epochs (default: loopml's)")
     parser.add_argument("--quick", action="store_true", help="few latency rounds: a smoke run")
+    parser.add_argument("--no-scratch", action="store_true", help="skip the scratch (hard labels only) students")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not realdata.available("ag_news_test"):
@@ -235,7 +247,7 @@ def main() -> None:
         "students": {}, "acceptance_thresholds": ACCEPT,
     }
     for kind in args.students:
-        entry = run_student(kind, teacher_model, frames, parse_grid(args.grid), extra, training)
+        entry = run_student(kind, teacher_model, frames, parse_grid(args.grid), extra, training, not args.no_scratch)
         fitted = entry.pop("_fitted")
         done = write_student(teacher_model, folder, {"folder": "ag_news_test fine-tuned MiniLM"}, fitted, kind,
                              CACHE / f"student-{kind}-from-{args.teacher}", frames, force=True, rounds=rounds, threads=1)

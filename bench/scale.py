@@ -11,6 +11,8 @@ Sections (run all, or some with ``--only``):
   it takes to repay the first epoch's extra cost, and both final validation losses (same learning).
 - ``ray``: ``ray.init`` start-up and a W-worker Ray Train fit against one process on the same adult
   rows, as ratios (bench/scale_ray.py).
+- ``device``: the device seam end to end on ``--device`` (auto: CUDA when there is one) on synthetic
+  data: fp32/bf16/fp16 training, resume bit-identical, the serving runner (bench/scale_device.py).
 
 A section is a function ``(args) -> dict`` in ``SECTIONS``; add one there (and its options in
 ``_arguments``) to extend the bench.
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import realdata  # noqa: E402
 from bench.common import RESULTS, write_result  # noqa: E402
+from bench.scale_device import device_markdown, section_device  # noqa: E402
 from bench.scale_ray import ray_markdown, section_ray  # noqa: E402
 
 
@@ -130,6 +133,7 @@ def _compile_markdown(result: dict) -> str:
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], str]]] = {
     "compile": (section_compile, _compile_markdown),
     "ray": (section_ray, ray_markdown),
+    "device": (section_device, device_markdown),
 }
 
 
@@ -141,6 +145,8 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--rows-adult", type=int, default=8000, help="compile: adult rows before the split")
     parser.add_argument("--ray-workers", type=int, default=2, help="ray: Ray Train workers")
     parser.add_argument("--rows-text", type=int, default=2000, help="compile: sms_spam rows before the split")
+    parser.add_argument("--device", default="auto", help="device: where to train (auto, cpu, cuda, cuda:N, mps)")
+    parser.add_argument("--rows-synthetic", type=int, default=2000, help="device: rows of each synthetic data set")
     return parser
 
 

@@ -222,6 +222,8 @@ def test_from_store_leaves_the_bundle_out_and_follows_the_alias(bundle, tmp_path
     text = (out / "Dockerfile").read_text()
     assert 'CMD ["churn@production", "--host", "0.0.0.0"' in text and "COPY --chown" not in text
     compose = yaml.safe_load((out / "docker-compose.yaml").read_text())
+    jsonschema.validate(compose, json.loads(resources.files("check_jsonschema.builtin_schemas.vendor")
+                                            .joinpath("compose-spec.json").read_text()))
     assert set(compose["services"]) == {"server", "loop"}  # an existing registry: no PostgreSQL, nothing to seed
     assert compose["services"]["server"]["environment"]["LOOPML_STORE"].endswith("@db.internal/loopml")
     deployment = _docs(out / "k8s" / "deployment.yaml")[0]

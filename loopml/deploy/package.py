@@ -217,11 +217,10 @@ def template_context(options: PackageOptions, model: ResolvedModel, name: str) -
     tag = f"v{model.version}" if registered else __version__
     image = options.image or f"{name}:{tag}"
     image_name, _, image_tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
-    alias_ref = options.model_ref if registered and "@" in options.model_ref else f"{name}@production"
     threads = str(options.cpus)
     common = ["--host", "0.0.0.0", "--port", str(options.port), "--threads", threads,
               "--spool-dir", "/var/lib/loopml/spool"]
-    served = alias_ref if options.from_store else "/app/models/" + name
+    served = options.model_ref if options.from_store else "/app/models/" + name  # NAME:3 stays pinned, NAME@alias follows
     regression = model.task in ("regression", "number")
     store_url = options.registry_url or "postgresql+psycopg://loopml:${POSTGRES_PASSWORD}@registry:5432/loopml"
     policy = (TEMPLATES / "policy.yaml.j2").read_text(encoding="utf-8")
@@ -234,8 +233,8 @@ def template_context(options: PackageOptions, model: ResolvedModel, name: str) -
         "memory_compose": options.memory.replace("Gi", "G").replace("Mi", "M"),
         "replicas": options.replicas, "max_replicas": options.max_replicas, "bake_model": not options.from_store,
         "serve_args": [served, *common], "k8s_serve_args": [served, *common],
-        # compose always follows the alias: the seed service registers a baked bundle first
-        "compose_serve_args": [alias_ref, *common],
+        # compose serves from its registry: the seed service registers a baked bundle first, as NAME@production
+        "compose_serve_args": [served if options.from_store else f"{name}@production", *common],
         "registry_url": options.registry_url, "store_url": store_url, "postgres_image": POSTGRES_IMAGE,
         "drain_seconds": DRAIN_SECONDS, "prestop_seconds": PRESTOP_SECONDS,
         "grace_seconds": DRAIN_SECONDS + PRESTOP_SECONDS + 10,

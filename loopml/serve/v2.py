@@ -81,18 +81,16 @@ def _advertised(feature) -> str:
 
 
 def model_metadata(served) -> dict:
-    pre = served.model.preprocessor
-    inputs = [{"name": column, "datatype": _advertised(f), "shape": [-1]} for column, f in pre.features.items()]
-    if pre.target.kind == "number":
-        outputs = [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
-    else:
-        classes = [str(c) for c in pre.target.classes]
-        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                   {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(classes)],
-                    "parameters": {"classes": json.dumps(classes)}}]  # a parameter is a string: the class order as JSON
-    outputs.append({"name": "prediction_id", "datatype": "BYTES", "shape": [-1]})
+    plan = plan_of(served)
+    inputs = [{"name": c, "datatype": plan.columns[c].advertised, "shape": [-1]} for c in plan.inputs]
+    outputs = [{"name": name, "datatype": "FP64" if name in ("prediction", "probabilities") else "BYTES", "shape": [-1]}
+               for name in plan.outputs]
+    for output in outputs:
+        if output["name"] == "probabilities":  # a parameter is a string: the class order as JSON
+            output.update(shape=[-1, len(plan.classes)], parameters={"classes": plan.classes_json})
+    target = served.model.preprocessor.target
     return {"name": served.name, "versions": [str(served.version)], "platform": "loopml", "inputs": inputs,
-            "outputs": outputs, "parameters": {"target": pre.target.column, "task": pre.target.kind,
+            "outputs": outputs, "parameters": {"target": target.column, "task": target.kind,
                                                "backend": served.runner.backend}}
 
 
@@ -194,7 +192,7 @@ def _values(tensor: Any, i: int, plan: Plan, seen: dict) -> tuple[str, list]:
         raise _fail(f"input '{name}' is given twice")
     datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
     if datatype not in column.accepted:
-        others = ", ".join(d for d in ACCEPTED[column.kind] if d != column.advertised)
+        others = ", ".join(d for d in ACCEPTED.get(column.kind, sorted(column.accepted)) if d != column.advertised)
         also = f"; also accepted: {others}" if others else ""
         raise _fail(f"input '{name}': datatype {str(datatype)[:20]!r} does not fit this {column.kind} column "
                     f"({column.advertised} expected{also})")
@@ -317,6 +315,34 @@ def add_v2_routes(app: FastAPI, state: dict, max_records: int, client_key: Calla
     def error(e: V2Error) -> StrictJSONResponse:
         return answer({"error": e.message}, e.status)
 
+    # infer first: routes match in order, and infer is the hot one
+    documented = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST}}}}
+
+    @router.post("/v2/models/{name}/infer", tags=TAGS, dependencies=[Depends(client_key)], summary="v2: inference",
+                 openapi_extra=documented)
+    @router.post("/v2/models/{name}/versions/{version}/infer", tags=TAGS, dependencies=[Depends(client_key)],
+                 summary="v2: inference (one version)", openapi_extra=documented)
+    async def infer(name: str, request: Request, version: str | None = None) -> StrictJSONResponse:
+        try:
+            served = served_as(name, version)
+            input_class = state["input_class"]  # read with ``served``: a swap between them is caught in predict_items
+            if request.headers.get("inference-header-content-length") is not None:
+                raise _fail(BINARY_REFUSED)
+            body = parse_body(await request.body())
+            if plans.get("of") is not served:
+                plans.update(of=served, plan=plan_of(served))
+            plan = plans["plan"]
+            records, wanted = request_rows(plan, body, max_records)
+            items = [_validated(input_class, record, i) for i, record in enumerate(records)]
+        except V2Error as e:
+            return error(e)
+        version_number, predictions = await predict_items(request, served, items)
+        content = {"model_name": served.name, "model_version": str(version_number),
+                   "outputs": response_outputs(plan, predictions, wanted)}
+        if "id" in body:
+            content["id"] = body["id"]
+        return answer(content)
+
     @router.get("/v2/health/live", tags=TAGS, summary="v2: liveness")
     async def live() -> StrictJSONResponse:
         return answer({"live": True})
@@ -353,32 +379,6 @@ def add_v2_routes(app: FastAPI, state: dict, max_records: int, client_key: Calla
             return answer({"name": served.name, "ready": False, "error": "not ready (starting or stopping)"}, 503)
         return answer({"name": served.name, "ready": True})
 
-    documented = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST}}}}
-
-    @router.post("/v2/models/{name}/infer", tags=TAGS, dependencies=[Depends(client_key)], summary="v2: inference",
-                 openapi_extra=documented)
-    @router.post("/v2/models/{name}/versions/{version}/infer", tags=TAGS, dependencies=[Depends(client_key)],
-                 summary="v2: inference (one version)", openapi_extra=documented)
-    async def infer(name: str, request: Request, version: str | None = None) -> StrictJSONResponse:
-        try:
-            served = served_as(name, version)
-            input_class = state["input_class"]  # read with ``served``: a swap between them is caught in predict_items
-            if request.headers.get("inference-header-content-length") is not None:
-                raise _fail(BINARY_REFUSED)
-            body = parse_body(await request.body())
-            if plans.get("of") is not served:
-                plans.update(of=served, plan=plan_of(served))
-            plan = plans["plan"]
-            records, wanted = request_rows(plan, body, max_records)
-            items = [_validated(input_class, record, i) for i, record in enumerate(records)]
-        except V2Error as e:
-            return error(e)
-        version_number, predictions = await predict_items(request, served, items)
-        content = {"model_name": served.name, "model_version": str(version_number),
-                   "outputs": response_outputs(plan, predictions, wanted)}
-        if "id" in body:
-            content["id"] = body["id"]
-        return answer(content)
 
 
 def _validated(input_class, record: dict, row: int):
