@@ -64,6 +64,55 @@ def cached_fine_tuned(frame, work: Path, epochs: int, max_length: int, quick: bo
     return cache / "minilm", seconds
 
 
+def original_splits_test(model):
+    from loopml.compress.quantize import original_splits
+
+    return original_splits(model, None, None, None)["test"]
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD extensions int8 speed depends on (VNNI doubles int8 GEMM throughput over AVX2's vpmaddubsw)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f)
+
+
+def op_profile(original, work: Path, compressed: Path, test, threads: int) -> dict:
+    """Share of onnxruntime kernel time per op type at batch 64, fp32 graph vs the quantised one: what bounds
+    the batch-64 speed-up (the int8 GEMMs, when the CPU lacks VNNI)."""
+    import collections
+
+    import onnxruntime as ort
+
+    from loopml.compress.quantize import export_fp32, trimmed_columns
+    from loopml.learners.onnx_network import trim_padding
+
+    rows = test.head(64)
+    graphs = {"fp32": export_fp32(original, work / "profile"), "compressed": compressed / "model.onnx"}
+    inputs, trim = original.preprocessor.transform(rows), trimmed_columns(original)
+    out = {}
+    for name, graph in graphs.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.enable_profiling = threads, True
+        options.profile_file_prefix = str(work / f"profile-{name}")
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        names = dict(zip(original.preprocessor.features, [i.name for i in session.get_inputs()], strict=True))
+        feed = trim_padding({names[c]: inputs[c].numpy() for c in original.preprocessor.features},
+                            {names[c]: pad for c, pad in trim.items()})
+        for _ in range(3):
+            session.run(None, feed)
+        spent: collections.Counter = collections.Counter()
+        for event in json.loads(Path(session.end_profiling()).read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                spent[event["args"]["op_name"]] += event["dur"]
+        total = sum(spent.values()) or 1
+        out[name] = {op: round(100.0 * t / total, 1) for op, t in spent.most_common(8)}
+    return out
+
+
 def verdict(table: dict) -> dict:
     q = table["ratios"]
     lost = -100.0 * q["accuracy_change"]
@@ -88,7 +137,11 @@ def markdown(result: dict) -> str:
     out += ["", f"{q['smaller_network']:.2f}x smaller, {q['faster_batch1']:.2f}x faster at batch 1, "
                 f"{q['faster_batch64']:.2f}x at batch 64, accuracy {100 * q['accuracy_change']:+.2f} points.",
             "", "Acceptance: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in result["acceptance"].items()),
-            "", f"Quantised ops: {', '.join(t['facts'].get('quantized_ops', []))}."]
+            "", f"Quantised ops: {', '.join(t['facts'].get('quantized_ops', []))}.",
+            "", f"CPU SIMD flags: {', '.join(result.get('cpu_flags') or ['unknown'])}. Share of onnxruntime kernel time "
+                "per op at batch 64 (what bounds the batch-64 speed-up):"]
+    for name, shares in (result.get("op_profile_batch64") or {}).items():
+        out.append(f"- {name}: " + ", ".join(f"{op} {share:.1f}%" for op, share in shares.items()))
     return "\n".join(out) + "\n"
 
 
@@ -116,12 +169,14 @@ def main() -> None:
         done = compress(original, folder, {"folder": "sms_spam fine-tuned MiniLM"}, args.method, Path(work) / "q",
                         rounds=rounds, threads=args.threads)
         compress_seconds = time.perf_counter() - start
+        profile = op_profile(original, Path(work), Path(work) / "q", original_splits_test(original), args.threads)
     table = done.table
     result = {"quick": args.quick, "rows": len(frame), "fit_seconds": fit_seconds, "compress_seconds": compress_seconds,
               "settings": {"model": "minilm (all-MiniLM-L6-v2), trainable top 2 layers, lr 1e-4", "max_length": max_length,
                            "epochs": epochs, "batch_size": 32, "split": "default (stratified, test 0.2, duplicates "
                            "dropped), seed 42", "method": args.method, "threads": args.threads},
-              "tradeoff": table, "acceptance": verdict(table), "acceptance_thresholds": ACCEPT}
+              "tradeoff": table, "acceptance": verdict(table), "acceptance_thresholds": ACCEPT,
+              "cpu_flags": cpu_flags(), "op_profile_batch64": profile}
     path = write_result("compress", result)
     (RESULTS / "compress.md").write_text(markdown(result))
     print(markdown(result))

@@ -63,6 +63,7 @@ def teacher(frame: pd.DataFrame, kind: str = "minilm") -> tuple[Path, float | No
     folder = CACHE / ("teacher" if kind == "minilm" else f"teacher-{kind}")
     if (folder / "manifest.json").is_file():
         return folder, None
+    # the path, not the frame: the teacher's split record points at rows of this file
     CACHE.mkdir(parents=True, exist_ok=True)
     data = CACHE / "ag_news_test.parquet"
     if not data.is_file():
@@ -221,6 +222,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="the students' epochs (default: loopml's)")
     parser.add_argument("--quick", action="store_true", help="few latency rounds: a smoke run")
     parser.add_argument("--no-scratch", action="store_true", help="skip the scratch (hard labels only) students")
+    parser.add_argument("--tag", default="", help="appended to the results' file names (distill_TAG.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not realdata.available("ag_news_test"):
@@ -236,7 +238,7 @@ def main() -> None:
     extra = augment(frames["train"], args.augment) if args.augment else None
     training = {"epochs": args.epochs} if args.epochs else {}
     rounds = {1: 20, 64: 3} if args.quick else {1: 100, 64: 8}
-    name = "distill" if args.teacher == "minilm" else f"distill_{args.teacher}"
+    name = ("distill" if args.teacher == "minilm" else f"distill_{args.teacher}") + (f"_{args.tag}" if args.tag else "")
     result: dict = {
         "quick": args.quick, "augment": args.augment, "grid": args.grid, "student_training": training,
         "sizes": {k: len(v) for k, v in frames.items()},

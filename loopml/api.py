@@ -161,6 +161,12 @@ class Model:
             raise LoopmlError(f"target.threshold is for binary targets; this target is {self.schema.target_kind}")
         check_monitor(self.config, self.schema.target_kind)
         check_learner(self.config, self.preprocessor)
+        training = self.config.training
+        if training.device not in ("auto", "cpu") or training.precision != "fp32":
+            # before any run is recorded or any epoch starts (torch is imported only for these settings)
+            from loopml.train.device import check_precision, resolve_device
+
+            check_precision(training.precision, resolve_device(training.device))
         return prepared
 
     # -- using a trained model ---------------------------------------------------------------------

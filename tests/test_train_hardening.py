@@ -169,7 +169,7 @@ def test_default_output_names_are_fresh_and_safe(tmp_path):
 
 
 # -- item 3: kill -9 -------------------------------------------------------------------------------------
-def test_a_run_killed_with_sigkill_is_reported_killed(tmp_path, small_csv):
+def test_a_run_killed_with_sigkill_is_reported_killed(tmp_path, small_csv, here):
     store = Store()
     args = ["train", "-d", str(small_csv), "-c", str(_epochs(tmp_path, 400)), "-q", "-o", str(tmp_path / "m")]
     proc = subprocess.Popen(CLI + args, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
@@ -218,7 +218,7 @@ def test_reaper_and_resume_on_sqlite_and_postgresql(store_url, tmp_path):
 
 
 # -- item 4: --resume continues the run ------------------------------------------------------------------
-def test_resume_continues_the_same_run_with_its_history(tmp_path, small_csv):
+def test_resume_continues_the_same_run_with_its_history(tmp_path, small_csv, here):
     out = tmp_path / "m"
     args = ["train", "-d", str(small_csv), "-c", str(_epochs(tmp_path, 40)), "-q", "-o", str(out)]
     proc = subprocess.Popen(CLI + args, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
@@ -277,7 +277,7 @@ def test_api_resume_continues_the_recorded_run(tmp_path, small_csv, monkeypatch)
 
 
 # -- item 5: the registered artifact has the report ------------------------------------------------------
-def test_registered_model_directory_contains_the_report(tmp_path, small_csv):
+def test_registered_model_directory_contains_the_report(tmp_path, small_csv, here):
     done = here(["train", "-d", str(small_csv), "-t", "label", "--epochs", "2", "-q", "-o", "m", "--register", "demo"],
                 tmp_path)
     assert done.returncode == 0, done.stderr
@@ -308,7 +308,7 @@ def test_models_diff_shows_no_config_differences_for_identical_effective_configs
 
 
 # -- item 7: describe -o keeps how the file was read --------------------------------------------------
-def test_describe_output_of_a_headerless_file_trains_with_c(tmp_path, small_csv):
+def test_describe_output_of_a_headerless_file_trains_with_c(tmp_path, small_csv, here):
     headerless = tmp_path / "data.txt"
     headerless.write_text("".join(small_csv.read_text().splitlines(keepends=True)[1:]).replace(",", ";"))
     described = here(["describe", "-d", str(headerless), "-t", "label", "--no-header", "--names",

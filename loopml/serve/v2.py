@@ -320,8 +320,9 @@ def add_v2_routes(app: FastAPI, state: dict, max_records: int, client_key: Calla
 
     @router.post("/v2/models/{name}/infer", tags=TAGS, dependencies=[Depends(client_key)], summary="v2: inference",
                  openapi_extra=documented)
+    # the /versions/{v} variants are left out of /openapi.json: the same operations, twice the fuzzing (README has them)
     @router.post("/v2/models/{name}/versions/{version}/infer", tags=TAGS, dependencies=[Depends(client_key)],
-                 summary="v2: inference (one version)", openapi_extra=documented)
+                 include_in_schema=False)
     async def infer(name: str, request: Request, version: str | None = None) -> StrictJSONResponse:
         try:
             served = served_as(name, version)
@@ -361,7 +362,7 @@ def add_v2_routes(app: FastAPI, state: dict, max_records: int, client_key: Calla
         return answer({"name": "loopml", "version": loopml.__version__, "extensions": []})
 
     @router.get("/v2/models/{name}", tags=TAGS, summary="v2: model metadata")
-    @router.get("/v2/models/{name}/versions/{version}", tags=TAGS, summary="v2: model metadata (one version)")
+    @router.get("/v2/models/{name}/versions/{version}", tags=TAGS, include_in_schema=False)
     async def metadata(name: str, version: str | None = None) -> StrictJSONResponse:
         try:
             return answer(model_metadata(served_as(name, version)))
@@ -369,7 +370,7 @@ def add_v2_routes(app: FastAPI, state: dict, max_records: int, client_key: Calla
             return error(e)
 
     @router.get("/v2/models/{name}/ready", tags=TAGS, summary="v2: model readiness")
-    @router.get("/v2/models/{name}/versions/{version}/ready", tags=TAGS, summary="v2: model readiness (one version)")
+    @router.get("/v2/models/{name}/versions/{version}/ready", tags=TAGS, include_in_schema=False)
     async def model_ready(name: str, version: str | None = None) -> StrictJSONResponse:
         try:
             served = served_as(name, version)
