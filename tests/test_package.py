@@ -205,8 +205,35 @@ def test_bad_input_is_one_line_and_writes_nothing(bundle, tmp_path, capsys):
     assert "'bad-name'" in err[3] and "hunter2" not in err[6]
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no temp folder left behind
-    assert main(["package", str(bundle), "-o", str(taken), "--no-wheel", "--force"]) == 0
-    assert not (taken / "keep.txt").exists() and (taken / "Dockerfile").is_file()
+    # --force replaces an earlier package, never a folder holding anything else (`-o . --force`, the model itself)
+    assert main(["package", str(bundle), "-o", str(taken), "--no-wheel", "--force"]) == 2
+    assert main(["package", str(bundle), "-o", str(bundle), "--no-wheel", "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "keep.txt" in err[0] and "manifest.json" in err[1], err
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"] and (bundle / "manifest.json").is_file()
+    earlier = tmp_path / "earlier"
+    assert main(["package", str(bundle), "-o", str(earlier), "--no-wheel"]) == 0
+    (earlier / "Dockerfile").write_text("stale")
+    assert main(["package", str(bundle), "-o", str(earlier), "--no-wheel", "--force"]) == 0
+    assert (earlier / "Dockerfile").read_text() != "stale"
+
+
+def test_symlinked_output_is_followed_and_injection_is_refused(bundle, tmp_path, capsys):
+    real = tmp_path / "real"
+    assert main(["package", str(bundle), "-o", str(real), "--no-wheel"]) == 0
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert main(["package", str(bundle), "-o", str(link), "--no-wheel", "--force"]) == 0
+    assert link.is_symlink() and (real / "Dockerfile").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no .link.old-PID left behind
+    capsys.readouterr()
+    evil = 'evil:1\n        command: ["sh", "-c", "id"]'
+    assert main(["package", str(bundle), "-o", str(tmp_path / "x"), "--no-wheel", "--image", evil]) == 2
+    assert main(["package", str(bundle), "-o", str(tmp_path / "x"), "--no-wheel",
+                 "--registry-url", "postgresql://loopml@db/x\n    evil: 1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--image" in err[0] and "--registry-url" in err[1], err
+    assert not (tmp_path / "x").exists()
 
 
 def test_from_store_leaves_the_bundle_out_and_follows_the_alias(bundle, tmp_path):

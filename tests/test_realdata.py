@@ -1,6 +1,6 @@
 """Acceptance floors on fixed-seed subsets of ../shared/datasets, default settings, CPU only.
 
-The suite must stay fast (the whole datasets cost ~40-90 CPU-s each), so each test trains on a small
+The suite must stay fast (a whole dataset costs 33-55 CPU-s to train), so each test trains on a small
 fixed-seed subset (seed 0; class-stratified via ``realdata.subsample``, or every spam message of sms_spam)
 and its floors were measured on that subset, with a margin of ~0.02-0.03. The whole-dataset figures (the
 issue's own floors) belong to ``python -m bench.accuracy`` and bench/results/accuracy.json, not here.

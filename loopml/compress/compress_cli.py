@@ -61,11 +61,12 @@ def compress_command(
     from loopml.registry import Store
     from loopml.registry.store import REF, check_name
 
+    _check_combination(distill=distill, quantize=quantize, prune=prune, structured=structured,
+                       fine_tune_epochs=fine_tune_epochs, student=student, unlabelled=unlabelled,
+                       temperature=temperature, alpha=alpha)
     if distill:
         from loopml.compress.distill import distill_command
 
-        if quantize is not None:
-            raise LoopmlError("--distill trains a new network; quantise the student in a second compress run")
         return distill_command(model, student, unlabelled=unlabelled, temperature=temperature, alpha=alpha,
                                output=output, register=register, force=force, data=data, store=store,
                                artifacts=artifacts, echo=typer.echo)
@@ -90,13 +91,13 @@ def compress_command(
     if output is None and not registered:
         output = Path(model).resolve().with_name(f"{Path(model).resolve().name}-{label}")
     if output is not None:
-        check_output(output, force)
+        check_output(output, force, None if registered else Path(model))
     opened = Store(store, artifacts) if registered or register is not None else None
     if registered:
         version = opened.resolve(model)
         folder, source = Path(version["path"]), {"name": version["name"], "version": int(version["version"])}
         output = output or Path("compressed") / f"{version['name']}-v{version['version']}-{label}"
-        check_output(output, force)
+        check_output(output, force, folder)
     else:
         folder, source = Path(model), {"folder": Path(model).resolve().name}
     original = loopml.load(folder)
@@ -116,3 +117,25 @@ def compress_command(
         parent = result.version.get("parent_version")
         typer.echo(f"registered {result.version['name']}:{result.version['version']}"
                    + (f" (parent version {parent})" if parent else ""))
+
+
+def _check_combination(*, distill: bool, quantize: str | None, prune: float | None, structured: bool,
+                       fine_tune_epochs: int, student: str | None, unlabelled: str | None, temperature: float,
+                       alpha: float) -> None:
+    """Options that the chosen method would silently ignore are an error, before anything is loaded."""
+    from loopml.compress.prune import DEFAULT_FINE_TUNE_EPOCHS
+    from loopml.errors import LoopmlError
+
+    if distill:
+        if quantize is not None:
+            raise LoopmlError("--distill trains a new network; quantise the student in a second compress run")
+        if prune is not None or structured or fine_tune_epochs != DEFAULT_FINE_TUNE_EPOCHS:
+            raise LoopmlError("--distill trains a new network; prune the student (--prune, --structured, "
+                              "--fine-tune-epochs) in a second compress run")
+        return
+    given = [flag for flag, used in (("--student", student is not None), ("--unlabelled", unlabelled is not None),
+                                     ("--temperature", temperature != 2.0), ("--alpha", alpha != 0.5)) if used]
+    if given:
+        raise LoopmlError(f"{given[0]} goes with --distill")
+    if prune is None and fine_tune_epochs != DEFAULT_FINE_TUNE_EPOCHS:
+        raise LoopmlError("--fine-tune-epochs goes with --prune FRACTION")

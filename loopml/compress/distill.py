@@ -211,7 +211,7 @@ def distill(teacher, folder: Path, source: dict, student: str, output: Path, *, 
 
     check_student(student)
     output = Path(output).expanduser()
-    check_output(output, force)
+    check_output(output, force, folder)
     config = student_config(student, teacher, temperature, alpha, training)
     extra = read_unlabelled(unlabelled, teacher) if unlabelled is not None else None
     frames = frames or original_splits(teacher, source.get("name"), store, data)
@@ -309,13 +309,13 @@ def distill_command(model: str, student: str | None, *, unlabelled: str | None, 
     if output is None and not registered:
         output = Path(model).resolve().with_name(f"{Path(model).resolve().name}-{method}")
     if output is not None:
-        check_output(output, force)
+        check_output(output, force, None if registered else Path(model))
     opened = Store(store, artifacts) if registered or register is not None else None
     if registered:
         version = opened.resolve(model)
         folder, source = Path(version["path"]), {"name": version["name"], "version": int(version["version"])}
         output = output or Path("compressed") / f"{version['name']}-v{version['version']}-{method}"
-        check_output(output, force)
+        check_output(output, force, folder)
     else:
         folder, source = Path(model), {"folder": Path(model).resolve().name}
     teacher = loopml.load(folder)

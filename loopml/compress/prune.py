@@ -265,7 +265,7 @@ def compress_pruned(model, folder: Path, source: dict, fraction: float, output: 
         check_method(quantize)
     check_prunable(model)
     output = Path(output).expanduser()
-    check_output(output, force)
+    check_output(output, force, folder)
     frames = original_splits(model, source.get("name"), store, data)
     test_split = "test" if len(frames.get("test", [])) else "validation"
     test = frames[test_split]

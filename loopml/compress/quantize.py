@@ -233,8 +233,13 @@ class Compressed:
     version: dict | None
 
 
-def check_output(output: Path, force: bool) -> None:
-    """Refuse an existing output folder before any work (``--force`` replaces a loopml model folder)."""
+def check_output(output: Path, force: bool, source: Path | None = None) -> None:
+    """Refuse an existing output folder before any work (``--force`` replaces a loopml model folder), and one that
+    is, holds or sits inside the ``source`` model folder (``--force`` would delete the model being compressed)."""
+    if source is not None:
+        out, src = Path(output).expanduser().resolve(), Path(source).expanduser().resolve()
+        if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+            raise LoopmlError(f"output {output} is the model's own folder (or inside it, or holds it); choose another -o")
     if output.exists() and not force:
         raise LoopmlError(f"output {output} already exists; choose another -o or pass --force")
     if output.exists() and not (output / "manifest.json").is_file():
@@ -267,7 +272,7 @@ def compress(model, folder: Path, source: dict, method: str, output: Path, *, fo
     check_method(method)
     check_quantizable(model)
     output = Path(output).expanduser()
-    check_output(output, force)
+    check_output(output, force, folder)
     frames = original_splits(model, source.get("name"), store, data)
     test_split = "test" if len(frames.get("test", [])) else "validation"
     test = frames[test_split]

@@ -33,6 +33,10 @@ OUTPUTS = {
     **{f"k8s/{n}.yaml.j2": f"k8s/{n}.yaml" for n in ("configmap", "artifacts-pvc", "deployment", "service", "hpa",
                                                      "pdb", "loop-worker", "kustomization")},
 }
+#: the top-level entries a package folder holds: --force replaces a folder with nothing else in it
+PACKAGE_ENTRIES = {target.split("/")[0] for target in OUTPUTS.values()} | {"model", "wheels", "requirements.txt"}
+#: an image reference (name[:tag][@digest]): it is written unquoted into YAML and the Dockerfile
+IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
 
 
 @dataclass
@@ -71,10 +75,19 @@ def package(options: PackageOptions) -> Path:
     resolved = resolve_model(options)
     name = options.name or k8s_name(resolved.name)
     output = options.output.expanduser()
+    if output.is_symlink():  # replace the folder it points to; renaming the link itself would orphan it
+        output = output.resolve()
     if output.exists() and not output.is_dir():
         raise LoopmlError(f"-o {output} is a file, not a folder")
-    if output.is_dir() and any(output.iterdir()) and not options.force:
-        raise LoopmlError(f"-o {output} exists and is not empty: choose another folder or pass --force to replace it")
+    if output.is_dir() and any(output.iterdir()):
+        if not options.force:
+            raise LoopmlError(f"-o {output} exists and is not empty: choose another folder or pass --force to "
+                              "replace it")
+        foreign = sorted(entry.name for entry in output.iterdir() if entry.name not in PACKAGE_ENTRIES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise LoopmlError(f"--force replaces only a folder `loopml package` wrote; -o {output} also holds "
+                              f"{shown}: move them away or choose another folder")
     if not output.parent.is_dir():
         raise LoopmlError(f"the folder {output.parent} (of -o {output}) does not exist")
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -126,7 +139,9 @@ def _check_options(options: PackageOptions) -> None:
                           f"got {options.replicas}")
     if not 1 <= options.port <= 65535:
         raise LoopmlError(f"--port {options.port} is not a port (1 to 65535)")
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", options.base_image) or options.base_image.endswith(":latest") \
+    if options.image is not None and not IMAGE_REF.match(options.image):
+        raise LoopmlError(f"--image {options.image!r} is not an image reference (e.g. registry.example/churn:v3)")
+    if not IMAGE_REF.match(options.base_image) or options.base_image.endswith(":latest") \
             or ":" not in options.base_image.rsplit("/", 1)[-1] and "@" not in options.base_image:
         raise LoopmlError(f"--base-image {options.base_image!r} must name an image with a pinned tag (e.g. "
                           f"{DEFAULT_BASE_IMAGE})")
@@ -138,6 +153,8 @@ def check_registry_url(url: str) -> None:
     """A SQLAlchemy URL whose password, if any, is a ``${VARIABLE}`` for compose to fill in, never the secret."""
     import sqlalchemy as sa
 
+    if re.search(r"[\s\"'\\]", url):  # written unquoted into the compose file
+        raise LoopmlError(f"--registry-url {url!r} holds a space, quote or backslash: percent-encode it (e.g. %20)")
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:

@@ -109,6 +109,8 @@ def ray_launch(address: str | None, workers: int, learner: str, automl: bool = F
     if workers < 1:
         raise LoopmlError(f"--workers must be at least 1, not {workers}")
     check_ray_learner(learner, automl)
+    if address in (None, LOCAL):
+        check_local_workers(workers)
     from loopml.train.trainer import LAUNCHER
 
     with ray_cluster(address, num_cpus=None):
@@ -117,6 +119,19 @@ def ray_launch(address: str | None, workers: int, learner: str, automl: bool = F
             yield
         finally:
             LAUNCHER.reset(token)
+
+
+def check_local_workers(workers: int) -> None:
+    """Each worker takes a CPU: more workers than a local cluster has CPUs would wait for them forever."""
+    require_ray()
+    import ray
+
+    from loopml.train.threads import available_cpus
+
+    cpus = int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else available_cpus()
+    if workers > cpus:
+        raise LoopmlError(f"--workers {workers} is more than the {cpus} CPUs of a local Ray cluster (each worker "
+                          f"takes one): use --workers {cpus} or less, or --ray ADDRESS of a larger cluster")
 
 
 # -- the driver -------------------------------------------------------------------------------------
@@ -133,7 +148,8 @@ class RayLauncher:
         checkpoints = [cb for cb in trainer.callbacks if isinstance(cb, Checkpoint)]
         # Ray keeps its checkpoints beside loopml's (so an interrupted run leaves one), else in a temporary folder
         owned = None if checkpoints else tempfile.mkdtemp(prefix="loopml-ray-")
-        storage = Path(owned) if owned else checkpoints[0].path.parent / "ray"
+        # absolute: Ray reads a relative storage_path as a URI and fails ("URI has empty scheme")
+        storage = Path(owned) if owned else (checkpoints[0].path.parent / "ray").absolute()
         name = f"train-{uuid.uuid4().hex[:8]}"
         for cb in trainer.callbacks:
             cb.on_train_begin(trainer)
