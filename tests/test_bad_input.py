@@ -1,11 +1,12 @@
 """Bad input through the real ``loopml`` command: one line naming the problem, exit 2, no traceback, no debris.
 
-Every case runs ``python -m loopml ...`` in a subprocess, in its own working directory and with its
-own ``LOOPML_CACHE_DIR``. Starting the CLI costs a few seconds of imports (torch, scikit-learn), so the
-module fixture ``runs`` starts every scenario the selected tests need at once, on a small thread pool
-(one subprocess per core), and each test waits for its own scenario and checks it. A scenario is a
-function that writes its input files into the working directory and returns the command lines to run,
-in order; every step records the exit code, stdout, stderr and the directory tree after it.
+Every case runs ``loopml ...`` in its own working directory and with its own ``LOOPML_CACHE_DIR``. The
+checks here are on messages, exit codes and files, so most scenarios run the CLI's ``main`` in this
+process (``cli_here``: no ~7 CPU-s of imports per command); the few in ``IN_SUBPROCESS`` run
+``python -m loopml`` as a real process, proving the one-line / no-traceback contract end to end, and
+start up front on a small thread pool. A scenario is a function that writes its input files into the
+working directory and returns the command lines to run, in order; every step records the exit code,
+stdout, stderr and the directory tree after it.
 """
 
 from __future__ import annotations
@@ -94,7 +95,12 @@ def scenario(name: str):
     return register
 
 
-def execute(name: str, base: Path, scenarios: dict | None = None) -> Run:
+Runner = Callable[[list[str], Path, Path], subprocess.CompletedProcess]
+#: scenarios run as a real ``python -m loopml`` process: a data error, a config error and the top-level help
+IN_SUBPROCESS = {"missing_file", "config_invalid_yaml", "help_top"}
+
+
+def execute(name: str, base: Path, scenarios: dict | None = None, runner: Runner = cli) -> Run:
     """Run scenario ``name`` (from ``scenarios``, by default this module's) in a fresh folder under ``base``."""
     cwd, cache = base / "work", base / "cache"
     cwd.mkdir(parents=True)
@@ -102,24 +108,49 @@ def execute(name: str, base: Path, scenarios: dict | None = None) -> Run:
     before = tree(cwd)
     steps = []
     for args in commands:
-        proc = cli(args, cwd, cache)
+        proc = runner(args, cwd, cache)
         steps.append(Step(args, proc.returncode, proc.stdout, proc.stderr, tree(cwd)))
     return Run(cwd, before, steps)
 
 
 class Runs:
-    """Scenario name -> Future[Run]; started up front so that the subprocesses overlap."""
+    """Scenario name -> Run, each run once per module. Those in ``in_subprocess`` start up front on the
+    pool (so that the processes overlap); the others run in this process when a test first asks,
+    through ``here``, the asking test's in-process runner."""
 
-    def __init__(self, factory: pytest.TempPathFactory, pool: ThreadPoolExecutor) -> None:
-        self.factory, self.pool, self.futures = factory, pool, {}
+    def __init__(self, factory: pytest.TempPathFactory, pool: ThreadPoolExecutor, scenarios: dict,
+                 in_subprocess: set[str]) -> None:
+        self.factory, self.pool, self.scenarios, self.in_subprocess = factory, pool, scenarios, in_subprocess
+        self.futures: dict = {}
+        self.done: dict[str, Run] = {}
+        self.here: Runner | None = None
 
     def start(self, name: str) -> None:
-        if name not in self.futures:
-            self.futures[name] = self.pool.submit(execute, name, self.factory.mktemp(name))
+        if name in self.in_subprocess and name not in self.futures:
+            self.futures[name] = self.pool.submit(execute, name, self.factory.mktemp(name), self.scenarios)
 
     def __getitem__(self, name: str) -> Run:
-        self.start(name)
-        return self.futures[name].result()
+        if name in self.in_subprocess:
+            self.start(name)
+            return self.futures[name].result()
+        if name not in self.done:
+            assert self.here is not None, "in-process scenarios need the function-scoped `runs` fixture"
+            self.done[name] = execute(name, self.factory.mktemp(name), self.scenarios, self.here)
+        return self.done[name]
+
+
+def in_process_runner(cli_here, monkeypatch: pytest.MonkeyPatch) -> Runner:
+    """``cli``'s environment for ``cli_here``; click names the program as ``python -m loopml`` would."""
+    import click.core
+    import click.utils
+
+    for module in (click.core, click.utils):
+        monkeypatch.setattr(module, "_detect_program_name", lambda *a, **k: "python -m loopml")
+
+    def run(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+        return cli_here(args, cwd, env={"LOOPML_CACHE_DIR": str(cache), "LOOPML_DEBUG": None, "COLUMNS": "200"})
+
+    return run
 
 
 def _wanted(items: list[pytest.Item]) -> list[str]:
@@ -136,15 +167,21 @@ def _wanted(items: list[pytest.Item]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+def module_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     workers = max(2, min(4, os.cpu_count() or 2))  # import-bound subprocesses: one per core
     with ThreadPoolExecutor(workers) as pool:
-        r = Runs(tmp_path_factory, pool)
+        r = Runs(tmp_path_factory, pool, SCENARIOS, IN_SUBPROCESS)
         for name in _wanted(request.session.items):
             r.start(name)
         yield r
         for future in r.futures.values():
             future.cancel()
+
+
+@pytest.fixture
+def runs(module_runs: Runs, cli_here, monkeypatch: pytest.MonkeyPatch) -> Runs:
+    module_runs.here = in_process_runner(cli_here, monkeypatch)
+    return module_runs
 
 
 def uses(*names: str):

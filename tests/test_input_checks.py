@@ -6,8 +6,9 @@ to mislead: the missing-target count, a class of one row, a one-row file, deeply
 a number target holding text, a damaged registry file. Each failure is exit 2 with one line on
 stderr, no traceback, and leaves the working directory as it was.
 
-As in test_bad_input, every scenario is a list of commands run in its own directory, and the
-module fixture starts them all at once on a small pool (CLI start-up is import-bound).
+As in test_bad_input, every scenario is a list of commands run in its own directory, once per module:
+in this process (``cli_here``) except those in ``IN_SUBPROCESS``, real ``python -m loopml`` processes
+started up front on a small pool (CLI start-up is import-bound).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_bad_input import TRAIN, Run, Step, assert_user_error, make_table
-from test_bad_input import execute as run_scenario
+from test_bad_input import TRAIN, Run, Runs, Step, assert_user_error, in_process_runner, make_table
 
 import loopml
 import loopml.config
@@ -35,23 +35,29 @@ def scenario(fn: Callable[[Path], list[list[str]]]) -> Callable[[Path], list[lis
     return fn
 
 
-def execute(name: str, base: Path) -> Run:
-    return run_scenario(name, base, SCENARIOS)
+#: real ``python -m loopml`` processes: a refused training file and a damaged store, end to end
+IN_SUBPROCESS = {"infinite", "damaged_store"}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory):
-    # the scenario with a training first: it is the longest, so it starts first
-    order = sorted(SCENARIOS, key=lambda n: n != "trained_model")
+def module_runs(tmp_path_factory: pytest.TempPathFactory):
     with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 2))) as pool:
-        futures = {name: pool.submit(execute, name, tmp_path_factory.mktemp(name)) for name in order}
-        yield {name: future for name, future in futures.items()}
-        for future in futures.values():
+        r = Runs(tmp_path_factory, pool, SCENARIOS, IN_SUBPROCESS)
+        for name in IN_SUBPROCESS:
+            r.start(name)
+        yield r
+        for future in r.futures.values():
             future.cancel()
 
 
-def run_of(runs: dict, name: str) -> Run:
-    return runs[name].result()
+@pytest.fixture
+def runs(module_runs: Runs, cli_here, monkeypatch: pytest.MonkeyPatch) -> Runs:
+    module_runs.here = in_process_runner(cli_here, monkeypatch)
+    return module_runs
+
+
+def run_of(runs: Runs, name: str) -> Run:
+    return runs[name]
 
 
 def assert_unchanged(run: Run, step: Step, before: set[str] | None = None) -> None:

@@ -209,7 +209,7 @@ def test_bad_input_is_one_line_and_writes_nothing(bundle, tmp_path, capsys):
     assert main(["package", str(bundle), "-o", str(taken), "--no-wheel", "--force"]) == 2
     assert main(["package", str(bundle), "-o", str(bundle), "--no-wheel", "--force"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "keep.txt" in err[0] and "manifest.json" in err[1], err
+    assert len(err) == 2 and "keep.txt" in err[0] and "config.yaml" in err[1], err
     assert [p.name for p in taken.iterdir()] == ["keep.txt"] and (bundle / "manifest.json").is_file()
     earlier = tmp_path / "earlier"
     assert main(["package", str(bundle), "-o", str(earlier), "--no-wheel"]) == 0

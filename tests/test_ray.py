@@ -156,3 +156,37 @@ def test_missing_ray_is_one_line_error_naming_the_extra(tmp_path, capsys, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: Ray is not installed: pip install loopml[ray]"] * 2
     assert not (tmp_path / "m").exists()
+
+
+@needs_ray
+def test_more_workers_than_local_cpus_is_refused_not_a_hang(cluster, tmp_path, capsys):
+    """Ray Train would wait forever for 1000 CPUs (and ignore Ctrl-C while aborting that wait)."""
+    data = tmp_path / "t.csv"
+    data.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
+    started = time.monotonic()
+    assert main(["train", "-d", str(data), "-t", "y", "--ray", "--workers", "1000", "--no-track",
+                 "-o", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers 1000" in err[0] and "--workers 2 or less" in err[0], err
+    assert time.monotonic() - started < 20 and not (tmp_path / "m").exists()
+
+
+def test_ray_storage_is_absolute_for_a_relative_output(tmp_path, monkeypatch):
+    """A relative -o made Ray read its storage_path as a URI: "URI has empty scheme: 'm.partial/ray'"."""
+    from types import SimpleNamespace
+
+    from loopml.train.callbacks import Checkpoint
+    from loopml.train.ray_train import RayLauncher, RaySettings
+
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def interrupted(self, trainer, train, val, storage, name):
+        seen.append(storage)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RayLauncher, "_run", interrupted)
+    trainer = SimpleNamespace(epoch=0, callbacks=[Checkpoint(Path("m.partial"))])
+    with pytest.raises(KeyboardInterrupt):
+        RayLauncher(RaySettings(None, 2)).fit(trainer, None, None)
+    assert seen == [tmp_path / "m.partial" / "ray"] and seen[0].is_absolute()

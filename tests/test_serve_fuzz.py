@@ -22,9 +22,13 @@ from test_serve import Server, registered  # noqa: F401  (the fixture)
 DEPTH = float(os.environ.get("LOOPML_FUZZ_DEPTH", "0.4"))
 #: generated cases per (operation, mode) at depth 1: schema-violating ones cost ~3x as much to generate
 FULL_BUDGET = {("POST /v1/models/{name}/predict", "negative"): 450, ("POST /v1/models/{name}/predict", "positive"): 650,
-               ("POST /v1/feedback", "negative"): 350, ("POST /v1/feedback", "positive"): 600}
+               ("POST /v1/feedback", "negative"): 350, ("POST /v1/feedback", "positive"): 600,
+               # the v2 (KServe open inference protocol) body: same model path as v1 predict, fewer cases
+               ("POST /v2/models/{name}/infer", "negative"): 60, ("POST /v2/models/{name}/infer", "positive"): 60}
 BUDGET = {k: max(1, round(v * DEPTH)) for k, v in FULL_BUDGET.items()}
-OTHER_BUDGET = 40
+#: every other operation (query or path parameters only: GET /v1/feedback/queue, GET /v2/models/{name}, ...)
+#: still fuzzed in both modes; 16 cases each at the default depth
+OTHER_BUDGET = max(1, round(40 * DEPTH))
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=12)
