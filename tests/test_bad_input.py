@@ -140,12 +140,11 @@ class Runs:
 
 
 def in_process_runner(cli_here, monkeypatch: pytest.MonkeyPatch) -> Runner:
-    """``cli``'s environment for ``cli_here``; click names the program as ``python -m loopml`` would."""
-    import click.core
-    import click.utils
+    """``cli``'s environment for ``cli_here``; typer (its own copy of click) names the program as
+    ``python -m loopml`` would, not after this interpreter's ``__main__``."""
+    import typer._click.utils
 
-    for module in (click.core, click.utils):
-        monkeypatch.setattr(module, "_detect_program_name", lambda *a, **k: "python -m loopml")
+    monkeypatch.setattr(typer._click.utils, "_detect_program_name", lambda *a, **k: "python -m loopml")
 
     def run(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
         return cli_here(args, cwd, env={"LOOPML_CACHE_DIR": str(cache), "LOOPML_DEBUG": None, "COLUMNS": "200"})

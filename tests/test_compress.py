@@ -198,3 +198,28 @@ def test_bad_values_are_one_line_errors_before_any_work(models, tmp_path, capsys
     assert main(["compress", str(root / "nope"), "--quantize", "fp16"]) == 2
     assert "model not found" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_the_model_folder_itself_is_never_the_output(tmp_path, capsys):
+    """`-o MODEL --force` (or a symlink to it, or a folder inside it) would delete the model being compressed."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    (tmp_path / "link").symlink_to(folder)
+    for output in (folder, tmp_path / "link", folder / "inner"):
+        assert main(["compress", str(folder), "--quantize", "fp16", "-o", str(output), "--force"]) == 2
+        assert "is the model's own folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--distill", "--student", "bag", "--prune", "0.5"], "prune the student"),
+    (["--distill", "--student", "bag", "--fine-tune-epochs", "1"], "prune the student"),
+    (["--quantize", "fp16", "--student", "bag"], "--student goes with --distill"),
+    (["--quantize", "fp16", "--alpha", "0.9"], "--alpha goes with --distill"),
+    (["--quantize", "fp16", "--fine-tune-epochs", "5"], "--fine-tune-epochs goes with --prune"),
+])
+def test_options_the_method_would_ignore_are_refused(tmp_path, capsys, args, words):
+    assert main(["compress", str(tmp_path), *args, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and err.count("\n") == 0 and not (tmp_path / "out").exists()

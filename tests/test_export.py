@@ -270,3 +270,17 @@ def test_image_columns_are_named_as_outside_the_example(models, exports, capsys)
     with pytest.raises(SystemExit) as stop:
         script.inputs(spec, {})
     assert "column 'photo' (image) is not covered by this example" in str(stop.value)
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "cannot read"), (b"", "is empty"), (b"x,color\n", "no rows to predict"),
+    (b"\xff\xfe\xb8junk\n1\n", "cannot read"),
+])
+def test_standalone_script_refuses_unreadable_files_in_one_line(exports, tmp_path, content, words):
+    rows = tmp_path / "rows.csv"
+    if content is not None:
+        rows.write_bytes(content)
+    folder = exports["binary", "onnx"].folder
+    run = subprocess.run([sys.executable, "-S", "-c", ISOLATED, "predict_onnx.py", str(rows)], cwd=folder,
+                         env=_isolated_env(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and words in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -282,6 +282,25 @@ def test_gate_passes_beats_and_fails(bundle, tmp_path, capsys):
     assert "no champion" in out.out and "fails" in out.out and "did you mean 'accuracy'" in out.err
 
 
+def test_gate_refuses_a_typo_nan_margin_and_a_bad_output(bundle, tmp_path, capsys):
+    from loopml.registry import Store
+
+    test_file = bundle.parent / "test.csv"
+    store = Store()
+    store.promote("churn", store.register("churn", path=bundle)["version"])
+    gate = ["gate", str(bundle), "--data", str(test_file)]
+    assert main([*gate, "--against", "chrun@production"]) == 2  # a typo is not "no champion yet"
+    assert main([*gate, "--against", "churn@prodution"]) == 2
+    assert main([*gate, "--against", "churn@production", "--margin", "nan"]) == 2
+    assert main([*gate, "--against", "churn@production", "-o", str(tmp_path / "missing" / "g.json")]) == 2
+    assert main([*gate, "--against", "churn@production", "-o", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
+    assert len(err) == 5 and all(line.startswith("error: ") for line in err), err
+    assert "did you mean 'churn'" in err[0] and "did you mean 'production'" in err[1] and "--margin" in err[2]
+    assert "passes" not in out.out and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_seed_registers_once(bundle):
     from loopml.deploy.seed import seed
     from loopml.registry import Store

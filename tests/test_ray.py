@@ -190,3 +190,53 @@ def test_ray_storage_is_absolute_for_a_relative_output(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         RayLauncher(RaySettings(None, 2)).fit(trainer, None, None)
     assert seen == [tmp_path / "m.partial" / "ray"] and seen[0].is_absolute()
+
+
+@needs_ray
+def test_malformed_ray_address_is_one_line(tmp_path, capsys, monkeypatch):
+    import ray
+
+    # Ray parses the address before it looks for a connection: the module's cluster may stay connected
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    data = tmp_path / "t.csv"
+    data.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
+    assert main(["train", "-d", str(data), "-t", "y", "--ray", "notanaddress", "--no-track",
+                 "-o", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: cannot connect to the Ray cluster at notanaddress: Invalid address format: notanaddress"]
+    assert not (tmp_path / "m").exists()
+
+
+def test_ctrl_c_during_a_ray_fit_is_an_interrupt_and_the_handler_comes_back():
+    """Ray Train's own handler exits 0 on the third Ctrl-C and outlives fit() (a later Ctrl-C restarted Ray)."""
+    import os
+    import signal
+
+    from loopml.train.ray_train import fit_interruptibly
+
+    aborted = []
+
+    class Controller:
+        class abort:  # noqa: N801 - Ray's ActorHandle.method.remote()
+            @staticmethod
+            def remote():
+                aborted.append(True)
+
+    class Run:
+        def fit(self):
+            self._register_sigint_handler(Controller())
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C mid-fit; the abort lets fit return
+            return "result"
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        fit_interruptibly(Run())
+    assert aborted == [True] and signal.getsignal(signal.SIGINT) is before
+
+    class Quiet(Run):
+        def fit(self):
+            self._register_sigint_handler(Controller())
+            return "result"
+
+    assert fit_interruptibly(Quiet()) == "result" and signal.getsignal(signal.SIGINT) is before

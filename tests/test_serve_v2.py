@@ -190,6 +190,7 @@ def _with(change) -> dict:
     (lambda b: b.update(outputs=[{"name": "labels"}]), ("unknown output 'labels'", "did you mean 'label'")),
     (lambda b: b.update(inputs=[]), ("non-empty array",)),
     (lambda b: b.update(id=5), ("id: a string",)),
+    (lambda b: b.update(outputs=[{"name": "label"}, {"name": "label"}]), ("output 'label' is asked for twice",)),
     (lambda b: [t.update(shape=[0], data=[]) for t in b["inputs"]], ("zero rows",)),
 ])
 def test_bad_tensors_are_400_naming_the_input(v2, change, words):
@@ -202,6 +203,8 @@ def test_hostile_bodies_never_reach_a_500(v2):
         _error(v2.post("/v2/models/a/infer", content=good.replace("0.3", constant)), 400, "not valid JSON", constant)
     _error(v2.post("/v2/models/a/infer", content=good.replace("0.3", "1e999")), 400, "element 1", "not a finite number")
     _error(v2.post("/v2/models/a/infer", content=good.replace('"red"', '"\\ud800"')), 400, "input 'color'", "surrogate")
+    lone = json.dumps({**_body(), "id": "a\ud800"})  # echoed, it would be a lone surrogate in the answer
+    _error(v2.post("/v2/models/a/infer", content=lone), 400, "id: a string of valid Unicode")
     _error(v2.post("/v2/models/a/infer", content=b"{not json"), 400, "not valid JSON")
     _error(v2.post("/v2/models/a/infer", content=b"[" * 5000 + b"]" * 5000), 400, "body")
     _error(v2.post("/v2/models/a/infer", json=[1, 2]), 400, "JSON object")

@@ -6,6 +6,7 @@ least the margin (or when there is no champion yet). Exit 0 pass, 1 fail, 2 bad 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -28,12 +29,15 @@ def gate(candidate: str, against: str, data: Path, metric: str = "accuracy", mar
         raise LoopmlError(f"--metric {metric!r} is not one of {', '.join(METRICS)}{did_you_mean(metric, METRICS)}")
     if not data.is_file():
         raise LoopmlError(f"--data file not found: {data}")
+    if not math.isfinite(margin):
+        raise LoopmlError(f"--margin must be a finite number (got {margin})")
     challenger = loopml.load(candidate, store=store)
     score = _metric(challenger.evaluate(data), metric, candidate)
     try:
         champion = loopml.load(against, store=store)
     except LoopmlError as e:
-        if "alias" not in str(e) and "no model" not in str(e):
+        # a near miss ("did you mean") is a typo in --against, not a first version: passing it would promote anything
+        if "alias" not in str(e) and "no model" not in str(e) or "(did you mean" in str(e):
             raise
         return {"passed": True, "reason": f"no champion ({e}): the first version passes", "metric": metric,
                 "candidate": score, "champion": None}
@@ -60,6 +64,8 @@ def gate_command(
     store: Annotated[str | None, typer.Option(help="Store URL (default: $LOOPML_STORE).")] = None,
 ) -> None:
     """Gate a candidate against the current production version; exit 1 when it does not pass."""
+    if output is not None and (output.is_dir() or not output.parent.is_dir()):
+        raise LoopmlError(f"--output {output} must be a file in an existing folder")
     decision = gate(candidate, against, data, metric, margin, store)
     if output is not None:
         tmp = output.with_name(f".{output.name}.tmp")

@@ -121,6 +121,15 @@ def _flatten(data: Any, shape: list[int], name: str) -> list:
     return flat
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate (``"\\ud800"``): it has no UTF-8 form to answer with."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_float(v: Any) -> bool:
     return (type(v) is float and math.isfinite(v)) or type(v) is int
 
@@ -220,8 +229,8 @@ def request_rows(plan: Plan, body: Any, max_records: int) -> tuple[list[dict], l
     if not body.keys() <= TOP_LEVEL_KEYS:
         extra = next(k for k in body if k not in TOP_LEVEL_KEYS)
         raise _fail(f"body: unknown field '{extra}'{did_you_mean(extra, TOP_LEVEL)}")
-    if "id" in body and type(body["id"]) is not str:
-        raise _fail("id: a string is expected")
+    if "id" in body and (type(body["id"]) is not str or not _is_unicode(body["id"])):
+        raise _fail("id: a string of valid Unicode text is expected (it is echoed in the answer)")
     if type(body.get("parameters", {})) is not dict:
         raise _fail("parameters: an object is expected")
     inputs = body.get("inputs")
@@ -255,6 +264,9 @@ def _requested_outputs(plan: Plan, outputs: Any) -> list[str] | None:
     if type(outputs) is not list or not all(type(o) is dict and type(o.get("name")) is str for o in outputs):
         raise _fail("outputs: an array of objects with a string 'name' is expected")
     names = [o["name"] for o in outputs]
+    if len(set(names)) < len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise _fail(f"output '{twice[:60]}' is asked for twice")
     for name in names:
         if name not in plan.outputs:
             raise _fail(f"unknown output '{name}'{did_you_mean(name, plan.outputs)} (outputs: {', '.join(plan.outputs)})")

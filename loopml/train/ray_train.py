@@ -26,8 +26,11 @@ import contextlib
 import json
 import math
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +76,10 @@ def ray_cluster(address: str | None, num_cpus: int | None = None) -> Iterator[No
 
             ray.init(num_cpus=num_cpus or available_cpus(), **quiet)
         else:
-            ray.init(address=address, **quiet)
-    except ConnectionError as e:
+            with warnings.catch_warnings():  # Ray Client's timeout warning would repeat the error below
+                warnings.simplefilter("ignore", UserWarning)
+                ray.init(address=address, **quiet)
+    except (ConnectionError, ValueError) as e:  # ValueError: a malformed address, or ray:// without ray[client]
         ray.shutdown()
         raise LoopmlError(f"cannot connect to the Ray cluster at {address}: {str(e).strip().splitlines()[0]}") from None
     try:
@@ -210,7 +215,39 @@ class RayLauncher:
             run_config=RunConfig(name=name, storage_path=str(storage), failure_config=FailureConfig(max_failures=0),
                                  checkpoint_config=CheckpointConfig(num_to_keep=1)),
         )
+        return fit_interruptibly(run)
+
+
+def fit_interruptibly(run) -> Any:
+    """``run.fit()`` where Ctrl-C is a KeyboardInterrupt (exit 130). Ray Train's own SIGINT handler exits 0
+    on the third Ctrl-C and stays installed after ``fit``: a later Ctrl-C then restarted a Ray instance to
+    abort a controller long gone. Here the first Ctrl-C asks the controller to abort, a second one interrupts
+    at once, and the previous handler is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # no signals there (Ray skips its handler too)
         return run.fit()
+    previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler
+    interrupted: list[int] = []
+
+    def register(controller) -> None:
+        def on_sigint(signum, frame) -> None:
+            interrupted.append(signum)
+            signal.signal(signal.SIGINT, previous)
+            controller.abort.remote()  # stops the workers; fit() then returns or raises
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+    run._register_sigint_handler = register  # Ray 2.60's hook (pinned in the extra)
+    try:
+        result = run.fit()
+    except Exception:  # what an aborted run raises is Ray's choice; after a Ctrl-C it is the interrupt
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def encode_state(state: dict) -> dict:

@@ -48,10 +48,19 @@ def read_csv(path: str, spec: dict) -> dict[str, list[str | None]]:
     """Each column's cells as text, None where missing (the same strings pandas reads as missing)."""
     options = spec["csv"]
     missing = set(options["missing"])
-    with open(path, encoding=options["encoding"], newline="") as f:
-        reader = csv.reader(f, delimiter=options["delimiter"], skipinitialspace=options["skip_initial_space"])
-        header = [h.strip() for h in next(reader)]
-        rows = [row for row in reader if row]
+    try:
+        with open(path, encoding=options["encoding"], newline="") as f:
+            reader = csv.reader(f, delimiter=options["delimiter"], skipinitialspace=options["skip_initial_space"])
+            header = [h.strip() for h in next(reader, [])]
+            rows = [row for row in reader if row]
+    except OSError as e:
+        sys.exit(f"error: cannot read {path}: {e.strerror}")
+    except (UnicodeDecodeError, csv.Error) as e:
+        sys.exit(f"error: cannot read {path} as {options['encoding']} CSV ({str(e)[:120]})")
+    if not header:
+        sys.exit(f"error: {path} is empty (no header row)")
+    if not rows:
+        sys.exit(f"error: {path} has a header but no rows to predict")
     wanted = [c["name"] for c in spec["columns"]]
     absent = [c for c in wanted if c not in header]
     if absent:
