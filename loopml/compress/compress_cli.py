@@ -9,7 +9,7 @@ trade-off table, one line per row.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -56,10 +56,8 @@ def compress_command(
 ) -> None:
     """Quantise or prune a network model into a new, smaller model, with its measured trade-off (size, latency, metric)."""
     import loopml
-    from loopml.compress.quantize import check_method, check_output, check_quantizable, compress
+    from loopml.compress.quantize import check_method, check_quantizable, compress
     from loopml.errors import LoopmlError
-    from loopml.registry import Store
-    from loopml.registry.store import REF, check_name
 
     _check_combination(distill=distill, quantize=quantize, prune=prune, structured=structured,
                        fine_tune_epochs=fine_tune_epochs, student=student, unlabelled=unlabelled,
@@ -83,23 +81,7 @@ def compress_command(
         label = label_of(check_fraction(prune), structured, method)
     elif structured:
         raise LoopmlError("--structured goes with --prune FRACTION")
-    if register is not None:
-        check_name(register)
-    registered = not Path(model).exists() and REF.match(model) is not None
-    if not registered and not Path(model).is_dir():
-        raise LoopmlError(f"model not found: {model} (a model directory, or NAME@alias / NAME:version)")
-    if output is None and not registered:
-        output = Path(model).resolve().with_name(f"{Path(model).resolve().name}-{label}")
-    if output is not None:
-        check_output(output, force, None if registered else Path(model))
-    opened = Store(store, artifacts) if registered or register is not None else None
-    if registered:
-        version = opened.resolve(model)
-        folder, source = Path(version["path"]), {"name": version["name"], "version": int(version["version"])}
-        output = output or Path("compressed") / f"{version['name']}-v{version['version']}-{label}"
-        check_output(output, force, folder)
-    else:
-        folder, source = Path(model), {"folder": Path(model).resolve().name}
+    folder, source, output, opened = open_source(model, label, output, force, register, store, artifacts)
     original = loopml.load(folder)
     if prune is not None:
         from loopml.compress.prune import check_prunable, compress_pruned
@@ -112,11 +94,43 @@ def compress_command(
         check_quantizable(original)
         result = compress(original, folder, source, method, output, force=force, data=data, store=opened,
                           register=register, echo=typer.echo)
-    typer.echo(f"compressed model: {result.path} (trade-off table in compress.json and report.html there)")
+    echo_result(result, "compressed model", typer.echo)
+
+
+def open_source(model: str, label: str, output: Path | None, force: bool, register: str | None, store: str | None,
+                artifacts: str | None) -> tuple[Path, dict, Path, Any]:
+    """(model folder, what it is, output folder, store or None) for MODEL (a folder, or NAME@alias / NAME:version),
+    every check done before the model is loaded; the default output is named after the model and ``label``."""
+    from loopml.compress.quantize import check_output
+    from loopml.errors import LoopmlError
+    from loopml.registry import Store
+    from loopml.registry.store import REF, check_name
+
+    if register is not None:
+        check_name(register)
+    registered = not Path(model).exists() and REF.match(model) is not None
+    if not registered and not Path(model).is_dir():
+        raise LoopmlError(f"model not found: {model} (a model directory, or NAME@alias / NAME:version)")
+    if output is None and not registered:
+        output = Path(model).resolve().with_name(f"{Path(model).resolve().name}-{label}")
+    if output is not None:
+        check_output(output, force, None if registered else Path(model))
+    opened = Store(store, artifacts) if registered or register is not None else None
+    if not registered:
+        return Path(model), {"folder": Path(model).resolve().name}, output, opened
+    version = opened.resolve(model)
+    folder = Path(version["path"])
+    output = output or Path("compressed") / f"{version['name']}-v{version['version']}-{label}"
+    check_output(output, force, folder)
+    return folder, {"name": version["name"], "version": int(version["version"])}, output, opened
+
+
+def echo_result(result, what: str, echo: Any) -> None:
+    echo(f"{what}: {result.path} (trade-off table in compress.json and report.html there)")
     if result.version is not None:
         parent = result.version.get("parent_version")
-        typer.echo(f"registered {result.version['name']}:{result.version['version']}"
-                   + (f" (parent version {parent})" if parent else ""))
+        echo(f"registered {result.version['name']}:{result.version['version']}"
+             + (f" (parent version {parent})" if parent else ""))
 
 
 def _check_combination(*, distill: bool, quantize: str | None, prune: float | None, structured: bool,

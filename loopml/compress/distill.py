@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -227,59 +226,26 @@ def write_student(teacher, folder: Path, source: dict, fitted, name: str, output
                   *, force: bool = False, store: Any = None, register: str | None = None,
                   rounds: dict[int, int] | None = None, echo: Any = None, threads: int = 1):
     """The trade-off table (teacher vs the fitted student, on the teacher's test rows) and the student's bundle."""
-    from loopml.bundle import model_documents, write_bundle
+    from loopml.compress.output import register_model, sizes, write_model
     from loopml.compress.quantize import Compressed
-    from loopml.compress.tradeoff import lines, network_bytes, tradeoff
+    from loopml.compress.tradeoff import network_bytes, tradeoff
 
     test_split = "test" if len(frames.get("test", [])) else "validation"
     method = f"distill-{name}"
     with tempfile.TemporaryDirectory(prefix="loopml-distill-") as work:
         fitted.learner.save(Path(work))
         student_network = network_bytes(Path(work), ["model.safetensors"])
-    documents, _ = model_documents(fitted)
     facts = {"method": method, "student": name, "from": source, **fitted.info["distillation"]}
-    sizes = {"method": method,
-             "original_network_bytes": network_bytes(folder, teacher.info["manifest"].get("learner_files",
-                                                                                          ["model.safetensors"])),
-             "original_bundle_bytes": network_bytes(folder, list(teacher.info["manifest"].get("files", {}))),
-             "compressed_network_bytes": student_network,
-             "compressed_bundle_bytes": sum(len(t.encode()) for t in documents.values()) + student_network}
+    new_sizes = sizes(method, folder, teacher.info["manifest"], fitted, student_network)
     labels = (f"teacher ({facts['teacher_learner']})", f"student ({name}, distilled)")
-    table = {**tradeoff(teacher, fitted, frames[test_split], test_split, sizes, rounds=rounds, threads=threads,
+    table = {**tradeoff(teacher, fitted, frames[test_split], test_split, new_sizes, rounds=rounds, threads=threads,
                         labels=labels), "facts": facts}
-    fitted.evaluation["compression"] = table
-    documents, manifest = model_documents(fitted)
-    manifest["distillation"] = facts
-
-    def extras(where: Path) -> None:
-        (where / "compress.json").write_text(json.dumps(table, indent=2), encoding="utf-8")
-        fitted.report(where / "report.html", name=output.name)
-
-    written = write_bundle(output, documents, manifest, overwrite=force, learner_files=fitted.learner.save,
-                           extras=extras)
-    for line in lines(table):
-        (echo or print)(line)
+    written = write_model(fitted, table, "distillation", facts, output, force=force, echo=echo)
     version = None
     if register is not None:
-        if store is None:
-            from loopml.registry import Store
-
-            store = Store()
-        version = register_student(store, register, written, source, method)
+        version = register_model(store, register, written, source, method=method, kind="distilled",
+                                 learner="network", retrains_as=None)
     return Compressed(written, table, version)
-
-
-def register_student(store: Any, name: str, folder: Path, source: dict, method: str) -> dict:
-    """A new version of ``name``; its parent is the teacher's version when the teacher is a version of ``name``."""
-    from loopml.registry.store import check_name
-
-    check_name(name)
-    parent = source.get("version") if source.get("name") == name else None
-    lineage = {"reason": f"distilled ({method})", "distilled_from": {k: v for k, v in source.items() if k != "path"},
-               "method": method, "learner": "network"}
-    where = f"{source['name']}:{source['version']}" if source.get("name") else source.get("folder", "a model folder")
-    return store.register(name, path=folder, description=f"{method} student of {where}", parent_version=parent,
-                          lineage=lineage)
 
 
 def distill_command(model: str, student: str | None, *, unlabelled: str | None, temperature: float, alpha: float,
@@ -287,9 +253,7 @@ def distill_command(model: str, student: str | None, *, unlabelled: str | None, 
                     artifacts: str | None, echo: Any) -> None:
     """``loopml compress MODEL --distill ...``: arguments checked before anything is loaded, then ``distill``."""
     import loopml
-    from loopml.compress.quantize import check_output
-    from loopml.registry import Store
-    from loopml.registry.store import REF, check_name
+    from loopml.compress.compress_cli import echo_result, open_source
 
     if student is None:
         raise LoopmlError(f"--distill needs --student: one of {', '.join(STUDENTS)}, or a YAML training config file")
@@ -300,29 +264,9 @@ def distill_command(model: str, student: str | None, *, unlabelled: str | None, 
         raise LoopmlError(f"--temperature must be positive, not {temperature:g}")
     if unlabelled is not None and not Path(unlabelled).is_file():
         raise LoopmlError(f"unlabelled file not found: {unlabelled}")
-    if register is not None:
-        check_name(register)
     method = f"distill-{student_name(student)}"
-    registered = not Path(model).exists() and REF.match(model) is not None
-    if not registered and not Path(model).is_dir():
-        raise LoopmlError(f"model not found: {model} (a model directory, or NAME@alias / NAME:version)")
-    if output is None and not registered:
-        output = Path(model).resolve().with_name(f"{Path(model).resolve().name}-{method}")
-    if output is not None:
-        check_output(output, force, None if registered else Path(model))
-    opened = Store(store, artifacts) if registered or register is not None else None
-    if registered:
-        version = opened.resolve(model)
-        folder, source = Path(version["path"]), {"name": version["name"], "version": int(version["version"])}
-        output = output or Path("compressed") / f"{version['name']}-v{version['version']}-{method}"
-        check_output(output, force, folder)
-    else:
-        folder, source = Path(model), {"folder": Path(model).resolve().name}
+    folder, source, output, opened = open_source(model, method, output, force, register, store, artifacts)
     teacher = loopml.load(folder)
     result = distill(teacher, folder, source, student, output, unlabelled=unlabelled, temperature=temperature,
                      alpha=alpha, force=force, data=data, store=opened, register=register, echo=echo)
-    echo(f"distilled model: {result.path} (trade-off table in compress.json and report.html there)")
-    if result.version is not None:
-        parent = result.version.get("parent_version")
-        echo(f"registered {result.version['name']}:{result.version['version']}"
-             + (f" (parent version {parent})" if parent else ""))
+    echo_result(result, "distilled model", echo)

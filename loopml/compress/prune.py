@@ -26,7 +26,6 @@ training config, early stopping on its validation split (its monitored metric, t
 from __future__ import annotations
 
 import copy
-import json
 import math
 import warnings
 from pathlib import Path
@@ -246,7 +245,7 @@ def compress_pruned(model, folder: Path, source: dict, fraction: float, output: 
                     rounds: dict[int, int] | None = None, echo: Any = None, threads: int = 1):
     """Prune ``model`` (read from ``folder``), fine-tune it, optionally quantise it, and write the bundle ``output``
     with its trade-off table against ``model`` (compress.json, the report); prints the table, one line per row."""
-    from loopml.bundle import model_documents, write_bundle
+    from loopml.compress.output import register_model, remeasure, sizes, write_model
     from loopml.compress.quantize import (
         Compressed,
         _copy_with_graph,
@@ -256,7 +255,7 @@ def compress_pruned(model, folder: Path, source: dict, fraction: float, output: 
         quantize_graph,
         temporary_workdir,
     )
-    from loopml.compress.tradeoff import lines, network_bytes, tradeoff
+    from loopml.compress.tradeoff import tradeoff
     from loopml.learners.base import Context
     from loopml.learners.onnx_network import OnnxNetworkLearner
 
@@ -287,54 +286,17 @@ def compress_pruned(model, folder: Path, source: dict, fraction: float, output: 
         files.mkdir()
         compressed.learner.save(files)  # its own files (the original's network bytes are its learner files too)
         learner_bytes = sum(p.stat().st_size for p in files.rglob("*") if p.is_file())
-    for split, frame in frames.items():  # its own metrics, on the original's splits
-        if split in model.metrics and len(frame):
-            ev = compressed.evaluation_of(frame, split)
-            compressed.metrics[split] = ev["metrics"]
-            if split in compressed.evaluation.get("evaluations", {}):
-                compressed.evaluation["evaluations"][split] = ev
-    documents, _ = model_documents(compressed)
-    manifest = model.info["manifest"]
-    sizes = {"method": label,
-             "original_network_bytes": network_bytes(folder, manifest.get("learner_files", ["model.safetensors"])),
-             "original_bundle_bytes": network_bytes(folder, list(manifest.get("files", {}))),
-             "compressed_network_bytes": learner_bytes,
-             "compressed_bundle_bytes": sum(len(t.encode()) for t in documents.values()) + learner_bytes}
+    remeasure(compressed, model, frames)
+    new_sizes = sizes(label, folder, model.info["manifest"], compressed, learner_bytes)
     engine = "onnxruntime" if quantize is not None else "torch fp32"
-    table = {**tradeoff(model, compressed, test, test_split, sizes, rounds=rounds, threads=threads,
+    table = {**tradeoff(model, compressed, test, test_split, new_sizes, rounds=rounds, threads=threads,
                         labels=("original (torch fp32)", f"compressed ({label}, {engine})")),
              "facts": facts, "pruning": {**{k: facts[k] for k in ("kind", "fraction", "original", "pruned", "parameter_ratio")},
                                          "summary": fact_lines(facts)[0]}}
-    compressed.evaluation["compression"] = table
-    documents, manifest_entries = model_documents(compressed)
-    manifest_entries["compression"] = facts
-
-    def extras(folder: Path) -> None:
-        (folder / "compress.json").write_text(json.dumps(table, indent=2), encoding="utf-8")
-        compressed.report(folder / "report.html", name=output.name)
-
-    written = write_bundle(output, documents, manifest_entries, overwrite=force, learner_files=compressed.learner.save,
-                           extras=extras)
-    for line in lines(table) + fact_lines(facts):
-        (echo or print)(line)
+    written = write_model(compressed, table, "compression", facts, output, force=force, echo=echo,
+                          more_lines=fact_lines(facts))
     version = None
     if register is not None:
-        if store is None:
-            from loopml.registry import Store
-
-            store = Store()
-        version = register_pruned(store, register, written, source, label, compressed.learner.registered_name)
+        version = register_model(store, register, written, source, method=label, kind="compressed",
+                                 learner=compressed.learner.registered_name)
     return Compressed(written, table, version)
-
-
-def register_pruned(store: Any, name: str, folder: Path, source: dict, label: str, learner: str) -> dict:
-    """A new version of ``name``; its parent is the original's version when the original is a version of ``name``."""
-    from loopml.registry.store import check_name
-
-    check_name(name)
-    parent = source.get("version") if source.get("name") == name else None
-    lineage = {"reason": f"compressed ({label})", "compressed_from": {k: v for k, v in source.items() if k != "path"},
-               "method": label, "learner": learner, "retrains_as": "network"}
-    where = f"{source['name']}:{source['version']}" if source.get("name") else source.get("folder", "a model folder")
-    return store.register(name, path=folder, description=f"{label} compression of {where}", parent_version=parent,
-                          lineage=lineage)

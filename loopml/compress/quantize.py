@@ -262,10 +262,8 @@ def compress(model, folder: Path, source: dict, method: str, output: Path, *, fo
              echo: Any = None, threads: int = 1) -> Compressed:
     """Quantise ``model`` (read from ``folder``; ``source`` says what it is: name and version, or the folder's
     name) into the new bundle ``output``; prints the trade-off table, one line per row."""
-    import json
-
-    from loopml.bundle import model_documents, write_bundle
-    from loopml.compress.tradeoff import lines, network_bytes, tradeoff
+    from loopml.compress.output import register_model, remeasure, sizes, write_model
+    from loopml.compress.tradeoff import tradeoff
     from loopml.learners.base import Context
     from loopml.learners.onnx_network import OnnxNetworkLearner
 
@@ -282,39 +280,14 @@ def compress(model, folder: Path, source: dict, method: str, output: Path, *, fo
         quantized = quantize_graph(model, method, frames["train"], Path(work))
     facts = {**quantized.facts, "from": source}
     compressed = _copy_with_graph(model, quantized, method, facts, OnnxNetworkLearner, Context)
-    for split, frame in frames.items():  # its own metrics, on the original's splits
-        if split in model.metrics and len(frame):
-            ev = compressed.evaluation_of(frame, split)
-            compressed.metrics[split] = ev["metrics"]
-            if split in compressed.evaluation.get("evaluations", {}):
-                compressed.evaluation["evaluations"][split] = ev
-    # bundle bytes: the model's own (hashed) files, without the manifest and the report
-    original_files = list(model.info["manifest"].get("files", {}))
-    documents, _ = model_documents(compressed)
-    sizes = {"method": method, "original_network_bytes": network_bytes(folder, model.info["manifest"].get(
-                 "learner_files", ["model.safetensors"])), "original_bundle_bytes": network_bytes(folder, original_files),
-             "compressed_network_bytes": len(quantized.onnx_bytes),
-             "compressed_bundle_bytes": sum(len(t.encode()) for t in documents.values()) + len(quantized.onnx_bytes)}
-    table = {**tradeoff(model, compressed, test, test_split, sizes, rounds=rounds, threads=threads), "facts": facts}
-    compressed.evaluation["compression"] = table
-    documents, manifest = model_documents(compressed)
-    manifest["compression"] = facts
-
-    def extras(folder: Path) -> None:
-        (folder / "compress.json").write_text(json.dumps(table, indent=2), encoding="utf-8")
-        compressed.report(folder / "report.html", name=output.name)
-
-    written = write_bundle(output, documents, manifest, overwrite=force, learner_files=compressed.learner.save,
-                           extras=extras)
-    for line in lines(table):
-        (echo or print)(line)
+    remeasure(compressed, model, frames)
+    new_sizes = sizes(method, folder, model.info["manifest"], compressed, len(quantized.onnx_bytes))
+    table = {**tradeoff(model, compressed, test, test_split, new_sizes, rounds=rounds, threads=threads), "facts": facts}
+    written = write_model(compressed, table, "compression", facts, output, force=force, echo=echo)
     version = None
     if register is not None:
-        if store is None:
-            from loopml.registry import Store
-
-            store = Store()
-        version = register_compressed(store, register, written, source, method)
+        version = register_model(store, register, written, source, method=method, kind="compressed",
+                                 learner="onnx_network")
     return Compressed(written, table, version)
 
 
@@ -331,16 +304,3 @@ def _copy_with_graph(model, quantized: Quantized, method: str, facts: dict, lear
     out.learner = learner_cls.from_graph(quantized.onnx_bytes, method, model.learner.task,
                                          context_cls(model.config, model.preprocessor), facts, quantized.trim)
     return out
-
-
-def register_compressed(store: Any, name: str, folder: Path, source: dict, method: str) -> dict:
-    """A new version of ``name``; its parent is the original's version when the original is a version of ``name``."""
-    from loopml.registry.store import check_name
-
-    check_name(name)
-    parent = source.get("version") if source.get("name") == name else None
-    lineage = {"reason": f"compressed ({method})", "compressed_from": {k: v for k, v in source.items() if k != "path"},
-               "method": method, "learner": "onnx_network", "retrains_as": "network"}
-    where = f"{source['name']}:{source['version']}" if source.get("name") else source.get("folder", "a model folder")
-    return store.register(name, path=folder, description=f"{method} compression of {where}", parent_version=parent,
-                          lineage=lineage)
