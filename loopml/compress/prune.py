@@ -49,13 +49,9 @@ def check_fraction(value: float) -> float:
 
 def check_prunable(model) -> None:
     """Only a network has weights to prune: anything else is a one-line error saying what is supported."""
-    if getattr(model, "network", None) is None:
-        from loopml.serve.runner import learner_name
+    from loopml.compress.quantize import require_network
 
-        name = learner_name(model)
-        already = " (already compressed to an ONNX graph: prune the original)" if name == "onnx_network" else ""
-        raise LoopmlError(f"pruning needs a network; this is a {name} model{already}; supported: the network learner "
-                          "(learner: network: MLPs and text, image or audio encoders)")
+    require_network(model, "pruning", " (already compressed to an ONNX graph: prune the original)")
 
 
 def label_of(fraction: float, structured: bool, method: str | None = None) -> str:

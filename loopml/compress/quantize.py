@@ -63,13 +63,17 @@ def check_method(value: str) -> str:
 
 def check_quantizable(model) -> None:
     """Only a network has a graph to quantise: anything else is a one-line error naming what it is."""
+    require_network(model, "quantisation", " (already compressed: compress the original)")
+
+
+def require_network(model, method: str, already: str) -> None:
+    """A one-line error unless ``model`` is a network (``already``: said of an ONNX-compressed one)."""
     if getattr(model, "network", None) is None:
         from loopml.serve.runner import learner_name
 
         name = learner_name(model)
-        already = " (already compressed: compress the original)" if name == "onnx_network" else ""
-        raise LoopmlError(f"quantisation needs a network; this is a {name} model{already}; supported: the network "
-                          "learner (learner: network: MLPs and text, image or audio encoders)")
+        raise LoopmlError(f"{method} needs a network; this is a {name} model{already if name == 'onnx_network' else ''}; "
+                          "supported: the network learner (learner: network: MLPs and text, image or audio encoders)")
 
 
 @dataclass

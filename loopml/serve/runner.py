@@ -28,6 +28,7 @@ from loopml.data.validate import NUMBER_RANGE
 from loopml.errors import LoopmlError
 from loopml.features.pipeline import records_frame  # the one JSON -> frame path
 from loopml.plugins import Registry
+from loopml.train.device import autocast, to_device
 
 
 def learner_name(model) -> str:
@@ -131,8 +132,6 @@ class TorchRunner(Runner):
 
     def __init__(self, model, threads: int | None = None, media_root: str | os.PathLike | None = None,
                  onnx_path: str | os.PathLike | None = None, device: torch.device | None = None) -> None:
-        from loopml.train.device import to_device
-
         super().__init__(model, threads, media_root, onnx_path)
         if threads:
             torch.set_num_threads(threads)
@@ -151,8 +150,6 @@ class TorchRunner(Runner):
         return self.pre.transform(frame)
 
     def outputs(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-        from loopml.train.device import autocast, to_device
-
         with torch.inference_mode(), autocast(self.device, self.precision):
             return self.model.network(to_device(inputs, self.device)).float().cpu().numpy()
 
