@@ -19,6 +19,10 @@ encoders, default settings otherwise):
 ``--augment N``: N extra unlabelled rows made from the teacher's *training* texts only (random word
 dropout and n-gram windows, as in Tang et al. 2019), labelled by the teacher: no validation or test
 text is used. Acceptance (issue 15): a student >= 0.89 test accuracy at >= 10x lower batch-1 latency.
+``--inits teacher-tokens teacher-input``: one student per init (``loopml compress --student-init``:
+token embeddings from the teacher, its tokenizer; loopml/compress/static_embeddings.py), each with the
+whole grid; ``--dim D``: the students' embedding width (the init's PCA width; default: 256 with a teacher
+init, loopml's 64 without). Alpha 1 in the grid is the hard-label run of the same student.
 ``--teacher linear``: a cheap non-network teacher (loopml's TF-IDF + linear SVM learner) on the same
 split, for the "any loopml model" path; results then go to distill_linear.json / .md.
 Results: bench/results/distill.json and distill.md.
@@ -145,23 +149,36 @@ def scratch_run(kind: str, teacher_model, frames: dict, training: dict) -> dict:
     return out
 
 
+def with_width(config, dim: int | None):
+    """``config`` with its text encoders' embedding width set to ``dim`` (None: as it is)."""
+    from loopml.compress.static_embeddings import WIDTH_SETTING
+
+    if dim is None:
+        return config
+    features = {c: f.model_copy(update={"encoder": f.encoder.model_copy(update={WIDTH_SETTING[f.encoder.type]: dim})})
+                if getattr(getattr(f, "encoder", None), "type", None) in WIDTH_SETTING else f
+                for c, f in config.features.items()}
+    return config.model_copy(update={"features": features})
+
+
 def run_student(kind: str, teacher_model, frames: dict, grid: list[tuple[float, float]], extra, training: dict,
-                scratch_too: bool = True) -> dict:
+                scratch_too: bool = True, init: str = "random", dim: int | None = None) -> dict:
     from loopml.compress.distill import fit_student, student_config
 
-    entry: dict = {"runs": []}
+    entry: dict = {"runs": [], "init": init, "dim": dim}
     if scratch_too:
         entry["scratch"] = scratch_run(kind, teacher_model, frames, training)
     best = None
+    label = kind if init == "random" else f"{kind}+{init}"
     for temperature, alpha in grid:
         start = time.perf_counter()
-        config = student_config(kind, teacher_model, temperature, alpha, training)
-        fitted = fit_student(teacher_model, config, frames, extra)
+        config = with_width(student_config(kind, teacher_model, temperature, alpha, training, init), dim)
+        fitted = fit_student(teacher_model, config, frames, extra, init=init)
         run = {"temperature": temperature, "alpha": alpha, "validation_accuracy": accuracy(fitted, "validation"),
                "test_accuracy": accuracy(fitted, "test"), "epochs_run": fitted.info["training"]["epochs_run"],
                "seconds": time.perf_counter() - start}
         entry["runs"].append(run)
-        print(f"{kind} distilled T={temperature:g} alpha={alpha:g}: validation {run['validation_accuracy']:.4f}, test "
+        print(f"{label} distilled T={temperature:g} alpha={alpha:g}: validation {run['validation_accuracy']:.4f}, test "
               f"{run['test_accuracy']:.4f} ({run['seconds']:.0f}s, {run['epochs_run']} epochs)", flush=True)
         if best is None or run["validation_accuracy"] > best[0]["validation_accuracy"]:
             best = (run, fitted)
@@ -223,6 +240,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few latency rounds: a smoke run")
     parser.add_argument("--no-scratch", action="store_true", help="skip the scratch (hard labels only) students")
     parser.add_argument("--tag", default="", help="appended to the results' file names (distill_TAG.json)")
+    parser.add_argument("--inits", nargs="+", default=["random"],
+                        choices=["random", "teacher-tokens", "teacher-input"],
+                        help="where the students' token embeddings start (loopml compress --student-init)")
+    parser.add_argument("--dim", type=int, default=None, help="the students' embedding width (default: loopml's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not realdata.available("ag_news_test"):
@@ -245,19 +266,22 @@ def main() -> None:
         "teacher": {"kind": args.teacher, "model": TEACHER_NAMES[args.teacher],
                     "test_accuracy": accuracy(teacher_model, "test"),
                     "validation_accuracy": accuracy(teacher_model, "validation"), "fit_seconds": teacher_seconds},
+        "dim": args.dim, "inits": args.inits,
         "split": "default (stratified, test 0.2), seed 42", "rounds": {str(k): v for k, v in rounds.items()},
         "students": {}, "acceptance_thresholds": ACCEPT,
     }
-    for kind in args.students:
-        entry = run_student(kind, teacher_model, frames, parse_grid(args.grid), extra, training, not args.no_scratch)
+    for kind, init in [(k, i) for k in args.students for i in args.inits]:
+        label = kind if init == "random" else f"{kind}+{init}"
+        entry = run_student(kind, teacher_model, frames, parse_grid(args.grid), extra, training,
+                            not args.no_scratch and init == args.inits[0], init, args.dim)
         fitted = entry.pop("_fitted")
-        done = write_student(teacher_model, folder, {"folder": "ag_news_test fine-tuned MiniLM"}, fitted, kind,
-                             CACHE / f"student-{kind}-from-{args.teacher}", frames, force=True, rounds=rounds, threads=1)
+        done = write_student(teacher_model, folder, {"folder": "ag_news_test fine-tuned MiniLM"}, fitted, label,
+                             CACHE / f"student-{label}-from-{args.teacher}", frames, force=True, rounds=rounds, threads=1)
         entry["tradeoff"] = done.table
         q, student_row = done.table["ratios"], done.table["rows"][1]
         entry["acceptance"] = {"accuracy": student_row["value"] >= ACCEPT["accuracy"],
                                "faster_batch1": q["faster_batch1"] >= ACCEPT["faster_batch1"]}
-        result["students"][kind] = entry
+        result["students"][label] = entry
         result["teacher_scoring"] = dict(stats)
         write_result(name, result)
         (RESULTS / f"{name}.md").write_text(markdown(result))

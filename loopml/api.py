@@ -147,8 +147,12 @@ class Model:
         return recorded if isinstance(recorded, str) and self._store.resume_run(recorded) else None
 
     def metrics_summary(self) -> dict:
-        """The scalar metrics per split (what the registry keeps)."""
-        return {split: {k: v for k, v in m.items() if isinstance(v, (int, float))} for split, m in self.metrics.items()}
+        """The scalar metrics per split (what the registry keeps); with target.synthesize, train.synthesized_rows."""
+        out = {split: {k: v for k, v in m.items() if isinstance(v, (int, float))} for split, m in self.metrics.items()}
+        synthesized = (self.info or {}).get("training", {}).get("synthesized")
+        if synthesized is not None:
+            out["train"] = {"synthesized_rows": synthesized["rows"]}
+        return out
 
     def _prepare(self, data, validation, test, cache_dir) -> Prepared:
         prepared = prepare(self.config, data, validation, test,
@@ -157,6 +161,11 @@ class Model:
         target_cfg = self.config.target
         if target_cfg.sampling != "none" and self.schema.target_kind == "number":
             raise LoopmlError("target.sampling is for classification; this target is a number")
+        if target_cfg.synthesize is not None:
+            from loopml.train.synthesize import check as check_synthesis
+
+            check_synthesis(self.config, {c: f.config.type for c, f in self.preprocessor.features.items()},
+                            self.schema.target_kind)
         if target_cfg.threshold != 0.5 and self.schema.target_kind != "binary":
             raise LoopmlError(f"target.threshold is for binary targets; this target is {self.schema.target_kind}")
         check_monitor(self.config, self.schema.target_kind)

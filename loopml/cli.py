@@ -61,6 +61,12 @@ from loopml.deploy.package_cli import package_command  # noqa: E402
 
 app.command("package")(package_command)
 app.command("gate")(gate_command)
+from loopml.pretrain.pretrain_cli import pretrain_command  # noqa: E402
+
+app.command("pretrain")(pretrain_command)
+from loopml.federate.federate_cli import federate_command  # noqa: E402
+
+app.command("federate")(federate_command)
 
 ModelArg = Annotated[str, typer.Argument(help="Model directory, or NAME@alias / NAME:version from the registry.",
                                          metavar="MODEL")]
@@ -637,8 +643,14 @@ def _print_metrics(metrics: dict) -> None:
     for k in shown:
         table.add_column(k, justify="right")
     for split, m in metrics.items():
-        table.add_row(split, *[f"{m[k]:.4f}" if k in m else "" for k in shown])
+        if split != "privacy":
+            table.add_row(split, *[f"{m[k]:.4f}" if k in m else "" for k in shown])
     Console(stderr=True).print(table)
+    if "privacy" in metrics:  # DP-SGD's spend, as Opacus's accountant computed it
+        p = metrics["privacy"]
+        Console(stderr=True).print(f"differential privacy: ε = {p['epsilon']:.3f} spent at δ = {p['delta']:g}"
+                                   + (f" (cumulative over the lineage: {p['cumulative_epsilon']:.3f})"
+                                      if "cumulative_epsilon" in p and p["cumulative_epsilon"] != p["epsilon"] else ""))
 
 
 def _atomic_write(path: Path, text: str) -> None:

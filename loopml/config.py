@@ -67,6 +67,21 @@ DefaultsConfig = create_model(
 )
 
 
+class SynthesizeConfig(StrictModel):
+    """Synthetic minority-class training rows from a conditional VAE fitted on the training split (tabular only)."""
+
+    method: Literal["cvae"] = "cvae"
+    #: synthesise until each class has at least this fraction of the majority class's rows
+    ratio: float = Field(1.0, gt=0, le=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    hidden: int = Field(128, ge=1)
+    latent: int = Field(16, ge=1)
+    #: None = training.seed
+    seed: int | None = None
+
+
 class OutputConfig(StrictModel):
     column: str
     type: Literal["auto", "binary", "category", "number"] = "auto"
@@ -81,6 +96,8 @@ class OutputConfig(StrictModel):
     #: after sampling, each class has at least (oversample, smote) / at most (undersample) this
     #: fraction of the majority (minority) class's rows
     sampling_ratio: float = Field(1.0, gt=0, le=1)
+    #: synthetic rows for the minority classes (``{method: cvae, ratio: 0.5}``); not with sampling
+    synthesize: SynthesizeConfig | None = None
     #: binary: probability of the positive class from which it is predicted; auto = tuned on the
     #: validation split to maximise threshold_metric, then saved and used at predict
     threshold: float | Literal["auto"] = Field(0.5, description="0..1 or auto")
@@ -91,6 +108,17 @@ class OutputConfig(StrictModel):
     def _class_names_as_text(cls, value: Any) -> Any:
         # YAML reads `{0: 1, 1: 5}` with integer keys: the class labels 0 and 1, as in the data
         return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("synthesize", mode="before")
+    @classmethod
+    def _method_name(cls, value: Any) -> Any:
+        return {"method": value} if isinstance(value, str) else value  # `synthesize: cvae`
+
+    @model_validator(mode="after")
+    def _one_rebalancing(self) -> OutputConfig:
+        if self.synthesize is not None and self.sampling != "none":
+            raise ValueError("target.synthesize does not combine with target.sampling; choose one")
+        return self
 
     @field_validator("threshold")
     @classmethod
@@ -136,6 +164,25 @@ class DistillConfig(StrictModel):
     alpha: float = Field(0.5, ge=0, le=1)
 
 
+class PrivacyConfig(StrictModel):
+    """DP-SGD (Opacus): per-row gradients clipped to ``max_grad_norm``, Gaussian noise added, rows drawn by
+    Poisson sampling; the noise is set so the whole training spends ``target_epsilon`` at ``delta``."""
+
+    target_epsilon: float = Field(..., gt=0, description="the privacy budget ε the training may spend "
+                                  "(smaller: more private, noisier); the noise multiplier is chosen to reach it")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee: the chance the ε bound fails; "
+                         "keep it well below 1 / training rows")
+    max_grad_norm: float = Field(1.0, gt=0, description="each row's gradient is clipped to this L2 norm before "
+                                 "noise is added (replaces training.grad_clip)")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus's privacy accountant: rdp (Rényi DP) "
+                                              "or prv (privacy random variables, tighter)")
+    earlier: list[tuple[float, float, int]] = Field(
+        [], description="set by loopml retrain: (noise multiplier, sample rate, steps) of the earlier versions "
+        "in this model's lineage, composed with this training's into the cumulative ε; leave empty")
+    earlier_without_dp: bool = Field(False, description="set by loopml retrain: an earlier version in the "
+                                     "lineage trained on these rows without DP (no cumulative guarantee)")
+
+
 class TrainingConfig(StrictModel):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -158,6 +205,22 @@ class TrainingConfig(StrictModel):
     #: torch.compile the network (falls back to eager with a warning if compiling fails); off by default:
     #: on a CPU its first-epoch cost outweighs the speed-up for loopml's small networks (bench/scale.py)
     compile: bool = False
+    #: differential privacy: train with DP-SGD to a privacy budget (loopml/train/privacy.py); None: ordinary training
+    privacy: PrivacyConfig | None = None
+    #: start the network's encoders (and combiner) from a folder `loopml pretrain --method scarf|simclr` wrote;
+    #: its fitted preprocessing is adopted for the same columns (a warm start's weights take precedence)
+    init_from: str | None = None
+
+    @model_validator(mode="after")
+    def _private_settings(self) -> TrainingConfig:
+        if self.privacy is not None:
+            if self.precision != "fp32":
+                raise ValueError(f"training.privacy needs training.precision: fp32 (not {self.precision})")
+            if self.compile:
+                raise ValueError("training.privacy does not work with training.compile: set compile: false")
+            if self.distill is not None:
+                raise ValueError("training.privacy does not combine with distillation (training.distill)")
+        return self
 
     @field_validator("device", mode="before")
     @classmethod
@@ -222,6 +285,18 @@ class Config(StrictModel):
     @classmethod
     def _combiner_shortcut(cls, value: Any) -> Any:
         return _name_to_section(value)
+
+    @model_validator(mode="after")
+    def _private_learner(self) -> Config:
+        if self.training.privacy is None:
+            return self
+        if self.learner.type != "network":
+            raise ValueError(f"training.privacy trains the network learner with DP-SGD; learner {self.learner.type} "
+                             "has no private training: set learner: network")
+        if self.target.sampling != "none" or getattr(self.target, "synthesize", None) is not None:
+            raise ValueError("training.privacy counts each training row once: target.sampling and target.synthesize "
+                             "copy or model rows outside the DP-SGD guarantee; use target.class_weights instead")
+        return self
 
     @field_validator("learner")
     @classmethod

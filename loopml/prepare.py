@@ -31,7 +31,8 @@ from loopml.train.trainer import TensorData
 
 CACHE_FORMAT = 2
 #: target settings that act on training, not on the tensors
-TRAINING_ONLY_TARGET_KEYS = {"class_weights", "sampling", "sampling_ratio", "threshold", "threshold_metric"}
+TRAINING_ONLY_TARGET_KEYS = {"class_weights", "sampling", "sampling_ratio", "synthesize", "threshold",
+                             "threshold_metric"}
 
 
 #: columns loopml adds itself (e.g. the split column of a retraining's data) start with this

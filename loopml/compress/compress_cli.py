@@ -52,6 +52,10 @@ def compress_command(
     = 2.0,
     alpha: Annotated[float, typer.Option(
         help="With --distill: the weight of the hard labels' loss (1 - alpha: the soft targets').")] = 0.5,
+    student_init: Annotated[str, typer.Option(
+        help="With --distill: where the student's token embeddings start: random, teacher-tokens (each token of "
+             "a pretrained teacher's vocabulary through the teacher) or teacher-input (its input embeddings); "
+             "teacher-* also gives the student the teacher's tokenizer.")] = "random",
     store: StoreOpt = None, artifacts: ArtifactsOpt = None,
 ) -> None:
     """Quantise or prune a network model into a new, smaller model, with its measured trade-off (size, latency, metric)."""
@@ -61,13 +65,13 @@ def compress_command(
 
     _check_combination(distill=distill, quantize=quantize, prune=prune, structured=structured,
                        fine_tune_epochs=fine_tune_epochs, student=student, unlabelled=unlabelled,
-                       temperature=temperature, alpha=alpha)
+                       temperature=temperature, alpha=alpha, student_init=student_init)
     if distill:
         from loopml.compress.distill import distill_command
 
         return distill_command(model, student, unlabelled=unlabelled, temperature=temperature, alpha=alpha,
                                output=output, register=register, force=force, data=data, store=store,
-                               artifacts=artifacts, echo=typer.echo)
+                               artifacts=artifacts, echo=typer.echo, init=student_init)
     if quantize is None and prune is None:
         raise LoopmlError("nothing to do: pass --quantize dynamic-int8, static-int8 or fp16, --prune FRACTION, "
                           "or --distill")
@@ -135,7 +139,7 @@ def echo_result(result, what: str, echo: Any) -> None:
 
 def _check_combination(*, distill: bool, quantize: str | None, prune: float | None, structured: bool,
                        fine_tune_epochs: int, student: str | None, unlabelled: str | None, temperature: float,
-                       alpha: float) -> None:
+                       alpha: float, student_init: str = "random") -> None:
     """Options that the chosen method would silently ignore are an error, before anything is loaded."""
     from loopml.compress.prune import DEFAULT_FINE_TUNE_EPOCHS
     from loopml.errors import LoopmlError
@@ -148,7 +152,8 @@ def _check_combination(*, distill: bool, quantize: str | None, prune: float | No
                               "--fine-tune-epochs) in a second compress run")
         return
     given = [flag for flag, used in (("--student", student is not None), ("--unlabelled", unlabelled is not None),
-                                     ("--temperature", temperature != 2.0), ("--alpha", alpha != 0.5)) if used]
+                                     ("--temperature", temperature != 2.0), ("--alpha", alpha != 0.5),
+                                     ("--student-init", student_init != "random")) if used]
     if given:
         raise LoopmlError(f"{given[0]} goes with --distill")
     if prune is None and fine_tune_epochs != DEFAULT_FINE_TUNE_EPOCHS:

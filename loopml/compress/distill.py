@@ -50,10 +50,15 @@ def student_name(student: str) -> str:
 
 
 # -- the student's config ------------------------------------------------------------------------
-def student_config(student: str, teacher, temperature: float = 2.0, alpha: float = 0.5, training: dict | None = None):
+def student_config(student: str, teacher, temperature: float = 2.0, alpha: float = 0.5, training: dict | None = None,
+                   init: str = "random"):
     """The student's Config: a preset or a config file, checked against the teacher's task, with ``training.distill``;
-    ``training``: settings over the student's training section (epochs, optimizer, ...)."""
+    ``training``: settings over the student's training section (epochs, optimizer, ...); ``init`` other than
+    random: its text columns read the teacher's tokenizer (static_embeddings.py)."""
+    from loopml.compress.static_embeddings import STATIC_DIM, WIDTH_SETTING, check_init, teacher_models
     from loopml.config import load_config, read_yaml
+
+    borrowed = teacher_models(teacher) if check_init(init) != "random" else {}
 
     target = teacher.config.target.model_dump(mode="json")
     if student in STUDENTS:
@@ -62,6 +67,10 @@ def student_config(student: str, teacher, temperature: float = 2.0, alpha: float
             kind = feature.config.type
             features[column] = {"type": kind, **({"encoder": TEXT_ENCODERS[student]}
                                                  if kind == "text" and student in TEXT_ENCODERS else {})}
+            if column in borrowed:  # mlp: loopml's default text encoder, the bag
+                encoder = TEXT_ENCODERS.get(student, "bag")
+                features[column] |= {"pretrained_tokenizer": borrowed[column],
+                                     "encoder": {"type": encoder, WIDTH_SETTING[encoder]: STATIC_DIM}}
         raw: dict[str, Any] = {"target": target, "data": teacher.config.data.model_dump(mode="json"),
                                "split": teacher.config.split.model_dump(mode="json"), "features": features,
                                "training": {"seed": teacher.config.training.seed}}
@@ -70,6 +79,9 @@ def student_config(student: str, teacher, temperature: float = 2.0, alpha: float
         raw["target"] = _student_target(raw.get("target"), target)
         raw.setdefault("data", teacher.config.data.model_dump(mode="json"))
         raw.setdefault("split", teacher.config.split.model_dump(mode="json"))
+        for column, feature in (raw.get("features") or {}).items():
+            if column in borrowed and isinstance(feature, dict) and feature.get("type") == "text":
+                raw["features"][column] = {"pretrained_tokenizer": borrowed[column], **feature}
     training = {**dict(raw.get("training") or {}), **(training or {})}
     training["distill"] = {"temperature": temperature, "alpha": alpha}
     raw["training"] = training
@@ -149,12 +161,14 @@ def read_unlabelled(path: str | Path, teacher) -> pd.DataFrame:
 
 # -- training the student -------------------------------------------------------------------------
 def fit_student(teacher, config, frames: dict[str, pd.DataFrame], unlabelled: pd.DataFrame | None = None,
-                progress: bool = False):
+                progress: bool = False, init: str = "random"):
     """The student (a fitted loopml Model) trained on ``frames`` (the teacher's train/validation/test rows):
-    soft targets on the training rows and ``unlabelled``; validation and test as they are."""
+    soft targets on the training rows and ``unlabelled``; validation and test as they are; ``init``: where
+    its token embeddings start (static_embeddings.py)."""
     import torch
 
     import loopml
+    from loopml.compress.static_embeddings import EmbeddingInit, init_tables
     from loopml.train import default_callbacks
     from loopml.train.run import RunOptions, train
     from loopml.train.soft_targets import combine
@@ -177,12 +191,14 @@ def fit_student(teacher, config, frames: dict[str, pd.DataFrame], unlabelled: pd
     labelled = torch.as_tensor(raw.index.to_numpy() < len(labelled_rows))
     scores = teacher_scores(teacher, raw, prepared.preprocessor.target)
     soft = combine(prepared.splits["train"].target, labelled, torch.from_numpy(scores))
-    options = RunOptions(progress=progress, make_callbacks=default_callbacks, soft_targets=soft)
+    tables = init_tables(teacher, config, init)
+    options = RunOptions(progress=progress, make_callbacks=default_callbacks, soft_targets=soft,
+                         callbacks=[EmbeddingInit(tables)] if tables else [])
     student._apply(train(config, prepared, options))
     student.info["distillation"] = {
         "teacher_learner": _learner_name(teacher), "labelled_rows": int(labelled.sum()),
         "unlabelled_rows": int((~labelled).sum()), "temperature": config.training.distill.temperature,
-        "alpha": config.training.distill.alpha,
+        "alpha": config.training.distill.alpha, "student_init": init,
     }
     if set(student.preprocessor.features) == set(teacher.preprocessor.features) and teacher.info.get("splits"):
         # the same rows as the teacher's record: retrain / compress / monitor read them again from its file
@@ -202,7 +218,7 @@ def distill(teacher, folder: Path, source: dict, student: str, output: Path, *, 
             temperature: float = 2.0, alpha: float = 0.5, force: bool = False, data: str | None = None,
             store: Any = None, register: str | None = None, rounds: dict[int, int] | None = None,
             echo: Any = None, threads: int = 1, frames: dict[str, pd.DataFrame] | None = None,
-            training: dict | None = None):
+            training: dict | None = None, init: str = "random"):
     """Distil ``teacher`` (read from ``folder``; ``source``: name and version, or the folder's name) into the
     student bundle ``output``; prints the trade-off table, one line per row. ``frames``: the teacher's splits
     when the caller has them already; ``training``: settings over the student's training section."""
@@ -211,13 +227,13 @@ def distill(teacher, folder: Path, source: dict, student: str, output: Path, *, 
     check_student(student)
     output = Path(output).expanduser()
     check_output(output, force, folder)
-    config = student_config(student, teacher, temperature, alpha, training)
+    config = student_config(student, teacher, temperature, alpha, training, init)
     extra = read_unlabelled(unlabelled, teacher) if unlabelled is not None else None
     frames = frames or original_splits(teacher, source.get("name"), store, data)
     test_split = "test" if len(frames.get("test", [])) else "validation"
     if not len(frames[test_split]):
         raise LoopmlError("the teacher has no test or validation rows to measure the trade-off on")
-    fitted = fit_student(teacher, config, frames, extra)
+    fitted = fit_student(teacher, config, frames, extra, init=init)
     return write_student(teacher, folder, source, fitted, student_name(student), output, frames, force=force,
                          store=store, register=register, rounds=rounds, echo=echo, threads=threads)
 
@@ -250,14 +266,16 @@ def write_student(teacher, folder: Path, source: dict, fitted, name: str, output
 
 def distill_command(model: str, student: str | None, *, unlabelled: str | None, temperature: float, alpha: float,
                     output: Path | None, register: str | None, force: bool, data: str | None, store: str | None,
-                    artifacts: str | None, echo: Any) -> None:
+                    artifacts: str | None, echo: Any, init: str = "random") -> None:
     """``loopml compress MODEL --distill ...``: arguments checked before anything is loaded, then ``distill``."""
     import loopml
     from loopml.compress.compress_cli import echo_result, open_source
+    from loopml.compress.static_embeddings import check_init
 
     if student is None:
         raise LoopmlError(f"--distill needs --student: one of {', '.join(STUDENTS)}, or a YAML training config file")
     check_student(student)
+    check_init(init)
     if not 0 <= alpha <= 1:
         raise LoopmlError(f"--alpha must be between 0 and 1, not {alpha:g}")
     if not temperature > 0:
@@ -268,5 +286,5 @@ def distill_command(model: str, student: str | None, *, unlabelled: str | None, 
     folder, source, output, opened = open_source(model, method, output, force, register, store, artifacts)
     teacher = loopml.load(folder)
     result = distill(teacher, folder, source, student, output, unlabelled=unlabelled, temperature=temperature,
-                     alpha=alpha, force=force, data=data, store=opened, register=register, echo=echo)
+                     alpha=alpha, force=force, data=data, store=opened, register=register, echo=echo, init=init)
     echo_result(result, "distilled model", echo)

@@ -93,6 +93,7 @@ class Markup(str):
 
 
 def metrics_table(metrics: dict[str, dict]) -> str:
+    metrics = {name: m for name, m in metrics.items() if name != "privacy"}  # DP's spend: its own section
     shown = [k for k in KEY_METRICS if any(k in m for m in metrics.values())]
     return table(["split", *shown], [[name, *[m.get(k, "") for k in shown]] for name, m in metrics.items()])
 
@@ -111,6 +112,7 @@ def model_report(model, name: str, evaluation: dict | None = None, compare: tupl
     _data_section(report, model)
     _learner_section(report, model)
     _training_section(report, model)
+    _privacy_section(report, model)
     _leaderboard_section(report, model)
     if isinstance(model.evaluation.get("compression"), dict):
         _compression_section(report, model.evaluation["compression"])
@@ -261,6 +263,20 @@ def _training_section(report: Report, model) -> None:
             f'best epoch {best + 1 if best is not None else "?"} by validation {html.escape(monitor)} '
             f'(early-stopping point); stopped: {html.escape(str(t.get("stop_reason", "")))}.</p>')
     report.add("training", "Training", text + f'<div class="grid">{"".join(figures)}</div>')
+
+
+def _privacy_section(report: Report, model) -> None:
+    p = model.info.get("training", {}).get("privacy")
+    if not isinstance(p, dict):
+        return
+    cumulative = p.get("cumulative_epsilon")
+    rows = [["ε spent (this training)", p["epsilon"]], ["δ", p["delta"]], ["target ε", p["target_epsilon"]],
+            ["cumulative ε over the lineage", "none: an earlier version trained without DP" if cumulative is None
+             else cumulative], ["accountant", p["accountant"]], ["noise multiplier", p["noise_multiplier"]],
+            ["sample rate (Poisson)", p["sample_rate"]], ["steps", p["steps"]], ["max grad norm", p["max_grad_norm"]]]
+    note = ('<p class="muted">DP-SGD (Opacus) covers the network weights. Preprocessing statistics, the drift '
+            "reference and the training-split metrics come from the training rows without noise.</p>")
+    report.add("privacy", "Differential privacy", table(["", ""], rows) + note)
 
 
 def _evaluation_section(report: Report, ev: dict) -> None:

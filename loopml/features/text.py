@@ -29,6 +29,9 @@ class TextConfig(StrictModel):
     lowercase: bool = True
     #: tokens kept per text; auto = the 95th percentile of training lengths (at most 256)
     max_length: int | Literal["auto"] = "auto"
+    #: a pretrained model's tokenizer (``minilm`` or a Hugging Face model directory) instead of one trained
+    #: here; kept in the bundle as JSON (a distilled student shares its teacher's vocabulary this way)
+    pretrained_tokenizer: str | None = None
 
 
 @FEATURE_TYPES.register("text")
@@ -130,9 +133,12 @@ class TextFeature(FeatureType):
         encoder = self._pretrained_encoder(self.config)
         if encoder is not None:
             return self._fit_pretrained(column, encoder)
-        tok, trainer = self._new_tokenizer()
         texts = self._texts(column)
-        tok.train_from_iterator(texts, trainer=trainer)
+        if self.config.pretrained_tokenizer is not None:
+            tok = borrowed_tokenizer(self.config.pretrained_tokenizer)
+        else:
+            tok, trainer = self._new_tokenizer()
+            tok.train_from_iterator(texts, trainer=trainer)
         max_length = self.config.max_length
         if max_length == "auto":
             lengths = [len(e.ids) for e in tok.encode_batch(texts)] or [1]
@@ -167,3 +173,19 @@ class TextFeature(FeatureType):
         if "pretrained" in self.state:
             inputs["pretrained"] = self.state["pretrained"]
         return inputs
+
+
+def borrowed_tokenizer(ref: str) -> Tokenizer:
+    """A pretrained model's tokenizer for a column with a trained encoder: no [CLS]/[SEP], padding id 0."""
+    from loopml.errors import LoopmlError
+    from loopml.models.pretrained import load_tokenizer, model_config, model_reference, pad_id
+
+    ref = model_reference(ref)
+    tok = load_tokenizer(ref)
+    if pad_id(ref, tok, model_config(ref)) != 0:
+        raise LoopmlError(f"pretrained_tokenizer {ref}: its padding token is not id 0, which text encoders other "
+                          "than pretrained take for padding")
+    tok.post_processor = None  # sentence markers carry nothing for a bag or an LSTM
+    tok.no_padding()
+    tok.no_truncation()
+    return tok

@@ -52,7 +52,12 @@ def build_network(pre, config, class_weights: list[float] | None = None):
 
     slots = [FeatureSlot(col, f.config.encoder, f.encoder_inputs()) for col, f in pre.features.items()]
     n_outputs = len(pre.target.classes) if pre.target.kind == "category" else 1
-    return LoopModel(slots, config.combiner, pre.target.kind, n_outputs, class_weights)
+    network = LoopModel(slots, config.combiner, pre.target.kind, n_outputs, class_weights)
+    if config.training.privacy is not None:  # BatchNorm & co. replaced, at training and at loading alike
+        from loopml.train.privacy import dp_safe_network
+
+        network = dp_safe_network(network)
+    return network
 
 
 @LEARNERS.register("network")
@@ -119,6 +124,8 @@ class NetworkLearner(Learner):
         self.info = {"epochs_run": trainer.epoch, "best_epoch": best.best_epoch if best is not None else trainer.epoch - 1,
                      "monitor": monitor, "stop_reason": trainer.stop_reason or "epochs done",
                      "seconds": trainer.elapsed, "resumed": resumed}
+        if trainer.privacy is not None:
+            self.info["privacy"] = trainer.privacy.record()
         return self
 
     def _load_initial(self, initial: dict) -> None:

