@@ -168,17 +168,28 @@ class PrivacyConfig(StrictModel):
     """DP-SGD (Opacus): per-row gradients clipped to ``max_grad_norm``, Gaussian noise added, rows drawn by
     Poisson sampling; the noise is set so the whole training spends ``target_epsilon`` at ``delta``."""
 
-    target_epsilon: float = Field(..., gt=0, description="the privacy budget ε the training may spend "
-                                  "(smaller: more private, noisier); the noise multiplier is chosen to reach it")
+    # above ε = 100 (a likelihood ratio of e^100) there is no guarantee left, and Opacus's noise search stops converging
+    target_epsilon: float = Field(..., gt=0, le=100, allow_inf_nan=False, description="the privacy budget ε the "
+                                  "training may spend (smaller: more private, noisier; at most 100); the noise "
+                                  "multiplier is chosen to reach it")
     delta: float = Field(1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee: the chance the ε bound fails; "
                          "keep it well below 1 / training rows")
-    max_grad_norm: float = Field(1.0, gt=0, description="each row's gradient is clipped to this L2 norm before "
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="each row's gradient is clipped to this L2 norm before "
                                  "noise is added (replaces training.grad_clip)")
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus's privacy accountant: rdp (Rényi DP) "
                                               "or prv (privacy random variables, tighter)")
     earlier: list[tuple[float, float, int]] = Field(
         [], description="set by loopml retrain: (noise multiplier, sample rate, steps) of the earlier versions "
         "in this model's lineage, composed with this training's into the cumulative ε; leave empty")
+
+    @field_validator("earlier")
+    @classmethod
+    def _accountant_steps(cls, earlier: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+        for sigma, q, steps in earlier:  # the accountant takes them as given: a negative count lowers the cumulative ε
+            if not (0 < sigma < float("inf") and 0 < q <= 1 and steps >= 1):
+                raise ValueError(f"each entry is (noise multiplier > 0, sample rate in (0, 1], steps >= 1), "
+                                 f"not ({sigma:g}, {q:g}, {steps})")
+        return earlier
     earlier_without_dp: bool = Field(False, description="set by loopml retrain: an earlier version in the "
                                      "lineage trained on these rows without DP (no cumulative guarantee)")
 

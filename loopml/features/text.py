@@ -74,9 +74,11 @@ class TextFeature(FeatureType):
     def tensor_key(cls, config: object) -> dict | None:
         """Encoder settings that shape this column's tensors (for the cache key); None = none do."""
         encoder = cls._pretrained_encoder(config)
-        if encoder is None:
-            return None
         from loopml.models.pretrained import model_identity
+
+        if encoder is None:
+            borrowed = getattr(config, "pretrained_tokenizer", None)
+            return None if borrowed is None else {"tokenizer": model_identity(borrowed)}
 
         frozen = encoder.trainable == "frozen"
         return {"type": "pretrained", "model": encoder.model, "identity": model_identity(encoder.model),

@@ -131,10 +131,12 @@ def merge_schemas(config: Config, answers: list[Message]):
                               "the same columns")
     columns = []
     for name in names:
-        types = {a.payload["columns"][name]["type"] for a in answers}
+        # a client without a single value of a column cannot say its type (an empty column reads as category)
+        voters = [a for a in answers if a.payload["columns"][name]["missing"] < a.payload["columns"][name]["rows"]]
+        types = {a.payload["columns"][name]["type"] for a in voters or answers}
         rows = sum(a.payload["columns"][name]["rows"] for a in answers)
         missing = sum(a.payload["columns"][name]["missing"] for a in answers)
-        kind = _reconcile(name, types, answers)
+        kind = _reconcile(name, types, voters or answers)
         stats = {"rows": rows, "missing": missing, "missing_pct": round(100.0 * missing / rows, 2) if rows else 0.0,
                  "samples": []}
         reason = "types of all clients" if len(types) == 1 else f"widest of the clients' types ({', '.join(sorted(types))})"
@@ -174,6 +176,13 @@ def federate(config: Config, pool: Any, settings: Settings, test: Any = None) ->
     start = time.perf_counter()
     schemas = pool.ask("describe")
     schema = merge_schemas(config, schemas)
+    if test is not None:  # before any training: a test table without the clients' columns fails at the end
+        from loopml.data.read import read_table
+
+        have = read_table(test, config.data).columns
+        absent = [c.name for c in schema.inputs if c.name not in have]
+        if absent:
+            raise LoopmlError(f"the test table has no column '{absent[0]}' (the clients have it)")
     configs = {c.name: resolve_feature(config, c.type, config.features.get(c.name)) for c in schema.inputs}
     pre = Preprocessor.create(configs, Target(schema.target, schema.target_kind))
     stats.check_supported(pre)

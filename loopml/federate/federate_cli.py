@@ -68,12 +68,20 @@ def federate_command(
         raise LoopmlError("federated training needs 2 or more clients: repeat --data, or give --partition-by COLUMN")
     if partition_by is not None and len(data) != 1:
         raise LoopmlError("--partition-by splits one --data table into clients; give exactly one --data")
+    seen: dict[Path, Path] = {}
+    for path in data:  # the same rows twice would be one client counted twice in every average
+        if path.resolve() in seen:
+            raise LoopmlError(f"--data {path} is given twice (as {seen[path.resolve()]}); give each client once")
+        seen[path.resolve()] = path
     overrides = {k: v for k, v in {"delimiter": delimiter, "header": header,
                                    "names": [n.strip() for n in names.split(",")] if names else None}.items()
                  if v is not None}
     cfg = load_config(config, target=target, data=overrides or None,
                       **({"training": {"seed": seed}, "split": {"seed": seed}} if seed is not None else {}))
     check_config(cfg)
+    if partition_by is not None and partition_by == cfg.target.column:
+        raise LoopmlError(f"--partition-by names the target '{partition_by}': every client would hold one class; "
+                          "partition by another column")
     if register:
         from loopml.registry.store import check_name
 

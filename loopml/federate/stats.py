@@ -4,8 +4,9 @@ server merges those statistics into the ordinary fitted state (``Preprocessor``)
 What leaves a client, per column of its training split:
 
 - category / binary: the count of each value (its canonical key) and of missing values. A category
-  value seen fewer than ``min_frequency`` times on that client is left out (and counted as unknown), so
-  a value of a single row never leaves it; binary columns send both of their values.
+  value seen fewer than ``min_frequency`` times (and at least twice) on that client is left out (and
+  counted as unknown), so a value of a single row never leaves it; binary values too (a binary
+  column's second value may be one row's).
 - number: count, missing count, mean, second and third central moments (also of ``log1p``), whether
   every value is whole and non-negative, the range rounded outward to 3 significant digits; then a
   histogram over the range the server chose for all clients (2,048 equal bins, or one bin per whole
@@ -33,6 +34,8 @@ from loopml.features.target import _label
 
 SUPPORTED = ("number", "category", "binary")
 BINS = 2048
+#: the fewest rows of a client that a category or binary value must have to leave it
+LEAVE_FLOOR = 2
 
 
 # -- moments (Pébay's pairwise merge: exact, and stable for large values) ---------------------------
@@ -96,8 +99,10 @@ def client_summary(pre: Preprocessor, train: pd.DataFrame) -> dict:
         else:
             keys = canonical_keys(train[col])
             counts = Counter(k for k in keys if k is not None)
-            if kind == "category":  # a value this rare on the client stays on the client
-                counts = Counter({k: n for k, n in counts.items() if n >= feature.config.min_frequency})
+            # a value this rare on the client stays on the client; one row's value never leaves, even with
+            # min_frequency 1 or in a binary column (two distinct values: one may be a single row's)
+            floor = max(LEAVE_FLOOR, feature.config.min_frequency if kind == "category" else 1)
+            counts = Counter({k: n for k, n in counts.items() if n >= floor})
             out[col] = {"counts": dict(counts), "missing": sum(k is None for k in keys)}
     out[pre.target.column] = target_summary(pre, train[pre.target.column])
     return out
