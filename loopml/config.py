@@ -174,13 +174,15 @@ class PrivacyConfig(StrictModel):
                                   "multiplier is chosen to reach it")
     delta: float = Field(1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee: the chance the ε bound fails; "
                          "keep it well below 1 / training rows")
-    max_grad_norm: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="each row's gradient is clipped to this L2 norm before "
-                                 "noise is added (replaces training.grad_clip)")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="each row's gradient is "
+                                 "clipped to this L2 norm before noise is added (replaces training.grad_clip)")
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus's privacy accountant: rdp (Rényi DP) "
                                               "or prv (privacy random variables, tighter)")
     earlier: list[tuple[float, float, int]] = Field(
         [], description="set by loopml retrain: (noise multiplier, sample rate, steps) of the earlier versions "
         "in this model's lineage, composed with this training's into the cumulative ε; leave empty")
+    earlier_without_dp: bool = Field(False, description="set by loopml retrain: an earlier version in the "
+                                     "lineage trained on these rows without DP (no cumulative guarantee)")
 
     @field_validator("earlier")
     @classmethod
@@ -190,8 +192,6 @@ class PrivacyConfig(StrictModel):
                 raise ValueError(f"each entry is (noise multiplier > 0, sample rate in (0, 1], steps >= 1), "
                                  f"not ({sigma:g}, {q:g}, {steps})")
         return earlier
-    earlier_without_dp: bool = Field(False, description="set by loopml retrain: an earlier version in the "
-                                     "lineage trained on these rows without DP (no cumulative guarantee)")
 
 
 class TrainingConfig(StrictModel):

@@ -91,3 +91,14 @@ def test_bad_input_is_one_line_and_exit_2(files, cli_here, args, message):
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(message), done.stderr
     assert loopml.registry.Store().list_runs() == []
     assert not (files / "models").exists() or not any((files / "models").iterdir())
+
+
+def test_retrain_of_a_federated_champion_says_why_it_has_no_rows():
+    from types import SimpleNamespace
+
+    from loopml.loop.training_data import champion_splits
+
+    champion = SimpleNamespace(info={"data_source": None, "splits": None,
+                                     "training": {"federated": {"algorithm": "fedavg"}}})
+    with pytest.raises(LoopmlError, match="^the champion was trained federated: its training rows stay with"):
+        champion_splits(None, "fed", champion, None)

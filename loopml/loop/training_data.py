@@ -131,6 +131,9 @@ def _legacy_splits(champion, training_data: str | None) -> tuple[dict[str, pd.Da
     from loopml.data.split import split_frame
 
     data_path = training_data or champion.info.get("data_source")
+    if not data_path and (champion.info.get("training") or {}).get("federated"):
+        raise LoopmlError("the champion was trained federated: its training rows stay with the clients; run "
+                          "`loopml federate` again, or set data.training_data in the policy to a table you hold")
     if not data_path or not Path(data_path).is_file():
         raise LoopmlError(f"cannot find the champion's training data ({data_path}); set data.training_data in the policy")
     cfg, target = champion.config, champion.preprocessor.target.column

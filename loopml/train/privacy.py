@@ -62,6 +62,9 @@ def dp_safe_network(network: nn.Module) -> nn.Module:
     require_opacus()
     from opacus.validators import ModuleValidator
 
+    for module in network.modules():  # Opacus's backward hooks see a view: in-place activations break them
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
     if not unsupported_layers(network):
         return network
     # Opacus turns BatchNorm1d into GroupNorm(min(32, C), C): on the combiner's [rows, C] input that is one
@@ -71,11 +74,28 @@ def dp_safe_network(network: nn.Module) -> nn.Module:
             if isinstance(child, nn.BatchNorm1d):
                 setattr(module, name, nn.LayerNorm(child.num_features, elementwise_affine=child.affine))
     fixed = ModuleValidator.fix(network)
+    for module in fixed.modules():
+        if type(module).__name__ == "DPMultiheadAttention":
+            module.__class__ = _padding_mask_attention()
     left = unsupported_layers(fixed)
     if left:
         raise LoopmlError(f"training.privacy: a layer of this network cannot be trained with DP-SGD ({left[0]}); "
                           "choose other encoders or remove training.privacy")
     return fixed
+
+
+def _padding_mask_attention() -> type:
+    """Opacus's DPMultiheadAttention, taking the float padding mask (-inf where padded) that nn.TransformerEncoder
+    passes to its attention since torch 2.0; Opacus's masked_fill needs a boolean one."""
+    from opacus.layers import DPMultiheadAttention
+
+    class PaddingMaskAttention(DPMultiheadAttention):
+        def forward(self, query, key, value, key_padding_mask=None, *args: Any, **kwargs: Any):
+            if key_padding_mask is not None and key_padding_mask.is_floating_point():
+                key_padding_mask = key_padding_mask < 0
+            return super().forward(query, key, value, key_padding_mask, *args, **kwargs)
+
+    return PaddingMaskAttention
 
 
 def private_loss(model: nn.Module) -> Any:
@@ -165,9 +185,14 @@ class PrivateTraining(Callback):
         self.sample_rate = 1 / self.steps_per_epoch
         with warnings.catch_warnings():  # "optimal order is the largest alpha": see ``spent``
             warnings.simplefilter("ignore", UserWarning)
-            self.noise_multiplier = float(get_noise_multiplier(
-                target_epsilon=s.target_epsilon, target_delta=s.delta, sample_rate=self.sample_rate,
-                epochs=self.training.epochs, accountant=s.accountant, epsilon_tolerance=0.01))
+            try:
+                self.noise_multiplier = float(get_noise_multiplier(
+                    target_epsilon=s.target_epsilon, target_delta=s.delta, sample_rate=self.sample_rate,
+                    epochs=self.training.epochs, accountant=s.accountant, epsilon_tolerance=0.01))
+            except (ValueError, RuntimeError) as e:  # "budget too low", PRV's floating-point limits
+                raise LoopmlError(f"training.privacy: no noise level spends target_epsilon {s.target_epsilon:g} at "
+                                  f"delta {s.delta:g} over {self.training.epochs} epochs (Opacus: {e}); raise "
+                                  "target_epsilon or delta, or train fewer epochs") from None
         if any((round(sigma, 9), round(q, 12)) != (round(self.noise_multiplier, 9), round(self.sample_rate, 12))
                for sigma, q, _ in self.accountant.history):
             raise LoopmlError("cannot resume this DP training: its privacy settings or training rows changed "
