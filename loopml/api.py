@@ -134,6 +134,8 @@ class Model:
     def _apply(self, result: TrainResult) -> Model:
         self.learner, self.metrics, self.evaluation = result.learner, result.metrics, result.evaluation
         self.reference, self.history, self.info = result.reference, result.history, result.info
+        if result.preprocessor is not None:  # saved with the weights, so it must be the one they were fitted on
+            self.preprocessor = result.preprocessor
         return self
 
     def _continued_run(self, checkpoint_dir, resume: bool) -> str | None:

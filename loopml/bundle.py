@@ -203,8 +203,16 @@ def _resolved_features(model) -> dict:
 
 def save_model(model, path: str | os.PathLike, overwrite: bool = False,
                extras: Callable[[Path], object] | None = None) -> Path:
+    from loopml.models.pretrained_files import bundle_pretrained
+
     documents, manifest = model_documents(model)
-    return write_bundle(path, documents, manifest, overwrite, learner_files=model.learner.save, extras=extras)
+
+    def learner_files(folder: Path) -> None:
+        model.learner.save(folder)
+        # a local pretrained encoder's config/tokenizer (and frozen weights) travel with the model
+        documents["preprocessing.json"] = bundle_pretrained(documents["preprocessing.json"], folder)
+
+    return write_bundle(path, documents, manifest, overwrite, learner_files=learner_files, extras=extras)
 
 
 def load_model(path: str | os.PathLike, model_cls: type):
@@ -220,7 +228,9 @@ def load_model(path: str | os.PathLike, model_cls: type):
     documents, manifest = bundle.documents, bundle.manifest
     model = model_cls(yaml.safe_load(documents["config.yaml"]))
     model.schema = Schema.from_dict(json.loads(documents["schema.json"]))
-    model.preprocessor = Preprocessor.from_dict(json.loads(documents["preprocessing.json"]))
+    from loopml.models.pretrained_files import use_bundled
+
+    model.preprocessor = Preprocessor.from_dict(use_bundled(json.loads(documents["preprocessing.json"]), bundle.folder))
     name, raw_params = bundle.learner
     cls = LEARNERS.get(name)
     try:

@@ -84,6 +84,7 @@ def files(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["-d", "a.csv", "-d", "b.csv", "-d", "sub/../a.csv"], "error: --data sub/../a.csv is given twice (as a.csv)"),
     (["-d", "a.csv", "--partition-by", "y", "--clients", "2"], "error: --partition-by names the target 'y'"),
+    (["-d", "a.csv", "-d", "b.csv", "--test", "sub/../b.csv"], "error: --test sub/../b.csv is also a client's --data"),
 ])
 def test_bad_input_is_one_line_and_exit_2(files, cli_here, args, message):
     done = cli_here(["federate", "-t", "y", "--rounds", "1", *args], files)
@@ -102,3 +103,11 @@ def test_retrain_of_a_federated_champion_says_why_it_has_no_rows():
                                      "training": {"federated": {"algorithm": "fedavg"}}})
     with pytest.raises(LoopmlError, match="^the champion was trained federated: its training rows stay with"):
         champion_splits(None, "fed", champion, None)
+
+
+def test_a_client_too_small_to_hide_its_rows_sends_no_statistics():
+    small = table(9, n=6)  # 3 training rows: their count, mean, M2 and M3 give the 3 values back
+    messages: list[Message] = []
+    with pytest.raises(LoopmlError, match="^client b: has 3 training rows; a client needs 10 or more"):
+        federated({"a": table(8), "b": small}, tap=messages.append)
+    assert not [m for m in messages if m.client == "b" and m.kind not in ("schema", "error")]

@@ -270,12 +270,16 @@ def _privacy_section(report: Report, model) -> None:
     if not isinstance(p, dict):
         return
     cumulative = p.get("cumulative_epsilon")
-    rows = [["ε spent (this training)", p["epsilon"]], ["δ", p["delta"]], ["target ε", p["target_epsilon"]],
+    # δ and q as %g: a 4-decimal table cell shows δ = 1e-5 as 0.0000
+    rows = [["ε spent (this training)", p["epsilon"]], ["δ", f"{p['delta']:g}"], ["target ε", p["target_epsilon"]],
             ["cumulative ε over the lineage", "none: an earlier version trained without DP" if cumulative is None
              else cumulative], ["accountant", p["accountant"]], ["noise multiplier", p["noise_multiplier"]],
-            ["sample rate (Poisson)", p["sample_rate"]], ["steps", p["steps"]], ["max grad norm", p["max_grad_norm"]]]
-    note = ('<p class="muted">DP-SGD (Opacus) covers the network weights. Preprocessing statistics, the drift '
-            "reference and the training-split metrics come from the training rows without noise.</p>")
+            ["sample rate (Poisson)", f"{p['sample_rate']:g}"], ["steps", p["steps"]],
+            ["max grad norm", p["max_grad_norm"]]]
+    note = ('<p class="muted">DP-SGD (Opacus) covers the network weights. Preprocessing statistics, automatic class '
+            "weights, the drift reference and the training-split metrics come from the training rows without noise; "
+            "validation rows (early stopping, model selection) and hyper-parameter search trials are not "
+            "accounted.</p>")
     report.add("privacy", "Differential privacy", table(["", ""], rows) + note)
 
 

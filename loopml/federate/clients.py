@@ -19,6 +19,9 @@ import pandas as pd
 from loopml.config import Config
 from loopml.errors import LoopmlError, did_you_mean
 
+#: the fewest training rows a client sends statistics of: the count, mean and 2nd/3rd moments (and the
+#: rounded range) of a column over three rows give the three values back exactly
+MIN_TRAIN_ROWS = 10
 #: what a message may carry: its kind -> the keys of its payload
 PAYLOADS = {
     "schema": {"rows", "target_kind", "columns", "fingerprint"},
@@ -97,7 +100,14 @@ class Client:
         from loopml.schema import build_schema
 
         frame = read_table(self.source, self.config.data).reset_index(drop=True)
-        schema = build_schema(frame, self.config)
+        config = self.config
+        left_out = set(config.exclude) | {n for n, f in config.features.items() if f.type == "skip"}
+        absent = left_out - set(frame.columns)
+        if absent:  # a column other clients hold and the config leaves out: this client has nothing to leave out
+            config = config.model_copy(update={"exclude": [c for c in config.exclude if c not in absent],
+                                               "features": {k: v for k, v in config.features.items()
+                                                            if k not in absent}})
+        schema = build_schema(frame, config)
         target = schema.target
         self.frame = frame[frame[target].notna()].reset_index(drop=True)
         if isinstance(self.source, pd.DataFrame):
@@ -107,7 +117,7 @@ class Client:
         else:
             digest = fingerprint(self.source)
         columns = {c.name: {"type": c.type, "rows": c.stats["rows"], "missing": c.stats["missing"]}
-                   for c in schema.columns}
+                   for c in schema.columns if c.type != "skip"}
         return Message("schema", self.name, {"rows": len(self.frame), "target_kind": schema.target_kind,
                                              "columns": columns, "fingerprint": digest})
 
@@ -129,6 +139,9 @@ class Client:
             parts[name] = part[~self.pre.rows_to_drop(part)] if len(part) else part
         if not len(parts["validation"]):
             raise LoopmlError("the validation split is empty; use more data or a larger split.validation")
+        if len(parts["train"]) < MIN_TRAIN_ROWS:  # checked here, before anything about them is sent
+            raise LoopmlError(f"has {len(parts['train'])} training rows; a client needs {MIN_TRAIN_ROWS} or more "
+                              "(the statistics of fewer would give its rows' values away)")
         self.parts = parts
         return Message("summary", self.name, {"rows": len(parts["train"]),
                                               "columns": client_summary(self.pre, parts["train"])})

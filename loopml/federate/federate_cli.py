@@ -73,6 +73,8 @@ def federate_command(
         if path.resolve() in seen:
             raise LoopmlError(f"--data {path} is given twice (as {seen[path.resolve()]}); give each client once")
         seen[path.resolve()] = path
+    if test is not None and test.resolve() in seen:  # the clients would train on the rows it scores
+        raise LoopmlError(f"--test {test} is also a client's --data ({seen[test.resolve()]}); hold out other rows")
     overrides = {k: v for k, v in {"delimiter": delimiter, "header": header,
                                    "names": [n.strip() for n in names.split(",")] if names else None}.items()
                  if v is not None}

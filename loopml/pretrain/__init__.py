@@ -20,11 +20,12 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from loopml.errors import LoopmlError, did_you_mean
+
+if TYPE_CHECKING:  # pandas only when a command runs: `loopml --help` must not import it
+    import pandas as pd
 
 #: method -> "module:function" taking a PretrainRequest and returning its summary dict
 METHODS: dict[str, str] = {
@@ -103,6 +104,13 @@ def check_columns(frame: pd.DataFrame, columns: list[str]) -> None:
         if column not in frame.columns:
             raise LoopmlError(f"column '{column}' not found{did_you_mean(column, frame.columns)}; "
                               f"the columns are: {', '.join(map(str, frame.columns[:20]))}")
+
+
+def check_not_empty(frame: pd.DataFrame, columns: list[str]) -> None:
+    """A named column with no values at all is refused (else it reads as an empty table column: scarf)."""
+    for column in columns:
+        if frame[column].dropna().astype(str).str.strip().eq("").all():
+            raise LoopmlError(f"column '{column}' is empty (no row has a value): nothing to pretrain on")
 
 
 def default_method(frame: pd.DataFrame, columns: list[str]) -> str:

@@ -14,6 +14,7 @@ resumed run ends with the same weights as an uninterrupted one. A small held-out
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,6 +41,8 @@ VALIDATION_FRACTION = 0.02
 VALIDATION_MAX = 500
 TOKENIZER_FILE = "tokenizer.json"
 SETTINGS_FILE = "settings.json"
+#: the checkpointed run's texts (count and hash): --resume on other data would not end where the run would have
+DATA_FILE = "data.json"
 
 
 @dataclass
@@ -205,6 +208,12 @@ def run(request: PretrainRequest) -> dict:
     texts = texts_of(request.frame, request.columns)
     ckpt = request.checkpoints
     tok_file = ckpt / TOKENIZER_FILE
+    data_id = {"texts": len(texts), "sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest()}
+    if request.resume and (ckpt / DATA_FILE).is_file():
+        was = json.loads((ckpt / DATA_FILE).read_text(encoding="utf-8"))
+        if was != data_id:
+            raise LoopmlError(f"--resume needs the interrupted run's data: it had {was.get('texts')} texts, "
+                              f"this has {len(texts)}{' (same count, other texts)' if was.get('texts') == len(texts) else ''}")
     state = load_state(ckpt / "last.safetensors") if request.resume else None
     if state is not None and tok_file.is_file():
         tok = Tokenizer.from_file(str(tok_file))
@@ -212,6 +221,7 @@ def run(request: PretrainRequest) -> dict:
         tok = train_tokenizer(texts, settings.vocab_size)
         _write_text(tok_file, tok.to_str())
         _write_text(ckpt / SETTINGS_FILE, json.dumps(asdict(settings)))
+        _write_text(ckpt / DATA_FILE, json.dumps(data_id))
     vocab = tok.get_vocab_size()
     seqs = encode(tok, texts, settings.max_length)
     order = np.random.default_rng(settings.seed).permutation(len(seqs))

@@ -53,6 +53,7 @@ def pretrain_command(
         PretrainOptions,
         PretrainRequest,
         check_columns,
+        check_not_empty,
         check_options,
         check_output,
         claim,
@@ -71,8 +72,10 @@ def pretrain_command(
     cfg = {"delimiter": delimiter, "header": header, "encoding": encoding,
            "names": [n.strip() for n in names.split(",")] if names else None}
     frame = read_table(source, DataConfig(**{k: v for k, v in cfg.items() if v is not None}))
-    columns = list(column or [c for c in frame.columns if not (source.is_dir() and c == "label")])
+    columns = list(dict.fromkeys(column or [c for c in frame.columns if not (source.is_dir() and c == "label")]))
     check_columns(frame, columns)
+    if column:
+        check_not_empty(frame, columns)
     if method is None:
         method = default_method(frame, columns)
         method_function(method)

@@ -131,11 +131,23 @@ def models_list(store: StoreOpt = None) -> None:
 def models_show(name: str, store: StoreOpt = None) -> None:
     """The versions of NAME (metrics, lineage, aliases) and its alias history."""
     s = _store(store)
+    versions = s.list_versions(name)
+    # DP-SGD versions (training.privacy): the lineage's cumulative ε at δ beside the metrics
+    private = any(isinstance((v["metrics"] or {}).get("privacy"), dict) for v in versions)
     rows = [[v["version"], ", ".join(v["aliases"]), _when(v["created_at"]), (v["run_id"] or "")[:12],
              v["parent_version"], v["data_fingerprint"], *[_test_metrics(v["metrics"]).get(k) for k in KEY_METRICS],
-             v["description"]] for v in s.list_versions(name)]
-    _table(f"{name}: versions", ["version", "aliases", "created", "run", "parent", "data", *KEY_METRICS, "description"], rows)
+             *([_spent((v["metrics"] or {}).get("privacy"))] if private else []), v["description"]] for v in versions]
+    _table(f"{name}: versions", ["version", "aliases", "created", "run", "parent", "data", *KEY_METRICS,
+                                 *(["ε (δ)"] if private else []), "description"], rows)
     _history(s, name, None)
+
+
+def _spent(privacy: dict | None) -> str:
+    """A version's cumulative ε over its lineage at its δ ("none" when an earlier version trained without DP)."""
+    if not isinstance(privacy, dict):
+        return ""
+    cumulative = privacy.get("cumulative_epsilon")
+    return f"{cumulative:.3f} ({privacy.get('delta', 0):g})" if isinstance(cumulative, int | float) else "none"
 
 
 def _history(s, name: str, alias: str | None) -> None:

@@ -12,13 +12,15 @@ computes for them is what loopml records. Early stopping or a time limit only sp
 
 The guarantee covers the network's weights. Not covered (computed from the training rows without
 noise, stored in the bundle): the preprocessing statistics (number scaling, category vocabularies),
-the drift reference, the training-split metrics and loss curves; validation rows (early stopping,
-model selection) are used as usual. Share the weights (or an ONNX export) alone when the guarantee
-must hold for everything shared.
+automatic class weights (label counts), the drift reference, the training-split metrics and loss
+curves; validation rows (early stopping, model selection) are used as usual; a hyper-parameter search
+(``loopml tune``) spends each trial's ε on the same rows, and the chosen model records only its own.
+Share the weights (or an ONNX export) alone when the guarantee must hold for everything shared.
 
 Across a lineage (``loopml retrain``): the candidate trains on the champion's rows again, so its
 config carries the earlier versions' accountant history (``privacy.earlier``) and the cumulative ε
-is the accountant's over all of it (RDP/PRV composition, tighter than adding the ε's).
+is the accountant's over all of it (RDP/PRV composition, tighter than adding the ε's). Only the chain of
+parents counts: a candidate the gate rejected (still registered) is not in its successor's history.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ class TrainResult:
     reference: dict
     history: list[dict]
     info: dict
+    #: the preprocessing the learner was fitted with (training.init_from swaps in the pretraining's)
+    preprocessor: Preprocessor | None = None
 
 
 @dataclass
@@ -246,7 +248,7 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
     from loopml.train.privacy import privacy_metrics
 
     metrics = {**assembled.metrics, **privacy_metrics(learner.info)}  # DP: the spent ε and δ beside the splits
-    return TrainResult(learner, metrics, assembled.evaluation, assembled.reference, list(learner.history), info)
+    return TrainResult(learner, metrics, assembled.evaluation, assembled.reference, list(learner.history), info, pre)
 
 
 def split_record(prepared: Any, config: Config, pre: Preprocessor) -> dict:
