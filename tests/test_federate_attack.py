@@ -111,3 +111,15 @@ def test_a_client_too_small_to_hide_its_rows_sends_no_statistics():
     with pytest.raises(LoopmlError, match="^client b: has 3 training rows; a client needs 10 or more"):
         federated({"a": table(8), "b": small}, tap=messages.append)
     assert not [m for m in messages if m.client == "b" and m.kind not in ("schema", "error")]
+
+
+def test_a_column_only_some_clients_hold_can_be_excluded():
+    a, b = table(12), table(13).assign(ward=[f"w{i % 3}" for i in range(120)])
+    with pytest.raises(LoopmlError, match="client a has no column 'ward' .*or exclude it in the config$"):
+        federated({"a": a, "b": b})
+    for features in ({"ward": {"type": "skip"}}, None):
+        cfg = load_config({"target": {"column": "y"}, "features": features or {}, "exclude": [] if features else
+                           ["ward"], "training": {"epochs": 1, "batch_size": 64}})
+        clients = [Client(n, f, cfg.model_dump(mode="json"), False) for n, f in (("a", a), ("b", b))]
+        model = federate(cfg, LocalPool(clients, Channel()), Settings(1))
+        assert "ward" not in model.preprocessor.features and set(model.predict(b)) <= {"pos", "neg"}

@@ -143,9 +143,29 @@ def test_bundle_never_copies_a_file_linked_from_outside_the_encoder(tmp_path):
     with pytest.raises(LoopmlError, match="vocab.txt links outside"):
         bundle_pretrained(doc, bundle)
     (enc / "vocab.txt").unlink()
+    bundle = tmp_path / "bundle2"  # write_bundle throws a failed attempt's folder away
+    bundle.mkdir()
     rewritten = json.loads(bundle_pretrained(doc, bundle))
     assert sorted(p.name for p in (bundle / "pretrained" / "0").iterdir()) == ["config.json"]
     # a bundled reference may not point outside the bundle it is loaded from
     rewritten["features"]["t"]["state"]["pretrained"]["bundled"] = "../enc"
     with pytest.raises(LoopmlError, match="does not hold"):
         use_bundled(rewritten, bundle)
+
+
+def test_a_bundled_copy_without_weights_still_lends_its_tokenizer(enc_dir, tmp_path):
+    """A trainable teacher's bundle keeps config + tokenizer only: distillation's teacher-tokens reads it."""
+    from loopml.errors import LoopmlError
+    from loopml.features.text import TextFeature, borrowed_tokenizer
+    from loopml.models.pretrained import load_transformer
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(enc_dir / name, copy / name)
+    tok = borrowed_tokenizer(str(copy))
+    assert tok.encode("the rain came").ids == borrowed_tokenizer(str(enc_dir)).encode("the rain came").ids
+    assert TextFeature.tensor_key(type("C", (), {"encoder": None, "pretrained_tokenizer": str(copy)})()) is not None
+    with pytest.raises(LoopmlError, match="no safetensors weights"):  # running it as a pretrained model still needs them
+        load_transformer(str(copy))
+    assert load_transformer(str(copy), weights=False).config.hidden_size == 32

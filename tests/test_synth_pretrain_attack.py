@@ -42,3 +42,29 @@ def test_a_model_trained_with_init_from_loads_and_predicts_as_trained(table, cli
     assert again.preprocessor.features["color"].state == saved["color"]["state"]
     df = pd.read_csv(table / "labelled.csv").head(20)
     pd.testing.assert_frame_equal(again.predict_proba(df), model.predict_proba(df))
+
+
+@pytest.fixture
+def teacher(table):
+    config = {"target": {"column": "label", "synthesize": {"ratio": 1.0, "epochs": 1}}, "learner": {"type": "lightgbm"}}
+    return loopml.Model(config).fit(table / "labelled.csv")
+
+
+def test_a_teacher_trained_with_synthesis_distils_without_it(teacher, table):
+    # the student inherited target.synthesize: "210 soft targets for 608 training rows" at fit time
+    from loopml.compress.distill import student_config
+
+    assert teacher.info["training"]["synthesized"]["rows"] > 0
+    assert student_config("mlp", teacher).target.synthesize is None
+    (table / "student.yaml").write_text("target: {column: label, synthesize: {epochs: 1}}\n")
+    with pytest.raises(loopml.LoopmlError,
+                       match="target.synthesize does not combine with distillation"):
+        student_config(str(table / "student.yaml"), teacher)
+
+
+def test_a_teacher_trained_with_sampling_distils_into_the_default_student(table):
+    from loopml.compress.distill import student_config
+
+    config = {"target": {"column": "label", "sampling": "oversample"}, "learner": {"type": "lightgbm"}}
+    model = loopml.Model(config).fit(table / "labelled.csv")
+    assert student_config("mlp", model).target.sampling == "none"

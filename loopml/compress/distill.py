@@ -60,7 +60,9 @@ def student_config(student: str, teacher, temperature: float = 2.0, alpha: float
 
     borrowed = teacher_models(teacher) if check_init(init) != "random" else {}
 
-    target = teacher.config.target.model_dump(mode="json")
+    # the teacher's rebalancing (sampling, synthesize) stays with the teacher: each student row needs its soft target
+    target = {k: v for k, v in teacher.config.target.model_dump(mode="json").items()
+              if k not in ("sampling", "sampling_ratio", "synthesize")}
     if student in STUDENTS:
         features = {}
         for column, feature in teacher.preprocessor.features.items():
@@ -114,6 +116,9 @@ def _check_fits(config, teacher) -> None:
     if config.target.sampling != "none":
         raise LoopmlError("student config: target.sampling does not combine with distillation (it would resample "
                           "the rows away from their soft targets)")
+    if config.target.synthesize is not None:
+        raise LoopmlError("student config: target.synthesize does not combine with distillation (synthetic rows "
+                          "have no soft targets); remove it")
     inputs = list(teacher.preprocessor.features)
     for column in config.features:
         if column not in inputs:

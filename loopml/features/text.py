@@ -78,7 +78,7 @@ class TextFeature(FeatureType):
 
         if encoder is None:
             borrowed = getattr(config, "pretrained_tokenizer", None)
-            return None if borrowed is None else {"tokenizer": model_identity(borrowed)}
+            return None if borrowed is None else {"tokenizer": model_identity(borrowed, weights=False)}
 
         frozen = encoder.trainable == "frozen"
         return {"type": "pretrained", "model": encoder.model, "identity": model_identity(encoder.model),
@@ -182,9 +182,9 @@ def borrowed_tokenizer(ref: str) -> Tokenizer:
     from loopml.errors import LoopmlError
     from loopml.models.pretrained import load_tokenizer, model_config, model_reference, pad_id
 
-    ref = model_reference(ref)
+    ref = model_reference(ref, weights=False)  # a tokenizer only: a teacher bundle's copy holds no weights
     tok = load_tokenizer(ref)
-    if pad_id(ref, tok, model_config(ref)) != 0:
+    if pad_id(ref, tok, model_config(ref, weights=False)) != 0:
         raise LoopmlError(f"pretrained_tokenizer {ref}: its padding token is not id 0, which text encoders other "
                           "than pretrained take for padding")
     tok.post_processor = None  # sentence markers carry nothing for a bag or an LSTM

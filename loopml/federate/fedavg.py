@@ -128,7 +128,7 @@ def merge_schemas(config: Config, answers: list[Message]):
             col = (lacking or extra)[0]
             holder, other = (first.client, a.client) if lacking else (a.client, first.client)
             raise LoopmlError(f"client {other} has no column '{col}' (client {holder} has it); every client needs "
-                              "the same columns")
+                              "the same columns, or exclude it in the config")
     columns = []
     for name in names:
         # a client without a single value of a column cannot say its type (an empty column reads as category)

@@ -64,14 +64,14 @@ def resolve_model(ref: str, weights: bool = True) -> Path:
     return path
 
 
-def model_reference(ref: str) -> str:
+def model_reference(ref: str, weights: bool = True) -> str:
     """What a fitted feature stores: ``minilm`` as is, a directory as its absolute path."""
-    return ref if ref == MINILM else str(resolve_model(ref))
+    return ref if ref == MINILM else str(resolve_model(ref, weights))
 
 
-def model_identity(ref: str) -> dict:
+def model_identity(ref: str, weights: bool = True) -> dict:
     """A cheap fingerprint of a model's files, for the tensor-cache key."""
-    path = resolve_model(ref)
+    path = resolve_model(ref, weights)
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
     return {"path": str(path.resolve()), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
