@@ -100,3 +100,41 @@ def test_the_report_and_models_show_state_delta_and_the_spend(tmp_path, capsys):
     out = capsys.readouterr().out
     cumulative = model.metrics["privacy"]["cumulative_epsilon"]
     assert "ε (δ)" in out and f"{cumulative:.3f} (1e-05)" in out, out
+
+
+def test_a_resume_under_another_thread_share_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """Found: killed, then resumed while another training ran, a DP run ended ~1e-8 away from an uninterrupted
+    one: the fair thread share had changed, and MKL's products on the Poisson batches' odd sizes (5-11 rows)
+    round with the thread count. A DP training now keeps one count, and a resume the checkpoint's."""
+    from loopml.train import threads
+    from loopml.train.callbacks import Checkpoint
+
+    for name in ("LOOPML_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    data = table(400).drop(columns="txt")
+    cfg = config(combiner={"type": "concat", "layers": [64, 64]})
+    cfg["training"].update(epochs=3, batch_size=8)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "fair_share", lambda cpus, trainings: 2)  # alone on the machine
+    straight = loopml.Model(cfg).fit(data, progress=False, cache_dir=False)
+    assert torch.get_num_threads() == before
+
+    save = Checkpoint.on_epoch_end
+
+    def save_then_die(self, trainer, logs):
+        save(self, trainer, logs)
+        if logs["epoch"] == 0:
+            raise KeyboardInterrupt  # what kill -9 leaves: the epoch's checkpoint
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        loopml.Model(cfg).fit(data, checkpoint_dir=tmp_path / "ck", progress=False, cache_dir=False)
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
+    monkeypatch.setattr(threads, "fair_share", lambda cpus, trainings: 1)  # another training started meanwhile
+    resumed = loopml.Model(cfg).fit(data, checkpoint_dir=tmp_path / "ck", resume=True, progress=False,
+                                    cache_dir=False)
+    assert resumed.info["training"]["resumed"] is True
+    assert resumed.metrics["privacy"]["epsilon"] == straight.metrics["privacy"]["epsilon"]
+    a, b = resumed.network.state_dict(), straight.network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.get_num_threads() == before

@@ -10,6 +10,12 @@ accountant assumes). The noise multiplier is the one that spends ``target_epsilo
 accountant (RDP by default, PRV with ``accountant: prv``) is told every step that ran, and the ε it
 computes for them is what loopml records. Early stopping or a time limit only spend less.
 
+Reproducibility: the Poisson batches have every size, and MKL's matrix products round differently with the
+thread count at some sizes (a Linear on 5-11 rows: 1 vs 2 threads differ in the last bit), so a DP training
+does not follow the fair thread share (train/threads.py, which changes with the other trainings running):
+it trains on ``training.threads`` (or LOOPML_THREADS / OMP_NUM_THREADS), else on one thread, and a resumed
+run on the count its checkpoint trained with, so it ends with the weights of an uninterrupted run.
+
 The guarantee covers the network's weights. Not covered (computed from the training rows without
 noise, stored in the bundle): the preprocessing statistics (number scaling, category vocabularies),
 automatic class weights (label counts), the drift reference, the training-split metrics and loss
@@ -171,6 +177,9 @@ class PrivateTraining(Callback):
         self.steps_per_epoch = 0
         self.sample_rate = 0.0
         self.noise_multiplier = 0.0
+        #: torch's CPU threads while training (fixed: see the module's doc); a checkpoint's count on resume
+        self.threads: int | None = None
+        self._threads_before: int | None = None
 
     def begin(self, rows: int) -> None:
         """Settle q and the noise for ``rows`` training rows (after a resume: check they are the saved ones)."""
@@ -201,11 +210,16 @@ class PrivateTraining(Callback):
                               "since the checkpoint")
         self.optimizer.noise_multiplier = self.noise_multiplier
         self.optimizer.expected_batch_size = max(1, int(rows * self.sample_rate))
+        if self.threads is None:  # not resumed
+            from loopml.train.threads import explicit_threads
+
+            self.threads = explicit_threads(self.training.threads) or 1
         self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
 
     def batches(self, rows: int, seed: int, epoch: int):
         """One epoch of Poisson-sampled batches: each row in each step with probability q (some steps empty)."""
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        self._pin_threads()  # here: after every callback's on_epoch_begin (the thread share sets its count there)
         for _ in range(self.steps_per_epoch):
             yield torch.nonzero(torch.rand(rows, generator=generator) < self.sample_rate).flatten()
 
@@ -238,6 +252,8 @@ class PrivateTraining(Callback):
 
     # -- callback --------------------------------------------------------------------------------
     def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
+        # the epoch's validation loss ran on the pinned threads too: it steers the schedule and early stopping
+        self._unpin_threads()
         logs["epsilon"] = self.epsilon
 
     def on_train_end(self, trainer: Trainer) -> None:
@@ -247,15 +263,32 @@ class PrivateTraining(Callback):
         self._release(trainer)
 
     def _release(self, trainer: Trainer) -> None:
-        """The plain network again: hooks off, per-row gradients dropped."""
+        """The plain network again: hooks off, per-row gradients dropped, torch's thread count given back."""
+        self._unpin_threads()
         self.module._close()
         trainer.forward = trainer.model
 
+    def _pin_threads(self) -> None:
+        if self.threads is None:
+            return
+        if self._threads_before is None:
+            self._threads_before = torch.get_num_threads()
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def _unpin_threads(self) -> None:
+        if self._threads_before is not None:
+            if torch.get_num_threads() != self._threads_before:
+                torch.set_num_threads(self._threads_before)
+            self._threads_before = None
+
     def state_dict(self) -> dict:
-        return {"history": [[float(a), float(b), int(c)] for a, b, c in self.accountant.history]}
+        return {"history": [[float(a), float(b), int(c)] for a, b, c in self.accountant.history],
+                "threads": self.threads}
 
     def load_state_dict(self, state: dict) -> None:
         self.accountant.history = [(float(a), float(b), int(c)) for a, b, c in state["history"]]
+        self.threads = state.get("threads")  # None in a checkpoint of an older loopml: chosen in ``begin``
 
 
 def private_training(trainer: Trainer, training: TrainingConfig) -> PrivateTraining | None:
