@@ -1,6 +1,7 @@
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,22 @@ def recoded_champion(tmp_path_factory):
     make(900, 0).to_csv(data, index=False)
     model = loopml.Model(target="label", training={"epochs": 10}).fit(data, progress=False, cache_dir=False)
     return model, model.save(root / "champion")
+
+
+def stop_after_first_checkpoint(monkeypatch) -> Callable[[], None]:
+    """Make every training stop with KeyboardInterrupt right after its epoch-0 checkpoint (what kill -9 leaves
+    behind: the epoch's checkpoint and nothing after it); returns the function that undoes it."""
+    from loopml.train.callbacks import Checkpoint
+
+    save = Checkpoint.on_epoch_end
+
+    def save_then_stop(self, trainer, logs):
+        save(self, trainer, logs)
+        if logs["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", save_then_stop)
+    return lambda: monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
 
 
 @pytest.fixture

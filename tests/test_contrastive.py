@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import stop_after_first_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 
 from loopml.config import load_config
 from loopml.prepare import prepare
 from loopml.pretrain.contrastive import Backbone, nt_xent
-from loopml.train.callbacks import Callback, Checkpoint
+from loopml.train.callbacks import Callback
 from loopml.train.run import RunOptions, train
 from loopml.train.trainer import default_callbacks
 
@@ -123,17 +124,10 @@ def test_simclr_on_an_image_folder_round_trip(images, cli_here):
 def test_resume_after_an_interruption_ends_with_the_same_weights(table, cli_here, monkeypatch):
     args = ["--method", "scarf", "-d", "unlabelled.csv", "-c", "cfg.yaml", "--epochs", "3", "--batch-size", "64"]
     _pretrain(cli_here, table, *args, "-o", "whole")
-    save = Checkpoint.on_epoch_end
-
-    def save_then_stop(self, trainer, logs):
-        save(self, trainer, logs)
-        if logs["epoch"] == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpoint, "on_epoch_end", save_then_stop)
+    resume_normally = stop_after_first_checkpoint(monkeypatch)
     stopped = cli_here(["pretrain", *args, "-o", "cut", "-q", "--seed", "3"], table)
     assert stopped.returncode == 130 and (table / "cut.partial" / "last.safetensors").exists()
-    monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
+    resume_normally()
     _pretrain(cli_here, table, *args, "-o", "cut", "--resume")
     whole, cut = (load_file(str(table / d / "encoder.safetensors")) for d in ("whole", "cut"))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import stop_after_first_checkpoint
 from torch import nn
 
 import loopml
 from loopml.cli import main
 from loopml.errors import LoopmlError
-from loopml.train.callbacks import Checkpoint
 from loopml.train.privacy import dp_safe_network, spent
 
 pytest.importorskip("opacus")
@@ -102,17 +102,10 @@ def test_batch_norm_is_replaced_and_the_model_learns_and_reloads(tmp_path):
 
 
 def test_resume_continues_the_count_and_ends_where_an_uninterrupted_run_does(tmp_path, monkeypatch, dp_model):
-    save = Checkpoint.on_epoch_end
-
-    def save_then_stop(self, trainer, logs):
-        save(self, trainer, logs)
-        if logs["epoch"] == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpoint, "on_epoch_end", save_then_stop)
+    resume_normally = stop_after_first_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         loopml.Model(config()).fit(table(), checkpoint_dir=tmp_path / "ck", progress=False, cache_dir=False)
-    monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
+    resume_normally()
     resumed = loopml.Model(config()).fit(table(), checkpoint_dir=tmp_path / "ck", resume=True, progress=False,
                                          cache_dir=False)
     assert resumed.info["training"]["resumed"] is True

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import stop_after_first_checkpoint
 
 import loopml
 from loopml.cli import main
@@ -107,7 +108,6 @@ def test_a_resume_under_another_thread_share_ends_with_the_uninterrupted_weights
     one: the fair thread share had changed, and MKL's products on the Poisson batches' odd sizes (5-11 rows)
     round with the thread count. A DP training now keeps one count, and a resume the checkpoint's."""
     from loopml.train import threads
-    from loopml.train.callbacks import Checkpoint
 
     for name in ("LOOPML_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
@@ -119,17 +119,10 @@ def test_a_resume_under_another_thread_share_ends_with_the_uninterrupted_weights
     straight = loopml.Model(cfg).fit(data, progress=False, cache_dir=False)
     assert torch.get_num_threads() == before
 
-    save = Checkpoint.on_epoch_end
-
-    def save_then_die(self, trainer, logs):
-        save(self, trainer, logs)
-        if logs["epoch"] == 0:
-            raise KeyboardInterrupt  # what kill -9 leaves: the epoch's checkpoint
-
-    monkeypatch.setattr(Checkpoint, "on_epoch_end", save_then_die)
+    resume_normally = stop_after_first_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         loopml.Model(cfg).fit(data, checkpoint_dir=tmp_path / "ck", progress=False, cache_dir=False)
-    monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
+    resume_normally()
     monkeypatch.setattr(threads, "fair_share", lambda cpus, trainings: 1)  # another training started meanwhile
     resumed = loopml.Model(cfg).fit(data, checkpoint_dir=tmp_path / "ck", resume=True, progress=False,
                                     cache_dir=False)
