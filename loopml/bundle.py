@@ -203,16 +203,21 @@ def _resolved_features(model) -> dict:
 
 def save_model(model, path: str | os.PathLike, overwrite: bool = False,
                extras: Callable[[Path], object] | None = None) -> Path:
-    from loopml.models.pretrained_files import bundle_pretrained
-
     documents, manifest = model_documents(model)
+    return write_bundle(path, documents, manifest, overwrite, learner_files=model_files(model, documents),
+                        extras=extras)
+
+
+def model_files(model, documents: dict[str, str]) -> Callable[[Path], None]:
+    """What writes a model's files beside its documents: the learner's, and a local pretrained encoder's
+    config/tokenizer (and frozen weights), which travel with the model (``documents`` is updated to name them)."""
+    from loopml.models.pretrained_files import bundle_pretrained
 
     def learner_files(folder: Path) -> None:
         model.learner.save(folder)
-        # a local pretrained encoder's config/tokenizer (and frozen weights) travel with the model
         documents["preprocessing.json"] = bundle_pretrained(documents["preprocessing.json"], folder)
 
-    return write_bundle(path, documents, manifest, overwrite, learner_files=learner_files, extras=extras)
+    return learner_files
 
 
 def load_model(path: str | os.PathLike, model_cls: type):

@@ -28,7 +28,7 @@ def sizes(method: str, folder: Path, manifest: dict, new_model, new_network_byte
 def write_model(new_model, table: dict, facts_key: str, facts: dict, output: Path, *, force: bool,
                 echo: Any = None, more_lines: list[str] | None = None) -> Path:
     """The new bundle, written atomically with its trade-off table (compress.json, report); prints the table."""
-    from loopml.bundle import model_documents, write_bundle
+    from loopml.bundle import model_documents, model_files, write_bundle
     from loopml.compress.tradeoff import lines
 
     new_model.evaluation["compression"] = table
@@ -39,7 +39,7 @@ def write_model(new_model, table: dict, facts_key: str, facts: dict, output: Pat
         (where / "compress.json").write_text(json.dumps(table, indent=2), encoding="utf-8")
         new_model.report(where / "report.html", name=Path(output).name)
 
-    written = write_bundle(output, documents, manifest, overwrite=force, learner_files=new_model.learner.save,
+    written = write_bundle(output, documents, manifest, overwrite=force, learner_files=model_files(new_model, documents),
                            extras=extras)
     for line in lines(table) + (more_lines or []):
         (echo or print)(line)
