@@ -199,7 +199,9 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
     from loopml.train.threads import ThreadShare
 
     options = options or RunOptions()
-    if config.training.init_from is not None and options.initial_weights is None:
+    # a warm start's weights take precedence over a pretraining's
+    from_pretraining = config.training.init_from is not None and options.initial_weights is None
+    if from_pretraining:
         from loopml.pretrain.contrastive import adopt_pretrained  # re-encodes the splits, before any view is fitted
 
         adopt_pretrained(config, prepared)
@@ -216,7 +218,7 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
                                            lambda frame: learner_input(pre, cls, config.learner, frame))
         # with synthesis, weights balance what the learner sees (the real rows plus the synthetic ones)
         weights = class_weights(config, pre, (train_split if synthesized else splits["train"]).y)
-        if config.training.init_from is not None and options.initial_weights is None:
+        if from_pretraining:
             from loopml.pretrain.contrastive import pretrained_weights
 
             options.initial_weights = pretrained_weights(config, pre, weights)
