@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ class Model:
             self.config = load_config(config, target=target, **sections)
         #: values read as missing by the last predict/evaluate call with ``coerce=True``, per column
         self.last_coerced: dict[str, int] = {}
+        # the config as given and as the recipe resolved it: a second fit chooses again from the given one
+        self._given_config: Config | None = None
+        self._resolved_config: Config | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -76,6 +80,8 @@ class Model:
         self.run_id: str | None = None
         self._store = None
         self._initial_weights: dict | None = None
+        #: what the recipe chose for the last fit (train/recipes.py); None when nothing applied
+        self._recipe = None
 
     @property
     def network(self):
@@ -101,6 +107,7 @@ class Model:
             warm_start = copy.copy(self)
         self._reset()
         budget = Budget(self.config.automl.time_budget)  # preparation counts against it too
+        self._choose_defaults(data, validation, test, progress is not False)
         prepared = self._prepare(data, validation, test, cache_dir)
         if warm_start is not None:  # its preprocessing re-encodes every split, so its weights fit
             warm_start._require_trained()
@@ -131,9 +138,23 @@ class Model:
         self._store.end_run(self.run_id, "finished", self.metrics_summary(), data_fingerprint=self.info["data_fingerprint"])
         return self
 
+    def _choose_defaults(self, data: Source, validation: Source | None, test: Source | None, show: bool) -> None:
+        """The settings the config leaves unset, chosen from the data (train/recipes.py: images and audio; the
+        CLI, the API and retraining all come here), printed with the progress output."""
+        from loopml.train.recipes import apply_recipe
+
+        if self._resolved_config is None or self.config is not self._resolved_config:
+            self._given_config = self.config  # a config set since the last fit replaces the given one
+        self.config, self._recipe = apply_recipe(self._given_config, data, validation, test)
+        self._resolved_config = self.config
+        if self._recipe is not None and show:
+            print(self._recipe.describe(), file=sys.stderr, flush=True)
+
     def _apply(self, result: TrainResult) -> Model:
         self.learner, self.metrics, self.evaluation = result.learner, result.metrics, result.evaluation
         self.reference, self.history, self.info = result.reference, result.history, result.info
+        if self._recipe is not None:  # saved in history.json beside the epochs
+            self.info.setdefault("training", {})["recipe"] = self._recipe.record()
         if result.preprocessor is not None:  # saved with the weights, so it must be the one they were fitted on
             self.preprocessor = result.preprocessor
         return self
@@ -163,6 +184,10 @@ class Model:
         target_cfg = self.config.target
         if target_cfg.sampling != "none" and self.schema.target_kind == "number":
             raise LoopmlError("target.sampling is for classification; this target is a number")
+        if self.config.training.label_smoothing and self.schema.target_kind == "number":
+            from loopml.config import LABEL_SMOOTHING_NUMBER
+
+            raise LoopmlError(LABEL_SMOOTHING_NUMBER)
         if target_cfg.synthesize is not None:
             from loopml.train.synthesize import check as check_synthesis
 
@@ -170,6 +195,10 @@ class Model:
                             self.schema.target_kind)
         if target_cfg.threshold != 0.5 and self.schema.target_kind != "binary":
             raise LoopmlError(f"target.threshold is for binary targets; this target is {self.schema.target_kind}")
+        if self.config.training.mixup is not None:  # before a run is recorded (the trainer checks its network too)
+            from loopml.train.mixing import check as check_mixup
+
+            check_mixup({c: f.config.type for c, f in self.preprocessor.features.items()}, self.schema.target_kind)
         check_monitor(self.config, self.schema.target_kind)
         check_learner(self.config, self.preprocessor)
         training = self.config.training

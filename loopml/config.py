@@ -137,14 +137,28 @@ class OptimizerConfig(StrictModel):
 
 
 class SchedulerConfig(StrictModel):
-    type: Literal["none", "step", "cosine", "plateau"] = "plateau"
-    #: epochs of linear warm-up from lr/10, before the schedule proper
-    warmup_epochs: int = Field(0, ge=0)
+    #: onecycle: from lr/25 up to lr over warmup_epochs (30% of the epochs when 0), then cosine down to min_lr
+    type: Literal["none", "step", "cosine", "plateau", "onecycle"] = "plateau"
+    #: epoch: the lr changes once per epoch; step: after every optimizer step (warm-up included), a smooth curve
+    interval: Literal["epoch", "step"] = "epoch"
+    #: epochs of linear warm-up from lr/10, before the schedule proper (may be fractional: 0.5 = half an epoch)
+    warmup_epochs: float = Field(0, ge=0, allow_inf_nan=False)
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.5, gt=0, le=1)
     patience: int = Field(2, ge=0)
     factor: float = Field(0.5, gt=0, lt=1)
     min_lr: float = Field(1e-6, ge=0)
+
+    @model_validator(mode="after")
+    def _plateau_per_epoch(self) -> SchedulerConfig:
+        # plateau reacts to the validation loss, which exists once per epoch
+        if self.type == "plateau" and self.interval == "step":
+            raise ValueError("scheduler type plateau follows the validation loss, measured once per epoch: "
+                             "use interval: epoch, or type cosine / onecycle with interval: step")
+        if self.type == "plateau" and self.warmup_epochs != int(self.warmup_epochs):
+            raise ValueError(f"scheduler type plateau warms up in whole epochs (warmup_epochs "
+                             f"{self.warmup_epochs:g}): use a whole number, or type cosine / onecycle")
+        return self
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -194,6 +208,36 @@ class PrivacyConfig(StrictModel):
         return earlier
 
 
+class MixupConfig(StrictModel):
+    """Batch-level mixing of image inputs (loopml/train/mixing.py); classification, image-only networks."""
+
+    #: mixup's Beta(alpha, alpha) for the mixing weight (0 = no mixup)
+    alpha: float = Field(0.2, ge=0, allow_inf_nan=False)
+    #: cutmix's Beta(a, a) for the kept area (0 = no cutmix); both > 0: each mixed batch picks one, 50/50
+    cutmix_alpha: float = Field(0.0, ge=0, allow_inf_nan=False)
+    #: the chance that a training batch is mixed
+    prob: float = Field(1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_method(self) -> MixupConfig:
+        if self.alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError("training.mixup needs alpha > 0 (mixup) or cutmix_alpha > 0 (cutmix); "
+                             "to turn mixing off remove training.mixup")
+        return self
+
+
+class EmaConfig(StrictModel):
+    """An exponential moving average of the weights (loopml/train/ema.py), updated after every optimizer step."""
+
+    #: average <- decay * average + (1 - decay) * weights; 0.999 averages over about the last 1,000 steps
+    decay: float = Field(0.999, gt=0, lt=1)
+
+
+#: label smoothing spreads probability over classes; a number target has none (also checked once the type is inferred)
+LABEL_SMOOTHING_NUMBER = ("training.label_smoothing is for classification: a number target (regression) has no "
+                          "classes to smooth towards; set it to 0")
+
+
 class TrainingConfig(StrictModel):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -207,6 +251,12 @@ class TrainingConfig(StrictModel):
     threads: int | None = Field(None, ge=1)
     #: stop after this many seconds (the best checkpoint so far is kept)
     max_time: float | None = Field(None, gt=0)
+    #: with max_time: after each epoch, plan how many epochs fit the time left (at most ``epochs``) and end the
+    #: schedule (cosine, onecycle) at the last planned one, so the lr has annealed when time is up
+    plan_to_max_time: bool = False
+    #: classification: the loss's target keeps 1 - s of its weight and spreads s over the classes (binary: the
+    #: 0/1 target moves s/2 towards 0.5), e.g. 0.1; 0 = off
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     #: the loss mixes hard labels with a teacher's soft targets (set by ``loopml compress --distill``)
     distill: DistillConfig | None = None
     #: where the network trains: auto (CUDA when available, else the CPU), cpu, cuda, cuda:N or mps
@@ -221,6 +271,14 @@ class TrainingConfig(StrictModel):
     #: start the network's encoders (and combiner) from a folder `loopml pretrain --method scarf|simclr` wrote;
     #: its fitted preprocessing is adopted for the same columns (a warm start's weights take precedence)
     init_from: str | None = None
+    #: mix image inputs batch by batch: ``{alpha: 0.2}`` mixup, ``{cutmix_alpha: 1.0}`` cutmix, both: either, 50/50;
+    #: classification with image inputs only; training metrics are computed against the un-mixed labels
+    mixup: MixupConfig | None = None
+    #: ``{decay: 0.999}``: validate, choose the best epoch and save an exponential moving average of the weights
+    ema: EmaConfig | None = None
+    #: channels_last memory format for the network's conv layers and the image batches (faster convs on
+    #: CPUs with AMX/avx512 and on GPUs, mostly with bf16); saved weights and exports are unaffected
+    channels_last: bool = False
 
     @model_validator(mode="after")
     def _private_settings(self) -> TrainingConfig:
@@ -231,6 +289,8 @@ class TrainingConfig(StrictModel):
                 raise ValueError("training.privacy does not work with training.compile: set compile: false")
             if self.distill is not None:
                 raise ValueError("training.privacy does not combine with distillation (training.distill)")
+            if self.mixup is not None:  # a mixed row carries two rows' data: DP-SGD's per-row clipping bounds neither
+                raise ValueError("training.privacy does not combine with training.mixup (a mixed row holds two rows)")
         return self
 
     @field_validator("device", mode="before")
@@ -269,6 +329,9 @@ class Config(StrictModel):
     #: which learner fits the prepared features (the network by default); ``learner: lightgbm`` works too
     learner: LearnerConfig = Field(default_factory=lambda: LEARNERS.get("network").Params())
     automl: AutoMLConfig = AutoMLConfig()
+    #: auto: image and audio data get the settings this config leaves unset chosen from the data, the time
+    #: budget and the machine (loopml/train/recipes.py; printed at the start of training); none: plain defaults
+    recipe: Literal["auto", "none"] = "auto"
 
     @field_validator("target", mode="before")
     @classmethod
@@ -296,6 +359,17 @@ class Config(StrictModel):
     @classmethod
     def _combiner_shortcut(cls, value: Any) -> Any:
         return _name_to_section(value)
+
+    @model_validator(mode="after")
+    def _plan_and_smoothing(self) -> Config:
+        training = self.training
+        # --time-budget caps max_time (learners/network.py), so the budget is enough to plan into
+        if training.plan_to_max_time and training.max_time is None and self.automl.time_budget is None:
+            raise ValueError("training.plan_to_max_time plans the epochs into training.max_time: set "
+                             "training.max_time (seconds)")
+        if training.label_smoothing and self.target.type == "number":
+            raise ValueError(LABEL_SMOOTHING_NUMBER)
+        return self
 
     @model_validator(mode="after")
     def _private_learner(self) -> Config:

@@ -50,6 +50,9 @@ class ImageConfig(StrictModel):
     augment: AugmentConfig = AugmentConfig()
     #: larger images (by their declared width x height) are refused before decoding
     max_pixels: int = Field(50_000_000, ge=1)
+    #: test-time augmentation: flip = at evaluation and predict the encoder averages its features over the
+    #: image and its left-right mirror (twice the inference compute; training is unchanged)
+    tta: Literal["none", "flip"] = "none"
 
 
 def _is_array(value: object) -> bool:
@@ -151,4 +154,4 @@ class ImageFeature(FeatureType):
     def encoder_inputs(self) -> dict:
         s = self.state
         return {"channels": s["channels"], "size": tuple(s["size"]), "mean": s["mean"], "std": s["std"],
-                "augment": self.config.augment}
+                "augment": self.config.augment, "tta": self.config.tta}

@@ -124,6 +124,8 @@ class NetworkLearner(Learner):
         self.info = {"epochs_run": trainer.epoch, "best_epoch": best.best_epoch if best is not None else trainer.epoch - 1,
                      "monitor": monitor, "stop_reason": trainer.stop_reason or "epochs done",
                      "seconds": trainer.elapsed, "resumed": resumed}
+        if trainer.plan is not None:  # training.plan_to_max_time: the epochs planned into max_time (capped by a budget)
+            self.info["plan"] = trainer.plan.record()
         if trainer.privacy is not None:
             self.info["privacy"] = trainer.privacy.record()
         return self

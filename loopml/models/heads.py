@@ -34,17 +34,20 @@ class BinaryHead(Head):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x).squeeze(-1)
 
-    def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        # smoothing moves the 0/1 target towards 0.5 (cross-entropy's two-class rule); weights follow the true class
+        soft = target * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else target
         if self.class_weights.numel():
             weights = self.class_weights[target.long()]
-            return F.binary_cross_entropy_with_logits(outputs, target, weight=weights) / weights.mean()
-        return F.binary_cross_entropy_with_logits(outputs, target)
+            return F.binary_cross_entropy_with_logits(outputs, soft, weight=weights) / weights.mean()
+        return F.binary_cross_entropy_with_logits(outputs, soft)
 
 
 @HEADS.register("category")
 class CategoryHead(Head):
-    def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, target, weight=self.class_weights if self.class_weights.numel() else None)
+    def loss(self, outputs: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        return F.cross_entropy(outputs, target, weight=self.class_weights if self.class_weights.numel() else None,
+                               label_smoothing=label_smoothing)
 
 
 @HEADS.register("number")

@@ -21,6 +21,8 @@ class ImageInput(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, channels, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, channels, 1, 1))
         self.augment = augment
+        #: hand the convolutions channels_last batches (set by ``use_channels_last``; not saved: a loaded model is plain)
+        self.channels_last = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0
@@ -38,7 +40,18 @@ class ImageInput(nn.Module):
         x = (x - self.mean) / self.std
         if self.training and a is not None and a.cutout:
             x = cutout(x, a.cutout)
-        return x
+        # here, after the augmentations: their gathers and masks return standard-layout tensors
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def use_channels_last(network: nn.Module) -> nn.Module:
+    """``training.channels_last``: the image encoders' conv weights and their input batches in channels_last
+    (other encoders keep their layout: their inputs are not image batches)."""
+    for module in network.modules():
+        if isinstance(module, ImageEncoder):
+            module.to(memory_format=torch.channels_last)
+            module.input.channels_last = True
+    return network
 
 
 def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
@@ -93,9 +106,22 @@ class ImageEncoder(Encoder):
 
     feature_types = ("image",)
     attribution = "pixels"
+    #: the image feature's ``tta``: flip = in eval mode, the mean of the features of the image and its mirror
+    tta = "none"
 
     def attribution_layer(self) -> nn.Module:
         return self.input
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.input(images)
+        if self.tta == "flip" and not self.training:
+            # the mirror after the (eval-mode, per-channel) input scaling: the same as mirroring the raw image,
+            # and the input layer (explain's attribution point) still sees one row per image
+            both = self.body(torch.cat([x, x.flip(-1)])).mean(dim=(2, 3))
+            features = both.reshape(2, -1, both.shape[-1]).mean(dim=0)
+        else:
+            features = self.body(x).mean(dim=(2, 3))
+        return self.dropout(features)
 
 
 @ENCODERS.register("cnn")
@@ -109,9 +135,10 @@ class SmallCNN(ImageEncoder):
         dropout: float = Field(0.1, ge=0, lt=1)
 
 
-    def __init__(self, params: Params, channels: int, mean, std, augment=None, **_: object) -> None:
+    def __init__(self, params: Params, channels: int, mean, std, augment=None, tta: str = "none", **_: object) -> None:
         super().__init__()
         self.input = ImageInput(channels, mean, std, augment)
+        self.tta = tta
         blocks, width = [], channels
         for out in params.channels:
             for i in range(params.convs_per_block):
@@ -121,9 +148,6 @@ class SmallCNN(ImageEncoder):
         self.body = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(params.dropout)
         self.output_dim = width
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.body(self.input(images)).mean(dim=(2, 3)))
 
 
 class BasicBlock(nn.Module):
@@ -151,9 +175,10 @@ class ResNet(ImageEncoder):
         dropout: float = Field(0.1, ge=0, lt=1)
 
 
-    def __init__(self, params: Params, channels: int, mean, std, augment=None, **_: object) -> None:
+    def __init__(self, params: Params, channels: int, mean, std, augment=None, tta: str = "none", **_: object) -> None:
         super().__init__()
         self.input = ImageInput(channels, mean, std, augment)
+        self.tta = tta
         layers: list[nn.Module] = [conv_bn(channels, params.channels[0])]
         width = params.channels[0]
         for stage, out in enumerate(params.channels):
@@ -163,6 +188,3 @@ class ResNet(ImageEncoder):
         self.body = nn.Sequential(*layers)
         self.dropout = nn.Dropout(params.dropout)
         self.output_dim = width
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.body(self.input(images)).mean(dim=(2, 3)))

@@ -152,6 +152,8 @@ def fit_contrastive(model: Contrastive, train, val, config: Any, request: Any, e
     cfg = config.training.model_copy(update={
         "epochs": epochs, "batch_size": min(batch_size, len(train)), "seed": options.seed or config.training.seed,
         "max_time": options.max_time, "distill": None,
+        # the config's plan is for its own max_time; pretraining plans only into its own --max-time
+        "plan_to_max_time": config.training.plan_to_max_time and options.max_time is not None,
         "optimizer": config.training.optimizer.model_copy(update={"lr": lr}),
         "scheduler": SchedulerConfig(type="cosine", warmup_epochs=min(2, epochs - 1)),
     })

@@ -106,9 +106,10 @@ def _padding_mask_attention() -> type:
     return PaddingMaskAttention
 
 
-def private_loss(model: nn.Module) -> Any:
+def private_loss(model: nn.Module, label_smoothing: float = 0.0) -> Any:
     """The head's loss as a mean of per-row terms (class weights included, not renormalised by the batch's
-    weights): each row's gradient then depends on that row alone, which per-row clipping assumes."""
+    weights): each row's gradient then depends on that row alone, which per-row clipping assumes.
+    ``label_smoothing`` as in the heads (training.label_smoothing)."""
     from loopml.train.soft_targets import head_kind
 
     kind = head_kind(model)
@@ -118,9 +119,11 @@ def private_loss(model: nn.Module) -> Any:
         weights = head.class_weights if head.class_weights.numel() else None
         if kind == "binary":
             w = weights[target.long()] if weights is not None else None
-            return F.binary_cross_entropy_with_logits(outputs, target, weight=w)
+            soft = target * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else target
+            return F.binary_cross_entropy_with_logits(outputs, soft, weight=w)
         if kind == "category":
-            return F.cross_entropy(outputs, target, weight=weights, reduction="none").mean()
+            return F.cross_entropy(outputs, target, weight=weights, reduction="none",
+                                   label_smoothing=label_smoothing).mean()
         return F.mse_loss(outputs, target)
 
     return loss
@@ -167,7 +170,7 @@ class PrivateTraining(Callback):
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         self.module = GradSampleModule(trainer.model, batch_first=True, loss_reduction="mean")
         trainer.forward = self.module
-        trainer.loss_fn = private_loss(trainer.model)
+        trainer.loss_fn = private_loss(trainer.model, training.label_smoothing)
         # the noise and the expected batch size are set in ``begin``, once the number of rows is known
         trainer.optimizer = DPOptimizer(trainer.optimizer, noise_multiplier=0.0,
                                         max_grad_norm=settings.max_grad_norm, expected_batch_size=1)

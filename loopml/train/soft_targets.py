@@ -70,13 +70,34 @@ def soft_term(outputs: torch.Tensor, teacher: torch.Tensor, kind: str, temperatu
     return temperature**2 * kl
 
 
-def training_loss(model: torch.nn.Module, distill: object | None) -> LossFn:
-    """The trainer's loss: the head's own, or with ``distill`` (a DistillConfig) the mix above for 2-D targets."""
+def hard_loss(model: torch.nn.Module, label_smoothing: float = 0.0) -> LossFn:
+    """The head's loss, with ``training.label_smoothing`` for a binary or category head (a one-line error for a
+    number head; a network without a classification head, e.g. a pretraining one, has no labels to smooth)."""
+    def plain(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return model.loss(outputs, target)  # looked up when called: a network without one fails only then
+
+    if not label_smoothing:
+        return plain
+    from loopml.config import LABEL_SMOOTHING_NUMBER
+    from loopml.models.heads import RegressionHead
+
+    head = getattr(model, "head", None)
+    if isinstance(head, RegressionHead):
+        raise LoopmlError(LABEL_SMOOTHING_NUMBER)
+    if head_kind(model) == "number":
+        return plain
+    return lambda outputs, target: head.loss(outputs, target, label_smoothing=label_smoothing)
+
+
+def training_loss(model: torch.nn.Module, distill: object | None, label_smoothing: float = 0.0) -> LossFn:
+    """The trainer's loss: the head's own, or with ``distill`` (a DistillConfig) the mix above for 2-D targets;
+    ``label_smoothing`` applies to the hard labels (the soft term already is a distribution)."""
     kind = head_kind(model)
+    hard_fn = hard_loss(model, label_smoothing)
 
     def loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.ndim == 1:
-            return model.loss(outputs, target)
+            return hard_fn(outputs, target)
         if distill is None:
             raise LoopmlError("the training target carries soft targets but training.distill is not set")
         alpha, temperature = float(distill.alpha), float(distill.temperature)
@@ -84,6 +105,6 @@ def training_loss(model: torch.nn.Module, distill: object | None) -> LossFn:
         labelled_outputs, hard = labelled_part(outputs, target, kind)
         if alpha == 0 or not len(hard):
             return (1 - alpha) * soft
-        return alpha * model.loss(labelled_outputs, hard) + (1 - alpha) * soft
+        return alpha * hard_fn(labelled_outputs, hard) + (1 - alpha) * soft
 
     return loss

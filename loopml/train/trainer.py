@@ -25,7 +25,9 @@ from loopml.train.device import (
     set_rng_state,
     to_device,
 )
-from loopml.train.optim import Schedule, make_optimizer
+from loopml.train.mixing import make_mixer
+from loopml.train.optim import make_optimizer, make_schedule
+from loopml.train.plan import make_plan
 from loopml.train.privacy import private_training
 from loopml.train.soft_targets import head_kind, labelled_part, training_loss
 from loopml.train.state import load_state
@@ -61,6 +63,10 @@ class Trainer:
         self.device = resolve_device(config.device)
         check_precision(config.precision, self.device)
         model.to(self.device)  # before the optimizer: its state is created next to the parameters
+        if config.channels_last:
+            from loopml.models.image_encoders import use_channels_last
+
+            use_channels_last(model)
         #: the forward pass: the network itself, or its torch.compile'd form (same weights)
         self.forward = compile_network(model) if config.compile else model
         self.scaler = grad_scaler(self.device, config.precision)
@@ -68,9 +74,12 @@ class Trainer:
         self.callbacks = sorted(callbacks, key=lambda cb: isinstance(cb, Checkpoint))
         self.metric_fn = metric_fn or (lambda outputs, target: {})
         # a 2-D target carries a teacher's soft targets (train/soft_targets.py); config.distill mixes them in
-        self.loss_fn = training_loss(model, config.distill)
+        self.loss_fn = training_loss(model, config.distill, config.label_smoothing)
         self.optimizer = make_optimizer(param_groups(model, config.optimizer.lr), config.optimizer)
-        self.schedule = Schedule(self.optimizer, config.scheduler, config.epochs)
+        self.schedule = make_schedule(self.optimizer, config.scheduler, config.epochs, config.plan_to_max_time)
+        #: training.plan_to_max_time: the epochs that fit max_time, re-planned after each epoch (train/plan.py)
+        self.plan = make_plan(config, LAUNCHER.get())
+        self.planned_epochs = config.epochs
         self.epoch = 0
         self.elapsed = 0.0
         self.stop_reason: str | None = None
@@ -83,6 +92,12 @@ class Trainer:
         self.privacy = private_training(self, config)
         if self.privacy is not None:
             self.callbacks.insert(0, self.privacy)  # first: the epsilon it logs reaches every other callback
+        #: training.mixup: mixes each training batch's images and its loss (train/mixing.py); None: off
+        self.mixer = make_mixer(model, config)
+        if config.ema is not None:  # the averaged weights are swapped in for validation (train/ema.py)
+            from loopml.train.ema import WeightAverage
+
+            self.callbacks.insert(0, WeightAverage(config.ema.decay))
 
     @property
     def history(self) -> list[dict]:
@@ -97,30 +112,43 @@ class Trainer:
         cfg = self.config
         rows = len(train) if self.shard is None else -(-len(train) // self.shard[1])
         self.steps_per_epoch = -(-rows // cfg.batch_size)
+        self.schedule.steps_per_epoch = self.steps_per_epoch
+        if self.plan is None:  # the config's epochs: a caller may swap the config after building (federate/clients)
+            self.planned_epochs = cfg.epochs
         if self.privacy is not None:
             self.privacy.begin(len(train))
         for cb in self.callbacks:
             cb.on_train_begin(self)
         try:
-            while self.epoch < cfg.epochs and self.stop_reason is None:
+            while self.epoch < self.planned_epochs and self.stop_reason is None:
                 start = time.perf_counter()
                 for cb in self.callbacks:
                     cb.on_epoch_begin(self, self.epoch)
                 train_loss, train_metrics = self._train_epoch(train)
+                for cb in self.callbacks:  # e.g. the weight average swaps itself in (callbacks without the hook skip it)
+                    getattr(cb, "on_validation_begin", lambda trainer: None)(self)
                 val_outputs = self.predict(val.inputs)
                 with torch.inference_mode():  # on the device: the loss's class weights live there
                     val_loss = float(self.model.loss(*to_device((val_outputs, val.target), self.device)))
                 self.schedule.step(val_loss)
                 self.elapsed += time.perf_counter() - start
+                if self.plan is not None:  # before the logs, so their lr is the re-planned curve's
+                    self.planned_epochs = self.plan.update(self.epoch + 1, self.elapsed)
+                    self.schedule.replan(self.planned_epochs)
                 logs = {
                     "epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss,
                     **{f"train_{k}": v for k, v in train_metrics.items()},
                     **{f"val_{k}": v for k, v in self.metric_fn(val_outputs, val.target).items()},
                     "lr": self.optimizer.param_groups[0]["lr"], "time": time.perf_counter() - start,
                 }
+                if self.plan is not None:
+                    logs["planned_epochs"] = self.planned_epochs
                 self.epoch += 1
                 if cfg.max_time and self.elapsed >= cfg.max_time:
                     self.stop_reason = f"time limit of {cfg.max_time:g}s reached"
+                elif self.epoch >= self.planned_epochs < cfg.epochs:
+                    self.stop_reason = (f"planned {self.planned_epochs} of {cfg.epochs} epochs to fit the time limit "
+                                        f"of {cfg.max_time:g}s")
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, logs)
         except BaseException:  # an error or Ctrl-C: callbacks let go of what they hold (the terminal)
@@ -153,9 +181,12 @@ class Trainer:
                 continue  # batch norm cannot train on a single row
             inputs, target = train.rows(index)
             on_device, device_target = to_device((inputs, target), self.device)
+            mixed_loss = None
+            if self.mixer is not None:  # the metrics below still compare with the un-mixed labels
+                on_device, mixed_loss = self.mixer.batch(on_device, device_target, self.loss_fn, self.epoch, step)
             with autocast(self.device, cfg.precision):
                 outputs = self.forward(on_device)
-                loss = self.loss_fn(outputs, device_target)
+                loss = self.loss_fn(outputs, device_target) if mixed_loss is None else mixed_loss(outputs)
             outputs_seen.append(outputs.detach().float())
             targets_seen.append(target)
             self.optimizer.zero_grad(set_to_none=True)
@@ -163,6 +194,7 @@ class Trainer:
             if cfg.grad_clip and self.privacy is None:  # DP-SGD clips each row's gradient instead
                 self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.schedule.at_step(step)  # scheduler.interval: step sets this step's lr; epoch schedules do nothing
             self.scaler.step(self.optimizer)
             self.scaler.update()
             value = loss.item()
@@ -187,6 +219,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
+            "planned_epochs": self.planned_epochs,
+            "plan": self.plan.state_dict() if self.plan is not None else None,
             **rng_state(self.device),
             "scaler": self.scaler.state_dict(),
             "callbacks": [cb.state_dict() for cb in self.callbacks],
@@ -201,6 +235,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        if self.plan is not None and state.get("plan") is not None:  # the plan goes on where it was
+            self.plan.load_state_dict(state["plan"])
+            self.planned_epochs = self.plan.planned
         set_rng_state(state, self.device)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

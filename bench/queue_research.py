@@ -1,0 +1,229 @@
+"""Issue 13 research (brief B13): which queue strategy needs the fewest labels on california_north.
+
+The same scenario, split, retrain (``loop_shift.Refit``: v1's rows + the labels, each ``WEIGHT`` times) and
+measure (labels to 80% of the loss, interpolated on the budget grid) as ``bench/loop_shift.py``, without the
+loop and warm-start parts, with candidate strategies plugged in beside the queue's own. A curve stops at the
+first budget past the goal (the interpolation reads nothing after it).
+
+    PYTHONPATH=. .venv/bin/python -m bench.queue_research [--seeds 3] [--only name,name] [--weight 3]
+
+Prints strategy x seed labels-to-80%-of-the-loss, the mean and random / mean. Writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import loopml
+from bench import loop_shift as ls
+from loopml.loop import queue
+from loopml.registry import Store
+
+BUDGETS = (25, 50, 100, 200, 400, 800)
+
+
+def psi_weights(frame: pd.DataFrame, ref: dict) -> dict[str, float]:
+    """Each reference column's PSI between training and this window."""
+    out = {}
+    for col, r in ref.get("columns", {}).items():
+        if col in frame.columns and r["kind"] != "text":
+            out[col] = queue.drift.psi(r["histogram"], queue._histogram(frame[col], r))
+    return out
+
+
+def encode_weighted(frame: pd.DataFrame, ref: dict, weights: dict[str, float]) -> np.ndarray:
+    """``queue.encode`` with each column's block scaled by sqrt(weight) (distance² scales by the weight)."""
+    parts = []
+    for col in ref.get("columns", {}):
+        if col not in frame.columns:
+            continue
+        block = queue.encode(frame[[col]], {"columns": {col: ref["columns"][col]}})
+        parts.append(block * np.sqrt(weights.get(col, 0.0)))
+    return np.hstack(parts)
+
+
+def cover(x: np.ndarray, known: np.ndarray, n: int, seed: int, pick: str = "centre",
+          score: np.ndarray | None = None) -> list[int]:
+    """k-means over window + labelled rows (k = n + labelled), per uncovered cluster its row nearest the centre
+    (or, ``pick='score'``, its highest-``score`` row), biggest cluster first."""
+    from sklearn.cluster import KMeans
+
+    both = np.vstack([x, known])
+    k = min(n + len(known), len(np.unique(both, axis=0)))
+    fit = KMeans(k, n_init=1, max_iter=20, random_state=seed).fit(both)
+    labels, centres = fit.labels_, fit.cluster_centers_
+    covered = set(labels[len(x):].tolist())
+    dist = ((x - centres[labels[: len(x)]]) ** 2).sum(axis=1)
+    picks = []
+    for c in range(k):
+        members = np.flatnonzero(labels[: len(x)] == c)
+        if c in covered or not len(members):
+            continue
+        best = members[score[members].argmax()] if pick == "score" else members[dist[members].argmin()]
+        picks.append((int(best), len(members)))
+    picks.sort(key=lambda p: -p[1])
+    out = [i for i, _ in picks[:n]]
+    rest = [i for i in np.random.default_rng(seed).permutation(len(x)) if i not in set(out)]
+    return out + rest[: n - len(out)]
+
+
+Ranker = Callable[..., list]
+
+
+def queue_strategy(name: str) -> Ranker:
+    def rank(model, frame, n, seed, labelled, ctx):
+        return [r["index"] for r in queue.rank_candidates(model, frame, n, name, seed=seed, labelled=labelled)]
+    return rank
+
+
+def drifted_cover(power: float = 1.0, floor: float = 0.0, cap: float | None = None) -> Ranker:
+    """Covering with each column weighted by PSI**power (+ floor), PSI capped at ``cap``."""
+    def rank(model, frame, n, seed, labelled, ctx):
+        ref = ctx["ref"]
+        w = psi_weights(frame, ref)
+        w = {c: (min(v, cap) if cap else v) ** power + floor for c, v in w.items()}
+        ctx.setdefault("printed", set())
+        if "w" not in ctx["printed"]:
+            ctx["printed"].add("w")
+            print("   weights:", {c: round(v, 3) for c, v in w.items()})
+        x = encode_weighted(frame, ref, w)
+        known = encode_weighted(labelled, ref, w) if labelled is not None else np.zeros((0, x.shape[1]))
+        return [frame.index[i] for i in cover(x, known, n, seed)]
+    return rank
+
+
+def column_cover(columns: dict[str, float]) -> Ranker:
+    """Covering over the named columns only (weights given)."""
+    def rank(model, frame, n, seed, labelled, ctx):
+        ref = ctx["ref"]
+        x = encode_weighted(frame, ref, columns)
+        known = encode_weighted(labelled, ref, columns) if labelled is not None else np.zeros((0, x.shape[1]))
+        return [frame.index[i] for i in cover(x, known, n, seed)]
+    return rank
+
+
+def output_cover(input_weight: float = 1.0, output_weight: float = 1.0, psi: bool = False) -> Ranker:
+    """Covering over the standardised inputs plus v1's (the current model's) prediction as one more axis."""
+    def rank(model, frame, n, seed, labelled, ctx):
+        ref = ctx["ref"]
+        base = psi_weights(frame, ref) if psi else {c: 1.0 for c in ref["columns"]}
+        w = {c: v * input_weight for c, v in base.items()}
+        pred = np.asarray(model.predict(frame, coerce=True), dtype=np.float64).reshape(-1)
+        x = encode_weighted(frame, ref, w)
+        scale = ctx["target_std"]
+        x = np.hstack([x, (pred / scale * np.sqrt(output_weight))[:, None]])
+        if labelled is not None:
+            lp = np.asarray(model.predict(labelled, coerce=True), dtype=np.float64).reshape(-1)
+            known = np.hstack([encode_weighted(labelled, ref, w), (lp / scale * np.sqrt(output_weight))[:, None]])
+        else:
+            known = np.zeros((0, x.shape[1]))
+        return [frame.index[i] for i in cover(x, known, n, seed)]
+    return rank
+
+
+def tree_spread(last: int = 50) -> Ranker:
+    """A single booster's own doubt: the spread of the last ``last`` trees' contributions, density-weighted
+    by covering (the highest-spread row of each uncovered cluster)."""
+    def rank(model, frame, n, seed, labelled, ctx):
+        ref = ctx["ref"]
+        booster = model.learner.model
+        x_model = model.inputs(frame)
+        total = booster.num_trees()
+        # per-tree outputs via consecutive predictions (cheap for a few hundred trees on 5000 rows)
+        cum = np.stack([booster.predict(x_model.x, raw_score=True, num_iteration=i)
+                        for i in range(max(total - last, 1), total + 1)], axis=1)
+        per_tree = np.diff(cum, axis=1)
+        s = per_tree.std(axis=1) + np.abs(per_tree).mean(axis=1)
+        w = {c: 1.0 for c in ref["columns"]}
+        xe = encode_weighted(frame, ref, w)
+        known = encode_weighted(labelled, ref, w) if labelled is not None else np.zeros((0, xe.shape[1]))
+        return [frame.index[i] for i in cover(xe, known, n, seed, pick="score", score=s)]
+    return rank
+
+
+def run(strategies: dict[str, Ranker], seeds: int, weight: int) -> dict:
+    ls.WEIGHT = weight
+    sc = ls.SCENARIOS[0]
+    tmp = Path(tempfile.mkdtemp(prefix="queue_research-"))
+    source, shifted = sc.frames()
+    csv = tmp / "source.csv"
+    source.to_csv(csv, index=False)
+    store = Store(f"sqlite:///{tmp / 's.db'}", str(tmp / "artifacts"))
+    v1 = loopml.Model(target=sc.target, learner=sc.learner).fit(csv, progress=False, cache_dir=False, track=sc.name,
+                                                                store=store)
+    v1.save(tmp / "v1")
+    store.register(sc.name, run=v1.run_id)
+    store.promote(sc.name, 1)
+    refit = ls.Refit(store, sc.name, v1, sc.metric)
+    held0, _ = ls.split_shifted(shifted, sc, 0)
+    loss = v1.metrics["test"][sc.metric] - ls.score(v1, held0, sc.metric)
+    ctx = {"ref": v1.reference, "target_std": float(source[sc.target].std())}
+    print(f"v1 loss {loss:.4f} (weight {weight})", flush=True)
+    table: dict = {}
+    for name, ranker in strategies.items():
+        table[name] = []
+        for seed in range(seeds):
+            held, pool = ls.split_shifted(shifted, sc, seed)
+            start = ls.score(v1, held, sc.metric)
+            goal = start + 0.8 * loss
+            model, chosen, points, t = v1, [], [], time.perf_counter()
+            for budget in BUDGETS:
+                left = pool.drop(index=chosen).drop(columns=[sc.target])
+                known = pool.loc[chosen].drop(columns=[sc.target]) if chosen else None
+                chosen += list(ranker(model, left, budget - len(chosen), seed, known, ctx))[: budget - len(chosen)]
+                model = refit(pool.loc[chosen])
+                points.append((len(chosen), ls.score(model, held, sc.metric)))
+                if points[-1][1] >= goal:
+                    break
+            got = ls.labels_to(points, start, goal)
+            table[name].append(got)
+            print(f"  {name:18s} seed {seed}: {' '.join(f'{n}:{v:.3f}' for n, v in points)} goal {goal:.3f} → "
+                  f"{got if got is None else round(got)} ({time.perf_counter() - t:.0f} s)", flush=True)
+    print("\n| strategy | " + " | ".join(f"seed {s}" for s in range(seeds))
+          + " | mean (seeds 0-2) | random ÷ mean | mean (all) | random ÷ mean |")
+    print("|---" * (seeds + 5) + "|")
+
+    def mean(vals: list, k: int) -> float:
+        return float(np.mean([BUDGETS[-1] if v is None else v for v in vals[:k]]))
+
+    rand = table.get("random", [np.nan] * seeds)
+    for name, vals in table.items():
+        print(f"| {name} | " + " | ".join("-" if v is None else f"{v:.0f}" for v in vals)
+              + f" | {mean(vals, 3):.0f} | {mean(rand, 3) / mean(vals, 3):.2f}× | {mean(vals, seeds):.0f} | "
+              f"{mean(rand, seeds) / mean(vals, seeds):.2f}× |")
+    return table
+
+
+CANDIDATES: dict[str, Ranker] = {
+    "random": queue_strategy("random"),
+    "diverse": queue_strategy("diverse"),
+    "psi_cover": drifted_cover(),
+    "psi_cover_sqrt": drifted_cover(power=0.5),
+    "psi_cover_floor": drifted_cover(floor=0.1),
+    "geo_cover": column_cover({"latitude": 1.0, "longitude": 1.0}),
+    "geo_income_cover": column_cover({"latitude": 1.0, "longitude": 1.0, "median_income": 1.0}),
+    "output_cover": output_cover(),
+    "psi_output_cover": output_cover(psi=True),
+    "tree_spread": tree_spread(),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--weight", type=int, default=ls.WEIGHT)
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(CANDIDATES)
+    run({n: CANDIDATES[n] for n in names}, args.seeds, args.weight)
+
+
+if __name__ == "__main__":
+    main()
