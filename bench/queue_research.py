@@ -148,7 +148,47 @@ def tree_spread(last: int = 50) -> Ranker:
     return rank
 
 
-def run(strategies: dict[str, Ranker], seeds: int, weight: int) -> dict:
+class Continue:
+    """Idea 3: boosting continues from v1 (init_score = v1's raw score) on v1's training rows + the labels (each
+    ``weight`` times), ``rounds`` more trees with v1's parameters; scored as v1 + the new trees. Ranking still
+    reads v1 (the queue's covering needs only its columns and reference)."""
+
+    def __init__(self, v1, base: pd.DataFrame, target: str, weight: int, rounds: int) -> None:
+        self.v1, self.target, self.weight, self.rounds = v1, target, weight, rounds
+        self.base = base[base[ls.RETRAIN_SPLIT_COLUMN] == "train"].drop(columns=[ls.RETRAIN_SPLIT_COLUMN])
+
+    def raw(self, frame: pd.DataFrame, booster=None) -> np.ndarray:
+        x = self.v1.inputs(queue._model_columns(self.v1, frame)).x
+        out = np.asarray(self.v1.learner.model.predict(x, raw_score=True), dtype=np.float64)
+        return out if booster is None else out + booster.predict(x, raw_score=True)
+
+    def __call__(self, labelled: pd.DataFrame):
+        import lightgbm as lgb
+
+        data = pd.concat([self.base, *[labelled.reindex(columns=self.base.columns)] * self.weight], ignore_index=True)
+        st = self.v1.preprocessor.target.state
+        y = (data[self.target].to_numpy(dtype=np.float64) - st["mean"]) / st["std"]
+        x = self.v1.inputs(queue._model_columns(self.v1, data)).x
+        params = self.v1.learner.library_params()
+        cats = sorted(self.v1.learner.categorical)
+        ds = lgb.Dataset(x, label=y, init_score=self.raw(data), categorical_feature=cats,
+                         feature_name=self.v1.learner.generic_names(), free_raw_data=True)
+        return Continued(self, lgb.train(params, ds, num_boost_round=self.rounds))
+
+
+class Continued:
+    def __init__(self, refit: Continue, booster) -> None:
+        self.refit, self.booster = refit, booster
+
+    def r2(self, frame: pd.DataFrame) -> float:
+        from sklearn.metrics import r2_score
+
+        st = self.refit.v1.preprocessor.target.state
+        pred = self.refit.raw(frame, self.booster) * st["std"] + st["mean"]
+        return float(r2_score(frame[self.refit.target], pred))
+
+
+def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0) -> dict:
     ls.WEIGHT = weight
     sc = ls.SCENARIOS[0]
     tmp = Path(tempfile.mkdtemp(prefix="queue_research-"))
@@ -162,8 +202,12 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int) -> dict:
     store.register(sc.name, run=v1.run_id)
     store.promote(sc.name, 1)
     refit = ls.Refit(store, sc.name, v1, sc.metric)
+    source_test = refit.base[refit.base[ls.RETRAIN_SPLIT_COLUMN] == "test"]
+    if rounds:
+        refit = Continue(v1, refit.base, sc.target, weight, rounds)
     held0, _ = ls.split_shifted(shifted, sc, 0)
     loss = v1.metrics["test"][sc.metric] - ls.score(v1, held0, sc.metric)
+    south = None
     ctx = {"ref": v1.reference, "target_std": float(source[sc.target].std())}
     print(f"v1 loss {loss:.4f} (weight {weight})", flush=True)
     table: dict = {}
@@ -179,13 +223,19 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int) -> dict:
                 known = pool.loc[chosen].drop(columns=[sc.target]) if chosen else None
                 chosen += list(ranker(model, left, budget - len(chosen), seed, known, ctx))[: budget - len(chosen)]
                 model = refit(pool.loc[chosen])
-                points.append((len(chosen), ls.score(model, held, sc.metric)))
+                if rounds:
+                    points.append((len(chosen), model.r2(held)))
+                    south = model.r2(source_test)
+                    model = v1
+                else:
+                    points.append((len(chosen), ls.score(model, held, sc.metric)))
                 if points[-1][1] >= goal:
                     break
             got = ls.labels_to(points, start, goal)
             table[name].append(got)
             print(f"  {name:18s} seed {seed}: {' '.join(f'{n}:{v:.3f}' for n, v in points)} goal {goal:.3f} → "
-                  f"{got if got is None else round(got)} ({time.perf_counter() - t:.0f} s)", flush=True)
+                  f"{got if got is None else round(got)} ({time.perf_counter() - t:.0f} s)"
+                  + (f"; source test R² at the last point {south:.3f}" if south is not None else ""), flush=True)
     print("\n| strategy | " + " | ".join(f"seed {s}" for s in range(seeds))
           + " | mean (seeds 0-2) | random ÷ mean | mean (all) | random ÷ mean |")
     print("|---" * (seeds + 5) + "|")
@@ -220,9 +270,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", default="")
     ap.add_argument("--weight", type=int, default=ls.WEIGHT)
+    ap.add_argument("--continue-rounds", type=int, default=0, help="idea 3: boost on from v1 this many rounds")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(CANDIDATES)
-    run({n: CANDIDATES[n] for n in names}, args.seeds, args.weight)
+    run({n: CANDIDATES[n] for n in names}, args.seeds, args.weight, args.continue_rounds)
 
 
 if __name__ == "__main__":

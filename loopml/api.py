@@ -107,7 +107,7 @@ class Model:
             warm_start = copy.copy(self)
         self._reset()
         budget = Budget(self.config.automl.time_budget)  # preparation counts against it too
-        self._choose_defaults(data, validation, test, progress is not False)
+        self._choose_defaults(data, validation, test, progress is not False, warm_start is not None)
         prepared = self._prepare(data, validation, test, cache_dir)
         if warm_start is not None:  # its preprocessing re-encodes every split, so its weights fit
             warm_start._require_trained()
@@ -138,14 +138,15 @@ class Model:
         self._store.end_run(self.run_id, "finished", self.metrics_summary(), data_fingerprint=self.info["data_fingerprint"])
         return self
 
-    def _choose_defaults(self, data: Source, validation: Source | None, test: Source | None, show: bool) -> None:
+    def _choose_defaults(self, data: Source, validation: Source | None, test: Source | None, show: bool,
+                         warm: bool) -> None:
         """The settings the config leaves unset, chosen from the data (train/recipes.py: images and audio; the
         CLI, the API and retraining all come here), printed with the progress output."""
         from loopml.train.recipes import apply_recipe
 
         if self._resolved_config is None or self.config is not self._resolved_config:
             self._given_config = self.config  # a config set since the last fit replaces the given one
-        self.config, self._recipe = apply_recipe(self._given_config, data, validation, test)
+        self.config, self._recipe = apply_recipe(self._given_config, data, validation, test, warm_start=warm)
         self._resolved_config = self.config
         if self._recipe is not None and show:
             print(self._recipe.describe(), file=sys.stderr, flush=True)

@@ -123,7 +123,8 @@ def train(
     track: Annotated[bool, typer.Option("--track/--no-track", help="Record the run in the store.")] = True,
     store: StoreOpt = None, artifacts: ArtifactsOpt = None,
     time_budget: Annotated[float | None, typer.Option(
-        "--time-budget", help="AutoML: choose, tune and ensemble learners in S seconds (preparation included).")] = None,
+        "--time-budget", help="AutoML: choose, tune and ensemble learners in S seconds (preparation included); "
+        "images/audio: the network, its epochs planned to fit.")] = None,
     preset: Annotated[str | None, typer.Option(
         help="AutoML preset with --time-budget: fast (fewer members, no bagging) or best (bagging + ensemble).")] = None,
     ray: RayOpt = None,

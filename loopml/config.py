@@ -372,6 +372,14 @@ class Config(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _mixup_target(self) -> Config:
+        # an inferred number target is refused once the type is known (train/mixing.py check)
+        if self.training.mixup is not None and self.target.type == "number":
+            raise ValueError("training.mixup mixes class labels; this target is a number (regression): "
+                             "remove training.mixup")
+        return self
+
+    @model_validator(mode="after")
     def _private_learner(self) -> Config:
         if self.training.privacy is None:
             return self

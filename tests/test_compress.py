@@ -133,6 +133,24 @@ def test_dynamic_int8_bundle_loads_predicts_close_is_smaller_and_serves(models, 
             assert [p["prediction"] for p in response.json()["predictions"]] == expected
 
 
+def test_a_pretrained_transformer_is_traced_with_eager_attention_and_switched_back(models, tmp_path):
+    """SDPA's trace adds a NaN guard (IsNaN + Where) per layer that slowed the int8 MiniLM; the export is traced
+    eager, checked against the SDPA network, and the model keeps its own attention afterwards."""
+    import onnx
+
+    from loopml.compress.quantize import export_fp32
+
+    _, built = models
+    folder, frame = built["pretrained"]
+    original = loopml.load(folder)
+    transformer = original.network.encoders[0].transformer
+    before = transformer.config._attn_implementation
+    path = export_fp32(original, tmp_path, frame.head(8))
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Softmax" in ops and "IsNaN" not in ops
+    assert transformer.config._attn_implementation == before != "eager"
+
+
 def test_static_int8_calibrates_on_training_rows_and_registers_with_lineage(models, tmp_path, capsys):
     from loopml.loop.policy import load_policy
     from loopml.loop.retrain import retrain

@@ -119,8 +119,7 @@ def test_multimodal_table_image_text_number_category(image_folder):
     m = _fit(image_folder / "table.csv", training={"epochs": 4})
     types = {c.name: c.type for c in m.schema.columns}
     assert types == {"image": "image", "note": "text", "size": "number", "shop": "category"}
-    # the image recipe (train/recipes.py) picks a ResNet for the image column; the others keep their defaults
-    assert [type(e).__name__ for e in m.network.encoders] == ["ResNet", "BagOfEmbeddings", "Passthrough",
+    assert [type(e).__name__ for e in m.network.encoders] == ["SmallCNN", "BagOfEmbeddings", "Passthrough",
                                                               "CategoryEmbedding"]
     assert m.metrics["test"]["accuracy"] >= 0.9
 

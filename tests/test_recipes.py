@@ -9,7 +9,7 @@ from PIL import Image
 
 import loopml
 from loopml.config import load_config
-from loopml.train.recipe_probe import AudioInfo, DataProfile, ImageInfo, Machine, probe
+from loopml.train.recipe_probe import AudioInfo, DataProfile, ImageInfo, Machine, detect_machine, probe
 from loopml.train.recipes import RECIPES, apply_choice, apply_recipe, choose
 
 AMX = Machine("cpu", True, "AMX")
@@ -58,6 +58,16 @@ def test_image_settings_follow_size_rows_and_channels():
 
     large, _ = _resolve(plain, _images(5_000, (256, 192), 3))
     assert list(large.features["image"].size) == [64, 48]  # the longest side to 64 px on a CPU
+    gpu, _ = _resolve(plain, _images(10_000, (32, 32), 3), Machine("cuda", True, "GPU"))
+    assert gpu.features["image"].encoder.channels == [64, 128, 256]
+
+
+def test_the_machine_from_cpu_flags(tmp_path):
+    (tmp_path / "amx").write_text("flags\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    (tmp_path / "avx2").write_text("flags\t: fpu avx2\n")
+    assert detect_machine("cpu", str(tmp_path / "amx")) == Machine("cpu", True, "AMX")
+    assert not detect_machine("cpu", str(tmp_path / "avx2")).fast_bf16
+    assert not detect_machine("cpu", str(tmp_path / "missing")).fast_bf16
 
 
 def test_the_users_keys_win_nested():
@@ -85,6 +95,21 @@ def test_time_budget_comes_from_the_user_first():
     automl, choice = _resolve(load_config(None, target="label", automl={"time_budget": 300}, learner="automl"),
                               profile)
     assert automl.training.max_time == 300 and choice.budget.source == "--time-budget"
+    unlimited, choice = _resolve(load_config(None, target="label", training={"max_time": None}), profile)
+    assert unlimited.training.max_time is None and not unlimited.training.plan_to_max_time
+    assert unlimited.training.epochs == 50 and "budget none" in choice.describe()
+
+
+def test_a_model_from_before_the_recipes_is_retrained_as_it_was():
+    from types import SimpleNamespace
+
+    from loopml.loop.policy import load_policy
+    from loopml.loop.retrain import candidate_config
+
+    old = load_config({"target": "label", "training": {"epochs": 3}})  # no recipe key: an older bundle
+    assert candidate_config(SimpleNamespace(config=old), load_policy(None))[0]["recipe"] == "none"
+    new = load_config({"target": "label", "recipe": "auto"})
+    assert candidate_config(SimpleNamespace(config=new), load_policy(None))[0]["recipe"] == "auto"
 
 
 def test_tabular_data_and_recipe_none_are_untouched():
@@ -142,9 +167,10 @@ def test_cli_prints_the_block_saves_it_and_a_retrain_keeps_it(tmp_path, cli_here
     assert "defaults for 40 grey 8x8 images, 2 classes" in result.stderr
     assert "mirror changes the class" in result.stderr
     saved = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())
-    assert saved["features"]["image"]["encoder"]["type"] == "resnet"
-    assert saved["features"]["image"]["augment"]["flip"] is False
-    assert saved["training"]["scheduler"]["type"] == "onecycle" and saved["training"]["epochs"] == 2
+    assert saved["features"]["image"]["augment"] == {**saved["features"]["image"]["augment"], "flip": False,
+                                                     "crop_padding": 1}
+    assert saved["training"]["label_smoothing"] == 0.1 and saved["training"]["epochs"] == 2
+    assert saved["training"]["plan_to_max_time"] and saved["training"]["max_time"] == 60
     model = loopml.load(tmp_path / "m")
     assert model.info["training"]["recipe"]["settings"]
     again = loopml.Model(str(tmp_path / "m" / "config.yaml")).fit(data, progress=False, cache_dir=False)

@@ -115,6 +115,20 @@ def test_mixup_uses_the_heads_loss_with_class_weights():
     assert torch.allclose(loss_of(outputs), want)
 
 
+def test_mixup_on_a_binary_head_mixes_the_0_1_targets_losses():
+    network = _network(head="binary")
+    network.head.class_weights = torch.tensor([1.0, 4.0])
+    trainer = Trainer(network, _training(mixup={"alpha": 0.4}, epochs=1))
+    x, y = _images(12)
+    y = (y == 0).float()
+    draw = trainer.mixer.draw(12, 0, 2)
+    _, loss_of = trainer.mixer.batch({"img": x}, y, trainer.loss_fn, 0, 2)
+    outputs = torch.randn(12)
+    want = draw.lam * network.head.loss(outputs, y) + (1 - draw.lam) * network.head.loss(outputs, y[draw.perm])
+    assert torch.allclose(loss_of(outputs), want)
+    assert not torch.allclose(loss_of(outputs), network.head.loss(outputs, y))
+
+
 def test_mixup_combines_with_label_smoothing():
     if "label_smoothing" not in TrainingConfig.model_fields:
         pytest.fail("training.label_smoothing is not in the config yet")
@@ -151,6 +165,8 @@ def test_mixup_is_refused_for_regression_and_non_image_inputs():
             frame, progress=False)
     with pytest.raises(loopml.LoopmlError, match="does not combine with training.mixup"):
         load_config({"target": "y", "training": {"mixup": {"alpha": 0.2}, "privacy": {"target_epsilon": 5}}})
+    with pytest.raises(loopml.LoopmlError, match="this target is a number"):
+        load_config({"target": {"column": "y", "type": "number"}, "training": {"mixup": {"alpha": 0.2}}})
     with pytest.raises(loopml.LoopmlError, match="needs alpha > 0"):
         load_config({"target": "y", "training": {"mixup": {"alpha": 0}}})
 

@@ -91,7 +91,7 @@ def export_fp32(model, folder: Path, check_frame: pd.DataFrame | None = None) ->
     from loopml.serve.onnx import export_onnx
 
     trim = trimmed_columns(model)
-    with warnings.catch_warnings():  # the tracer's shape notes; the check below is what decides
+    with warnings.catch_warnings(), _eager_attention(model):  # the tracer's shape notes; the check below decides
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", UserWarning)
         path = export_onnx(model, Path(folder) / "fp32.onnx", dynamic_length=tuple(trim))
@@ -116,6 +116,25 @@ def export_fp32(model, folder: Path, check_frame: pd.DataFrame | None = None) ->
             raise LoopmlError(f"the ONNX export of this network disagrees with it (max |score difference| {error:.3g} "
                               "on training rows): it cannot be quantised safely")
     return path
+
+
+@contextmanager
+def _eager_attention(model) -> Iterator[None]:
+    """Trace pretrained transformers with eager attention, then switch back. The SDPA trace adds a NaN guard per
+    layer (IsNaN + 2 Where, 153 more nodes on MiniLM-L6); on sms_spam's int8 MiniLM the eager graph ran batch 64
+    11% faster (1 thread, thread-CPU p50 248 vs 280 ms), same outputs (the export check below compares with SDPA)."""
+    switched = []
+    for encoder in getattr(model.network, "encoders", []):
+        transformer = getattr(encoder, "transformer", None)
+        current = getattr(getattr(transformer, "config", None), "_attn_implementation", None)
+        if current not in (None, "eager") and callable(getattr(transformer, "set_attn_implementation", None)):
+            transformer.set_attn_implementation("eager")
+            switched.append((transformer, current))
+    try:
+        yield
+    finally:
+        for transformer, current in switched:
+            transformer.set_attn_implementation(current)
 
 
 def trimmed_columns(model) -> dict[str, int]:

@@ -208,6 +208,8 @@ def candidate_config(champion, policy: Policy) -> tuple[dict, str]:
     from loopml.learners import LEARNERS
 
     config = champion.config.model_dump(mode="json")
+    if "recipe" not in getattr(champion.config, "model_fields_set", {"recipe"}):
+        config["recipe"] = "none"  # a model from before the recipes (train/recipes.py): retrained as it was trained
     config["split"] = {**config["split"], "column": SPLIT_COLUMN}
     chosen = config.get("learner") or {"type": "network"}
     if policy.learner == "automl":

@@ -69,7 +69,7 @@ class Schedule:
         """Before optimizer step ``step`` of the epoch: these schedules change the lr only at the epoch's end."""
 
     def replan(self, epochs: int) -> None:
-        """Only plateau and step decay (which never look at the epoch count) take this class when planning."""
+        """Planning hands only plateau (which never looks at the epoch count) to this class: nothing to re-plan."""
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int,

@@ -55,7 +55,8 @@ def _planned(profile: DataProfile, batch: int, budget: TimeBudget, seconds_per_r
     cap = int(min(200, max(20, math.ceil(TARGET_STEPS / steps))))
     limit = config.training.epochs if "epochs" in config.training.model_fields_set else cap
     per_epoch = max(1e-3, profile.train_rows * seconds_per_row)
-    return cap, int(max(1, min(limit, budget.seconds * 0.9 / per_epoch))), steps
+    fits = limit if budget.seconds is None else budget.seconds * 0.9 / per_epoch
+    return cap, int(max(1, min(limit, fits))), steps
 
 
 def _training(profile: DataProfile, machine: Machine, budget: TimeBudget, batch: int, lr: float, wd: float,
@@ -66,19 +67,20 @@ def _training(profile: DataProfile, machine: Machine, budget: TimeBudget, batch:
     out = [
         Setting(("training", "batch_size"), batch,
                 f"{steps} step{'s' if steps > 1 else ''} per epoch over {profile.train_rows:,} training rows"),
-        Setting(("training", "epochs"), cap, f"at most ~{TARGET_STEPS:,} steps; plan_to_max_time fits them to "
-                "the budget"),
-        Setting(("training", "max_time"), budget.seconds, "the time budget"),
-        Setting(("training", "plan_to_max_time"), True, "after the first epoch, re-plan the epochs so the "
-                "schedule anneals fully by the deadline"),
-        Setting(("training", "early_stopping", "patience"), 0,
-                "no early stop: the schedule ends with the budget; the best epoch is kept"),
     ]
+    if budget.seconds is not None:  # an explicit max_time: null trains the configured epochs, unplanned
+        out += [Setting(("training", "epochs"), cap, f"at most ~{TARGET_STEPS:,} steps; plan_to_max_time fits them "
+                        "to the budget"),
+                Setting(("training", "max_time"), budget.seconds, "the time budget"),
+                Setting(("training", "plan_to_max_time"), True, "after the first epoch, re-plan the epochs so the "
+                        "schedule anneals fully by the deadline")]
     if planned * steps >= SHORT_STEPS:  # a few dozen steps (a test's 2 epochs of 20 rows) keep the plain ones
         out += [Setting(("training", "optimizer"), {"type": "adamw", "lr": lr, "weight_decay": wd},
                         "the hand-tuned examples' optimizer"),
                 Setting(("training", "scheduler"), {"type": "onecycle", "interval": "step", "warmup_epochs": warmup},
                         f"warm-up {warmup:g} epochs, then annealed per step to the planned end")]
+    out.append(Setting(("training", "early_stopping", "patience"), 0,
+                       "no early stop: the schedule ends with the budget; the best epoch is kept"))
     validation_rows = profile.rows - profile.train_rows  # validation and test: an upper bound for validation alone
     if profile.task != "number" and validation_rows >= 2 * ACCURACY_MIN_ROWS:
         # on a few hundred rows accuracy ties often, and a tie keeps the earlier epoch: the loss is finer there

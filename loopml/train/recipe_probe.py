@@ -19,8 +19,10 @@ from loopml.errors import LoopmlError
 
 #: files larger than this are not read twice: tables that big are tabular, and the recipes leave those alone
 PROBE_MAX_BYTES = 64 * 2**20
-#: image / audio files whose headers are read (evenly spread over the rows)
-SAMPLE_FILES = 400
+#: image / audio files whose headers are read (evenly spread over the rows); audio headers are cheaper, and
+#: the 99% duration needs more of them
+SAMPLE_IMAGES = 400
+SAMPLE_CLIPS = 2_000
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}
 
 
@@ -102,6 +104,8 @@ def probe(config: Any, data: Any, validation: Any = None, test: Any = None) -> D
     split = config.split
     try:
         frame = read_table(data, config.data)
+        if not _has_media(frame, config):  # tabular/text: skip the type inference (most of the probe's cost)
+            return None
         schema = build_schema(frame, config, ignore=(split.column,) if split.column else ())
     except LoopmlError:
         return None
@@ -131,6 +135,24 @@ def _cheap(source: Any) -> bool:
         return False
 
 
+def _has_media(frame: pd.DataFrame, config: Any) -> bool:
+    """Whether a column is configured as, or may be inferred as, image or audio (arrays, media file names)."""
+    from loopml.data.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, extension_ratio
+
+    configured = {name for name, f in config.features.items() if f.type in ("image", "audio")}
+    for name in frame.columns:
+        if name in configured:
+            return True
+        if name == config.target.column or name in config.features or frame[name].dtype.kind in "biufcmM":
+            continue
+        first = frame[name].dropna().head(1).tolist()
+        if first and isinstance(first[0], (np.ndarray, list)):
+            return True
+        if extension_ratio(frame[name], IMAGE_EXTENSIONS | AUDIO_EXTENSIONS) >= 0.9:
+            return True
+    return False
+
+
 def _train_rows(frame: pd.DataFrame, split: Any, validation: Any, test: Any) -> int:
     if split.column and split.column in frame:
         from loopml.data.split import _ALIASES
@@ -149,10 +171,10 @@ def _feature(config: Any, column: str, kind: str) -> Any:
     return resolve_feature(config, kind, config.features.get(column))
 
 
-def _spread(values: pd.Series) -> list:
-    if len(values) <= SAMPLE_FILES:
+def _spread(values: pd.Series, count: int) -> list:
+    if len(values) <= count:
         return values.tolist()
-    index = np.linspace(0, len(values) - 1, SAMPLE_FILES).round().astype(int)
+    index = np.linspace(0, len(values) - 1, count).round().astype(int)
     return values.iloc[index].tolist()
 
 
@@ -163,7 +185,7 @@ def _image_info(column: pd.Series, base: Path | None, feature: Any) -> ImageInfo
 
     sizes: Counter = Counter()
     grey = True
-    for value in _spread(column.dropna()):
+    for value in _spread(column.dropna(), SAMPLE_IMAGES):
         if isinstance(value, (np.ndarray, list)):
             array = np.asarray(value)
             sizes[tuple(array.shape[:2])] += 1
@@ -195,7 +217,7 @@ def _audio_info(column: pd.Series, base: Path | None) -> AudioInfo | None:
 
     rates: Counter = Counter()
     durations = []
-    for value in _spread(column.dropna()):
+    for value in _spread(column.dropna(), SAMPLE_CLIPS):
         if not isinstance(value, str):
             continue
         try:

@@ -43,7 +43,8 @@ class Setting:
 
 @dataclass
 class TimeBudget:
-    seconds: float
+    #: None: no limit (``training.max_time: null`` set explicitly)
+    seconds: float | None
     #: where it comes from: training.max_time, --time-budget, or the default rule
     source: str
 
@@ -61,7 +62,7 @@ class Choice:
 
     def describe(self) -> str:
         if not self.applied:  # a resolved config (a retrain, a bundle's config.yaml): nothing new is chosen
-            return f"defaults for {self.summary}: none chosen, the config sets all {len(self.kept)} of them"
+            return f"defaults for {self.summary}: none chosen, the config sets all {len(self.kept)} keys a recipe would"
         lines = [f"defaults for {self.summary}, budget {_duration(self.budget.seconds)} ({self.budget.source}):"]
         width = max(len(s.key) for s in self.applied)
         lines += [f"  {s.key:<{width}}  {_shown(s.value)}  -- {s.reason}" for s in self.applied]
@@ -107,10 +108,11 @@ RECIPES: Registry[type[Recipe]] = Registry("recipe")
 
 # -- the entry point --------------------------------------------------------------------------------
 def apply_recipe(config: Config, data: Any, validation: Any = None, test: Any = None,
-                 machine: Machine | None = None) -> tuple[Config, Choice | None]:
+                 machine: Machine | None = None, warm_start: bool = False) -> tuple[Config, Choice | None]:
     """``config`` with the recipes' settings for the keys it leaves unset, and what was chosen (None:
-    no recipe applies, e.g. tabular or text data, ``recipe: none``, or data too large to probe)."""
-    if getattr(config, "recipe", "auto") == "none" or config.learner.type not in ("network", "automl"):
+    no recipe applies, e.g. tabular or text data, ``recipe: none``, or data too large to probe).
+    ``warm_start``: the feature sections are left as they are (the network must match the one it starts from)."""
+    if config.recipe == "none" or config.learner.type not in ("network", "automl"):
         return config, None
     if config.training.privacy is not None:  # DP-SGD: epochs, batches and mixing all change the privacy spend
         return config, None
@@ -121,7 +123,7 @@ def apply_recipe(config: Config, data: Any, validation: Any = None, test: Any = 
     if not recipes:
         return config, None
     machine = machine or detect_machine(config.training.device)
-    choice = choose(config, profile, machine, recipes)
+    choice = choose(config, profile, machine, recipes, warm_start)
     return apply_choice(config, profile, choice), choice
 
 
@@ -129,8 +131,9 @@ def time_budget(config: Config, profile: DataProfile, recipes: list[type[Recipe]
     """The user's (``training.max_time``, else ``automl.time_budget``), else the default rule: FULL_BUDGET
     seconds for 10,000 32x32 images (rows x pixels) or 10,000 clip-seconds, in proportion below that,
     at least MIN_BUDGET."""
-    if "max_time" in config.training.model_fields_set and config.training.max_time is not None:
-        return TimeBudget(float(config.training.max_time), "training.max_time")
+    if "max_time" in config.training.model_fields_set:
+        limit = config.training.max_time
+        return TimeBudget(None if limit is None else float(limit), "training.max_time")
     if config.automl.time_budget is not None:
         return TimeBudget(float(config.automl.time_budget), "--time-budget")
     seconds = max(recipe.work_budget(profile) for recipe in recipes)
@@ -138,7 +141,8 @@ def time_budget(config: Config, profile: DataProfile, recipes: list[type[Recipe]
     return TimeBudget(seconds, "default for this data size; set training.max_time to change")
 
 
-def choose(config: Config, profile: DataProfile, machine: Machine, recipes: list[type[Recipe]]) -> Choice:
+def choose(config: Config, profile: DataProfile, machine: Machine, recipes: list[type[Recipe]],
+           warm_start: bool = False) -> Choice:
     budget = time_budget(config, profile, recipes)
     summary = "; ".join(recipe.summary(profile) for recipe in recipes)
     choice = Choice([r.registered_name for r in recipes], summary, budget)
@@ -148,9 +152,11 @@ def choose(config: Config, profile: DataProfile, machine: Machine, recipes: list
             if setting.path in seen:  # two recipes on one key (images and audio in one table): the first wins
                 continue
             seen.add(setting.path)
-            if setting.path[0] == "features" and config.training.init_from is not None:
-                # a pretraining's encoders and preprocessing are adopted: their sections must stay as trained
-                choice.kept.append(f"{setting.key} (training.init_from)")
+            fixed = "training.init_from" if config.training.init_from is not None else \
+                "warm start" if warm_start else None
+            if setting.path[0] == "features" and fixed:
+                # pretrained or warm-started encoders and preprocessing: their sections must stay as trained
+                choice.kept.append(f"{setting.key} ({fixed})")
                 continue
             if setting.path == ("training", "mixup") and config.training.distill is not None:
                 continue  # a teacher's soft targets are per row: mixing rows would need mixed teacher scores
@@ -245,7 +251,9 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _duration(seconds: float) -> str:
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "none"
     return f"{seconds / 60:g} min" if seconds >= 120 and seconds % 60 == 0 else f"{seconds:g} s"
 
 
