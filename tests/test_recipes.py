@@ -62,6 +62,14 @@ def test_image_settings_follow_size_rows_and_channels():
     assert gpu.features["image"].encoder.channels == [64, 128, 256]
 
 
+def test_a_few_epochs_of_a_few_rows_keep_the_plain_network_and_schedule():
+    short, choice = _resolve(load_config(None, target="label", training={"epochs": 2}), _images(300, (16, 16), 3))
+    keys = set(_settings(choice))
+    assert "features.image.encoder" not in keys and "training.scheduler" not in keys  # ~14 steps in all
+    assert short.features["image"].encoder.type == "cnn" and short.training.scheduler.type == "plateau"
+    assert short.features["image"].augment.crop_padding == 2 and short.training.label_smoothing == 0.1
+
+
 def test_the_machine_from_cpu_flags(tmp_path):
     (tmp_path / "amx").write_text("flags\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
     (tmp_path / "avx2").write_text("flags\t: fpu avx2\n")

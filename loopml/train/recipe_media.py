@@ -199,9 +199,11 @@ class AudioRecipe(Recipe):
         weak = (f"off: {profile.train_rows:,} training clips, ~{planned * steps:,} steps are too few for it to pay "
                 "off")
         for column, info in profile.audio.items():
-            rate = min(info.rate, 16_000)
-            duration = _duration(info.duration_p99)
-            n_fft = 2 ** round(math.log2(0.032 * rate))
+            # what the user set decides the rest (n_fft must fit in a clip of the user's duration and rate)
+            given = resolve_feature(config, "audio", config.features.get(column))
+            rate = given.sample_rate if "sample_rate" in given.model_fields_set else min(info.rate, 16_000)
+            duration = given.duration if "duration" in given.model_fields_set else _duration(info.duration_p99)
+            n_fft = min(2 ** round(math.log2(0.032 * rate)), 2 ** int(math.log2(max(16, duration * rate))))
             n_mels = 40 if rate <= 8_000 else 64
             frames = duration * 100
             feature = ("features", column)

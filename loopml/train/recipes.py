@@ -77,7 +77,7 @@ class Choice:
         return {"recipes": self.recipes, "summary": self.summary,
                 "budget": {"seconds": self.budget.seconds, "source": self.budget.source},
                 "settings": [{"key": s.key, "value": s.value, "reason": s.reason} for s in self.applied],
-                "kept": self.kept, "unavailable": self.unavailable}
+                "kept": self.kept, "unavailable": self.unavailable, "printed": self.describe()}
 
 
 class Recipe:
