@@ -6,8 +6,11 @@ loop and warm-start parts, with candidate strategies plugged in beside the queue
 first budget past the goal (the interpolation reads nothing after it).
 
     PYTHONPATH=. .venv/bin/python -m bench.queue_research [--seeds 3] [--only name,name] [--weight 3]
+                                                          [--continue-rounds 100]
 
-Prints strategy x seed labels-to-80%-of-the-loss, the mean and random / mean. Writes nothing.
+Prints strategy x seed labels-to-80%-of-the-loss, the mean and random / mean. Writes nothing. With the
+default retrain it reproduces loop_shift.json's california figures exactly (random 137, diverse 100).
+``--continue-rounds N``: idea 3, boosting continues from v1 instead of a refit (``Continue``).
 """
 
 from __future__ import annotations

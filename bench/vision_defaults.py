@@ -8,7 +8,15 @@ of the variant's encoder and sets ``epochs`` to what fits in the budget (``--epo
 on a loaded machine the probe overestimated an epoch 1.5-4x, so pass ``--epochs`` when you know it).
 Records test accuracy, training seconds, epochs and forward latency at batch 1 and 64.
 
+Issue 19's recipe (loopml/train/recipes.py): variant ``recipe`` is no config at all (``{target:
+label}`` and ``training.max_time``, the same entry point as ``loopml train --data DIR``), and
+``recipe_minus_<x>`` is the recipe's resolved config with one default switched off (``recipe:
+none``, so nothing else is chosen). The ``recipe`` run also evaluates the same trained network
+with ``tta: none`` and ``flip``. bench/recipe_acceptance.py records the no-config CLI / MNIST /
+FSDD runs into the same results.
+
     python -m bench.vision_defaults [--variants examples,cnn_wide] [--max-time 600] [--list]
+    python -m bench.vision_defaults --variants recipe,recipe_minus_mixup --max-time 300
 """
 
 from __future__ import annotations
@@ -77,6 +85,64 @@ def variants() -> dict[str, dict]:
     }
 
 
+def recipe_variants(max_time: float) -> dict[str, dict]:
+    """``recipe`` (no config but the budget) and the recipe's resolved config minus one default each."""
+    from loopml.config import load_config
+    from loopml.train.recipes import apply_recipe
+
+    given = {"target": "label", "training": {"max_time": max_time}}
+    resolved, _ = apply_recipe(load_config(given), realdata.cifar10_folder())
+    full = resolved.model_dump(mode="json", exclude_unset=True)
+    full["recipe"] = "none"
+    warmup = full["training"]["scheduler"].get("warmup_epochs", 1)
+
+    def minus(edit) -> dict:
+        cfg = copy.deepcopy(full)
+        edit(cfg["training"], cfg["features"]["image"])
+        return cfg
+
+    return {
+        "recipe": given,
+        "recipe_minus_label_smoothing": minus(lambda t, f: t.update(label_smoothing=0.0)),
+        "recipe_minus_mixup": minus(lambda t, f: t.update(mixup=None)),
+        "recipe_minus_ema": minus(lambda t, f: t.update(ema=None)),
+        "recipe_minus_onecycle": minus(lambda t, f: t.update(scheduler={
+            "type": "cosine", "interval": "epoch", "warmup_epochs": max(1, round(warmup))})),
+        "recipe_minus_resnet": minus(lambda t, f: f.update(encoder={"type": "cnn"})),
+        "recipe_minus_bf16": minus(lambda t, f: t.update(precision="fp32")),
+        "recipe_minus_channels_last": minus(lambda t, f: t.update(channels_last=False)),
+    }
+
+
+def test_split(config) -> pd.DataFrame:
+    """The CIFAR folder's test split as preparation makes it (to re-evaluate a trained model)."""
+    from loopml.data.read import read_table
+    from loopml.data.split import split_frame
+    from loopml.prepare import _positional
+
+    frame = _positional(read_table(realdata.cifar10_folder(), config.data))
+    test = split_frame(frame, config.target.column, config.split, True)[0]["test"]
+    test.attrs.update(frame.attrs)
+    return test
+
+
+def tta_accuracies(m: loopml.Model) -> dict:
+    """Test accuracy of the same trained network with its image encoders' tta none vs flip (no retraining)."""
+    encoders = [mod for mod in m.network.modules() if hasattr(mod, "tta")]
+    before = [e.tta for e in encoders]
+    test = test_split(m.config)
+    out = {}
+    try:
+        for mode in ("none", "flip"):
+            for e in encoders:
+                e.tta = mode
+            out[mode] = m.evaluate(test)["accuracy"]
+    finally:
+        for e, mode in zip(encoders, before):
+            e.tta = mode
+    return out
+
+
 def _encoder(cfg: dict) -> torch.nn.Module:
     enc = cfg.get("features", {}).get("image", {}).get("encoder", {"type": "cnn"})
     cls = ENCODERS.get(enc.get("type", "cnn"))
@@ -122,7 +188,9 @@ def latency(net: torch.nn.Module, batch: int, reps: int) -> float:
 def run(name: str, cfg: dict, max_time: float, epochs: int | None) -> dict:
     cfg = copy.deepcopy(cfg)
     training = cfg.setdefault("training", {})
-    if name != "none":
+    if name.startswith("recipe"):
+        pass  # the budget is in the config; plan_to_max_time fits the epochs
+    elif name != "none":
         training["max_time"] = max_time
         if epochs:
             training["epochs"] = epochs
@@ -143,7 +211,12 @@ def run(name: str, cfg: dict, max_time: float, epochs: int | None) -> dict:
            "validation_accuracy": m.metrics["validation"]["accuracy"],
            "epochs_planned": training.get("epochs"), "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
            "train_seconds": info["seconds"], "fit_seconds_incl_decode": total, "stop_reason": info["stop_reason"],
-           "load_before": load_before, "load_after": _load()}
+           "load_before": load_before, "load_after": _load(), "max_time": training.get("max_time", max_time),
+           "plan": info.get("plan")}
+    if info.get("recipe"):
+        out["recipe_printed"] = info["recipe"]["printed"]
+    if name.startswith("recipe") and net is not None and m.config.features["image"].tta == "flip":
+        out["tta"] = tta_accuracies(m)
     if net is not None:
         out["latency_ms_batch1"] = latency(net, 1, 50)
         out["latency_ms_batch64"] = latency(net, 64, 10)
@@ -156,20 +229,37 @@ def _load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1].strip()
 
 
-def write_markdown(results: dict, max_time: float) -> Path:
-    lines = ["# Image defaults on the CIFAR-10 subset (bench/vision_defaults.py)", "",
-             f"Budget per run: training.max_time = {max_time:g} s, 2 CPU cores, shared with other jobs "
-             "(load averages below; times are inflated). Test split: 2,000 images.", "",
-             "| variant | test acc | val acc | epochs run/planned | best | train s | s/epoch | latency ms b1 | b64 | "
-             "params | load before → after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+def write_markdown(results: dict, max_time: float, acceptance: dict | None = None) -> Path:
+    lines = ["# Image defaults on the CIFAR-10 subset (bench/vision_defaults.py)", ""]
+    if acceptance:  # bench/recipe_acceptance.py: issue 19's no-config runs
+        lines += ["## Issue 19 acceptance: no config at all", "",
+                  "| data | command | test acc | goal | train s | epochs run (planned) | latency ms b1 / b64 | "
+                  "load before → after |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in acceptance.items():
+            lat = (f"{r['latency_ms_batch1']:.2f} / {r['latency_ms_batch64']:.1f}" if "latency_ms_batch1" in r
+                   else "")
+            lines.append(f"| {name} | `{r['command']}` | {r['test_accuracy']:.4f} | {r['goal']} | "
+                         f"{r['train_seconds']:.0f} | {r['epochs_run']} ({r.get('epochs_planned')}) | {lat} | "
+                         f"{r['load_before']} → {r['load_after']} |")
+        lines.append("")
+    lines += [f"Budget per run: training.max_time as in the budget column (earlier research: {max_time:g} s), "
+              "2 CPU cores, shared with other jobs (load averages below; times are inflated). Test split: 2,000 "
+              "images. Rows without `recipe` in the name are the earlier research (before the recipe existed).", "",
+              "| variant | budget s | test acc | val acc | epochs run/planned | best | train s | s/epoch | latency ms b1 | "
+              "b64 | params | load before → after |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['test_accuracy']:.4f} | {r['validation_accuracy']:.4f} | "
+        lines.append(f"| {name} | {r.get('max_time', max_time):g} | {r['test_accuracy']:.4f} | "
+                     f"{r['validation_accuracy']:.4f} | "
                      f"{r['epochs_run']}/{r['epochs_planned']} | {r['best_epoch']} | {r['train_seconds']:.0f} | "
-                     f"{r['train_seconds'] / max(1, r['epochs_run']):.0f} | "
+                     f"{r['train_seconds'] / max(1, r['epochs_run']):.1f} | "
                      f"{r.get('latency_ms_batch1', float('nan')):.2f} | {r.get('latency_ms_batch64', float('nan')):.1f} | "
                      f"{r.get('parameters', 0):,} | {r['load_before']} → {r['load_after']} |")
+        if "tta" in r:  # the same trained network, evaluated without and with the mirror
+            lines.append(f"| {name} tta none (same weights) | | {r['tta']['none']:.4f} | | | | | | | | | |")
+            lines.append(f"| {name} tta flip (same weights) | | {r['tta']['flip']:.4f} | | | | | | | | | |")
     lines += ["", "Configs: bench/results/vision_defaults_<variant>.yaml. Latency: forward pass of the trained "
-              "network on uint8 tensors (no JPEG decode), median."]
+              "network on uint8 tensors (no JPEG decode; a `tta: flip` network runs twice), median. The "
+              "recipe rows' epochs planned: the cap (plan_to_max_time fits the epochs run to the budget)."]
     path = RESULTS / "vision_defaults.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -183,7 +273,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result key (keep an earlier run of a variant)")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
-    table = variants()
+    table = {**variants(), **recipe_variants(args.max_time)}
     if args.list:
         for name, cfg in table.items():
             print(name, json.dumps(cfg.get("features", {}).get("image", {})), json.dumps(cfg.get("training", {})))
@@ -193,11 +283,17 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(table)}")
     json_path = RESULTS / "vision_defaults.json"
-    results: dict = json.loads(json_path.read_text()).get("runs", {}) if json_path.exists() else {}
     for name in names:
+        stored: dict = json.loads(json_path.read_text()) if json_path.exists() else {}  # re-read: acceptance runs
+        results = stored.get("runs", {})
         results[name + args.tag] = run(name + args.tag, table[name], args.max_time, args.epochs)
-        write_result("vision_defaults", {"max_time": args.max_time, "runs": results})  # after each run
-        print("results:", write_markdown(results, args.max_time), flush=True)
+        # each run keeps its own max_time; the top-level one is the earlier research's default budget
+        save(results, stored.get("max_time", args.max_time), stored.get("acceptance", {}))
+
+
+def save(results: dict, max_time: float, acceptance: dict) -> None:
+    write_result("vision_defaults", {"max_time": max_time, "runs": results, "acceptance": acceptance})
+    print("results:", write_markdown(results, max_time, acceptance), flush=True)
 
 
 if __name__ == "__main__":
