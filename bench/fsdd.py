@@ -1,6 +1,9 @@
 """Spoken-digit accuracy (FSDD) on the official split, with examples/fsdd.yaml, via the Python API.
 
-    python -m bench.fsdd [--seeds 3] [--threads 2] [--epochs N]
+    python -m bench.fsdd [--seeds 3] [--threads 2] [--epochs N] [--no-config]
+
+``--no-config``: only the table's own keys (split column, speaker left out, media root); the recipe
+chooses the rest (bench/recipe_acceptance.py fsdd records the same run into vision_defaults.json).
 
 Writes bench/results/fsdd.json: test accuracy, training and preparation time, the settings used.
 """
@@ -34,6 +37,13 @@ RECORDINGS = ROOT / ".." / "shared" / "datasets" / "fsdd" / "recordings"
 CONFIG = ROOT / "examples" / "fsdd.yaml"
 
 
+def table_only_config() -> dict:
+    """Only what the table itself needs (its split column, the speaker column left out, where the files are);
+    the recipe (loopml/train/recipe_media.py) chooses the rest."""
+    return {"target": "label", "exclude": ["speaker"], "split": {"column": "split"},
+            "data": {"media_root": str(RECORDINGS.resolve())}}
+
+
 def run(config: dict, table: Path) -> dict:
     start = time.perf_counter()
     model = loopml.Model(config).fit(table, progress=False, cache_dir=False)
@@ -60,11 +70,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--epochs", type=int, default=None, help="override training.epochs")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds: 42, then 1, 2, ... (the split is fixed)")
+    parser.add_argument("--no-config", action="store_true",
+                        help="only the table's keys (table_only_config); the recipe chooses the rest; writes fsdd_recipe.json")
     args = parser.parse_args()
     if not RECORDINGS.is_dir():
         raise SystemExit(f"FSDD recordings not found at {RECORDINGS}")
-    config = yaml.safe_load(CONFIG.read_text())
-    config["data"]["media_root"] = str(RECORDINGS.resolve())
+    if args.no_config:
+        config = table_only_config()
+    else:
+        config = yaml.safe_load(CONFIG.read_text())
+        config["data"]["media_root"] = str(RECORDINGS.resolve())
     training = config.setdefault("training", {})
     for key, value in {"threads": args.threads, "epochs": args.epochs}.items():
         if value is not None:
@@ -92,7 +107,7 @@ def main() -> None:
         "config": runs[0].pop("config"),
         "runs": [{k: v for k, v in r.items() if k != "config"} for r in runs],
     }
-    print("results:", write_result("fsdd", result))
+    print("results:", write_result("fsdd_recipe" if args.no_config else "fsdd", result))
 
 
 if __name__ == "__main__":

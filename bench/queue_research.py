@@ -80,9 +80,13 @@ def cover(x: np.ndarray, known: np.ndarray, n: int, seed: int, pick: str = "cent
 Ranker = Callable[..., list]
 
 
-def queue_strategy(name: str) -> Ranker:
+def queue_strategy(name: str, v1_reference: bool = False) -> Ranker:
+    """The queue's own strategy; ``v1_reference``: against v1's reference (as this harness's candidates read it)
+    instead of the ranking model's own (the retrained one after the first round, as the product does)."""
     def rank(model, frame, n, seed, labelled, ctx):
-        return [r["index"] for r in queue.rank_candidates(model, frame, n, name, seed=seed, labelled=labelled)]
+        ref = ctx["ref"] if v1_reference else None
+        return [r["index"] for r in queue.rank_candidates(model, frame, n, name, seed=seed, labelled=labelled,
+                                                          reference=ref)]
     return rank
 
 
@@ -179,6 +183,28 @@ class Continue:
         return Continued(self, lgb.train(params, ds, num_boost_round=self.rounds))
 
 
+class WarmRefit(ls.Refit):
+    """The product's ``start: warm`` retrain (loopml.Model.fit(warm_start=v1): boosting continues from v1's trees
+    on v1's preprocessing), on the retrain's rows; ``rounds``: policy ``train`` override n_estimators=rounds,
+    early_stopping_rounds=0 (as ``Continue``); 0: the champion's own settings (early stopping on validation).
+    ``warm=False``: the same config from scratch (to time it). Keeps each fit's train seconds in ``seconds``."""
+
+    def __init__(self, store: Store, name: str, champion, metric: str, rounds: int, warm: bool = True) -> None:
+        super().__init__(store, name, champion, metric)
+        self.champion, self.warm, self.seconds = champion, warm, []
+        if rounds:
+            self.config["learner"] = {**self.config["learner"], "n_estimators": rounds, "early_stopping_rounds": 0}
+
+    def __call__(self, labelled: pd.DataFrame):
+        extra = labelled.reindex(columns=self.columns).assign(**{ls.RETRAIN_SPLIT_COLUMN: "train"})
+        data = pd.concat([self.base, *[extra] * ls.WEIGHT], ignore_index=True)
+        t = time.perf_counter()
+        model = loopml.Model(self.config).fit(data, progress=False, cache_dir=False,
+                                              warm_start=self.champion if self.warm else None)
+        self.seconds.append(time.perf_counter() - t)
+        return model
+
+
 class Continued:
     def __init__(self, refit: Continue, booster) -> None:
         self.refit, self.booster = refit, booster
@@ -191,7 +217,7 @@ class Continued:
         return float(r2_score(frame[self.refit.target], pred))
 
 
-def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0) -> dict:
+def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0, warm: str = "") -> dict:
     ls.WEIGHT = weight
     sc = ls.SCENARIOS[0]
     tmp = Path(tempfile.mkdtemp(prefix="queue_research-"))
@@ -206,8 +232,10 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0)
     store.promote(sc.name, 1)
     refit = ls.Refit(store, sc.name, v1, sc.metric)
     source_test = refit.base[refit.base[ls.RETRAIN_SPLIT_COLUMN] == "test"]
-    if rounds:
+    if rounds and not warm:
         refit = Continue(v1, refit.base, sc.target, weight, rounds)
+    elif warm:
+        refit = WarmRefit(store, sc.name, v1, sc.metric, rounds, warm == "warm")
     held0, _ = ls.split_shifted(shifted, sc, 0)
     loss = v1.metrics["test"][sc.metric] - ls.score(v1, held0, sc.metric)
     south = None
@@ -226,7 +254,7 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0)
                 known = pool.loc[chosen].drop(columns=[sc.target]) if chosen else None
                 chosen += list(ranker(model, left, budget - len(chosen), seed, known, ctx))[: budget - len(chosen)]
                 model = refit(pool.loc[chosen])
-                if rounds:
+                if rounds and not warm:
                     points.append((len(chosen), model.r2(held)))
                     south = model.r2(source_test)
                     model = v1
@@ -239,6 +267,9 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0)
             print(f"  {name:18s} seed {seed}: {' '.join(f'{n}:{v:.3f}' for n, v in points)} goal {goal:.3f} → "
                   f"{got if got is None else round(got)} ({time.perf_counter() - t:.0f} s)"
                   + (f"; source test R² at the last point {south:.3f}" if south is not None else ""), flush=True)
+    if warm:
+        print(f"{warm} retrain seconds (model fit, loopml's evaluation included): mean "
+              f"{np.mean(refit.seconds):.2f} over {len(refit.seconds)} fits, median {np.median(refit.seconds):.2f}")
     print("\n| strategy | " + " | ".join(f"seed {s}" for s in range(seeds))
           + " | mean (seeds 0-2) | random ÷ mean | mean (all) | random ÷ mean |")
     print("|---" * (seeds + 5) + "|")
@@ -257,6 +288,7 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0)
 CANDIDATES: dict[str, Ranker] = {
     "random": queue_strategy("random"),
     "diverse": queue_strategy("diverse"),
+    "diverse_v1_reference": queue_strategy("diverse", v1_reference=True),
     "psi_cover": drifted_cover(),
     "psi_cover_sqrt": drifted_cover(power=0.5),
     "psi_cover_floor": drifted_cover(floor=0.1),
@@ -274,9 +306,12 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--weight", type=int, default=ls.WEIGHT)
     ap.add_argument("--continue-rounds", type=int, default=0, help="idea 3: boost on from v1 this many rounds")
+    ap.add_argument("--warm", choices=("warm", "scratch"), default="",
+                    help="retrain with the product's loopml.Model.fit(warm_start=v1) (or the same config from scratch, "
+                         "timed); with --continue-rounds N: N rounds, no early stopping")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(CANDIDATES)
-    run({n: CANDIDATES[n] for n in names}, args.seeds, args.weight, args.continue_rounds)
+    run({n: CANDIDATES[n] for n in names}, args.seeds, args.weight, args.continue_rounds, args.warm)
 
 
 if __name__ == "__main__":

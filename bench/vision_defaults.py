@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 import yaml
 
@@ -138,7 +139,7 @@ def tta_accuracies(m: loopml.Model) -> dict:
                 e.tta = mode
             out[mode] = m.evaluate(test)["accuracy"]
     finally:
-        for e, mode in zip(encoders, before):
+        for e, mode in zip(encoders, before, strict=True):
             e.tta = mode
     return out
 

@@ -56,7 +56,7 @@ class AutoMLConfig(StrictModel):
     """``loopml train --time-budget S [--preset fast|best]``: choose, tune and ensemble learners in S seconds."""
 
     #: wall-clock seconds for the whole fit, preprocessing included; None = AutoML off
-    time_budget: float | None = Field(None, gt=0)
+    time_budget: float | None = Field(None, gt=0, allow_inf_nan=False)
     preset: Literal["fast", "best"] = "best"
 
 #: per-type defaults applied to every column of that type before its own section

@@ -149,8 +149,9 @@ def importance(learner: Any, pre: Preprocessor, x: Any, y: np.ndarray, metric: s
         per_row = (time.perf_counter() - start) / rows
         allowed = max(0.5, 0.5 * left)
         shuffles = len(pre.features) + 1
-        repeats = max(1, min(repeats, int(allowed / (per_row * rows * shuffles))))
-        fit_rows = int(allowed / (per_row * repeats * shuffles))
+        # min() before int(): a budget of 1e308 s (or inf) left over a fast predict is inf, which int() refuses
+        repeats = max(1, int(min(repeats, allowed / (per_row * rows * shuffles))))
+        fit_rows = int(min(rows, allowed / (per_row * repeats * shuffles)))
         if fit_rows < rows:
             keep = np.sort(np.random.default_rng(seed + 1).choice(rows, max(500, min(rows, fit_rows)), replace=False))
             x, y = take_inputs(x, keep), y[keep]

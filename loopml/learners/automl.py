@@ -107,8 +107,8 @@ def automl_sections(time_budget: float | None, preset: str | None) -> dict:
         if preset is not None:
             raise LoopmlError("a preset goes with a time budget (--time-budget S)")
         return {}
-    if not time_budget > 0:
-        raise LoopmlError(f"the time budget must be a positive number of seconds, not {time_budget:g}")
+    if not 0 < time_budget < math.inf:  # inf: the deadline's inf - inf is NaN, and every member got 1 ms
+        raise LoopmlError(f"the time budget must be a positive, finite number of seconds, not {time_budget:g}")
     automl = {"time_budget": float(time_budget), **({"preset": preset} if preset else {})}
     # a name, not a section: it replaces a config file's learner section instead of merging into it
     return {"automl": automl, "learner": "automl"}

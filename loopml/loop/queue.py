@@ -8,8 +8,9 @@ Strategies (``STRATEGIES``):
   far it drifts in the candidate window (its PSI), so drifted regions come first.
 - ``diverse``: k-means on the standardised, encoded inputs of the most uncertain rows, the most
   uncertain row of each cluster: spread out, not ten copies of one hard case. For a model with no doubt
-  to rank by (a regressor without members), k-means over the whole window and the labelled rows, the
-  most typical row of each cluster no label covers yet: the traffic covered, densest regions first.
+  to rank by (a regressor without members), k-means over the whole window and the labelled rows (inputs
+  weighted by their drift, plus the model's prediction), the most typical row of each cluster no label
+  covers yet: the traffic covered, densest regions first.
 - ``random``: seeded, the baseline the others are measured against.
 
 Every strategy drops repeated inputs (identical rows appear once: a second label on the same case
@@ -36,7 +37,7 @@ RARE, VERY_RARE = 0.05, 0.001
 #: diverse: the k-means pool holds the most uncertain POOL_FACTOR x n rows (at least MIN_POOL)
 POOL_FACTOR, MIN_POOL = 20, 1000
 #: diverse without doubt: k-means over at most this many window rows (and as many labelled ones)
-REPRESENTATIVE_POOL = 5000
+REPRESENTATIVE_POOL = 10_000
 
 
 def check_strategy(strategy: str) -> str:
@@ -66,7 +67,7 @@ def rank_candidates(model: Any, frame: pd.DataFrame, n: int, strategy: str = "un
         return _top(frame, scores, reasons, n)
     if strategy == "diverse" and not has_doubt(model):
         known = _model_columns(model, labelled) if labelled is not None and len(labelled) else None
-        return _representative(frame, n, ref, seed, known)
+        return _representative(model, frame, n, ref, seed, known)
     scores, reasons = uncertainty(model, frame, ref)
     if strategy == "uncertainty":
         return _top(frame, scores, reasons, n)
@@ -308,18 +309,27 @@ def _diverse(frame: pd.DataFrame, weight: np.ndarray, reasons: list[str], n: int
     return out + [_row(frame.index[pool[i]], float(w[i]), reasons[pool[i]]) for i in rest]
 
 
-def _representative(frame: pd.DataFrame, n: int, ref: dict, seed: int, labelled: pd.DataFrame | None) -> list[dict]:
+def _representative(model: Any, frame: pd.DataFrame, n: int, ref: dict, seed: int,
+                    labelled: pd.DataFrame | None) -> list[dict]:
     """For a model without doubt to rank by (a regressor without members): k-means over the window and the
     labelled rows together, the row nearest the centre of each cluster no label is in yet, biggest cluster first.
+    The space clustered: each input column's encoding scaled by its PSI in this window (a column that did not
+    move hardly separates clusters), plus the model's prediction (in target standard deviations) as one more axis.
 
     Novelty as the ranking picks the extremes of the drifted region; on california (trained south, traffic
-    north) it needed 6x the labels random did, cluster centres ~0.65x (bench/results/loop_shift.md)."""
+    north) it needed 6x the labels random did, plain cluster centres 0.65-0.8x, PSI-weighted inputs + the
+    prediction 0.64x of random's labels over 6 seeds (bench/queue_research.py, bench/results/queue_research.md)."""
     from sklearn.cluster import KMeans
 
     rng = np.random.default_rng(seed)
     pool = np.sort(rng.permutation(len(frame))[:REPRESENTATIVE_POOL])
-    x = encode(frame.iloc[pool], ref)
-    known = encode(labelled.iloc[:REPRESENTATIVE_POOL], ref) if labelled is not None else np.zeros((0, x.shape[1]))
+    weights = _psi_weights(frame, ref)
+    scale = _prediction_scale(model, ref)
+    window = frame.iloc[pool]
+    predicted = _predicted(model, window)
+    x = _covering_space(window, predicted, ref, weights, scale)
+    known = (_covering_space(labelled.iloc[:REPRESENTATIVE_POOL], _predicted(model, labelled.iloc[:REPRESENTATIVE_POOL]),
+                             ref, weights, scale) if labelled is not None else np.zeros((0, x.shape[1])))
     both = np.vstack([x, known])
     k = min(n + len(known), len(np.unique(both, axis=0)))
     if k < 1:
@@ -335,12 +345,49 @@ def _representative(frame: pd.DataFrame, n: int, ref: dict, seed: int, labelled:
         if c not in covered and len(members):
             picks.append((int(members[dist[members].argmin()]), len(members)))
     picks.sort(key=lambda p: -p[1])
+    drifted = [c for c, _ in sorted(weights.items(), key=lambda cw: -cw[1])[:2] if weights[c] > 0]
     out = [_row(frame.index[pool[i]], size / len(x), f"typical of {size} similar unlabelled row{'s' if size != 1 else ''}"
-                f" (the model has no members to disagree, so the queue covers the traffic)") for i, size in picks[:n]]
+                f" ({_region(window.iloc[i], drifted, predicted[i])}; the model has no members to disagree, so the "
+                f"queue covers the traffic)") for i, size in picks[:n]]
     # clusters the labels already cover, or inputs the encoding cannot tell apart: topped up at random
     chosen = {pool[i] for i, _ in picks[:n]}
     rest = [i for i in rng.permutation(len(frame)) if i not in chosen][: max(n - len(out), 0)]
     return out + [_row(frame.index[i], 0.0, "random pick: every cluster has its row or a label") for i in rest]
+
+
+def _psi_weights(frame: pd.DataFrame, ref: dict) -> dict[str, float]:
+    """Each reference column's PSI between training and this window (as ``drift`` weighs columns); all 1 when
+    no column moved at all (a window like training: plain covering)."""
+    weights = {col: drift.psi(r["histogram"], _histogram(frame[col], r))
+               for col, r in ref.get("columns", {}).items() if col in frame.columns and r["kind"] != "text"}
+    return weights if any(w > 0 for w in weights.values()) else dict.fromkeys(weights, 1.0)
+
+
+def _prediction_scale(model: Any, ref: dict) -> float:
+    """The target's training standard deviation (the spread of the training predictions without it)."""
+    std = model.preprocessor.target.state.get("std")
+    if std and std != 1.0:
+        return float(std)
+    return float((ref.get("predictions") or {}).get("std") or 1.0)
+
+
+def _predicted(model: Any, frame: pd.DataFrame) -> np.ndarray:
+    return np.asarray(model.predict(frame, coerce=True), dtype=np.float64).reshape(-1)
+
+
+def _covering_space(frame: pd.DataFrame, predicted: np.ndarray, ref: dict, weights: dict[str, float],
+                    scale: float) -> np.ndarray:
+    """``encode`` with each column's block scaled by sqrt(its weight) (its share of a squared distance scales by
+    the weight), and the prediction / ``scale`` as the last column."""
+    parts = [encode(frame[[col]], {"columns": {col: ref["columns"][col]}}) * np.sqrt(weights[col])
+             for col in ref.get("columns", {}) if col in weights and col in frame.columns]
+    return np.hstack([*parts, np.nan_to_num(predicted / scale)[:, None]])
+
+
+def _region(row: pd.Series, columns: list[str], predicted: float) -> str:
+    """Where a cluster lies: its typical row's values in the most drifted columns and the model's prediction."""
+    values = ", ".join(f"{c}={_short(row[c])}" for c in columns)
+    return f"around {values}, predicted {_fmt(predicted)}" if values else f"around predicted {_fmt(predicted)}"
 
 
 def encode(frame: pd.DataFrame, ref: dict) -> np.ndarray:

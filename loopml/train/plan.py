@@ -41,7 +41,8 @@ class EpochPlan:
         self.elapsed = elapsed
         pace = self.pace()
         left = self.max_time * (1 - MARGIN) - elapsed
-        more = math.floor(left / pace) if pace else self.epochs
+        # min() first: a budget of 1e308 s (or inf) over a pace of 0.1 s is inf epochs, which floor() refuses
+        more = math.floor(min(left / pace, self.epochs)) if pace else self.epochs
         self.planned = max(done, min(self.epochs, done + max(0, more)))
         return self.planned
 

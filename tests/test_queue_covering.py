@@ -1,0 +1,61 @@
+"""``diverse`` for a regressor without members: the covering space weighs inputs by their drift and adds the prediction."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import loopml
+from loopml.loop import queue
+from loopml.loop.queue import rank_candidates
+
+
+@pytest.fixture(scope="module")
+def lone():
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"a": rng.normal(size=400), "b": rng.normal(size=400)})
+    df["label"] = 2 * df.a + df.b
+    return loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(df, progress=False,
+                                                                                             cache_dir=False)
+
+
+def traffic(seed: int = 1) -> pd.DataFrame:
+    """``a`` moved out of the training range into two tight groups (3 and 4); ``b`` as in training, wider
+    than the gap between the groups: unweighted k-means would split along ``b``."""
+    rng = np.random.default_rng(seed)
+    a = np.concatenate([rng.normal(3.0, 0.03, 300), rng.normal(4.0, 0.03, 300)])
+    return pd.DataFrame({"a": a, "b": rng.normal(size=600)})
+
+
+def test_two_picks_cover_the_two_groups_of_the_drifted_column(lone):
+    frame = traffic()
+    picks = rank_candidates(lone, frame, 2, "diverse")
+    a = sorted(float(frame.loc[r["index"], "a"]) for r in picks)
+    b = [float(frame.loc[r["index"], "b"]) for r in picks]
+    assert a[0] < 3.5 < a[1], picks  # one per group of the drifted column ...
+    assert all(abs(v) < 0.6 for v in b), picks  # ... each typical of its group, not of one half of b
+    assert all(r["reason"].startswith("typical of ") and "around a=" in r["reason"] for r in picks), picks
+
+
+def test_without_the_drift_weights_the_same_traffic_splits_along_the_undrifted_column(lone, monkeypatch):
+    """The test above can fail: with every column weighted 1, k-means cuts ``b`` in half instead."""
+    monkeypatch.setattr(queue, "_psi_weights", lambda frame, ref: dict.fromkeys(ref["columns"], 1.0))
+    frame = traffic()
+    picks = rank_candidates(lone, frame, 2, "diverse")
+    assert any(abs(float(frame.loc[r["index"], "b"])) > 0.6 for r in picks), picks
+
+
+def test_a_labelled_group_leaves_the_other_one_and_psi_weights_fall_back_to_one(lone):
+    frame = traffic()
+    labelled = frame[frame.a < 3.5].iloc[:5]
+    nxt = rank_candidates(lone, frame.drop(index=labelled.index), 1, "diverse", labelled=labelled)
+    assert frame.loc[nxt[0]["index"], "a"] > 3.5, nxt
+
+
+def test_psi_weights_are_the_drift_and_fall_back_to_one_for_an_unmoved_window():
+    from loopml.loop import drift
+
+    values = pd.Series(np.random.default_rng(0).normal(size=500))
+    ref = {"columns": {"a": drift.column_reference(values, "number"), "b": drift.column_reference(values, "number")}}
+    assert queue._psi_weights(pd.DataFrame({"a": values, "b": values}), ref) == {"a": 1.0, "b": 1.0}
+    moved = queue._psi_weights(pd.DataFrame({"a": values + 3, "b": values}), ref)
+    assert moved["a"] > 1.0 and moved["b"] == 0.0, moved
