@@ -79,7 +79,7 @@ class Model:
         #: the tracked run of the last fit (``fit(track=...)``), with the store that holds it
         self.run_id: str | None = None
         self._store = None
-        self._initial_weights: Any = None
+        self._initial_weights: dict | None = None
         #: what the recipe chose for the last fit (train/recipes.py); None when nothing applied
         self._recipe = None
 
@@ -97,8 +97,7 @@ class Model:
     ) -> Model:
         """Train. ``track=True`` (or an experiment name) records the run in the registry store:
         params, per-epoch metrics, final metrics, status; ``save()`` then attaches the model.
-        ``warm_start``: keep that (network or LightGBM) model's preprocessing and start from its weights
-        (fine-tuning), or for LightGBM from its trees (boosting continues: the trees grow by up to n_estimators).
+        ``warm_start``: keep that (network) model's preprocessing and start from its weights (fine-tuning).
 
         Problems with the input (files, columns, config) surface before a run is recorded.
         With ``resume`` a tracked run continues the run recorded in ``checkpoint_dir``.

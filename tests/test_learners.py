@@ -202,7 +202,7 @@ def test_warm_start_is_for_network_models_only():
     if "lightgbm" not in LEARNERS:
         pytest.skip("no lightgbm learner registered")
     trees = _model("lightgbm").fit(_table(), progress=False, cache_dir=False)
-    with pytest.raises(loopml.LoopmlError, match="warm start is for network and lightgbm models"):
+    with pytest.raises(loopml.LoopmlError, match="warm start is for network models"):
         _model("network").fit(_table(), warm_start=trees, progress=False, cache_dir=False)
 
 

@@ -177,7 +177,7 @@ def test_retrain_keeps_the_champions_learner(trained, tmp_path):
     version = store.get_version("clf", decision["candidate_version"])
     candidate = loopml.load(store.resolve(f"clf:{decision['candidate_version']}")["path"])
     assert candidate.learner.registered_name == "lightgbm" and candidate.network is None
-    assert version["lineage"]["learner"] == "lightgbm" and version["lineage"]["start"] == "warm"  # boosting continued
+    assert version["lineage"]["learner"] == "lightgbm" and version["lineage"]["start"] == "scratch"
 
 
 def test_an_automl_champion_retrains_with_its_choice():

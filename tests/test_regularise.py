@@ -198,8 +198,9 @@ def test_ema_weights_are_the_hand_computed_average_and_are_what_validates_and_st
     steps_per_epoch = len(recorder.steps) // 2
     for epoch, end in enumerate(recorder.ends):
         average = {k: v.clone() for k, v in start.items()}
-        for weights in recorder.steps[: (epoch + 1) * steps_per_epoch]:
-            average = {k: decay * average[k] + (1 - decay) * weights[k] for k in average}
+        for n, weights in enumerate(recorder.steps[: (epoch + 1) * steps_per_epoch]):
+            d = min(decay, (1 + n) / (10 + n))  # the warm-up
+            average = {k: d * average[k] + (1 - d) * weights[k] for k in average}
         for name, value in average.items():  # the network at epoch end holds the average (validation used it)
             assert torch.allclose(end[name], value, atol=1e-6), name
         raw = recorder.steps[(epoch + 1) * steps_per_epoch - 1]

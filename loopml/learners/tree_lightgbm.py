@@ -30,7 +30,6 @@ class LightGBMLearner(TreeLearner):
     """Leaf-wise boosted trees; category codes go in as LightGBM categoricals (NaN = missing/unseen)."""
 
     model_file = "lightgbm.txt"
-    continues = True
 
     class Params(TreeParams):
         type: Literal["lightgbm"] = "lightgbm"
@@ -123,13 +122,10 @@ class LightGBMLearner(TreeLearner):
             if reason:
                 raise lgb.callback.EarlyStopException(stopper.best, [])
 
-        # warm start: LightGBM scores every row with the champion's trees first (its init score) and adds rounds
-        start = self.start_from.model if self.start_from is not None else None
-        begun = start.current_iteration() if start is not None else 0
         booster = lgb.train(params, dtrain, num_boost_round=self.params.n_estimators, valid_sets=valid_sets,
-                            valid_names=valid_names, callbacks=[callback], init_model=start)
-        # keep only the rounds up to the best one (after the champion's): predict, save and load use the same trees
-        self.model = lgb.Booster(model_str=booster.model_to_string(num_iteration=begun + stopper.kept))
+                            valid_names=valid_names, callbacks=[callback])
+        # keep only the rounds up to the best one: predict, save and load then use the same trees
+        self.model = lgb.Booster(model_str=booster.model_to_string(num_iteration=stopper.kept))
 
     def _predict(self, x: TableView) -> np.ndarray:
         return self.model.predict(x.x, raw_score=True, num_threads=self.task.threads)

@@ -182,10 +182,6 @@ class TreeLearner(Learner):
     accepts = frozenset({"number", "binary", "category", "date"})
     #: the library's model file in the saved folder
     model_file: ClassVar[str]
-    #: whether ``start_from`` works: boosting continues from a fitted model's trees (LightGBM)
-    continues: ClassVar[bool] = False
-    #: a fitted learner of the same library to continue boosting from (a warm start); None: from scratch
-    start_from: TreeLearner | None = None
 
     def _reset(self) -> None:
         super()._reset()
@@ -209,14 +205,7 @@ class TreeLearner(Learner):
             raise ValueError("training and validation views have different columns")
         self.columns, self.categorical = list(train.x.columns), dict(train.x.categorical)
         params: TreeParams = self.params  # type: ignore[assignment]
-        start = self.start_from
-        if start is not None:  # its trees split on its view's columns: the same columns, codes and pairs
-            if start.columns != self.columns or start.categorical != self.categorical:
-                raise LoopmlError(f"warm start: the {self.registered_name} model it starts from reads other view "
-                                  "columns (the same input columns and preprocessing are needed)")
-            self.pairs = list(start.pairs)
-        else:
-            self.pairs = choose_pairs(train, params.pairwise) if params.pairwise else []
+        self.pairs = choose_pairs(train, params.pairwise) if params.pairwise else []
         train, validation = (Split(self._augment(s.x), s.y, s.weight) for s in (train, validation))
         self.check_extra(params.extra)
         stopper = Stopper(params.early_stopping_rounds, budget, len(validation) > 0)
@@ -236,9 +225,6 @@ class TreeLearner(Learner):
             "metric": self.metric_name(),
             "seconds": round(time.monotonic() - started, 4),
         }
-        if start is not None:  # the booster grows by up to n_estimators rounds each warm turn
-            self.info["warm_start_rounds"] = int(start.info.get("rounds", start.info.get("best_iteration", 0)))
-        self.info["rounds"] = self.info.get("warm_start_rounds", 0) + stopper.kept
         return self
 
     def predict_scores(self, x: TableView) -> np.ndarray:

@@ -112,8 +112,7 @@ class Schedule(StrictModel):
 class Policy(StrictModel):
     alias: str = Field("production", min_length=1)
     #: scratch = refit preprocessing and weights; warm = keep the champion's preprocessing and start
-    #: from its weights (fine-tuning: cannot learn category values the champion never saw); for a LightGBM
-    #: champion boosting continues from its trees (each warm turn adds up to n_estimators rounds: the model grows)
+    #: from its weights (fine-tuning: cannot learn category values the champion never saw)
     start: Literal["scratch", "warm"] = "scratch"
     #: champion = the candidate uses the champion's learner choice (its config's ``learner:`` section; for an
     #: AutoML champion, the learner it chose); automl = run AutoML again (``automl.time_budget`` of the

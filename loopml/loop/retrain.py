@@ -166,7 +166,8 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     data = pd.concat(frames, ignore_index=True)
     config, learner_note = candidate_config(champion, policy)
     config = carry_spend(config, champion)  # DP: the candidate's cumulative ε composes the lineage's spend
-    warm = policy.start == "warm" and warm_startable(champion, config)
+    # warm start reuses network weights; other learners (trees, linear, ensembles) refit from scratch
+    warm = policy.start == "warm" and getattr(champion, "network", None) is not None
     started = time.time()
     candidate = loopml.Model(config).fit(data, progress=progress, track=f"retrain-{name}", store=store,
                                          warm_start=champion if warm else None)
@@ -185,9 +186,6 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
                "held_back_ids": [int(i) for i in window["_feedback_id"]],
                "training_data": sorted({p["source"] for p in record.get("train", []) if p.get("source")}),
                "training_rows": len(parts["train"]) + len(extra) * policy.data.feedback_weight}
-    if warm and "rounds" in candidate.learner.info:  # boosting continued: the champion's rounds + this turn's
-        lineage["rounds"] = {"champion": candidate.learner.info.get("warm_start_rounds", 0),
-                             "total": candidate.learner.info["rounds"]}
     with tempfile.TemporaryDirectory() as tmp:
         candidate.save(Path(tmp) / "candidate", report=True)  # tracked: the run now holds the artifact, report included
         pause_point("retrain.before_decide")
@@ -199,17 +197,6 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     return {"promoted": outcome["promoted"], "trial": outcome.get("trial", False), "reason": outcome["reason"],
             "candidate_version": int(outcome["version"]["version"]), "champion_version": champion_number,
             "numbers": numbers}
-
-
-def warm_startable(champion, config: dict) -> bool:
-    """Whether ``start: warm`` applies: a network champion (its weights), or a LightGBM champion retrained as
-    LightGBM (boosting continues from its trees). Other learners (xgboost, catboost, linear, ensembles, AutoML)
-    refit from scratch, and the lineage says ``start: scratch``."""
-    if getattr(champion, "network", None) is not None:
-        return True
-    learner = getattr(champion, "learner", None)
-    return bool(getattr(learner, "continues", False)) and (config.get("learner") or {}).get("type") == \
-        learner.registered_name
 
 
 def candidate_config(champion, policy: Policy) -> tuple[dict, str]:

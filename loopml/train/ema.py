@@ -1,7 +1,9 @@
 """``training.ema``: an exponential moving average of the network's weights, as a callback.
 
-After every optimizer step, ``average <- decay * average + (1 - decay) * weights`` for the parameters,
-and the buffers (batch-norm statistics) are copied. The average starts from the weights training
+After every optimizer step, ``average <- d * average + (1 - d) * weights`` for the parameters, with
+``d = min(decay, (1 + n) / (10 + n))`` after n updates (a warm-up: the average of the first epochs would
+otherwise stay near the random starting weights and validate at chance), and the buffers (batch-norm
+statistics) are copied. The average starts from the weights training
 starts from. Before each validation the average is swapped into the network, so validation, the
 best-epoch choice (BestModel reads the network at epoch end), checkpoints' ``model`` and the saved
 weights are all the averaged ones; the training weights are swapped back at the next epoch's start.
@@ -19,6 +21,11 @@ from loopml.train.device import to_device
 
 if TYPE_CHECKING:
     from loopml.train.trainer import Trainer
+
+
+def effective_decay(decay: float, updates: int) -> float:
+    """The decay after ``updates`` updates: ramped up from 0.1, so early averages follow the training weights."""
+    return min(decay, (1 + updates) / (10 + updates))
 
 
 class WeightAverage(Callback):
@@ -47,7 +54,7 @@ class WeightAverage(Callback):
     @torch.no_grad()
     def on_batch_end(self, trainer: Trainer, step: int, loss: float) -> None:
         live = trainer.model.state_dict()
-        weight = 1.0 - self.decay
+        weight = 1.0 - effective_decay(self.decay, self.updates)
         for name, value in live.items():
             if name in self._parameters:
                 self.average[name].lerp_(value, weight)

@@ -51,8 +51,8 @@ class RunOptions:
     progress: bool = True
     #: more network callbacks (the registry's run logger)
     callbacks: list = field(default_factory=list)
-    #: a warm start's network weights, or the fitted tree learner (LightGBM) whose boosting continues
-    initial_weights: Any = None
+    #: a warm start's network weights
+    initial_weights: dict | None = None
     #: the network's callback factory (``default_callbacks`` when None)
     make_callbacks: Callable | None = None
     #: the wall-clock allowance, started before preparation; None: ``automl.time_budget`` from now
@@ -116,17 +116,14 @@ def learner_task(config: Config, pre: Preprocessor, weights: list[float] | None 
                 seed=config.training.seed, threads=max(1, threads))
 
 
-def adopt_warm_start(config: Config, prepared: Any, start: Any) -> Any:
-    """Re-encode every split of ``prepared`` with ``start``'s fitted preprocessing (a copy); what the learner
-    starts from: a network's weights (a dict), or a boosted-tree learner that continues (its fitted learner)."""
+def adopt_warm_start(config: Config, prepared: Any, start: Any) -> dict:
+    """Re-encode every split of ``prepared`` with ``start``'s fitted preprocessing (a copy); its network weights."""
     from loopml.data.split import SPLITS
     from loopml.train.trainer import TensorData
 
-    kind = start.learner.registered_name if start.learner is not None else None
-    trees = kind == config.learner.type and getattr(start.learner, "continues", False)
-    if not trees and (start.network is None or config.learner.type != "network"):
-        raise LoopmlError("warm start is for network and lightgbm models: this config's learner and the model it "
-                          f"starts from must both be one of them (they are {config.learner.type} and {kind})")
+    if start.network is None or config.learner.type != "network":
+        raise LoopmlError("warm start is for network models: both this config's learner and the model it starts "
+                          f"from must be network (they are {config.learner.type} and {start.learner.registered_name})")
     pre = start.preprocessor.copy()
     if list(pre.features) != list(prepared.preprocessor.features) or pre.target.column != prepared.preprocessor.target.column:
         raise LoopmlError("warm start needs the same input columns and target as the model it starts from")
@@ -135,7 +132,7 @@ def adopt_warm_start(config: Config, prepared: Any, start: Any) -> Any:
         prepared.splits[name] = TensorData(pre.transform(frame), pre.transform_target(frame)) \
             if frame is not None and len(frame) else None
     prepared.preprocessor = pre
-    return start.learner if trees else start.network.state_dict()
+    return start.network.state_dict()
 
 
 # -- views ----------------------------------------------------------------------------------------
@@ -231,8 +228,6 @@ def train(config: Config, prepared: Any, options: RunOptions | None = None) -> T
                 monitor, Path(options.checkpoint_dir) if options.checkpoint_dir else None, options.resume,
                 options.progress, [*options.callbacks, share], options.initial_weights, options.make_callbacks,
                 epoch_metric_fn(pre, monitor), soft_targets=options.soft_targets)
-        elif getattr(learner, "continues", False) and options.initial_weights is not None:
-            learner.start_from = options.initial_weights  # a warm start: the champion's fitted trees
         elif options.resume or options.initial_weights is not None or options.soft_targets is not None:
             raise LoopmlError(f"resume, warm start and soft targets are for the network learner, not {config.learner.type}")
         start = time.perf_counter()
