@@ -153,6 +153,6 @@ def importance(learner: Any, pre: Preprocessor, x: Any, y: np.ndarray, metric: s
         repeats = max(1, int(min(repeats, allowed / (per_row * rows * shuffles))))
         fit_rows = int(min(rows, allowed / (per_row * repeats * shuffles)))
         if fit_rows < rows:
-            keep = np.sort(np.random.default_rng(seed + 1).choice(rows, max(500, min(rows, fit_rows)), replace=False))
+            keep = np.sort(np.random.default_rng(seed + 1).choice(rows, min(rows, max(500, fit_rows)), replace=False))
             x, y = take_inputs(x, keep), y[keep]
     return inputs_importance(learner.predict_scores, pre, x, y, metric, repeats, seed, one)
