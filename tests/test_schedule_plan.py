@@ -295,3 +295,17 @@ def test_dp_sgd_loss_smooths_the_same_way():
     binary = Tiny(kind="binary")
     assert private_loss(binary, 0.2)(logits, flags) == pytest.approx(
         float(F.binary_cross_entropy_with_logits(logits, flags * 0.8 + 0.1)))
+
+
+def test_plan_grows_slowly_once_the_pace_settles_and_shrinks_at_once():
+    # a pace that halves at epoch 6 (the other load went away) would double an undamped plan, re-warming the lr
+    from loopml.train.plan import GROWTH, RECENT, EpochPlan
+    plan, elapsed, plans = EpochPlan(max_time=1000.0, epochs=500), 0.0, []
+    for done in range(1, 15):
+        elapsed += 20.0 if done < 6 else 10.0
+        plans.append(plan.update(done, elapsed))
+    for before, after in zip(plans[RECENT:], plans[RECENT + 1:]):
+        assert after <= max(before + 1, int(before * (1 + GROWTH)))
+    assert plans[-1] > plans[4]  # it does grow towards the faster pace
+    slow = plan.update(15, elapsed + 200.0)  # a sudden slow epoch: the plan shrinks in one step
+    assert slow < plans[-1]

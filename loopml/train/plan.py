@@ -16,6 +16,10 @@ from loopml.errors import LoopmlError
 MARGIN = 0.03
 #: the pace is the mean of this many latest epochs (the first left out once there are others)
 RECENT = 3
+#: after the first RECENT epochs a plan grows by at most this share per epoch: a longer plan moves the schedule's
+#: progress back and so raises the lr again; on a CPU whose load comes and goes an undamped plan swung 68 → 43 →
+#: 55 epochs and re-warmed the lr each time it grew. Shrinking stays free: the time limit cuts an over-long plan.
+GROWTH = 0.05
 
 
 class EpochPlan:
@@ -43,7 +47,10 @@ class EpochPlan:
         left = self.max_time * (1 - MARGIN) - elapsed
         # min() first: a budget of 1e308 s (or inf) over a pace of 0.1 s is inf epochs, which floor() refuses
         more = math.floor(min(left / pace, self.epochs)) if pace else self.epochs
-        self.planned = max(done, min(self.epochs, done + max(0, more)))
+        planned = max(done, min(self.epochs, done + max(0, more)))
+        if len(self.seconds) > RECENT:
+            planned = min(planned, max(self.planned + 1, math.floor(self.planned * (1 + GROWTH))))
+        self.planned = planned
         return self.planned
 
     def record(self) -> dict:
