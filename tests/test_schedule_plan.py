@@ -299,12 +299,14 @@ def test_dp_sgd_loss_smooths_the_same_way():
 
 def test_plan_grows_slowly_once_the_pace_settles_and_shrinks_at_once():
     # a pace that halves at epoch 6 (the other load went away) would double an undamped plan, re-warming the lr
+    import itertools
+
     from loopml.train.plan import GROWTH, RECENT, EpochPlan
     plan, elapsed, plans = EpochPlan(max_time=1000.0, epochs=500), 0.0, []
     for done in range(1, 15):
         elapsed += 20.0 if done < 6 else 10.0
         plans.append(plan.update(done, elapsed))
-    for before, after in zip(plans[RECENT:], plans[RECENT + 1:]):
+    for before, after in itertools.pairwise(plans[RECENT:]):
         assert after <= max(before + 1, int(before * (1 + GROWTH)))
     assert plans[-1] > plans[4]  # it does grow towards the faster pace
     slow = plan.update(15, elapsed + 200.0)  # a sudden slow epoch: the plan shrinks in one step

@@ -36,8 +36,9 @@ AUGMENT_MIN_STEPS = 500
 #: the longest image side trained on: CPU, GPU
 MAX_SIDE = {"cpu": 64, "cuda": 128}
 #: seconds per training image at 32x32 for a [32, 64, 128] x1 ResNet (bench/vision_defaults.md: ~7.5 s per
-#: epoch of 7,000 images in bf16 here); only for estimates (EMA horizon, warm-up), never for stopping
-IMAGE_SECONDS = {("cpu", True): 1.1e-3, ("cpu", False): 2.6e-3, ("cuda", True): 5e-5, ("cuda", False): 1e-4}
+#: epoch of 7,000 images in bf16 on AMX; ~30 s in fp32 channels-last on a 2-core AVX2 EPYC); only for estimates
+#: (EMA horizon, warm-up), never for stopping
+IMAGE_SECONDS = {("cpu", True): 1.1e-3, ("cpu", False): 4.3e-3, ("cuda", True): 5e-5, ("cuda", False): 1e-4}
 
 
 def _batch_size(train_rows: int, machine: Machine) -> int:
@@ -158,8 +159,8 @@ class ImageRecipe(Recipe):
         only_images = all(kind == "image" for kind in profile.columns.values())
         rgb_only = all(i.channels == 3 for i in profile.images.values())
         out += _training(profile, machine, budget, batch, 3e-3, 5e-4, seconds_per_row, True, config)
-        if machine.fast_bf16:
-            out.append(Setting(("training", "channels_last"), True, "convolutions run faster channels-last with bf16"))
+        if machine.device == "cpu" or machine.fast_bf16:  # bench/channels_last_speed: 1.92x AMX bf16, 1.32x AVX2 fp32
+            out.append(Setting(("training", "channels_last"), True, "convolutions run faster channels-last here"))
         if MIXUP and profile.task != "number" and only_images and rgb_only and profile.train_rows >= MIX_MIN_ROWS:
             out.append(Setting(("training", "mixup"), dict(MIXUP), f"mixup or cutmix on {MIXUP['prob']:.0%} of the "
                                "batches: regularises long schedules on small photo sets"))
