@@ -236,6 +236,8 @@ class EmaConfig(StrictModel):
 #: label smoothing spreads probability over classes; a number target has none (also checked once the type is inferred)
 LABEL_SMOOTHING_NUMBER = ("training.label_smoothing is for classification: a number target (regression) has no "
                           "classes to smooth towards; set it to 0")
+#: mixup mixes labels as it mixes images; a number target has none (also checked once the type is inferred)
+MIXUP_NUMBER = "training.mixup mixes class labels; this target is a number (regression): remove training.mixup"
 
 
 class TrainingConfig(StrictModel):
@@ -361,22 +363,21 @@ class Config(StrictModel):
         return _name_to_section(value)
 
     @model_validator(mode="after")
-    def _plan_and_smoothing(self) -> Config:
+    def _plan_has_time(self) -> Config:
         training = self.training
         # --time-budget caps max_time (learners/network.py), so the budget is enough to plan into
         if training.plan_to_max_time and training.max_time is None and self.automl.time_budget is None:
             raise ValueError("training.plan_to_max_time plans the epochs into training.max_time: set "
                              "training.max_time (seconds)")
-        if training.label_smoothing and self.target.type == "number":
-            raise ValueError(LABEL_SMOOTHING_NUMBER)
         return self
 
     @model_validator(mode="after")
-    def _mixup_target(self) -> Config:
-        # an inferred number target is refused once the type is known (train/mixing.py check)
+    def _classification_only(self) -> Config:
+        # an inferred number target is refused once the type is known (api.py, train/mixing.py check)
+        if self.training.label_smoothing and self.target.type == "number":
+            raise ValueError(LABEL_SMOOTHING_NUMBER)
         if self.training.mixup is not None and self.target.type == "number":
-            raise ValueError("training.mixup mixes class labels; this target is a number (regression): "
-                             "remove training.mixup")
+            raise ValueError(MIXUP_NUMBER)
         return self
 
     @model_validator(mode="after")

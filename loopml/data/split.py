@@ -61,10 +61,15 @@ def split_frame(
     return parts, report
 
 
+def split_names(values: pd.Series) -> pd.Series:
+    """A split column's values as train / validation / test (aliases such as val or dev read too); NaN otherwise."""
+    return values.astype(str).str.strip().str.lower().map(_ALIASES)
+
+
 def _by_column(df: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
     if column not in df.columns:
         raise LoopmlError(f"split column '{column}' not found")
-    names = df[column].astype(str).str.strip().str.lower().map(_ALIASES)
+    names = split_names(df[column])
     if names.isna().any():
         bad = df[column][names.isna()].iloc[0]
         raise LoopmlError(f"split column '{column}' has value {bad!r}; use train, validation or test")

@@ -328,8 +328,11 @@ def _representative(model: Any, frame: pd.DataFrame, n: int, ref: dict, seed: in
     window = frame.iloc[pool]
     predicted = _predicted(model, window)
     x = _covering_space(window, predicted, ref, weights, scale)
-    known = (_covering_space(labelled.iloc[:REPRESENTATIVE_POOL], _predicted(model, labelled.iloc[:REPRESENTATIVE_POOL]),
-                             ref, weights, scale) if labelled is not None else np.zeros((0, x.shape[1])))
+    if labelled is not None:
+        labelled = labelled.iloc[:REPRESENTATIVE_POOL]
+        known = _covering_space(labelled, _predicted(model, labelled), ref, weights, scale)
+    else:
+        known = np.zeros((0, x.shape[1]))
     both = np.vstack([x, known])
     k = min(n + len(known), len(np.unique(both, axis=0)))
     if k < 1:

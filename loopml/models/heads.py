@@ -26,6 +26,11 @@ class Head(nn.Module):
 HEADS: Registry[type[Head]] = Registry("head")
 
 
+def smooth_binary_target(target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """The 0/1 target moved ``label_smoothing / 2`` towards 0.5 (two-class cross-entropy's smoothing rule)."""
+    return target * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else target
+
+
 @HEADS.register("binary")
 class BinaryHead(Head):
     def __init__(self, input_dim: int, n_outputs: int, class_weights: list[float] | None = None) -> None:
@@ -35,8 +40,7 @@ class BinaryHead(Head):
         return self.linear(x).squeeze(-1)
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-        # smoothing moves the 0/1 target towards 0.5 (cross-entropy's two-class rule); weights follow the true class
-        soft = target * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else target
+        soft = smooth_binary_target(target, label_smoothing)  # the weights still follow the true class
         if self.class_weights.numel():
             weights = self.class_weights[target.long()]
             return F.binary_cross_entropy_with_logits(outputs, soft, weight=weights) / weights.mean()

@@ -116,8 +116,7 @@ class ProgressBar(Callback):
 
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
         # reset() replaces every field, so all the columns' fields go with it (not just the epoch)
-        of = getattr(trainer, "planned_epochs", trainer.config.epochs)  # training.plan_to_max_time's plan
-        self.progress.reset(self.task, total=trainer.steps_per_epoch, epoch=f"{epoch + 1}/{of}",
+        self.progress.reset(self.task, total=trainer.steps_per_epoch, epoch=f"{epoch + 1}/{trainer.planned_epochs}",
                             loss=self._last_loss, val=self._last_val)
 
     def on_batch_end(self, trainer: Trainer, step: int, loss: float) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,14 +28,18 @@ from torch import nn
 
 from loopml.errors import LoopmlError
 
+if TYPE_CHECKING:
+    from loopml.config import MixupConfig, TrainingConfig
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check(kinds: dict[str, str], target_kind: str) -> None:
     """A one-line error when ``training.mixup`` cannot apply: ``kinds`` maps input columns to feature types."""
     if target_kind == "number":
-        raise LoopmlError("training.mixup mixes class labels; this target is a number (regression): "
-                          "remove training.mixup")
+        from loopml.config import MIXUP_NUMBER
+
+        raise LoopmlError(MIXUP_NUMBER)
     other = next(((col, kind) for col, kind in kinds.items() if kind != "image"), None)
     if other is not None:
         raise LoopmlError(f"training.mixup mixes image inputs only; column '{other[0]}' is a {other[1]} input "
@@ -55,7 +60,7 @@ class Draw:
 class Mixer:
     """Mixes one training batch (``batch``); built by ``make_mixer`` from the config and the network."""
 
-    def __init__(self, config: object, seed: int, columns: list[str]) -> None:
+    def __init__(self, config: MixupConfig, seed: int, columns: list[str]) -> None:
         self.alpha, self.cutmix_alpha, self.prob = float(config.alpha), float(config.cutmix_alpha), float(config.prob)
         self.seed, self.columns = seed, columns
 
@@ -114,9 +119,9 @@ def cutmix(inputs: dict[str, torch.Tensor], columns: list[str], perm: torch.Tens
     return out, float(np.mean(kept))
 
 
-def make_mixer(network: nn.Module, config: object) -> Mixer | None:
-    """The trainer's mixer for ``config.mixup`` (a TrainingConfig), or None; a one-line error where it cannot mix."""
-    if getattr(config, "mixup", None) is None:
+def make_mixer(network: nn.Module, config: TrainingConfig) -> Mixer | None:
+    """The trainer's mixer for ``config.mixup``, or None; a one-line error where it cannot mix."""
+    if config.mixup is None:
         return None
     from loopml.models.image_encoders import ImageEncoder
     from loopml.train.soft_targets import head_kind

@@ -110,6 +110,7 @@ def private_loss(model: nn.Module, label_smoothing: float = 0.0) -> Any:
     """The head's loss as a mean of per-row terms (class weights included, not renormalised by the batch's
     weights): each row's gradient then depends on that row alone, which per-row clipping assumes.
     ``label_smoothing`` as in the heads (training.label_smoothing)."""
+    from loopml.models.heads import smooth_binary_target
     from loopml.train.soft_targets import head_kind
 
     kind = head_kind(model)
@@ -119,8 +120,7 @@ def private_loss(model: nn.Module, label_smoothing: float = 0.0) -> Any:
         weights = head.class_weights if head.class_weights.numel() else None
         if kind == "binary":
             w = weights[target.long()] if weights is not None else None
-            soft = target * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else target
-            return F.binary_cross_entropy_with_logits(outputs, soft, weight=w)
+            return F.binary_cross_entropy_with_logits(outputs, smooth_binary_target(target, label_smoothing), weight=w)
         if kind == "category":
             return F.cross_entropy(outputs, target, weight=weights, reduction="none",
                                    label_smoothing=label_smoothing).mean()

@@ -155,9 +155,9 @@ def _has_media(frame: pd.DataFrame, config: Any) -> bool:
 
 def _train_rows(frame: pd.DataFrame, split: Any, validation: Any, test: Any) -> int:
     if split.column and split.column in frame:
-        from loopml.data.split import _ALIASES
+        from loopml.data.split import split_names
 
-        names = frame[split.column].astype(str).str.strip().str.lower().map(_ALIASES)
+        names = split_names(frame[split.column])
         train = int((names == "train").sum())
         has_validation = bool((names == "validation").any()) or validation is not None
         return max(1, round(train * (1.0 if has_validation else 1.0 - split.validation)))

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from loopml.config import Config, resolve_feature
+from loopml.config import Config, load_config, resolve_feature
 from loopml.plugins import Registry
 from loopml.train.recipe_probe import DataProfile, Machine, detect_machine, probe
 
@@ -147,21 +147,20 @@ def choose(config: Config, profile: DataProfile, machine: Machine, recipes: list
     summary = "; ".join(recipe.summary(profile) for recipe in recipes)
     choice = Choice([r.registered_name for r in recipes], summary, budget)
     seen: set[tuple[str, ...]] = set()
+    # pretrained or warm-started encoders and preprocessing: their feature sections must stay as trained
+    features_fixed_by = "training.init_from" if config.training.init_from is not None else \
+        "warm start" if warm_start else None
     for recipe in recipes:
         for setting in recipe.settings(profile, machine, budget, config):
             if setting.path in seen:  # two recipes on one key (images and audio in one table): the first wins
                 continue
             seen.add(setting.path)
-            fixed = "training.init_from" if config.training.init_from is not None else \
-                "warm start" if warm_start else None
-            if setting.path[0] == "features" and fixed:
-                # pretrained or warm-started encoders and preprocessing: their sections must stay as trained
-                choice.kept.append(f"{setting.key} ({fixed})")
+            if setting.path[0] == "features" and features_fixed_by:
+                choice.kept.append(f"{setting.key} ({features_fixed_by})")
                 continue
             if setting.path == ("training", "mixup") and config.training.distill is not None:
                 continue  # a teacher's soft targets are per row: mixing rows would need mixed teacher scores
-            for part in _split_into_unset(config, profile, setting):
-                state, piece = part
+            for state, piece in _split_into_unset(config, profile, setting):
                 if state == "unset":
                     choice.applied.append(piece)
                 elif state == "set":
@@ -172,8 +171,6 @@ def choose(config: Config, profile: DataProfile, machine: Machine, recipes: list
 
 
 def apply_choice(config: Config, profile: DataProfile, choice: Choice) -> Config:
-    from loopml.config import _validate
-
     if not choice.applied:
         return config
     raw = config.model_dump(mode="json", exclude_unset=True)
@@ -191,7 +188,7 @@ def apply_choice(config: Config, profile: DataProfile, choice: Choice) -> Config
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = setting.value
-    return _validate(Config, raw)
+    return load_config(raw)
 
 
 # -- which keys the config leaves unset -------------------------------------------------------------

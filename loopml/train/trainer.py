@@ -125,8 +125,8 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_epoch_begin(self, self.epoch)
                 train_loss, train_metrics = self._train_epoch(train)
-                for cb in self.callbacks:  # e.g. the weight average swaps itself in (callbacks without the hook skip it)
-                    getattr(cb, "on_validation_begin", lambda trainer: None)(self)
+                for cb in self.callbacks:  # e.g. the weight average swaps itself in
+                    cb.on_validation_begin(self)
                 val_outputs = self.predict(val.inputs)
                 with torch.inference_mode():  # on the device: the loss's class weights live there
                     val_loss = float(self.model.loss(*to_device((val_outputs, val.target), self.device)))
@@ -146,7 +146,7 @@ class Trainer:
                 self.epoch += 1
                 if cfg.max_time and self.elapsed >= cfg.max_time:
                     self.stop_reason = f"time limit of {cfg.max_time:g}s reached"
-                elif self.epoch >= self.planned_epochs < cfg.epochs:
+                elif self.planned_epochs < cfg.epochs and self.epoch >= self.planned_epochs:
                     self.stop_reason = (f"planned {self.planned_epochs} of {cfg.epochs} epochs to fit the time limit "
                                         f"of {cfg.max_time:g}s")
                 for cb in self.callbacks:
