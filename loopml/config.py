@@ -494,22 +494,31 @@ def _validate(model: type[BaseModel], raw: dict) -> Any:
         raise LoopmlError(describe_error(e, model)) from None
 
 
-def describe_error(error: ValidationError, model: type[BaseModel]) -> str:
+def describe_error(error: ValidationError, model: type[BaseModel], what: str = "config") -> str:
+    """One line for the first error: ``config training.epochs: ...``; ``what`` names the file kind (policy)."""
     first = error.errors()[0]
     valid, loc = _walk(model.model_json_schema(), [str(part) for part in first["loc"]])
-    where = ".".join(loc) or "config"
+    where = ".".join(loc)
+    at = f"{what} {where}" if where else what  # "config training.epochs", or "config" for a whole-config check
     kind = first["type"]
     if kind == "extra_forbidden":
-        return f"unknown config key '{where}'{did_you_mean(loc[-1], valid)}"
+        return f"unknown {what} key '{where}'{did_you_mean(loc[-1], valid)}"
     if kind == "union_tag_not_found":
-        return f"config {where}: 'type' is required"
+        return f"{at}: 'type' is required"
     if kind == "union_tag_invalid":
         ctx = first.get("ctx", {})
         names = [t.strip(" '") for t in ctx.get("expected_tags", "").split(",")]
-        return f"config {where}.type: '{ctx.get('tag')}' is not one of {', '.join(names)}{did_you_mean(ctx.get('tag'), names)}"
+        return f"{what} {where}.type: '{ctx.get('tag')}' is not one of {', '.join(names)}{did_you_mean(ctx.get('tag'), names)}"
     got = first.get("input")
     shown = f" (got {json.dumps(got)[:60]})" if got is not None and not isinstance(got, dict) else ""
-    return f"config {where}: {first['msg']}{shown}"
+    message = first["msg"]
+    if kind in ("value_error", "assertion_error") and first.get("ctx", {}).get("error") is not None:
+        # a validator's own sentence, without pydantic's "Value error, " in front; one that names its key (or a
+        # whole-config check, which has no key) reads as it is
+        message = str(first["ctx"]["error"])
+        if not where or message.startswith(where):
+            return f"{message}{shown}"
+    return f"{at}: {message}{shown}"
 
 
 def _walk(schema: dict, loc: list[str]) -> tuple[set[str], list[str]]:

@@ -201,3 +201,14 @@ def test_the_api_prints_the_block_and_a_second_fit_chooses_again(tmp_path, capfd
 def test_unreadable_data_is_left_to_preparation(tmp_path):
     config = load_config(None, target="label")
     assert apply_recipe(config, tmp_path / "missing.csv") == (config, None)
+
+
+def test_mixup_only_where_the_budget_gives_a_long_schedule():
+    # the same 10k photos: ~100 bf16 epochs fit 15 min on AMX, ~27 fp32 epochs on a plain AVX2 CPU (too short)
+    plain = load_config(None, target="label")
+    long_run, _ = _resolve(plain, _images(10_000, (32, 32), 3), AMX)
+    short_run, _ = _resolve(plain, _images(10_000, (32, 32), 3), PLAIN_CPU)
+    assert long_run.training.mixup is not None and short_run.training.mixup is None
+    budgeted, _ = _resolve(load_config({"target": "label", "training": {"max_time": 3600}}),
+                           _images(10_000, (32, 32), 3), PLAIN_CPU)
+    assert budgeted.training.mixup is not None  # an hour gives the plain CPU a long schedule too

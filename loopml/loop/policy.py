@@ -154,7 +154,7 @@ def load_policy(source: str | Path | dict | None) -> Policy:
     try:
         return Policy.model_validate(raw)
     except ValidationError as e:
-        raise LoopmlError(describe_error(e, Policy).replace("config", "policy", 1)) from None
+        raise LoopmlError(describe_error(e, Policy, "policy")) from None
 
 
 def _empty(path: Path) -> bool:
