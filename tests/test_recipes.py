@@ -203,12 +203,19 @@ def test_unreadable_data_is_left_to_preparation(tmp_path):
     assert apply_recipe(config, tmp_path / "missing.csv") == (config, None)
 
 
-def test_mixup_only_where_the_budget_gives_a_long_schedule():
-    # the same 10k photos: ~100 bf16 epochs fit 15 min on AMX, ~27 fp32 epochs on a plain AVX2 CPU (too short)
+def test_mixup_and_the_resnet_only_where_the_budget_gives_a_long_schedule():
+    # the same 10k photos in 15 min: ~100 bf16 ResNet epochs on AMX; ~27 fp32 ones on a plain AVX2 CPU, too few
+    photos = _images(10_000, (32, 32), 3)
     plain = load_config(None, target="label")
-    long_run, _ = _resolve(plain, _images(10_000, (32, 32), 3), AMX)
-    short_run, _ = _resolve(plain, _images(10_000, (32, 32), 3), PLAIN_CPU)
-    assert long_run.training.mixup is not None and short_run.training.mixup is None
-    budgeted, _ = _resolve(load_config({"target": "label", "training": {"max_time": 3600}}),
-                           _images(10_000, (32, 32), 3), PLAIN_CPU)
-    assert budgeted.training.mixup is not None  # an hour gives the plain CPU a long schedule too
+    amx, _ = _resolve(plain, photos, AMX)
+    assert amx.features["image"].encoder.type == "resnet" and amx.training.mixup is not None
+    avx2, choice = _resolve(plain, photos, PLAIN_CPU)
+    assert avx2.features["image"].encoder.type == "cnn" and avx2.features["image"].encoder.channels == [32, 64, 128]
+    assert "small CNN" in next(s.reason for s in choice.applied if s.key.endswith("encoder"))
+    assert avx2.training.mixup is not None  # ~100 CNN epochs: long enough to mix
+    short, _ = _resolve(load_config({"target": "label", "training": {"max_time": 120}}), photos, PLAIN_CPU)
+    assert short.training.mixup is None  # ~13 CNN epochs
+    hour, _ = _resolve(load_config({"target": "label", "training": {"max_time": 3600}}), photos, PLAIN_CPU)
+    assert hour.features["image"].encoder.type == "resnet"  # an hour gives the plain CPU a long ResNet schedule
+    fixed, _ = _resolve(load_config({"target": "label", "training": {"epochs": 10}}), photos, PLAIN_CPU)
+    assert fixed.features["image"].encoder.type == "resnet"  # the user's epochs, not the budget, limit it

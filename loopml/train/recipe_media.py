@@ -26,6 +26,10 @@ MIX_MIN_ROWS = 1_000
 #: ... and a long schedule: on the CIFAR subset at 7 epochs (385 steps, bench/vision_defaults.md) mixup/cutmix cost
 #: 1.1 points of test accuracy; the ~3,000-step AMX run that reached 0.735 had it on
 MIX_MIN_STEPS = 3_000
+#: fewer expected ResNet steps than this in the budget: the small CNN instead. CIFAR subset, 300 s, 2-core AVX2
+#: fp32: ResNet 7 epochs 0.548, CNN 31 epochs 0.645 (bench/vision_defaults.md); the CNN's epoch costs ~1/4
+RESNET_MIN_STEPS = 3_000
+SMALL_CNN_COST = 0.26
 EMA_MIN_ROWS = 2_000
 #: validation rows from which the best epoch is chosen by accuracy rather than by the loss
 ACCURACY_MIN_ROWS = 500
@@ -133,7 +137,13 @@ class ImageRecipe(Recipe):
         cost = sum(h * w / 1024 for h, w in sizes.values()) * (base / 32) ** 2 * blocks
         seconds_per_row = IMAGE_SECONDS[(machine.device if machine.device == "cuda" else "cpu", machine.fast_bf16)] * cost
         batch = _batch_size(profile.train_rows, machine)
-        _, planned, steps = _planned(profile, batch, budget, seconds_per_row, config)
+        cap, planned, steps = _planned(profile, batch, budget, seconds_per_row, config)
+        resnet_steps = planned * steps
+        # too few ResNet steps fit the time budget (not the user's epochs, not the cap): the cheap CNN trains longer
+        small_cnn = resnet_steps < RESNET_MIN_STEPS and planned < cap and "epochs" not in config.training.model_fields_set
+        if small_cnn:
+            seconds_per_row *= SMALL_CNN_COST
+            _, planned, steps = _planned(profile, batch, budget, seconds_per_row, config)
         for column, info in profile.images.items():
             size = sizes[column]
             side = min(size)
@@ -147,7 +157,11 @@ class ImageRecipe(Recipe):
                 out.append(Setting((*feature, "size"), list(size), f"{info.size[1]}x{info.size[0]} resized: time per "
                                    f"epoch grows with the pixels ({MAX_SIDE.get(machine.device, 64)} px longest side "
                                    f"on this {machine.device})"))
-            if planned * steps >= SHORT_STEPS:
+            if small_cnn and planned * steps >= SHORT_STEPS:
+                out.append(Setting((*feature, "encoder"), {"type": "cnn", "channels": widths},
+                                   f"a ResNet would fit only ~{resnet_steps:,} steps in the budget here; the small CNN "
+                                   f"(~{1 / SMALL_CNN_COST:.0f}x cheaper) ~{planned * steps:,}"))
+            elif planned * steps >= SHORT_STEPS:
                 out.append(Setting((*feature, "encoder"), {"type": "resnet", "channels": widths, "blocks_per_stage": blocks},
                                    f"{stages} stages for {side} px (stride 2 between stages), width {base} for "
                                    f"{profile.train_rows:,} training images"))
