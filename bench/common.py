@@ -14,9 +14,22 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_model() -> str:
+    """The CPU's name and the units that change the figures (bf16/int8 matrix units): results differ by machine."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    units = [f for f in ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2") if f in flags]
+    return f"{name} ({', '.join(units) or 'no avx2'})"
+
+
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
+            "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+            "cpu": cpu_model()}
 
 
 def write_result(name: str, result: dict) -> Path:

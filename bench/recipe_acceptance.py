@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loopml  # noqa: E402
 from bench import fsdd, realdata  # noqa: E402
-from bench.common import RESULTS  # noqa: E402
+from bench.common import RESULTS, cpu_model  # noqa: E402
 from bench.vision_defaults import _load, latency, save  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def _summary(m: loopml.Model, command: str, goal: str, before: str, seconds: flo
             "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
             "epochs_planned": (m.history[-1].get("planned_epochs") if m.history else None),
             "stop_reason": training.get("stop_reason"), "wall_seconds": seconds,
-            "printed": recipe.get("printed"), "load_before": before, "load_after": _load(),
+            "printed": recipe.get("printed"), "load_before": before, "load_after": _load(), "machine": cpu_model(),
             "history": [{k: e.get(k) for k in ("epoch", "lr", "val_accuracy", "val_loss", "loss", "planned_epochs")}
                         for e in m.history]}
 

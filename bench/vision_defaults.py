@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loopml  # noqa: E402
 from bench import realdata  # noqa: E402
-from bench.common import RESULTS, write_result  # noqa: E402
+from bench.common import RESULTS, cpu_model, write_result  # noqa: E402
 from loopml.features.image import AugmentConfig  # noqa: E402
 from loopml.models.encoders import ENCODERS  # noqa: E402
 
@@ -212,7 +212,8 @@ def run(name: str, cfg: dict, max_time: float, epochs: int | None) -> dict:
            "validation_accuracy": m.metrics["validation"]["accuracy"],
            "epochs_planned": training.get("epochs"), "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
            "train_seconds": info["seconds"], "fit_seconds_incl_decode": total, "stop_reason": info["stop_reason"],
-           "load_before": load_before, "load_after": _load(), "max_time": training.get("max_time", max_time),
+           "load_before": load_before, "load_after": _load(), "machine": cpu_model(),
+           "max_time": training.get("max_time", max_time),
            "plan": info.get("plan")}
     if info.get("recipe"):
         out["recipe_printed"] = info["recipe"]["printed"]

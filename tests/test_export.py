@@ -254,22 +254,55 @@ def test_a_registered_version_exports_by_reference(saved, tmp_path, capsys):
     assert main(["export", "clf@nope", "-o", str(tmp_path / "other")]) == 2 and not (tmp_path / "other").exists()
 
 
-def test_image_columns_are_named_as_outside_the_example(models, exports, capsys):
+@pytest.mark.parametrize("mode, resize", [("RGB", "bilinear"), ("L", "bicubic")])
+def test_image_columns_decode_in_the_example_as_loopml_does(models, exports, tmp_path, mode, resize):
     from types import SimpleNamespace
+
+    from PIL import Image
 
     from loopml.compress.export import preprocessing_spec
     from loopml.config import feature_config
     from loopml.features.image import ImageFeature
 
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    for i, side in enumerate([12, 12, 20]):  # the third is resized to the training size (12x12)
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).convert(mode).save(tmp_path / f"img/{i}.png")
+    paths = [f"img/{i}.png" for i in range(3)]
+    feature = ImageFeature("photo", feature_config("image", {"type": "image", "resize": resize}))
+    column = pd.Series(paths, name="photo")
+    column.attrs["base_dir"] = str(tmp_path)
+    feature.fit(column)
     model = models["binary"]
     pre = model.preprocessor.copy()
-    pre.features["photo"] = ImageFeature("photo", feature_config("image", {"type": "image"}), {"size": 32, "channels": 3})
+    pre.features = {"photo": feature}
     spec, _, notes = preprocessing_spec(SimpleNamespace(preprocessor=pre, config=model.config))
-    assert notes == ["column 'photo' (image values: the network takes their decoded tensor)"]
+    assert notes == [] and spec["columns"][0]["dtype"] == "uint8"
     script = _standalone(exports["binary", "onnx"].folder)
+    script.media_root = tmp_path
+    got = script.inputs(spec, {"photo": paths})["input_0"]
+    expected = feature.transform(column).numpy()
+    assert got.dtype == expected.dtype and got.shape == expected.shape == (3, 1 if mode == "L" else 3, 12, 12)
+    assert np.array_equal(got, expected)
     with pytest.raises(SystemExit) as stop:
-        script.inputs(spec, {})
-    assert "column 'photo' (image) is not covered by this example" in str(stop.value)
+        script.inputs(spec, {"photo": ["img/absent.png"]})
+    assert "cannot read image img/absent.png" in str(stop.value)
+
+
+def test_audio_columns_are_named_as_outside_the_example(models, exports):
+    from types import SimpleNamespace
+
+    from loopml.compress.export import preprocessing_spec
+
+    model = models["binary"]
+    pre = model.preprocessor.copy()
+    clip = SimpleNamespace(config=SimpleNamespace(type="audio"), state={})
+    pre.features = {"clip": clip}
+    spec, _, notes = preprocessing_spec(SimpleNamespace(preprocessor=pre, config=model.config))
+    assert notes == ["column 'clip' (audio values: the network takes their decoded tensor)"]
+    with pytest.raises(SystemExit) as stop:
+        _standalone(exports["binary", "onnx"].folder).inputs(spec, {})
+    assert "column 'clip' (audio) is not covered by this example" in str(stop.value)
 
 
 @pytest.mark.parametrize("content, words", [

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,7 +210,9 @@ def test_cli_train_register_promote_rollback(tabular, tmp_path, capsys, monkeypa
     shown = capsys.readouterr().out
     assert "worse on mobile" in shown and "rollback" in shown
     assert main(["models", "diff", "sentiment", "1", "2"]) == 0
-    assert "split.seed" in capsys.readouterr().out
+    diffed = capsys.readouterr().out
+    assert "split.seed" in diffed
+    assert re.search(r"created_at\s*│\s*\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", diffed)  # a time, not an epoch float
     assert main(["runs", "list"]) == 0
     listed = capsys.readouterr().out
     assert "exp-b" in listed and "finished" in listed

@@ -198,6 +198,9 @@ def preprocessing_spec(model) -> tuple[dict, dict[str, str], list[str]]:
                 name = f"tokenizer_{i}.json"
                 tokenizers[name] = _tokenizer_json(feature)
                 entry.update(tokenizer=name, max_length=feature.state["max_length"])
+        elif kind == "image":  # decoded as ImageFeature._decode does; the graph normalises (and flips, for tta)
+            s = feature.state
+            entry.update(dtype="uint8", size=list(s["size"]), channels=s["channels"], resize=feature.config.resize)
         else:
             reason = f"{kind} values: the network takes their decoded tensor"
         if reason is not None:

@@ -190,4 +190,5 @@ def models_diff(name: str, v1: int, v2: int, store: StoreOpt = None) -> None:
     _table(f"{name}: metrics", ["metric", f"v{v1}", f"v{v2}", "Δ"], [[k, *v] for k, v in d["metrics"].items()])
     _table(f"{name}: config differences", ["key", f"v{v1}", f"v{v2}"],
            [[k, json.dumps(a), json.dumps(b)] for k, (a, b) in d["config"].items()] or [["(same config)", "", ""]])
-    _table(f"{name}: lineage", ["", f"v{v1}", f"v{v2}"], [[k, *v] for k, v in d["lineage"].items()])
+    _table(f"{name}: lineage", ["", f"v{v1}", f"v{v2}"],
+           [[k, *(map(_when, v) if k == "created_at" else v)] for k, v in d["lineage"].items()])

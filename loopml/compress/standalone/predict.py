@@ -3,7 +3,8 @@
 Reads preprocessing.json beside this file (per column: its type and fitted state; the target's
 decoding), turns every CSV row into the network's input tensors, runs model.onnx with ONNX Runtime
 (model.pt with TorchScript, when exported with --format torchscript) and prints one prediction per
-row: the class, or the number. Needs numpy and onnxruntime, and tokenizers for text columns.
+row: the class, or the number. Needs numpy and onnxruntime, tokenizers for text columns and Pillow
+for image columns (paths relative to the CSV's folder, decoded and resized as loopml does).
 
 Values a column cannot read (text in a number column, a third value in a binary one, a date that is
 not ISO 8601) are read as missing and counted on stderr, as ``loopml predict --coerce`` does.
@@ -28,6 +29,7 @@ _ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:
 _DAY = 86_400_000_000  # microseconds
 _FLOAT32_MAX = 3.4028234663852886e38
 coerced: dict[str, int] = {}
+media_root = Path.cwd()  # image paths are relative to the CSV's folder (set by main)
 
 
 def key(text: str | None) -> str | None:
@@ -163,8 +165,32 @@ def date_input(c: dict, cells: list) -> np.ndarray:
     return np.concatenate([x, absent[:, None]], axis=1).astype(np.float32)
 
 
+def image_input(c: dict, cells: list) -> np.ndarray:
+    """Each path's pixels as uint8 [N, C, H, W]: Pillow decode, grey/RGB, resized to the training size."""
+    from PIL import Image
+
+    resample = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}[c["resize"]]
+    height, width = c["size"]
+    arrays = []
+    for cell in cells:
+        if not cell or not cell.strip():
+            sys.exit(f"error: column '{c['name']}': no image path")
+        path = Path(cell.strip())
+        try:
+            with Image.open(path if path.is_absolute() else media_root / path) as image:
+                image = image.convert({1: "L", 3: "RGB"}[c["channels"]])
+                if image.size != (width, height):
+                    image = image.resize((width, height), resample)
+                array = np.asarray(image)
+        except (OSError, ValueError, SyntaxError) as e:
+            sys.exit(f"error: column '{c['name']}': cannot read image {cell.strip()} ({type(e).__name__})")
+        arrays.append(array if array.ndim == 3 else array[:, :, None])
+    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+
+
 INPUTS = {"number": number_input, "category": category_input, "binary": binary_input, "text": text_input,
-          "date": date_input}
+          "date": date_input, "image": image_input}
 
 
 def inputs(spec: dict, table: dict[str, list]) -> dict[str, np.ndarray]:
@@ -212,6 +238,8 @@ def decode(target: dict, out: np.ndarray) -> list:
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit("usage: python predict_onnx.py rows.csv")
+    global media_root
+    media_root = Path(argv[0]).resolve().parent
     spec = json.loads((HERE / "preprocessing.json").read_text(encoding="utf-8"))
     table = read_csv(argv[0], spec)
     for prediction in decode(spec["target"], scores(spec, inputs(spec, table))):
