@@ -63,7 +63,7 @@ def cli(args: argparse.Namespace) -> None:
     if args.typescript:  # the terminal's output: the printed block as the user saw it
         text = Path(args.typescript).read_text(errors="replace")
         entry["terminal_block"] = text[text.find("defaults for"):].split("\x1b[?25l")[0].strip()
-    _record("cifar10_subset (CLI, no config)", entry)
+    _record(args.name, entry)
     print(json.dumps({k: v for k, v in entry.items() if k != "history"}, indent=2))
 
 
@@ -99,6 +99,7 @@ def main() -> None:
     p.add_argument("--typescript", default=None, help="script(1)'s output file")
     p.add_argument("--load-before", default=None)
     p.add_argument("--load-after", default=None)
+    p.add_argument("--name", default="cifar10_subset (CLI, no config)", help="the result's key (keep earlier runs)")
     p.set_defaults(run=cli)
     sub.add_parser("mnist").set_defaults(run=mnist)
     sub.add_parser("fsdd").set_defaults(run=fsdd_run)
