@@ -404,7 +404,7 @@ def test_absent_target_suggests_nearest_column(runs: Runs) -> None:
 @uses("one_class")
 def test_target_with_one_class(runs: Runs) -> None:
     run = runs["one_class"]
-    assert_user_error(run.steps[0], "target 'Survived' has only one class (1)", "at least two")
+    assert_user_error(run.steps[0], "target 'Survived' has only one class in the training rows (1)", "at least two")
     assert_nothing_left(run, run.steps[0])
 
 

@@ -317,3 +317,22 @@ def test_standalone_script_refuses_unreadable_files_in_one_line(exports, tmp_pat
     run = subprocess.run([sys.executable, "-S", "-c", ISOLATED, "predict_onnx.py", str(rows)], cwd=folder,
                          env=_isolated_env(), capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and words in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_example_rows_for_image_columns_need_no_files(tmp_path, monkeypatch):
+    """Export and `serve --backend onnx` trace on model_example: stored worst-error paths are relative to the
+    training data (gone, or another cwd), so image columns get seeded pixel arrays of the fitted size instead."""
+    from types import SimpleNamespace
+
+    from loopml.config import feature_config
+    from loopml.features.image import ImageFeature
+    from loopml.serve.onnx import model_example
+
+    feature = ImageFeature("photo", feature_config("image", {"type": "image"}), {"size": [6, 5], "channels": 1})
+    worst = [{"inputs": {"photo": "a/0.png"}}]
+    model = SimpleNamespace(preprocessor=SimpleNamespace(features={"photo": feature}),
+                            evaluation={"evaluations": {"test": {"worst_errors": worst}}})
+    monkeypatch.chdir(tmp_path)  # no a/0.png here
+    frame = model_example(model, 3)
+    assert len(frame) == 3 and all(v.shape == (6, 5, 1) and v.dtype == np.uint8 for v in frame["photo"])
+    assert feature.transform(frame["photo"]).shape == (3, 1, 6, 5)

@@ -44,7 +44,7 @@ class Target:
         classes = sorted(by_key.values(), key=lambda v: (str(type(v)), v))
         if len(classes) < 2:
             raise LoopmlError(
-                f"target '{self.column}' has only one class ({classes[0] if classes else 'none'}); "
+                f"target '{self.column}' has only one class in the training rows ({classes[0] if classes else 'none'}); "
                 "a classifier needs at least two"
             )
         if self.kind == "binary":

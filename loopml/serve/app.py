@@ -99,7 +99,7 @@ def load_served(settings: ServeSettings, store) -> Served:
         model.config.data.media_root = settings.media_root
     runner = make_runner(model, settings.backend, onnx_path, settings.threads, settings.media_root, settings.device)
     try:  # warm up: the first batch pays for lazy initialisation, not a user
-        runner.predict(model_example(model, 2).to_dict(orient="records"))
+        runner.predict(model_example(model, 2, pixels=False).to_dict(orient="records"))
     except LoopmlError as e:
         log.warning("warm-up skipped: %s", e)
     return Served(model, runner, name, number, reference)

@@ -11,6 +11,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,8 +60,9 @@ def export_onnx(model, path: str | os.PathLike, example_rows: int = 2, dynamic_l
     return path
 
 
-def model_example(model, rows: int = 1):
-    """Input rows that preprocessing accepts: the stored worst-error inputs, else all-missing values."""
+def model_example(model, rows: int = 1, pixels: bool = True):
+    """Input rows that preprocessing accepts: the stored worst-error inputs, else all-missing values;
+    ``pixels``: image columns as seeded uint8 arrays of the fitted size (requests take paths only)."""
     import pandas as pd
 
     stored = [r["inputs"] for ev in model.evaluation.get("evaluations", {}).values() for r in ev.get("worst_errors", [])]
@@ -70,4 +72,11 @@ def model_example(model, rows: int = 1):
         records = [dict.fromkeys(columns) for _ in range(rows)]
     while len(records) < rows:
         records.append(records[-1])
-    return pd.DataFrame.from_records(records, columns=columns)
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    rng = np.random.default_rng(0)
+    for c, feature in model.preprocessor.features.items():
+        if pixels and feature.config.type == "image":  # stored paths are relative to the training data, gone or elsewhere now
+            shape = (*feature.state["size"], feature.state["channels"])
+            frame[c] = pd.Series([rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(len(frame))],
+                                 index=frame.index, dtype=object)
+    return frame
