@@ -256,14 +256,16 @@ def test_channels_last_trains_and_predicts_as_the_standard_layout():
         trainer = Trainer(network, _training(channels_last=channels_last, epochs=2), [History()])
         conv = network.encoders[0].body[0][0].weight
         assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        x = _data(16, 3).inputs
         if channels_last:
             assert not conv.is_contiguous()
+            with torch.no_grad():
+                assert network.encoders[0].input(x["img"]).is_contiguous(memory_format=torch.channels_last)
         trainer.fit(_data(48, 0), _data(24, 1))
-        x = _data(16, 3).inputs
+        # after training the network is back in the standard layout: it predicts as it will once saved and loaded
+        assert network.encoders[0].body[0][0].weight.is_contiguous()
         network.eval()
         with torch.no_grad():
-            if channels_last:
-                assert network.encoders[0].input(x["img"]).is_contiguous(memory_format=torch.channels_last)
             results.append((trainer.predict(x), {k: v.contiguous() for k, v in network.state_dict().items()}))
     (out_a, w_a), (out_b, w_b) = results
     assert torch.allclose(out_a, out_b, atol=1e-4)

@@ -54,6 +54,16 @@ def use_channels_last(network: nn.Module) -> nn.Module:
     return network
 
 
+def use_standard_layout(network: nn.Module) -> nn.Module:
+    """Undo ``use_channels_last`` after training: the trained network then computes exactly as a loaded one
+    (which is plain), so predictions before and after save/load are bit-identical."""
+    for module in network.modules():
+        if isinstance(module, ImageEncoder):
+            module.to(memory_format=torch.contiguous_format)
+            module.input.channels_last = False
+    return network
+
+
 def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
     b, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4, mode="reflect" if padding < min(h, w) else "constant")

@@ -159,6 +159,10 @@ class Trainer:
             raise
         for cb in self.callbacks:
             cb.on_train_end(self)
+        if cfg.channels_last:  # a loaded model is plain: predict from the same layout it will have after save
+            from loopml.models.image_encoders import use_standard_layout
+
+            use_standard_layout(self.model)
         return self.history
 
     def _train_epoch(self, train: TensorData) -> tuple[float, dict]:
