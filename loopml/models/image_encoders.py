@@ -44,23 +44,15 @@ class ImageInput(nn.Module):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def use_channels_last(network: nn.Module) -> nn.Module:
+def use_channels_last(network: nn.Module, on: bool = True) -> nn.Module:
     """``training.channels_last``: the image encoders' conv weights and their input batches in channels_last
-    (other encoders keep their layout: their inputs are not image batches)."""
+    (other encoders keep their layout: their inputs are not image batches). ``on=False`` after training puts the
+    standard layout back: a loaded model is plain, so the trained one then predicts bit-identically to it."""
+    layout = torch.channels_last if on else torch.contiguous_format
     for module in network.modules():
         if isinstance(module, ImageEncoder):
-            module.to(memory_format=torch.channels_last)
-            module.input.channels_last = True
-    return network
-
-
-def use_standard_layout(network: nn.Module) -> nn.Module:
-    """Undo ``use_channels_last`` after training: the trained network then computes exactly as a loaded one
-    (which is plain), so predictions before and after save/load are bit-identical."""
-    for module in network.modules():
-        if isinstance(module, ImageEncoder):
-            module.to(memory_format=torch.contiguous_format)
-            module.input.channels_last = False
+            module.to(memory_format=layout)
+            module.input.channels_last = on
     return network
 
 

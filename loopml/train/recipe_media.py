@@ -178,9 +178,8 @@ class ImageRecipe(Recipe):
         out += _training(profile, machine, budget, batch, 3e-3, 5e-4, seconds_per_row, True, config)
         if machine.device == "cpu" or machine.fast_bf16:  # bench/channels_last_speed: 1.92x AMX bf16, 1.32x AVX2 fp32
             out.append(Setting(("training", "channels_last"), True, "convolutions run faster channels-last here"))
-        long_enough = planned * steps >= MIX_MIN_STEPS
         if MIXUP and profile.task != "number" and only_images and rgb_only and profile.train_rows >= MIX_MIN_ROWS \
-                and long_enough:
+                and planned * steps >= MIX_MIN_STEPS:
             out.append(Setting(("training", "mixup"), dict(MIXUP), f"mixup or cutmix on {MIXUP['prob']:.0%} of the "
                                "batches: regularises long schedules on small photo sets"))
         return out

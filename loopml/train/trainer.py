@@ -160,9 +160,9 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self)
         if cfg.channels_last:  # a loaded model is plain: predict from the same layout it will have after save
-            from loopml.models.image_encoders import use_standard_layout
+            from loopml.models.image_encoders import use_channels_last
 
-            use_standard_layout(self.model)
+            use_channels_last(self.model, on=False)
         return self.history
 
     def _train_epoch(self, train: TensorData) -> tuple[float, dict]:
