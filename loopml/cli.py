@@ -410,14 +410,14 @@ def serve(
         from loopml.serve.metrics import multiprocess_dir
 
         os.environ["LOOPML_SERVE"] = settings.model_dump_json()
-        with multiprocess_dir(), serving_with_loop(model, loop_policy, store, artifacts):  # /metrics aggregates workers
+        with multiprocess_dir(), serving_with_loop(model, loop_policy, store, artifacts, media_root):  # /metrics: all
             uvicorn.run("loopml.serve.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
                         log_level="warning", timeout_graceful_shutdown=30,
                         timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
     else:
         application = create_app(settings)  # a model that cannot be served is its one error line, before "serving"
         _echo(f"serving {model} on http://{host}:{port} (docs at /docs{', dashboard at /ui' if ui else ''})")
-        with serving_with_loop(model, loop_policy, store, artifacts):  # the loop worker lives as long as the server
+        with serving_with_loop(model, loop_policy, store, artifacts, media_root):  # the worker lives as the server
             uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 

@@ -317,3 +317,84 @@ def test_a_champion_split_by_its_own_column_is_rebuilt_without_it(tmp_path):
     assert [len(frames[s]) for s in ("train", "validation", "test")] == [200, 40, 60]
     assert "fold" not in frames["train"].columns
     assert frames["test"]["a"].tolist() == data["a"].iloc[240:].tolist()  # exactly the rows marked test
+
+
+# -- item: image models retrain with feedback from the server's media root -------------------------
+def _pngs(folder: Path, n: int, seed: int, prefix: str = "") -> None:
+    """``folder/<dark|light>/<prefix><i>.png``: 8x8 images, learnable by brightness."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, level in (("dark", 40), ("light", 210)):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = np.clip(level + rng.normal(0, 20, (8, 8, 3)), 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(folder / label / f"{prefix}{i}.png")
+
+
+def _image_store(tmp_path: Path, source, **config) -> tuple[object, int]:
+    """img:1 in production, trained on ``source``; (store, its training rows)."""
+    from loopml.registry import Store
+
+    model = loopml.Model(target="label", training={"epochs": 2}, **config).fit(source, progress=False, cache_dir=False)
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "artifacts"))
+    store.register("img", path=model.save(tmp_path / "champion"))
+    store.promote("img", 1)
+    return store, model.info["data_report"]["sizes"]["train"]
+
+
+def _image_policy(tmp_path: Path, **data) -> Path:
+    return _policy_file(tmp_path, data={"min_holdout": 5, "holdout_fraction": 0.3, **data},
+                        gate={"margin": 0.0}, train={"training": {"epochs": 2}})
+
+
+def _feed_images(store, n: int) -> None:
+    for i in range(n):  # the classes alternate: the held-back window holds both
+        label = ("dark", "light")[i % 2]
+        store.add_feedback("img", label, inputs={"image": f"incoming/{label}/fb{i // 2}.png"})
+
+
+def test_an_image_model_retrains_on_feedback_from_the_servers_media_root(tmp_path, monkeypatch, capsys):
+    _pngs(tmp_path / "data", 12, 0)
+    _pngs(tmp_path / "served" / "incoming", 20, 1, prefix="fb")  # other names: nothing resolves by accident
+    store, champion_rows = _image_store(tmp_path, tmp_path / "data")
+    _feed_images(store, 40)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # neither the data folder nor the media root
+    policy = _image_policy(tmp_path)
+    assert main(["retrain", "img", "--store", store._url, "--policy", str(policy), "--media-root",
+                 str(tmp_path / "served")]) == 0
+    assert "candidate img:2" in capsys.readouterr().out
+    learned = 40 - round(40 * 0.3)
+    candidate = loopml.load("img:2", store=store._url)
+    assert candidate.info["data_report"]["sizes"]["train"] == champion_rows + learned
+    assert store.resolve("img:2")["lineage"]["training_rows"] == champion_rows + learned
+    # the next turn rebuilds img:2's feedback part from the store, the media root now from the policy
+    store.promote("img", 2)
+    policy = _image_policy(tmp_path, media_root=str(tmp_path / "served"))
+    assert main(["retrain", "img", "--store", store._url, "--policy", str(policy)]) == 0
+    assert "no candidate: not enough feedback" in capsys.readouterr().out
+
+
+def test_image_feedback_outside_the_media_root_is_skipped_counted_and_never_read(tmp_path, monkeypatch, capsys):
+    _pngs(tmp_path / "data", 12, 0)
+    _pngs(tmp_path / "served" / "incoming", 20, 1, prefix="fb")
+    table = tmp_path / "tables" / "train.csv"  # paths relative to data.media_root, not to the table's folder
+    table.parent.mkdir()
+    pd.DataFrame([{"image": f"{c}/{i}.png", "label": c} for c in ("dark", "light") for i in range(12)]).to_csv(table, index=False)
+    store, champion_rows = _image_store(tmp_path, table, data={"media_root": str(tmp_path / "data")})
+    _feed_images(store, 40)
+    secret = tmp_path / "data" / "dark" / "0.png"
+    (tmp_path / "served" / "link.png").symlink_to(secret)
+    for path in (str(secret), "../data/dark/0.png", "link.png", "incoming/dark/missing.png"):
+        store.add_feedback("img", "dark", inputs={"image": path})
+    monkeypatch.chdir(tmp_path / "tables")
+    assert main(["retrain", "img", "--store", store._url, "--policy", str(_image_policy(tmp_path)), "--media-root",
+                 str(tmp_path / "served")]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 4 feedback rows it cannot use: a path in 'image' that is not a file inside the media root (4)\n" \
+        in out and "candidate img:2" in out, out
+    numbers = store.list_gate_decisions("img")[-1]["numbers"]
+    assert numbers["feedback_skipped_total"] == 4 and numbers["feedback_rows"] == 40
+    assert loopml.load("img:2", store=store._url).config.data.media_root == str(tmp_path / "data")

@@ -66,6 +66,7 @@ def retrain_command(
     policy: Annotated[Path | None, typer.Option(help="Policy YAML (trigger, data, gate, train overrides).")] = None,
     if_triggered: Annotated[bool, typer.Option("--if-triggered", help="Only when the policy's trigger fires.")] = False,
     watch: Annotated[float | None, typer.Option(help="Keep checking the trigger every this many seconds.")] = None,
+    media_root: MediaRootOpt = None,
     store: StoreOpt = None,
 ) -> None:
     """Train a candidate on the champion's data + feedback, gate it against the champion, promote if it wins.
@@ -80,7 +81,7 @@ def retrain_command(
     from loopml.loop.worker import describe_rollout
     from loopml.registry import Store
 
-    s, p = Store(store), load_policy(policy)
+    s, p = Store(store), with_media_root(load_policy(policy), media_root)
     while True:
         fire, why = should_retrain(s, name, p) if (if_triggered or watch) else (True, "manual")
         if fire:
@@ -105,6 +106,23 @@ def retrain_command(
         for change in advance_rollouts(s, name, p):  # a trial or a watch is judged each time round, as the worker does
             typer.echo(describe_rollout(change))
         time.sleep(watch)
+
+
+#: the server's --media-root: feedback image/audio paths are relative to it
+MediaRootOpt = Annotated[str | None, typer.Option(help="Folder the feedback's image/audio paths are relative to (the "
+                                                       "server's --media-root; default: the policy's data.media_root).")]
+
+
+def with_media_root(policy, media_root: str | None):
+    """``policy`` with ``--media-root`` as its data.media_root (it must be a folder)."""
+    from loopml.errors import LoopmlError
+
+    if media_root is None:
+        return policy
+    root = Path(media_root).expanduser()
+    if not root.is_dir():
+        raise LoopmlError(f"--media-root is not a folder: {media_root}")
+    return policy.model_copy(update={"data": policy.data.model_copy(update={"media_root": str(root.resolve())})})
 
 
 def describe_live(live: dict) -> str:

@@ -1,24 +1,30 @@
 """Feedback as training rows: the ones a retrain can use, and a count of the others by reason.
 
 Feedback is stored as sent; a row that training cannot use (no inputs, a lone surrogate, 1e308, a
-label the champion has no class for) is skipped and counted, never allowed to stop a retrain.
+label the champion has no class for, an image or audio path that is not a file inside the media root:
+absolute, ``..``, a symlink out) is skipped and counted, never allowed to stop a retrain, and never read.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from loopml.data.media import served_path
 from loopml.errors import LoopmlError
 
 #: the largest float32: larger magnitudes overflow the tensors
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 SCALARS = (str, int, float, bool)
+#: a media feature's error names the file ('image column 'x': a/b.png: file not found'): counted by column instead
+MEDIA_ERROR = re.compile(r"^(image|audio) column '(.*?)': ")
 
 
 def _bad_scalar(value: object) -> str | None:
@@ -55,9 +61,11 @@ def _row_problem(f: dict, columns: list[str]) -> str | None:
     return None
 
 
-def usable_feedback(feedback: list[dict], champion, exclude_ids: set[int] = frozenset()) -> tuple[pd.DataFrame, Counter]:
+def usable_feedback(feedback: list[dict], champion, exclude_ids: set[int] = frozenset(),
+                    media_root: Path | None = None) -> tuple[pd.DataFrame, Counter]:
     """One row per distinct input (the latest label wins), oldest first, with ``_feedback_id`` and
-    ``_at``; rows the champion cannot encode are left out and counted by reason."""
+    ``_at``; rows the champion cannot encode are left out and counted by reason. Image/audio paths are
+    relative to ``media_root`` (default: the working directory), the frame's ``base_dir``."""
     pre = champion.preprocessor
     columns, target = list(pre.features), pre.target.column
     skipped: Counter = Counter()
@@ -72,6 +80,7 @@ def usable_feedback(feedback: list[dict], champion, exclude_ids: set[int] = froz
         rows.append({**{col: f["inputs"].get(col) for col in columns}, target: f["label"],
                      "_feedback_id": int(f["id"]), "_at": float(f["created_at"])})
     frame = pd.DataFrame(rows, columns=[*columns, target, "_feedback_id", "_at"])
+    frame.attrs["base_dir"] = str(Path(media_root or Path.cwd()).resolve())
     if not len(frame):
         return frame, skipped
     frame = frame[_encodable(frame, pre, skipped)]
@@ -109,7 +118,12 @@ def superseded_ids(learned: pd.DataFrame, new: pd.DataFrame, columns: list[str])
 def _encodable(frame: pd.DataFrame, pre, skipped: Counter) -> np.ndarray:
     """Rows whose every value the champion's fitted preprocessing reads into finite tensors."""
     keep = np.ones(len(frame), dtype=bool)
+    root = Path(frame.attrs["base_dir"])
     for col, feature in pre.features.items():
+        if feature.config.type in ("image", "audio"):  # confined as the server confines it: never read outside
+            bad = np.array([served_path(v, root) is None for v in frame[col].tolist()], dtype=bool) & keep
+            skipped[f"a path in '{col}' that is not a file inside the media root"] += int(bad.sum())
+            keep &= ~bad
         unusable = getattr(feature, "unusable", None)
         if unusable is not None:
             bad = np.asarray(unusable(frame[col]), dtype=bool) & keep
@@ -135,7 +149,10 @@ def _keep_encodable(frame: pd.DataFrame, rows: np.ndarray, pre, skipped: Counter
             _keep_encodable(frame, rows[:middle], pre, skipped, keep)
             _keep_encodable(frame, rows[middle:], pre, skipped, keep)
             return
-        if isinstance(e, LoopmlError):  # e.g. a label that is not one of the champion's classes
+        media = MEDIA_ERROR.match(str(e))
+        if media:  # one reason per column, not per file
+            skipped[f"a file in '{media[2]}' that cannot be read as {media[1]}"] += 1
+        elif isinstance(e, LoopmlError):  # e.g. a label that is not one of the champion's classes
             skipped[f"cannot be encoded ({str(e).split(';')[0]})"] += 1
         else:  # pandas / torch on a value of an unexpected type
             skipped["cannot be encoded (a value of the wrong type)"] += 1

@@ -27,6 +27,9 @@ class Trigger(StrictModel):
 class DataPolicy(StrictModel):
     #: the champion's training data (default: the file it was trained from)
     training_data: str | None = None
+    #: the folder the feedback's image/audio paths are relative to: the server's --media-root
+    #: (default: the champion's data.media_root, else the working directory; --media-root overrides it)
+    media_root: str | None = None
     #: each feedback row counts this many times in training
     feedback_weight: int = Field(1, ge=1, le=1000)  # the feedback frame is repeated this many times in memory
     #: the newest share of feedback held back to judge candidate vs champion

@@ -138,19 +138,29 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     import loopml
     from loopml.loop.feedback_rows import superseded_ids, usable_feedback
     from loopml.loop.rollout import starts_rollout
-    from loopml.loop.training_data import champion_splits, feedback_ids, feedback_part
+    from loopml.loop.training_data import (
+        champion_splits,
+        combine,
+        feedback_ids,
+        feedback_media_root,
+        feedback_part,
+        media_columns,
+        own_media_base,
+    )
     from loopml.train.privacy import carry_spend
 
     champion_version = store.resolve(f"{name}@{policy.alias}")
     champion_number = int(champion_version["version"])
     champion = loopml.load(champion_version["path"])
+    media_root = feedback_media_root(policy.data.media_root, champion)
     feedback = store.list_feedback(name)
     learned_ids = feedback_ids(champion.info.get("splits") or {})
-    rows, skipped = usable_feedback(feedback, champion, exclude_ids=learned_ids)
+    rows, skipped = usable_feedback(feedback, champion, exclude_ids=learned_ids, media_root=media_root)
     # a new label for an input an earlier turn learned replaces it (the latest label wins across turns)
-    learned, _ = usable_feedback([f for f in feedback if int(f["id"]) in learned_ids], champion)
+    learned, _ = usable_feedback([f for f in feedback if int(f["id"]) in learned_ids], champion, media_root=media_root)
     relabelled = superseded_ids(learned, rows, list(champion.preprocessor.features))
-    parts, record = champion_splits(store, name, champion, policy.data.training_data, drop_feedback=relabelled)
+    parts, record = champion_splits(store, name, champion, policy.data.training_data, drop_feedback=relabelled,
+                                    media_root=media_root)
     counts = {"feedback_rows": len(rows), "feedback_skipped": dict(skipped),
               "feedback_skipped_total": int(sum(skipped.values())), "feedback_relabelled": len(relabelled)}
     n_holdout = int(round(len(rows) * policy.data.holdout_fraction))
@@ -163,18 +173,21 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     frames = [parts[split].reindex(columns=columns).assign(**{SPLIT_COLUMN: split}) for split in ("train", "validation", "test")]
     extra = learn.reindex(columns=columns).assign(**{SPLIT_COLUMN: "train"})
     frames += [extra] * policy.data.feedback_weight
-    data = pd.concat(frames, ignore_index=True)
+    data = combine(frames, media_columns(champion))  # each part's media paths against its own base
     config, learner_note = candidate_config(champion, policy)
     config = carry_spend(config, champion)  # DP: the candidate's cumulative ε composes the lineage's spend
     # warm start reuses network weights; other learners (trees, linear, ensembles) refit from scratch
     warm = policy.start == "warm" and getattr(champion, "network", None) is not None
     started = time.time()
-    candidate = loopml.Model(config).fit(data, progress=progress, track=f"retrain-{name}", store=store,
-                                         warm_start=champion if warm else None)
+    candidate = loopml.Model(config)
+    with own_media_base(candidate):  # data.media_root would replace the combined frame's base
+        candidate.fit(data, progress=progress, track=f"retrain-{name}", store=store,
+                      warm_start=champion if warm else None)
     candidate.info["splits"] = {**record, "train": [*record.get("train", []),
                                                     feedback_part(learn, policy.data.feedback_weight)]}
-    promoted, why, numbers = gate(champion, candidate, window.drop(columns=["_feedback_id", "_at"]),
-                                  parts["test"], policy)
+    with own_media_base(champion, candidate):
+        promoted, why, numbers = gate(champion, candidate, window.drop(columns=["_feedback_id", "_at"]),
+                                      parts["test"], policy)
     numbers.update(train_seconds=time.time() - started, learned_rows=len(learn), **counts)
     if keeper.lost:
         promoted, why = False, f"lock lost during training (another retrain took it over); not promoted. Gate: {why}"

@@ -5,14 +5,23 @@ with a fingerprint of their values) or feedback rows (by id, with the weight the
 model records its champion's parts plus the feedback it learned from, so any number of turns can
 rebuild exactly what each model was trained and tested on, and the gate scores on the champion's
 real test rows. When the data behind a part changed, retraining refuses rather than guess.
+
+Image and audio paths are resolved per part, after its fingerprint check: a file's against its folder
+(or data.media_root), feedback's against the media root it was served from, which is not recorded but
+given: ``--media-root`` of ``loopml retrain`` / ``loopml loop`` (``serve --loop-policy`` passes its own),
+else the policy's data.media_root, else the champion's data.media_root, else the working directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
+from loopml.data.media import resolve
 from loopml.data.split import SPLITS, decode_rows, encode_rows, rows_fingerprint
 from loopml.errors import LoopmlError
 from loopml.loop.feedback_rows import usable_feedback
@@ -25,33 +34,89 @@ def model_columns(model) -> list[str]:
     return [*model.preprocessor.features, model.preprocessor.target.column]
 
 
+def media_columns(model) -> list[str]:
+    """The model's image and audio columns: their values are file paths, resolved against a frame's base."""
+    return [col for col, f in model.preprocessor.features.items() if f.config.type in ("image", "audio")]
+
+
+def feedback_media_root(given: str | None, champion) -> Path:
+    """The folder feedback media paths are relative to: ``given`` (``--media-root``, the policy's
+    data.media_root), else the champion's data.media_root, else the working directory."""
+    chosen = given or champion.config.data.media_root
+    root = Path(chosen).expanduser() if chosen else Path.cwd()
+    if chosen and media_columns(champion) and not root.is_dir():
+        raise LoopmlError(f"the media root of the feedback is not a folder: {chosen} (--media-root, data.media_root)")
+    return root.resolve()
+
+
+def combine(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """``frames`` as one, with one ``base_dir`` (the common folder of theirs) and each media value in
+    ``columns`` rewritten relative to it; a value outside its own frame's base is refused, never read."""
+    bases = [Path(f.attrs.get("base_dir") or Path.cwd()).resolve() for f in frames]
+    used = {b for f, b in zip(frames, bases, strict=True) if len(f)}
+    if not columns or len(used) < 2:
+        out = pd.concat(frames, ignore_index=True)
+        if columns and used:  # concat drops attrs that differ (an empty frame's)
+            out.attrs["base_dir"] = str(used.pop())
+        return out
+    common = Path(os.path.commonpath([str(b) for b in used]))
+    rebased = []
+    for frame, base in zip(frames, bases, strict=True):
+        frame = frame.copy()
+        for col in columns:
+            if col in frame.columns and base != common:
+                frame[col] = frame[col].map(lambda v, b=base: str(resolve(v, b).relative_to(common))
+                                            if isinstance(v, str) and v.strip() else v)
+        rebased.append(frame)
+    out = pd.concat(rebased, ignore_index=True)
+    out.attrs = {"base_dir": str(common)}
+    return out
+
+
+@contextlib.contextmanager
+def own_media_base(*models) -> Iterator[None]:
+    """While open, ``models`` read a frame's media paths against the frame's own base (a combined frame's)
+    instead of their data.media_root, which read_table would put in its place."""
+    saved = [m.config.data.media_root for m in models]
+    for m in models:
+        m.config.data.media_root = None
+    try:
+        yield
+    finally:
+        for m, root in zip(models, saved, strict=True):
+            m.config.data.media_root = root
+
+
 def feedback_ids(record: dict) -> set[int]:
     """Every feedback id a split record trained on."""
     return {int(i) for part in record.get("train", []) for i in part.get("feedback", [])}
 
 
 def champion_splits(store, name: str, champion, training_data: str | None,
-                    drop_feedback: set[int] = frozenset()) -> tuple[dict[str, pd.DataFrame], dict]:
+                    drop_feedback: set[int] = frozenset(),
+                    media_root: Path | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
     """(frames per split, the record they came from). ``training_data`` replaces the path of the
     champion's main data file (moved, or the model was trained on an in-memory frame);
-    ``drop_feedback``: feedback ids left out (relabelled since), and out of the returned record."""
+    ``drop_feedback``: feedback ids left out (relabelled since), and out of the returned record;
+    ``media_root``: the folder feedback media paths are relative to (default: feedback_media_root)."""
     record = champion.info.get("splits")
     if not record:
         return _legacy_splits(champion, training_data)
     record = without_feedback(record, drop_feedback)
-    reader = _Reader(store, name, champion, training_data)
+    reader = _Reader(store, name, champion, training_data, media_root or feedback_media_root(None, champion))
     own_split_column = champion.config.split.column  # the user's train/test column: the record replaces it
     frames = {}
     for split in SPLITS:
         parts = [reader.part(split, part) for part in record.get(split, [])]
         parts = [p.drop(columns=[own_split_column], errors="ignore") if own_split_column else p for p in parts if len(p)]
-        frames[split] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=model_columns(champion))
+        frames[split] = combine(parts, media_columns(champion)) if parts else pd.DataFrame(columns=model_columns(champion))
     return frames, record
 
 
 class _Reader:
-    def __init__(self, store, name: str, champion, training_data: str | None) -> None:
+    def __init__(self, store, name: str, champion, training_data: str | None, media_root: Path) -> None:
         self.store, self.name, self.champion, self.training_data = store, name, champion, training_data
+        self.media_root = media_root
         self.columns = model_columns(champion)
         self._files: dict[str, pd.DataFrame] = {}
         self._feedback: list[dict] | None = None
@@ -93,12 +158,16 @@ class _Reader:
             self._feedback = self.store.list_feedback(self.name)
         wanted = [int(i) for i in part["feedback"]]
         chosen = set(wanted)  # one part was deduplicated when it was made: no input repeats inside it
-        rows, _ = usable_feedback([f for f in self._feedback if int(f["id"]) in chosen], self.champion)
+        rows, _ = usable_feedback([f for f in self._feedback if int(f["id"]) in chosen], self.champion,
+                                  media_root=self.media_root)
         if len(rows) != len(wanted):
+            media = (", or their image/audio files are not in the media root: give the server's --media-root"
+                     if media_columns(self.champion) else "")
             raise LoopmlError(f"{len(wanted) - len(rows)} of the {len(wanted)} feedback rows in the champion's {split} "
-                              "split are gone from the store (or lost their inputs); cannot rebuild its training data")
+                              f"split are gone from the store (or lost their inputs{media}); cannot rebuild its "
+                              "training data")
         rows = rows.drop(columns=["_feedback_id", "_at"])
-        return pd.concat([rows] * int(part.get("weight", 1)), ignore_index=True)
+        return pd.concat([rows] * int(part.get("weight", 1)), ignore_index=True)  # one base: attrs kept
 
 
 def without_feedback(record: dict, ids: set[int]) -> dict:

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from loopml.loop.cli import MediaRootOpt, with_media_root
 from loopml.registry.cli import ArtifactsOpt, StoreOpt, existing_store
 
 #: how long the server waits for its loop worker to stop (a retrain in progress records its interruption first)
@@ -28,7 +29,7 @@ def loop_command(
     once: Annotated[bool, typer.Option("--once", help="Run one cycle now and exit.")] = False,
     interval: Annotated[float | None, typer.Option(help="Seconds between cycles (default: the policy's loop.interval_s).")]
     = None,
-    store: StoreOpt = None, artifacts: ArtifactsOpt = None,
+    media_root: MediaRootOpt = None, store: StoreOpt = None, artifacts: ArtifactsOpt = None,
 ) -> None:
     """Run the loop unattended: monitor → rollouts → trigger → retrain → gate → promote, every interval.
 
@@ -44,6 +45,7 @@ def loop_command(
     if not policy.is_file():
         raise LoopmlError(f"policy file not found: {policy}")
     loaded = load_policy(policy)  # the policy's own mistakes first: they are in the file named on the command line
+    loaded = with_media_root(loaded, media_root)
     worker = LoopWorker(existing_store(store, artifacts), name, loaded, interval=interval, echo=typer.echo)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,10 +117,13 @@ def _parent_death_signal():
     return _die_with_parent
 
 
-def start_worker(model: str, policy: Path, store: str | None, artifacts: str | None) -> subprocess.Popen:
-    """``loopml loop`` as a separate process for ``loopml serve NAME@alias --loop-policy``; its lines go to our stdout."""
+def start_worker(model: str, policy: Path, store: str | None, artifacts: str | None,
+                 media_root: str | None = None) -> subprocess.Popen:
+    """``loopml loop`` as a separate process for ``loopml serve NAME@alias --loop-policy``; its lines go to our stdout.
+    ``media_root``: the server's, which the feedback's image/audio paths are relative to."""
     name = model.split("@", 1)[0]
     command = [sys.executable, "-m", "loopml", "loop", name, "--policy", str(policy)]
+    command += ["--media-root", str(Path(media_root).expanduser().resolve())] if media_root else []
     command += ["--store", store] if store else []
     command += ["--artifacts", artifacts] if artifacts else []
     return subprocess.Popen(command, preexec_fn=_parent_death_signal())
@@ -137,7 +142,8 @@ def stop_worker(process: subprocess.Popen | None, timeout: float = STOP_TIMEOUT_
 
 
 @contextlib.contextmanager
-def serving_with_loop(model: str, policy: Path | None, store: str | None, artifacts: str | None) -> Iterator[None]:
+def serving_with_loop(model: str, policy: Path | None, store: str | None, artifacts: str | None,
+                      media_root: str | None = None) -> Iterator[None]:
     """Around ``uvicorn.run``: the loop worker runs while the server does and stops with it.
 
     uvicorn re-raises the SIGTERM it caught once it has shut down; with a worker to stop, that signal
@@ -145,7 +151,7 @@ def serving_with_loop(model: str, policy: Path | None, store: str | None, artifa
     if policy is None:
         yield
         return
-    process = start_worker(model, policy, store, artifacts)
+    process = start_worker(model, policy, store, artifacts, media_root)
     typer.echo(f"loop worker started (pid {process.pid}, policy {policy})")
     previous = None
 
