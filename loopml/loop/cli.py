@@ -11,6 +11,10 @@ import typer
 
 from loopml.registry.cli import StoreOpt, _table, existing_store
 
+#: the server's --media-root: feedback image/audio paths are relative to it
+MediaRootOpt = Annotated[str | None, typer.Option(help="Folder the feedback's image/audio paths are relative to (the "
+                                                       "server's --media-root; default: the policy's data.media_root).")]
+
 
 def monitor_command(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
@@ -106,11 +110,6 @@ def retrain_command(
         for change in advance_rollouts(s, name, p):  # a trial or a watch is judged each time round, as the worker does
             typer.echo(describe_rollout(change))
         time.sleep(watch)
-
-
-#: the server's --media-root: feedback image/audio paths are relative to it
-MediaRootOpt = Annotated[str | None, typer.Option(help="Folder the feedback's image/audio paths are relative to (the "
-                                                       "server's --media-root; default: the policy's data.media_root).")]
 
 
 def with_media_root(policy, media_root: str | None):
