@@ -398,3 +398,91 @@ def test_image_feedback_outside_the_media_root_is_skipped_counted_and_never_read
     numbers = store.list_gate_decisions("img")[-1]["numbers"]
     assert numbers["feedback_skipped_total"] == 4 and numbers["feedback_rows"] == 40
     assert loopml.load("img:2", store=store._url).config.data.media_root == str(tmp_path / "data")
+
+
+def test_a_relative_media_root_is_read_from_where_the_champion_trained_not_the_retrains_cwd(
+        tmp_path, monkeypatch, capsys):
+    _pngs(tmp_path / "data", 12, 0)
+    _pngs(tmp_path / "served" / "incoming", 20, 1, prefix="fb")
+    table = tmp_path / "train.csv"
+    pd.DataFrame([{"image": f"{c}/{i}.png", "label": c} for c in ("dark", "light") for i in range(12)]).to_csv(table, index=False)
+    monkeypatch.chdir(tmp_path)
+    store, champion_rows = _image_store(tmp_path, table, data={"media_root": "data"})  # relative to tmp_path
+    _feed_images(store, 40)
+    elsewhere = tmp_path / "elsewhere"
+    _pngs(elsewhere / "swap", 12, 2)  # a decoy of the same names under the retrain's cwd, classes swapped
+    (elsewhere / "data").mkdir()
+    (elsewhere / "swap" / "dark").rename(elsewhere / "data" / "light")
+    (elsewhere / "swap" / "light").rename(elsewhere / "data" / "dark")
+    monkeypatch.chdir(elsewhere)
+    import loopml.data.read as read_module
+
+    original, seen = read_module.read_table, []
+
+    def spy(source, cfg=None, *args, **kwargs):
+        if isinstance(source, (str, Path)):
+            seen.append(cfg.media_root)
+        return original(source, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(read_module, "read_table", spy)
+    assert main(["retrain", "img", "--store", store._url, "--policy", str(_image_policy(tmp_path)), "--media-root",
+                 str(tmp_path / "served")]) == 0
+    assert "candidate img:2" in capsys.readouterr().out
+    assert seen and set(seen) == {str(tmp_path / "data")}, seen  # the champion's folder, never ./data
+    # and the gate's test rows are the champion's real ones: the same score as on its own test split
+    champion = loopml.load("img:1", store=store._url)
+    assert store.list_gate_decisions("img")[-1]["numbers"]["champion_test"] == pytest.approx(
+        champion.metrics["test"]["accuracy"])
+
+
+def test_the_servers_loop_worker_reads_feedback_media_where_the_server_does(tmp_path, monkeypatch):
+    """Without --media-root the server reads request paths from its working directory; its worker must too,
+    not the champion's data.media_root or the policy's (the feedback's files were checked against the cwd)."""
+    from loopml.loop import worker_cli
+
+    commands = []
+    monkeypatch.setattr(worker_cli.subprocess, "Popen", lambda command, **kwargs: commands.append(command))
+    served = tmp_path / "served"
+    served.mkdir()
+    monkeypatch.chdir(served)
+    worker_cli.start_worker("img@production", tmp_path / "policy.yaml", None, None)
+    worker_cli.start_worker("img@production", tmp_path / "policy.yaml", None, None, media_root=str(tmp_path))
+    assert [c[c.index("--media-root") + 1] for c in commands] == [str(served.resolve()), str(tmp_path.resolve())]
+
+
+def test_a_learned_feedback_file_removed_or_replaced_later_is_skipped_not_a_stuck_loop(tmp_path, monkeypatch, capsys):
+    """Whoever can write the media root (the folder clients upload to) replaced one file an earlier turn learned
+    from: every later retrain refused ("1 of the 28 feedback rows ... cannot rebuild"), so the loop stopped."""
+    _pngs(tmp_path / "data", 12, 0)
+    _pngs(tmp_path / "served" / "incoming", 20, 1, prefix="fb")
+    store, champion_rows = _image_store(tmp_path, tmp_path / "data")
+    _feed_images(store, 40)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    policy = _image_policy(tmp_path, media_root=str(tmp_path / "served"))
+    assert main(["retrain", "img", "--store", store._url, "--policy", str(policy)]) == 0
+    assert "candidate img:2" in capsys.readouterr().out
+    store.promote("img", 2)
+    learned = loopml.load("img:2", store=store._url).info["splits"]["train"][-1]["feedback"]
+    first = next(f for f in store.list_feedback("img") if int(f["id"]) == learned[0])
+    (tmp_path / "served" / first["inputs"]["image"]).write_text("not an image any more")
+    second = next(f for f in store.list_feedback("img") if int(f["id"]) == learned[1])
+    (tmp_path / "served" / second["inputs"]["image"]).unlink()
+    _pngs(tmp_path / "served" / "incoming", 20, 3, prefix="new")
+    for i in range(40):
+        label = ("dark", "light")[i % 2]
+        store.add_feedback("img", label, inputs={"image": f"incoming/{label}/new{i // 2}.png"})
+    assert main(["retrain", "img", "--store", store._url, "--policy", str(policy)]) == 0
+    out = capsys.readouterr().out
+    assert "candidate img:3" in out and "learned earlier, a file in 'image' that cannot be read as image (1)" in out \
+        and "learned earlier, a path in 'image' that is not a file inside the media root (1)" in out, out
+    record = loopml.load("img:3", store=store._url).info["splits"]["train"]
+    kept = {int(i) for part in record for i in part.get("feedback", [])}
+    assert learned[0] not in kept and learned[1] not in kept and set(learned[2:]) <= kept
+    assert store.list_gate_decisions("img")[-1]["numbers"]["feedback_skipped_total"] == 2
+    # a wrong media root is still an error, not every learned row quietly dropped
+    (tmp_path / "empty").mkdir()
+    store.promote("img", 3)
+    assert main(["retrain", "img", "--store", store._url, "--policy", str(policy), "--media-root",
+                 str(tmp_path / "empty")]) == 2
+    assert "give the server's --media-root" in capsys.readouterr().err

@@ -139,7 +139,9 @@ def load_audio(path: Path, sample_rate: int, samples: int) -> np.ndarray:
             needed = samples if rate == sample_rate else math.ceil(samples * rate / sample_rate) + _lookahead(rate, sample_rate)
             data = f.read(frames=needed, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
-        raise _Bad(str(path), f"cannot decode audio ({str(e).strip() or type(e).__name__})") from None
+        # libsndfile names the resolved path ("Error opening '/srv/media/x.wav': ..."): a server never shows it
+        reason = str(e).replace(f"'{path}'", "the file").replace(str(path), "the file").strip()
+        raise _Bad(str(path), f"cannot decode audio ({reason or type(e).__name__})") from None
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         raise _Bad(str(path), "audio contains NaN or infinite samples")

@@ -160,7 +160,7 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     learned, _ = usable_feedback([f for f in feedback if int(f["id"]) in learned_ids], champion, media_root=media_root)
     relabelled = superseded_ids(learned, rows, list(champion.preprocessor.features))
     parts, record = champion_splits(store, name, champion, policy.data.training_data, drop_feedback=relabelled,
-                                    media_root=media_root)
+                                    media_root=media_root, skipped=skipped)  # + learned rows whose file is gone
     counts = {"feedback_rows": len(rows), "feedback_skipped": dict(skipped),
               "feedback_skipped_total": int(sum(skipped.values())), "feedback_relabelled": len(relabelled)}
     n_holdout = int(round(len(rows) * policy.data.holdout_fraction))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def media_columns(model) -> list[str]:
 def feedback_media_root(given: str | None, champion) -> Path:
     """The folder feedback media paths are relative to: ``given`` (``--media-root``, the policy's
     data.media_root), else the champion's data.media_root, else the working directory."""
-    chosen = given or champion.config.data.media_root
+    recorded = next((part["media_root"] for parts in (champion.info.get("splits") or {}).values()
+                     if isinstance(parts, list) for part in parts if part.get("media_root")), None)
+    chosen = given or recorded or champion.config.data.media_root  # recorded: absolute, the config's may be relative
     root = Path(chosen).expanduser() if chosen else Path.cwd()
     if chosen and media_columns(champion) and not root.is_dir():
         raise LoopmlError(f"the media root of the feedback is not a folder: {chosen} (--media-root, data.media_root)")
@@ -93,12 +96,15 @@ def feedback_ids(record: dict) -> set[int]:
 
 
 def champion_splits(store, name: str, champion, training_data: str | None,
-                    drop_feedback: set[int] = frozenset(),
-                    media_root: Path | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
+                    drop_feedback: set[int] = frozenset(), media_root: Path | None = None,
+                    skipped: Counter | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
     """(frames per split, the record they came from). ``training_data`` replaces the path of the
     champion's main data file (moved, or the model was trained on an in-memory frame);
     ``drop_feedback``: feedback ids left out (relabelled since), and out of the returned record;
-    ``media_root``: the folder feedback media paths are relative to (default: feedback_media_root)."""
+    ``media_root``: the folder feedback media paths are relative to (default: feedback_media_root).
+    Learned feedback whose image/audio file is gone or unreadable now is left out of frames and record and
+    counted in ``skipped`` (one file removed from the media root must not stop every later turn), unless
+    none of it reads: then the media root is wrong, and that is an error."""
     record = champion.info.get("splits")
     if not record:
         return _legacy_splits(champion, training_data)
@@ -110,6 +116,13 @@ def champion_splits(store, name: str, champion, training_data: str | None,
         parts = [reader.part(split, part) for part in record.get(split, [])]
         parts = [p.drop(columns=[own_split_column], errors="ignore") if own_split_column else p for p in parts if len(p)]
         frames[split] = combine(parts, media_columns(champion)) if parts else pd.DataFrame(columns=model_columns(champion))
+    if reader.lost_ids:
+        if not reader.found:
+            raise LoopmlError(f"none of the {len(reader.lost_ids)} feedback rows the champion learned has its image/audio "
+                              "file in the media root: give the server's --media-root; cannot rebuild its training data")
+        record = without_feedback(record, reader.lost_ids)
+        if skipped is not None:
+            skipped.update(reader.lost)
     return frames, record
 
 
@@ -118,8 +131,11 @@ class _Reader:
         self.store, self.name, self.champion, self.training_data = store, name, champion, training_data
         self.media_root = media_root
         self.columns = model_columns(champion)
-        self._files: dict[str, pd.DataFrame] = {}
+        self._files: dict[tuple[str, str | None], pd.DataFrame] = {}
         self._feedback: list[dict] | None = None
+        self.lost: Counter = Counter()  # learned feedback whose media file no longer reads, by reason
+        self.lost_ids: set[int] = set()
+        self.found = 0  # learned feedback rows that still read
 
     def part(self, split: str, part: dict) -> pd.DataFrame:
         if "feedback" in part:
@@ -131,7 +147,7 @@ class _Reader:
         if not Path(source).exists():
             raise LoopmlError(f"cannot find the champion's {split} data ({source}); set data.training_data in the "
                               "policy if the file moved")
-        frame = self._read(source)
+        frame = self._read(source, part.get("media_root"))
         positions = decode_rows(part["rows"])
         if len(positions) and positions[-1] >= len(frame):
             raise LoopmlError(self._changed(split, source, f"it has {len(frame)} rows, the champion used row "
@@ -142,30 +158,48 @@ class _Reader:
             raise LoopmlError(self._changed(split, source, f"fingerprint {found}, recorded {part['fingerprint']}"))
         return rows
 
+    def _feedback_media_reasons(self, why: Counter) -> list[str]:
+        """The skip reasons in ``why`` that name an image/audio file (gone, outside the root, unreadable)."""
+        columns = media_columns(self.champion)
+        return [r for r in why if any(r in (f"a path in '{c}' that is not a file inside the media root",
+                                            f"a file in '{c}' that cannot be read as {kind}")
+                                      for c in columns for kind in ("image", "audio"))]
+
     def _changed(self, split: str, source: str, detail: str) -> str:
         return (f"the champion's {split} rows in {source} changed since it was trained ({detail}); retraining needs "
                 "the exact rows it was trained and tested on: restore that file, or train a new champion by hand")
 
-    def _read(self, source: str) -> pd.DataFrame:
+    def _read(self, source: str, media_root: str | None = None) -> pd.DataFrame:
+        """``source`` read as the champion read it; ``media_root``: the absolute data.media_root its
+        training recorded (the config's may be relative to another working directory)."""
         from loopml.data.read import read_table
 
-        if source not in self._files:
-            self._files[source] = read_table(source, self.champion.config.data).reset_index(drop=True)
-        return self._files[source]
+        data = self.champion.config.data
+        if media_root:
+            data = data.model_copy(update={"media_root": media_root})
+        key = (source, data.media_root)
+        if key not in self._files:
+            self._files[key] = read_table(source, data).reset_index(drop=True)
+        return self._files[key]
 
     def _feedback_part(self, split: str, part: dict) -> pd.DataFrame:
         if self._feedback is None:
             self._feedback = self.store.list_feedback(self.name)
         wanted = [int(i) for i in part["feedback"]]
         chosen = set(wanted)  # one part was deduplicated when it was made: no input repeats inside it
-        rows, _ = usable_feedback([f for f in self._feedback if int(f["id"]) in chosen], self.champion,
-                                  media_root=self.media_root)
-        if len(rows) != len(wanted):
+        rows, why = usable_feedback([f for f in self._feedback if int(f["id"]) in chosen], self.champion,
+                                    media_root=self.media_root)
+        missing = len(wanted) - len(rows)
+        if missing and len(self._feedback_media_reasons(why)) == len(why) and sum(why.values()) == missing:
+            self.lost.update({f"learned earlier, {reason}": n for reason, n in why.items()})
+            self.lost_ids |= chosen - {int(i) for i in rows["_feedback_id"]}
+        elif missing:
             media = (", or their image/audio files are not in the media root: give the server's --media-root"
                      if media_columns(self.champion) else "")
             raise LoopmlError(f"{len(wanted) - len(rows)} of the {len(wanted)} feedback rows in the champion's {split} "
                               f"split are gone from the store (or lost their inputs{media}); cannot rebuild its "
                               "training data")
+        self.found += len(rows)
         rows = rows.drop(columns=["_feedback_id", "_at"])
         return pd.concat([rows] * int(part.get("weight", 1)), ignore_index=True)  # one base: attrs kept
 

@@ -120,10 +120,11 @@ def _parent_death_signal():
 def start_worker(model: str, policy: Path, store: str | None, artifacts: str | None,
                  media_root: str | None = None) -> subprocess.Popen:
     """``loopml loop`` as a separate process for ``loopml serve NAME@alias --loop-policy``; its lines go to our stdout.
-    ``media_root``: the server's, which the feedback's image/audio paths are relative to."""
+    ``media_root``: the server's, which the feedback's image/audio paths are relative to (without one the
+    server reads them from its working directory: so must the worker, whatever the policy or champion say)."""
     name = model.split("@", 1)[0]
     command = [sys.executable, "-m", "loopml", "loop", name, "--policy", str(policy)]
-    command += ["--media-root", str(Path(media_root).expanduser().resolve())] if media_root else []
+    command += ["--media-root", str(Path(media_root or Path.cwd()).expanduser().resolve())]
     command += ["--store", store] if store else []
     command += ["--artifacts", artifacts] if artifacts else []
     return subprocess.Popen(command, preexec_fn=_parent_death_signal())

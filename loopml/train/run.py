@@ -258,7 +258,14 @@ def split_record(prepared: Any, config: Config, pre: Preprocessor) -> dict:
     from loopml.data.split import split_record as record
 
     frames = {name: prepared.raw(name, config) for name in SPLITS}
-    return record(prepared.sources, prepared.rows, frames, [*pre.features, pre.target.column])
+    out = record(prepared.sources, prepared.rows, frames, [*pre.features, pre.target.column])
+    if config.data.media_root:  # relative to this process's cwd: a retrain elsewhere must read the same folder
+        root = str(Path(config.data.media_root).expanduser().resolve())
+        for parts in out.values():
+            for part in parts:
+                if part.get("source") is not None:
+                    part["media_root"] = root
+    return out
 
 
 def source_path(source: object) -> str | None:
