@@ -48,6 +48,7 @@ MODELS = {
     "binary": ("label", ["x", "color", "flag", "day", "note"], "word"),
     "number": ("amount", ["x", "size", "color", "note"], "bpe"),
     "category": ("grade", ["x", "flag", "at", "color"], "word"),
+    "tfidf": ("label", ["x", "color", "note"], "tfidf"),  # (term id, weight) pairs the example counts itself
 }
 
 

@@ -1,5 +1,5 @@
 """``loopml export``: a network model as ONNX or TorchScript, its fitted preprocessing as plain JSON and a
-standalone example (``predict_onnx.py``: numpy + onnxruntime, + tokenizers for text) that reproduces
+standalone example (``predict_onnx.py``: numpy + onnxruntime, + tokenizers for non-tfidf text) that reproduces
 loopml's predictions on a CSV without importing loopml.
 
 The graph is the one ``loopml serve --backend onnx`` runs (``serve/onnx.py``): every encoder, the
@@ -191,7 +191,10 @@ def preprocessing_spec(model) -> tuple[dict, dict[str, str], list[str]]:
             entry.update({k: feature.state[k] for k in ("has_time", "ordinal_mean", "ordinal_std", "year_mean", "year_std")})
         elif kind == "text":
             info = feature.state.get("pretrained")
-            if info is not None and info["output"] == "embeddings":
+            if "tfidf" in feature.state:  # (term id, weight) pairs [N, 2, max_length]: the example counts the terms
+                entry.update(dtype="float32", tfidf=_tfidf_spec(feature.state["tfidf"]),
+                             max_length=feature.state["max_length"])
+            elif info is not None and info["output"] == "embeddings":
                 reason = f"a frozen pretrained text encoder: the network takes its sentence embeddings [N, {info['hidden_size']}]"
                 entry["dtype"] = "float32"
             else:
@@ -239,6 +242,18 @@ def _binary_spec(feature) -> dict:
     s = feature.state
     return {"values": sorted({canonical_key(v) for v in s["values"]}), "positive": canonical_key(s["positive"]),
             "fill": float(s["fill"])}
+
+
+def _tfidf_spec(state: dict) -> dict:
+    """A tfidf column's vocabularies (terms in id order, word terms first) and idf, as the example recounts them."""
+    from loopml.features.sparse_view import ANALYZERS
+
+    out: dict = {"lowercase": bool(state["lowercase"])}
+    for name in ANALYZERS:
+        part = state[name]
+        out[name] = {"analyzer": part["analyzer"], "ngrams": [int(n) for n in part["ngrams"]],
+                     "terms": list(part["terms"]), "idf": [float(v) for v in part["idf"]]}
+    return out
 
 
 def _tokenizer_json(feature) -> str:

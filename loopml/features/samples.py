@@ -218,6 +218,12 @@ def _expect_text_unknown(feature: FeatureType, tensor: torch.Tensor) -> None:
         f"unseen words should be the unknown id 1, then padding; got {tensor}")
 
 
+def _expect_tfidf_nothing(feature: FeatureType, tensor: torch.Tensor) -> None:
+    assert tensor.dtype == torch.float32 and tuple(tensor.shape[1:]) == (2, feature.state["max_length"]), (
+        f"a tfidf text should be [N, 2, max_length] float32 (term ids over weights), got {tensor.dtype}{tuple(tensor.shape)}")
+    assert (tensor == 0).all(), f"a text with no known word or char n-gram should be all padding, got {tensor}"
+
+
 @register_sample("text")
 def text_samples(folder: Path) -> list[Sample]:
     texts = ["the cat sat on the mat", "a dog ran", None, "The cat ran, fast!", "dogs and cats", "",
@@ -236,6 +242,21 @@ def text_samples(folder: Path) -> list[Sample]:
                     "string": _series(_strings(codes), "string")},
             json_forms={"strings": _strings(codes)},
             other=_series(["x y z", "y z"], object), unseen=["zebra quokka"], **common),
+        # tokenizer: tfidf: (term id, weight) pairs of word 1-2-grams and char 2-5-grams; the training texts hold
+        # no q, z, j or x, so the unseen texts share no term with them
+        Sample(
+            "tfidf sentences with gaps", {"tokenizer": "tfidf"},
+            frames={"object": _series(texts, object), "string": _series(texts, "string")},
+            json_forms={"strings": texts, "padded strings": _strings(texts, " ")},
+            other=_series(["x y z", "y z x", "z"], object), unseen=["zzqq jqxj", "qq\tzz  jj"],
+            expect_missing=_expect_tfidf_nothing, expect_unseen=_expect_tfidf_nothing),
+        Sample(
+            "tfidf numbers as text", {"tokenizer": "tfidf", "max_length": 4},
+            frames={"float64": _series(codes, "float64"), "object": _series(codes, object),
+                    "string": _series(_strings(codes), "string")},
+            json_forms={"strings": _strings(codes)},
+            other=_series(["x y z", "y z"], object), unseen=["zebra quokka"],
+            expect_missing=_expect_tfidf_nothing, expect_unseen=_expect_tfidf_nothing),
     ]
 
 

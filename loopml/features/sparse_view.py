@@ -43,8 +43,6 @@ def _texts(feature, column: pd.Series) -> list[str]:
 
 def fit_sparse(pre, train: pd.DataFrame, min_df: int = MIN_DF, max_features: dict[str, int] | None = None) -> None:
     """Fit the TF-IDF vocabularies (and date scalings) on the training rows, into the features' state."""
-    from sklearn.feature_extraction.text import CountVectorizer
-
     caps = {name: cap for name, (_, _, cap) in ANALYZERS.items()} | (max_features or {})
     for col, feature in pre.features.items():
         kind = _kind(feature)
@@ -64,31 +62,41 @@ def fit_sparse(pre, train: pd.DataFrame, min_df: int = MIN_DF, max_features: dic
         if kind != "text":
             continue
         texts = _texts(feature, train[col])
-        lowercase = bool(getattr(feature.config, "lowercase", True))
-        state: dict = {"lowercase": lowercase}
-        train_counts = []
-        for name, (analyzer, ngrams, _) in ANALYZERS.items():
-            terms: list[str] = []
-            for floor in dict.fromkeys((min_df, 1)):
-                vec = CountVectorizer(analyzer=analyzer, ngram_range=ngrams, lowercase=lowercase,
-                                      min_df=min(floor, max(len(texts), 1)), max_features=caps[name])
-                try:
-                    counts = vec.fit_transform(texts).tocsc()
-                except ValueError:  # nothing left after pruning (tiny or empty training texts)
-                    continue
-                terms = vec.get_feature_names_out().tolist()
-                break
-            train_counts.append(counts.tocsr() if terms else None)
-            idf: list[float] = []
-            if terms:
-                df = np.diff(counts.indptr)  # rows holding each term (CSC: nonzeros per column)
-                n = len(texts)
-                idf = np.round(np.log((1.0 + n) / (1.0 + df)) + 1.0, _IDF_DECIMALS).tolist()
-            state[name] = {"analyzer": analyzer, "ngrams": list(ngrams), "terms": terms, "idf": idf}
+        state, train_counts = fit_terms(texts, bool(getattr(feature.config, "lowercase", True)), min_df, caps)
         feature.state["sparse"] = state
         feature.__dict__.pop("_sparse_cache", None)
         # the training rows' counts, for the one view of those rows that follows (spares counting twice)
         feature._sparse_train = (_fingerprint(texts), train_counts)
+
+
+def fit_terms(texts: list[str], lowercase: bool, min_df: int = MIN_DF,
+              max_features: dict[str, int] | None = None) -> tuple[dict, list]:
+    """Each analyzer's vocabulary and idf fitted on ``texts`` (a JSON state), and the texts' counts per analyzer
+    (None where nothing was kept). Shared by the sparse view and the text feature's ``tfidf`` tokenizer."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    caps = {name: cap for name, (_, _, cap) in ANALYZERS.items()} | (max_features or {})
+    state: dict = {"lowercase": lowercase}
+    train_counts = []
+    for name, (analyzer, ngrams, _) in ANALYZERS.items():
+        terms: list[str] = []
+        for floor in dict.fromkeys((min_df, 1)):
+            vec = CountVectorizer(analyzer=analyzer, ngram_range=ngrams, lowercase=lowercase,
+                                  min_df=min(floor, max(len(texts), 1)), max_features=caps[name])
+            try:
+                counts = vec.fit_transform(texts).tocsc()
+            except ValueError:  # nothing left after pruning (tiny or empty training texts)
+                continue
+            terms = vec.get_feature_names_out().tolist()
+            break
+        train_counts.append(counts.tocsr() if terms else None)
+        idf: list[float] = []
+        if terms:
+            df = np.diff(counts.indptr)  # rows holding each term (CSC: nonzeros per column)
+            n = len(texts)
+            idf = np.round(np.log((1.0 + n) / (1.0 + df)) + 1.0, _IDF_DECIMALS).tolist()
+        state[name] = {"analyzer": analyzer, "ngrams": list(ngrams), "terms": terms, "idf": idf}
+    return state, train_counts
 
 
 def _fingerprint(texts: list[str]) -> str:
@@ -98,13 +106,19 @@ def _fingerprint(texts: list[str]) -> str:
 
 
 def _vectorizers(feature, col: str) -> list[tuple[object, np.ndarray]]:
-    """(count vectorizer over the fixed vocabulary, idf) per analyzer, built once per fitted state."""
-    from sklearn.feature_extraction.text import CountVectorizer
-
+    """(count vectorizer over the fixed vocabulary, idf) per analyzer of the sparse view's state."""
     state = feature.state.get("sparse")
     if state is None:
         raise LoopmlError(f"the sparse view of text column '{col}' was not fitted (fit_view first)")
-    cached = feature.__dict__.get("_sparse_cache")
+    return term_vectorizers(feature, state, "_sparse_cache")
+
+
+def term_vectorizers(owner, state: dict, slot: str) -> list[tuple[object, np.ndarray]]:
+    """(count vectorizer over ``state``'s fixed vocabulary, idf) per analyzer, built once per fitted state and
+    kept on ``owner`` under ``slot``."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    cached = owner.__dict__.get(slot)
     if cached is not None and cached[0] is state:
         return cached[1]
     out = []
@@ -117,12 +131,12 @@ def _vectorizers(feature, col: str) -> list[tuple[object, np.ndarray]]:
                                   lowercase=state["lowercase"], vocabulary={t: i for i, t in enumerate(terms)},
                                   dtype=np.float64)
         out.append((vec, np.asarray(part["idf"], dtype=np.float64)))
-    feature._sparse_cache = (state, out)
+    owner.__dict__[slot] = (state, out)
     return out
 
 
-def _tfidf(counts, idf: np.ndarray, rows: int):
-    """Sublinear tf x idf, each row l2-normalised, from the term counts (None: no vocabulary)."""
+def _tfidf(counts, idf: np.ndarray, rows: int, normalise: bool = True):
+    """Sublinear tf x idf, each row l2-normalised (``normalise``), from the term counts (None: no vocabulary)."""
     import scipy.sparse as sp
 
     if counts is None:
@@ -130,10 +144,23 @@ def _tfidf(counts, idf: np.ndarray, rows: int):
     x = sp.csr_matrix(counts, dtype=np.float64, copy=True)
     x.sort_indices()
     x.data = (1.0 + np.log(x.data)) * idf[x.indices]
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-    norms[norms == 0.0] = 1.0  # an empty row (no known term) stays all zeros
-    x.data /= np.repeat(norms, np.diff(x.indptr))
+    if normalise:
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+        norms[norms == 0.0] = 1.0  # an empty row (no known term) stays all zeros
+        x.data /= np.repeat(norms, np.diff(x.indptr))
     return x
+
+
+def term_weights(owner, state: dict, slot: str, texts: list[str]):
+    """(TF-IDF rows, the same before each analyzer's l2 normalisation) of ``texts`` over ``state``'s vocabularies,
+    the analyzers' blocks side by side: two CSR matrices with one sparsity pattern (sorted indices)."""
+    import scipy.sparse as sp
+
+    parts = term_vectorizers(owner, state, slot)
+    counts = [None if vec is None else vec.transform(texts) for vec, _ in parts]
+    raw = [_tfidf(c, idf, len(texts), normalise=False) for c, (_, idf) in zip(counts, parts, strict=True)]
+    weights = [_tfidf(c, idf, len(texts)) for c, (_, idf) in zip(counts, parts, strict=True)]
+    return sp.hstack(weights, format="csr"), sp.hstack(raw, format="csr")
 
 
 def _numbers(feature, column: pd.Series) -> np.ndarray:

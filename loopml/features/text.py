@@ -12,26 +12,46 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel, canonical_keys
+from loopml.features.sparse_view import ANALYZERS
 
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1
+#: tfidf: at most this many terms per text (the 95th percentile of the training texts' when ``max_length: auto``)
+TFIDF_MAX_TERMS = 2048
 
 
 class TextConfig(StrictModel):
     type: Literal["text"] = "text"
-    tokenizer: Literal["word", "bpe", "wordpiece"] = "word"
+    #: ``tfidf``: no token sequence but the text's word 1-2-gram and char 2-5-gram TF-IDF weights (the linear
+    #: learner's: vocabularies fitted on the training rows, terms in fewer than 2 of them dropped), its
+    #: ``max_length`` largest as (term id, weight) pairs, for the ``bag`` encoder (a TF-IDF-weighted bag of
+    #: n-gram embeddings); ``vocab_size`` and ``min_frequency`` apply to the other tokenizers
+    tokenizer: Literal["word", "bpe", "wordpiece", "tfidf"] = "word"
     vocab_size: int = Field(30_000, ge=10)
     #: tokens seen fewer times in training are unknown
     min_frequency: int = Field(1, ge=1)
     lowercase: bool = True
-    #: tokens kept per text; auto = the 95th percentile of training lengths (at most 256)
+    #: tokens kept per text; auto = the 95th percentile of training lengths (at most 256; tfidf: terms, at most 2048)
     max_length: int | Literal["auto"] = "auto"
     #: a pretrained model's tokenizer (``minilm`` or a Hugging Face model directory) instead of one trained
     #: here; kept in the bundle as JSON (a distilled student shares its teacher's vocabulary this way)
     pretrained_tokenizer: str | None = None
+
+    @model_validator(mode="after")
+    def _tfidf_fits(self) -> TextConfig:
+        if self.tokenizer != "tfidf":
+            return self
+        if self.pretrained_tokenizer is not None:
+            raise ValueError("tokenizer: tfidf builds its own vocabulary; remove pretrained_tokenizer (or use "
+                             "tokenizer: word)")
+        encoder = getattr(getattr(self, "encoder", None), "type", "bag")
+        if encoder != "bag":
+            raise ValueError(f"tokenizer: tfidf gives TF-IDF weights, not a token sequence: only the bag encoder reads "
+                             f"them, not {encoder}")
+        return self
 
 
 @FEATURE_TYPES.register("text")
@@ -136,6 +156,8 @@ class TextFeature(FeatureType):
         if encoder is not None:
             return self._fit_pretrained(column, encoder)
         texts = self._texts(column)
+        if self.config.tokenizer == "tfidf":
+            return self._fit_tfidf(texts)
         if self.config.pretrained_tokenizer is not None:
             tok = borrowed_tokenizer(self.config.pretrained_tokenizer)
         else:
@@ -157,14 +179,63 @@ class TextFeature(FeatureType):
             self._tokenizer = tok
         return self._tokenizer
 
+    # -- tfidf: (term id, weight) pairs ----------------------------------------------------------------
+    def _fit_tfidf(self, texts: list[str]) -> dict:
+        from loopml.features.sparse_view import fit_terms
+
+        self.__dict__.pop("_terms_cache", None)
+        self.__dict__.pop("_term_names", None)
+        terms, _ = fit_terms(texts, self.config.lowercase)
+        self.state = {"tfidf": terms, "max_length": 1, "vocab_size": 1 + sum(len(terms[a]["terms"]) for a in ANALYZERS)}
+        max_length = self.config.max_length
+        if max_length == "auto":
+            nonzero = np.diff(self._term_weights(texts)[0].indptr) if texts else [1]
+            max_length = int(min(TFIDF_MAX_TERMS, max(8, np.percentile(nonzero, 95))))
+        self.state["max_length"] = int(max_length)
+        return self.state
+
+    def _term_weights(self, texts: list[str]):
+        from loopml.features.sparse_view import term_weights
+
+        return term_weights(self, self.state["tfidf"], "_terms_cache", texts)
+
+    def _transform_tfidf(self, column: pd.Series) -> torch.Tensor:
+        """[N, 2, max_length] float32: term ids (1-based: 0 pads) over weights. A text with more terms keeps the
+        ones with the largest weight before normalisation (ties: the lower id), all in id order."""
+        texts = self._texts(column)
+        length = self.state["max_length"]
+        out = np.zeros((len(texts), 2, length), dtype=np.float32)
+        if not texts:
+            return torch.from_numpy(out)
+        weights, raw = self._term_weights(texts)
+        for row in range(len(texts)):
+            start, end = weights.indptr[row], weights.indptr[row + 1]
+            ids, values = weights.indices[start:end], weights.data[start:end]
+            if len(ids) > length:
+                kept = np.sort(np.lexsort((ids, -raw.data[start:end]))[:length])
+                ids, values = ids[kept], values[kept]
+            out[row, 0, : len(ids)] = ids + 1
+            out[row, 1, : len(ids)] = values
+        return torch.from_numpy(out)
+
+    def _term_list(self) -> list[str]:
+        state = self.state["tfidf"]
+        return [t for name in ANALYZERS for t in state[name]["terms"]]
+
     def transform(self, column: pd.Series) -> torch.Tensor:
+        if "tfidf" in self.state:
+            return self._transform_tfidf(column)
         if "pretrained" in self.state:
             return self._transform_pretrained(column)
         encoded = self.tokenizer().encode_batch(self._texts(column))
         return torch.tensor(np.array([e.ids for e in encoded], dtype=np.int64).reshape(len(encoded), -1))
 
     def token_strings(self, ids: list[int]) -> list[str | None]:
-        """Token text for each id; None for padding."""
+        """Token text for each id; None for padding (tfidf: the ids row of a text's [2, L] pairs, or that row)."""
+        if "tfidf" in self.state:
+            ids = ids[0] if ids and isinstance(ids[0], list) else ids
+            terms = self.__dict__.get("_term_names") or self.__dict__.setdefault("_term_names", self._term_list())
+            return [None if int(i) <= 0 else terms[int(i) - 1] for i in ids]
         pretrained = "pretrained" in self.state
         tok = self._pretrained_tokenizer() if pretrained else self.tokenizer()
         pad = int(self.state["pretrained"]["pad_id"]) if pretrained else 0
@@ -172,6 +243,8 @@ class TextFeature(FeatureType):
 
     def encoder_inputs(self) -> dict:
         inputs = {"vocab_size": self.state["vocab_size"], "max_length": self.state["max_length"]}
+        if "tfidf" in self.state:
+            inputs["weighted"] = True
         if "pretrained" in self.state:
             inputs["pretrained"] = self.state["pretrained"]
         return inputs

@@ -3,8 +3,9 @@
 Reads preprocessing.json beside this file (per column: its type and fitted state; the target's
 decoding), turns every CSV row into the network's input tensors, runs model.onnx with ONNX Runtime
 (model.pt with TorchScript, when exported with --format torchscript) and prints one prediction per
-row: the class, or the number. Needs numpy and onnxruntime, tokenizers for text columns and Pillow
-for image columns (paths relative to the CSV's folder, decoded and resized as loopml does).
+row: the class, or the number. Needs numpy and onnxruntime, tokenizers for text columns (not for
+``tokenizer: tfidf`` ones: their word and char n-grams are counted here, as scikit-learn's vectorizers
+count them) and Pillow for image columns (paths relative to the CSV's folder, decoded and resized as loopml does).
 
 Values a column cannot read (text in a number column, a third value in a binary one, a date that is
 not ISO 8601) are read as missing and counted on stderr, as ``loopml predict --coerce`` does.
@@ -109,7 +110,83 @@ def binary_input(c: dict, cells: list) -> np.ndarray:
     return np.array(out, dtype=np.float32)[:, None]
 
 
+# -- tokenizer: tfidf: scikit-learn's CountVectorizer analyzers over a fixed vocabulary, then sublinear TF-IDF --
+_WORD_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # CountVectorizer's default token_pattern
+_WHITE_SPACES = re.compile(r"\s\s+")
+
+
+def word_ngrams(text: str, ngrams: list[int]) -> list[str]:
+    """The ``word`` analyzer's terms: tokens of 2+ word characters, their n-grams joined by one space."""
+    tokens = _WORD_TOKEN.findall(text)
+    low, high = ngrams
+    return [" ".join(tokens[i : i + n]) for n in range(low, high + 1) for i in range(len(tokens) - n + 1)]
+
+
+def char_wb_ngrams(text: str, ngrams: list[int]) -> list[str]:
+    """The ``char_wb`` analyzer's terms: char n-grams inside each space-padded word (a word shorter than n once)."""
+    low, high = ngrams
+    out = []
+    for w in _WHITE_SPACES.sub(" ", text).split():
+        w = " " + w + " "
+        for n in range(low, high + 1):
+            offset = 0
+            out.append(w[offset : offset + n])
+            while offset + n < len(w):
+                offset += 1
+                out.append(w[offset : offset + n])
+            if offset == 0:  # scikit-learn counts a short word (len(w) < n) once and stops there
+                break
+    return out
+
+
+_ANALYZE = {"word": word_ngrams, "char_wb": char_wb_ngrams}
+
+
+def tfidf_input(c: dict, cells: list) -> np.ndarray:
+    """[N, 2, max_length] float32: term ids (1-based, 0 pads) over their weights, (1 + log count) * idf
+    l2-normalised per analyzer; a text with more terms keeps the largest weights before normalisation
+    (ties: the lower id), all in id order."""
+    state, length = c["tfidf"], c["max_length"]
+    parts, start = [], 0
+    for name in ("word", "char"):
+        part = state[name]
+        index = {term: start + i for i, term in enumerate(part["terms"])}
+        parts.append((_ANALYZE[part["analyzer"]], part["ngrams"], index, start, np.asarray(part["idf"], dtype=np.float64)))
+        start += len(part["terms"])
+    out = np.zeros((len(cells), 2, length), dtype=np.float32)
+    for row, cell in enumerate(cells):
+        text = key(cell) or ""
+        if state["lowercase"]:
+            text = text.lower()
+        ids, raw, weights = [], [], []
+        for analyze, ngrams, index, first, idf in parts:
+            counts: dict[int, int] = {}
+            for term in analyze(text, ngrams):
+                at = index.get(term)
+                if at is not None:
+                    counts[at] = counts.get(at, 0) + 1
+            if not counts:
+                continue
+            at = np.array(sorted(counts), dtype=np.int64)
+            values = (1.0 + np.log(np.array([counts[i] for i in at], dtype=np.float64))) * idf[at - first]
+            norm = np.sqrt(np.add.reduceat(values * values, [0])[0])  # summed as scipy sums a CSR row
+            ids.append(at)
+            raw.append(values)
+            weights.append(values / (norm if norm != 0.0 else 1.0))
+        if not ids:
+            continue
+        at, values, scaled = np.concatenate(ids), np.concatenate(raw), np.concatenate(weights)
+        if len(at) > length:
+            kept = np.sort(np.lexsort((at, -values))[:length])
+            at, scaled = at[kept], scaled[kept]
+        out[row, 0, : len(at)] = at + 1
+        out[row, 1, : len(at)] = scaled
+    return out
+
+
 def text_input(c: dict, cells: list) -> np.ndarray:
+    if "tfidf" in c:
+        return tfidf_input(c, cells)
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(HERE / c["tokenizer"]))
