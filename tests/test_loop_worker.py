@@ -370,3 +370,37 @@ def test_serve_with_two_workers_starts_one_loop_worker_and_sigterm_stops_it(cham
         time.sleep(0.1)
     assert not Path(f"/proc/{workers[0]}").exists() or "Z" in Path(f"/proc/{workers[0]}/stat").read_text().split()[2]
     assert store.lock_holder("clf", "loop") is None
+
+
+def test_the_servers_supervisor_starts_a_killed_worker_again_and_stops_it_for_good(monkeypatch):
+    """``serve --loop-policy``: a worker killed with -9 is started again (one line), and stopping the server stops
+    the new one; a stop during the pause before a restart starts nothing."""
+    from loopml.loop import worker_cli
+
+    monkeypatch.setattr(worker_cli, "WATCH_S", 0.05)
+    monkeypatch.setattr(worker_cli, "RESTART_DELAYS_S", (0.1, 30.0))
+    started: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+        return started[-1]
+
+    lines: list[str] = []
+    supervisor = worker_cli.WorkerSupervisor(start, echo=lines.append)
+    try:
+        first = supervisor.process
+        first.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while supervisor.process is first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert supervisor.process is not first and supervisor.restarts == 1
+        assert lines[0] == "loop worker exited (code -9); starting it again in 0.1 s"
+        assert lines[1].startswith("loop worker started again (pid ")
+        # the second quick death waits 30 s: a stop inside that pause starts no third worker
+        supervisor.process.send_signal(signal.SIGKILL)
+        while len(lines) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lines[2].endswith("starting it again in 30 s")
+    finally:
+        supervisor.stop()
+    assert len(started) == 2 and all(p.poll() is not None for p in started)

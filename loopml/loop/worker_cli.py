@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -142,18 +142,68 @@ def stop_worker(process: subprocess.Popen | None, timeout: float = STOP_TIMEOUT_
         return process.wait()
 
 
+class WorkerSupervisor:
+    """Keeps ``loopml loop`` running beside the server: a worker that dies (kill -9, OOM, a crash) is started
+    again after a pause that doubles with each quick death (``RESTART_DELAYS_S``; back to the first once a
+    worker has lived ``HEALTHY_S``), one line each time. The store's lock and the cycle record make a restart
+    safe: an interrupted cycle is redone, never half-applied."""
+
+    def __init__(self, start: Callable[[], subprocess.Popen], echo: Callable[[str], None] = typer.echo) -> None:
+        self._start, self._echo = start, echo
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.process = start()
+        self.restarts = 0
+        self._thread = threading.Thread(target=self._watch, name="loop-worker-supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        delay_index, started = 0, time.monotonic()
+        while not self._stopping.wait(WATCH_S):
+            code = self.process.poll()
+            if code is None:
+                continue
+            if time.monotonic() - started >= HEALTHY_S:
+                delay_index = 0
+            delay = RESTART_DELAYS_S[min(delay_index, len(RESTART_DELAYS_S) - 1)]
+            self._echo(f"loop worker exited (code {code}); starting it again in {delay:g} s")
+            if self._stopping.wait(delay):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.process = self._start()
+                self.restarts += 1
+            self._echo(f"loop worker started again (pid {self.process.pid})")
+            delay_index, started = delay_index + 1, time.monotonic()
+
+    def stop(self) -> int | None:
+        """No more restarts; then SIGTERM the worker and wait for it (``stop_worker``)."""
+        with self._lock:
+            self._stopping.set()
+        self._thread.join()
+        return stop_worker(self.process)
+
+
+#: the supervisor's poll period, its pauses before restarting a dead worker, and the life that resets them
+WATCH_S = 0.5
+RESTART_DELAYS_S = (1.0, 2.0, 5.0, 15.0, 60.0)
+HEALTHY_S = 120.0
+
+
 @contextlib.contextmanager
 def serving_with_loop(model: str, policy: Path | None, store: str | None, artifacts: str | None,
                       media_root: str | None = None) -> Iterator[None]:
-    """Around ``uvicorn.run``: the loop worker runs while the server does and stops with it.
+    """Around ``uvicorn.run``: the loop worker runs while the server does (started again if it dies) and stops
+    with it.
 
     uvicorn re-raises the SIGTERM it caught once it has shut down; with a worker to stop, that signal
     ends the ``with`` block (so the worker is stopped and waited for) instead of the process at once."""
     if policy is None:
         yield
         return
-    process = start_worker(model, policy, store, artifacts, media_root)
-    typer.echo(f"loop worker started (pid {process.pid}, policy {policy})")
+    supervisor = WorkerSupervisor(lambda: start_worker(model, policy, store, artifacts, media_root))
+    typer.echo(f"loop worker started (pid {supervisor.process.pid}, policy {policy})")
     previous = None
 
     def _stop_serving(_signum, _frame) -> None:
@@ -167,7 +217,7 @@ def serving_with_loop(model: str, policy: Path | None, store: str | None, artifa
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         started = time.time()
-        code = stop_worker(process)
+        code = supervisor.stop()
         typer.echo(f"loop worker stopped (exit {code}, {time.time() - started:.1f} s)")
 
 
