@@ -151,3 +151,22 @@ def test_warm_start_keeps_the_champions_preprocessing_and_weights(champion, tmp_
     bad = {**cfg, "combiner": {"type": "concat", "layers": [8]}}
     with pytest.raises(loopml.errors.LoopmlError, match="same model architecture"):
         loopml.Model(bad).fit(data, warm_start=model, progress=False, cache_dir=False)
+
+
+def test_labels_that_arrive_while_a_retrain_trains_count_towards_the_next_trigger(champion, tmp_path, monkeypatch):
+    _, champion_dir = champion
+    store = _store(tmp_path, champion_dir)
+    policy = load_policy(POLICY | {"trigger": {"min_feedback": 40}})
+    _feed(store, make(300, 7, codes=RECODED))
+    real_fit = loopml.Model.fit
+
+    def fit_while_labels_arrive(self, *args, **kwargs):
+        out = real_fit(self, *args, **kwargs)
+        _feed(store, make(40, 9, codes=RECODED))  # labelled during the training: this retrain never read them
+        return out
+
+    monkeypatch.setattr(loopml.Model, "fit", fit_while_labels_arrive)
+    retrain(store, "clf", policy, reason="first")
+    monkeypatch.setattr(loopml.Model, "fit", real_fit)
+    fire, why = should_retrain(store, "clf", policy)
+    assert fire and "40 new feedback" in why

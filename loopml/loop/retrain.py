@@ -36,7 +36,9 @@ def should_retrain(store, name: str, policy: Policy) -> tuple[bool, str]:
     # a failed retrain does not consume its labels either: once its cause is fixed they still trigger one
     decisions = [d for d in store.list_gate_decisions(name) if d.get("kind") in (None, "retrain")
                  and not (d.get("numbers") or {}).get("failed")]
-    since = decisions[-1]["at"] if decisions else 0.0
+    # from when that retrain read the feedback, not when it decided: labels that came in while it trained are new
+    since = float((decisions[-1].get("numbers") or {}).get("feedback_read_at") or decisions[-1]["at"]) if decisions \
+        else 0.0
     new = store.list_feedback(name, since)
     if len(new) >= policy.trigger.min_feedback:
         return True, f"{len(new)} new feedback labels (≥ {policy.trigger.min_feedback})"
@@ -153,6 +155,7 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     champion_number = int(champion_version["version"])
     champion = loopml.load(champion_version["path"])
     media_root = feedback_media_root(policy.data.media_root, champion)
+    feedback_read_at = time.time()
     feedback = store.list_feedback(name)
     learned_ids = feedback_ids(champion.info.get("splits") or {})
     rows, skipped = usable_feedback(feedback, champion, exclude_ids=learned_ids, media_root=media_root)
@@ -161,7 +164,7 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     relabelled = superseded_ids(learned, rows, list(champion.preprocessor.features))
     parts, record = champion_splits(store, name, champion, policy.data.training_data, drop_feedback=relabelled,
                                     media_root=media_root, skipped=skipped)  # + learned rows whose file is gone
-    counts = {"feedback_rows": len(rows), "feedback_skipped": dict(skipped),
+    counts = {"feedback_read_at": feedback_read_at, "feedback_rows": len(rows), "feedback_skipped": dict(skipped),
               "feedback_skipped_total": int(sum(skipped.values())), "feedback_relabelled": len(relabelled)}
     n_holdout = int(round(len(rows) * policy.data.holdout_fraction))
     if n_holdout < policy.data.min_holdout:
