@@ -58,6 +58,17 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it for every thread); 0o022 if unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -110,6 +121,8 @@ def write_bundle(
                 os.fsync(f.fileno())
         if extras is not None:
             extras(tmp)
+        for p in _files(tmp):  # safetensors writes 0600: a server running as another user could not read the weights
+            os.chmod(p, 0o666 & ~_umask())
         replace_folder(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -74,6 +74,18 @@ def test_failed_save_leaves_nothing_behind(trained, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_saved_files_follow_the_umask_so_another_user_can_serve_them(trained, tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        path = trained.save(tmp_path / "model")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.rglob("*") if p.is_file()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+
+
 def test_tampered_weights_are_refused(trained, tmp_path):
     path = trained.save(tmp_path / "model")
     (path / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes()[:-8] + b"\0" * 8)
