@@ -174,7 +174,8 @@ class DistillConfig(StrictModel):
     the soft term T^2 * KL(teacher || student) at temperature T (MSE to the teacher's prediction for a number).
     Used only where the training target carries a teacher's scores; plain training otherwise (a retrain)."""
 
-    temperature: float = Field(2.0, gt=0)
+    #: at most 1000: T^2 of an infinite (or huge) temperature makes a NaN loss
+    temperature: float = Field(2.0, gt=0, le=1000)
     alpha: float = Field(0.5, ge=0, le=1)
 
 

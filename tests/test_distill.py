@@ -180,6 +180,14 @@ def test_bad_student_and_misfit_configs_exit_2_and_write_nothing(teachers, tmp_p
         assert says in err and len(err.strip().splitlines()) == 1
     assert main(["compress", str(folder), "--distill", "--student", "bag", "--unlabelled", str(tmp_path / "no.csv"),
                  "-o", str(out)]) == 2
+    capsys.readouterr()
+    for temperature in ("inf", "1e200"):  # T^2 of an infinite temperature is a NaN loss: refused, not an internal error
+        assert main(["compress", str(folder), "--distill", "--student", "bag", "--temperature", temperature,
+                     "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--temperature must be positive and at most 1000" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="less than or equal to 1000"):
+        DistillConfig(temperature=float("inf"))
     assert not out.exists() and not list(Path(tmp_path).glob(".s*"))
 
 

@@ -241,6 +241,26 @@ def test_tfidf_with_a_sequence_encoder_or_a_borrowed_tokenizer_is_refused(root, 
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("tokenizer", ["tfidf", "word"])
+@pytest.mark.parametrize("max_length", [0, -1, 10**11])
+def test_a_max_length_out_of_range_is_one_config_line(root, tmp_path, capsys, tokenizer, max_length):
+    features = {"note": {"type": "text", "tokenizer": tokenizer, "max_length": max_length}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"target": "label", "features": features}))
+    code = main(["train", "-d", str(root / "train.csv"), "-c", str(config), "-o", str(tmp_path / "m"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "max_length must be 'auto' or from 1 to 16,384" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_tfidf_max_length_beyond_the_vocabulary_is_the_vocabulary():
+    train, _ = texts(40, 3)
+    feature = fitted_feature(train, max_length=16_384)
+    assert feature.state["max_length"] == feature.state["vocab_size"] - 1 < 16_384
+    rows = [" ".join(train)]  # every term: all of them fit
+    np.testing.assert_allclose(dense(feature, rows), sklearn_weights(feature, train, rows), atol=1e-6)
+
+
 def test_explanations_name_the_terms(model, root, tmp_path, capsys):
     rows = predict_rows()
     terms = set(model.preprocessor.features["note"]._term_list())

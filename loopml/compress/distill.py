@@ -287,8 +287,8 @@ def distill_command(model: str, student: str | None, *, unlabelled: str | None, 
     check_init(init)
     if not 0 <= alpha <= 1:
         raise LoopmlError(f"--alpha must be between 0 and 1, not {alpha:g}")
-    if not temperature > 0:
-        raise LoopmlError(f"--temperature must be positive, not {temperature:g}")
+    if not 0 < temperature <= 1000:  # T^2 of an infinite (or huge) temperature is a NaN loss
+        raise LoopmlError(f"--temperature must be positive and at most 1000, not {temperature:g}")
     if unlabelled is not None and not Path(unlabelled).is_file():
         raise LoopmlError(f"unlabelled file not found: {unlabelled}")
     method = f"distill-{student_name(student)}"

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from loopml.features.base import FEATURE_TYPES, FeatureType, StrictModel, canonical_keys
@@ -21,6 +21,8 @@ from loopml.features.sparse_view import ANALYZERS
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1
 #: tfidf: at most this many terms per text (the 95th percentile of the training texts' when ``max_length: auto``)
 TFIDF_MAX_TERMS = 2048
+#: the longest ``max_length`` a config may set (every row's tensor is padded to it: a bigger one only exhausts memory)
+MAX_LENGTH = 16_384
 
 
 class TextConfig(StrictModel):
@@ -39,6 +41,13 @@ class TextConfig(StrictModel):
     #: a pretrained model's tokenizer (``minilm`` or a Hugging Face model directory) instead of one trained
     #: here; kept in the bundle as JSON (a distilled student shares its teacher's vocabulary this way)
     pretrained_tokenizer: str | None = None
+
+    @field_validator("max_length")
+    @classmethod
+    def _max_length_in_range(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= value <= MAX_LENGTH:
+            raise ValueError(f"max_length must be 'auto' or from 1 to {MAX_LENGTH:,}")
+        return value
 
     @model_validator(mode="after")
     def _tfidf_fits(self) -> TextConfig:
@@ -191,7 +200,8 @@ class TextFeature(FeatureType):
         if max_length == "auto":
             nonzero = np.diff(self._term_weights(texts)[0].indptr) if texts else [1]
             max_length = int(min(TFIDF_MAX_TERMS, max(8, np.percentile(nonzero, 95))))
-        self.state["max_length"] = int(max_length)
+        # no text holds more terms than the vocabulary: longer rows would only be padding
+        self.state["max_length"] = int(min(max_length, max(1, self.state["vocab_size"] - 1)))
         return self.state
 
     def _term_weights(self, texts: list[str]):
