@@ -12,6 +12,7 @@ Loading refuses pickles outright (by name and by content) before reading anythin
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -58,6 +59,21 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
 
 
+def _remove_dead_writers(final: Path) -> None:
+    """The hidden sibling folders an earlier save of ``final`` left when it was killed (kill -9, OOM): their pid is
+    gone. A live writer's folder is left alone."""
+    for sibling in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        pid = sibling.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(sibling, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
+
+
 def _umask() -> int:
     """The process's umask, read without changing it (``os.umask`` sets it for every thread); 0o022 if unknown."""
     try:
@@ -95,6 +111,7 @@ def write_bundle(
         raise LoopmlError(f"refusing to overwrite {path}: it is not a loopml model directory")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    _remove_dead_writers(final)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()

@@ -86,6 +86,19 @@ def test_saved_files_follow_the_umask_so_another_user_can_serve_them(trained, tm
     assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
 
 
+def test_a_save_killed_earlier_leaves_no_hidden_folder_behind_the_next_one(trained, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".model.tmp-{dead.pid}" / "x").mkdir(parents=True)  # what a kill -9 mid-save leaves
+    (tmp_path / f".model.tmp-{os.getppid()}").mkdir()  # a live writer's: not ours to remove
+    trained.save(tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".model.tmp-{os.getppid()}", "model"]
+
+
 def test_tampered_weights_are_refused(trained, tmp_path):
     path = trained.save(tmp_path / "model")
     (path / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes()[:-8] + b"\0" * 8)

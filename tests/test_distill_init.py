@@ -118,7 +118,11 @@ def test_bad_student_init_input_exits_2_and_writes_nothing(teacher, tmp_path, ca
     out = tmp_path / "s"
     wide = tmp_path / "wide.yaml"
     wide.write_text("features: {note: {type: text, encoder: {type: bag, dim: 512}}}\n")
+    tfidf = tmp_path / "tfidf.yaml"
+    tfidf.write_text("features: {note: {type: text, tokenizer: tfidf}}\n")
     cases = [
+        (["compress", str(folder), "--distill", "--student", str(tfidf), "--student-init", "teacher-tokens"],
+         "column 'note' has tokenizer: tfidf, but --student-init teacher-tokens"),
         (["compress", str(folder), "--distill", "--student", "bag", "--student-init", "teacher-tokns"],
          "did you mean 'teacher-tokens'"),
         (["compress", str(bag_teacher), "--distill", "--student", "bag", "--student-init", "teacher-tokens"],

@@ -170,3 +170,19 @@ def test_labels_that_arrive_while_a_retrain_trains_count_towards_the_next_trigge
     monkeypatch.setattr(loopml.Model, "fit", real_fit)
     fire, why = should_retrain(store, "clf", policy)
     assert fire and "40 new feedback" in why
+
+
+def test_one_huge_text_does_not_make_a_text_column_drift():
+    """Each text weighs one row in the word histogram: two 1 MB requests among 200 normal ones are no drift, a
+    window of other words is."""
+    from loopml.loop.drift import column_drift, column_reference
+
+    rng = np.random.default_rng(0)
+    common = [f"w{i}" for i in range(60)]
+    normal = pd.Series([" ".join(rng.choice(common, 12)) for _ in range(600)])
+    ref = column_reference(normal, "text")
+    window = pd.Series([" ".join(rng.choice(common, 12)) for _ in range(200)])
+    huge = " ".join(f"z{i}" for i in range(150_000))  # about 1 MB of words training never saw
+    assert column_drift(pd.concat([window, pd.Series([huge, huge])], ignore_index=True), ref)["level"] == "ok"
+    other = pd.Series([" ".join(rng.choice([f"v{i}" for i in range(60)], 12)) for _ in range(200)])
+    assert column_drift(other, ref)["level"] != "ok"

@@ -87,6 +87,9 @@ def student_config(student: str, teacher, temperature: float = 2.0, alpha: float
         raw.setdefault("split", teacher.config.split.model_dump(mode="json"))
         for column, feature in (raw.get("features") or {}).items():
             if column in borrowed and isinstance(feature, dict) and feature.get("type") == "text":
+                if feature.get("tokenizer") == "tfidf":
+                    raise LoopmlError(f"student config: column '{column}' has tokenizer: tfidf, but --student-init "
+                                      f"{init} starts its embeddings from the teacher's tokens; drop one of the two")
                 raw["features"][column] = {"pretrained_tokenizer": borrowed[column], **feature}
     training = {**dict(raw.get("training") or {}), **(training or {})}
     training["distill"] = {"temperature": temperature, "alpha": alpha}

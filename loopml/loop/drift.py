@@ -114,8 +114,11 @@ def histogram(values: pd.Series, ref: dict, counts_too: bool = False) -> np.ndar
         index = {(canonical_key(v) if category else v): i for i, v in enumerate(ref["values"])}
         counts = np.zeros(len(ref["values"]) + 2)
         for value in values[~missing]:
-            for token in ([canonical_key(value)] if category else _words(value)):
-                counts[index.get(token, len(ref["values"]))] += 1
+            tokens = [canonical_key(value)] if category else _words(value)
+            # a text counts once, its weight shared by its words: one 1 MB request must not outweigh a window
+            share = 1.0 / max(len(tokens), 1)
+            for token in tokens:
+                counts[index.get(token, len(ref["values"]))] += share
         counts[-1] = missing.sum()
     shares = counts / max(counts.sum(), 1.0)
     return (shares, float(counts.sum())) if counts_too else shares
