@@ -211,6 +211,24 @@ def test_standalone_script_prints_loopml_predictions_without_loopml(model, expor
     assert run.stdout.splitlines() == [str(v) for v in expected]
 
 
+def test_standalone_skips_the_blank_lines_loopml_skips(root, tmp_path):
+    """In a one-column file whitespace-only lines are no rows to pandas (so to ``loopml predict``), and none to the
+    example either; a quoted field that spans a blank line is one row to both."""
+    features = {"note": {"type": "text", "tokenizer": "tfidf"}}
+    model = loopml.Model(target="label", features=features, training={"epochs": 1}).fit(
+        pd.read_csv(root / "train.csv")[["note", "label"]], progress=False, cache_dir=False)
+    folder = export_model(model, tmp_path / "one", "onnx").folder
+    path = tmp_path / "blanks.csv"
+    path.write_text('note\nred apples fresh\n   \n\t\nblue sky today\n"two lines\n\n in one"\n\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
+    run = subprocess.run([sys.executable, "-S", "-c", ISOLATED, "predict_onnx.py", str(path)],
+                         cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    expected = model.predict(path, coerce=True)
+    assert len(expected) == 3 and run.stdout.splitlines() == [str(v) for v in expected]
+
+
 def test_save_load_and_a_row_alone_predict_as_in_a_batch(model, root, tmp_path):
     rows = predict_rows()
     loaded = loopml.load(model.save(tmp_path / "m"))

@@ -47,13 +47,24 @@ def key(text: str | None) -> str | None:
     return {"true": "1", "false": "0"}.get(text.lower(), text) if len(text) <= 5 else text
 
 
+def _unblank(lines):
+    """The file's lines without the blank ones pandas skips: empty or whitespace only, outside a quoted field."""
+    quoted = False
+    for line in lines:
+        if not quoted and not line.strip():
+            continue
+        quoted ^= line.count('"') % 2 == 1  # a doubled quote inside a field counts twice: the parity holds
+        yield line
+
+
 def read_csv(path: str, spec: dict) -> dict[str, list[str | None]]:
     """Each column's cells as text, None where missing (the same strings pandas reads as missing)."""
     options = spec["csv"]
     missing = set(options["missing"])
     try:
         with open(path, encoding=options["encoding"], newline="") as f:
-            reader = csv.reader(f, delimiter=options["delimiter"], skipinitialspace=options["skip_initial_space"])
+            reader = csv.reader(_unblank(f), delimiter=options["delimiter"],
+                                skipinitialspace=options["skip_initial_space"])
             header = [h.strip() for h in next(reader, [])]
             rows = [row for row in reader if row]
     except OSError as e:
