@@ -192,8 +192,7 @@ def preprocessing_spec(model) -> tuple[dict, dict[str, str], list[str]]:
         elif kind == "text":
             info = feature.state.get("pretrained")
             if "tfidf" in feature.state:  # (term id, weight) pairs [N, 2, max_length]: the example counts the terms
-                entry.update(dtype="float32", tfidf=_tfidf_spec(feature.state["tfidf"]),
-                             max_length=feature.state["max_length"])
+                entry.update(dtype="float32", tfidf=feature.state["tfidf"], max_length=feature.state["max_length"])
             elif info is not None and info["output"] == "embeddings":
                 reason = f"a frozen pretrained text encoder: the network takes its sentence embeddings [N, {info['hidden_size']}]"
                 entry["dtype"] = "float32"
@@ -242,18 +241,6 @@ def _binary_spec(feature) -> dict:
     s = feature.state
     return {"values": sorted({canonical_key(v) for v in s["values"]}), "positive": canonical_key(s["positive"]),
             "fill": float(s["fill"])}
-
-
-def _tfidf_spec(state: dict) -> dict:
-    """A tfidf column's vocabularies (terms in id order, word terms first) and idf, as the example recounts them."""
-    from loopml.features.sparse_view import ANALYZERS
-
-    out: dict = {"lowercase": bool(state["lowercase"])}
-    for name in ANALYZERS:
-        part = state[name]
-        out[name] = {"analyzer": part["analyzer"], "ngrams": [int(n) for n in part["ngrams"]],
-                     "terms": list(part["terms"]), "idf": [float(v) for v in part["idf"]]}
-    return out
 
 
 def _tokenizer_json(feature) -> str:

@@ -135,8 +135,13 @@ def term_vectorizers(owner, state: dict, slot: str) -> list[tuple[object, np.nda
     return out
 
 
-def _tfidf(counts, idf: np.ndarray, rows: int, normalise: bool = True):
-    """Sublinear tf x idf, each row l2-normalised (``normalise``), from the term counts (None: no vocabulary)."""
+def _tfidf(counts, idf: np.ndarray, rows: int):
+    """Sublinear tf x idf, each row l2-normalised, from the term counts (None: no vocabulary)."""
+    return _normalised(_raw_tfidf(counts, idf, rows))
+
+
+def _raw_tfidf(counts, idf: np.ndarray, rows: int):
+    """Sublinear tf x idf before normalisation (sorted indices)."""
     import scipy.sparse as sp
 
     if counts is None:
@@ -144,10 +149,15 @@ def _tfidf(counts, idf: np.ndarray, rows: int, normalise: bool = True):
     x = sp.csr_matrix(counts, dtype=np.float64, copy=True)
     x.sort_indices()
     x.data = (1.0 + np.log(x.data)) * idf[x.indices]
-    if normalise:
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-        norms[norms == 0.0] = 1.0  # an empty row (no known term) stays all zeros
-        x.data /= np.repeat(norms, np.diff(x.indptr))
+    return x
+
+
+def _normalised(raw):
+    """A copy of ``raw`` with each row l2-normalised (an empty row, no known term, stays all zeros)."""
+    x = raw.copy()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+    norms[norms == 0.0] = 1.0
+    x.data /= np.repeat(norms, np.diff(x.indptr))
     return x
 
 
@@ -157,10 +167,8 @@ def term_weights(owner, state: dict, slot: str, texts: list[str]):
     import scipy.sparse as sp
 
     parts = term_vectorizers(owner, state, slot)
-    counts = [None if vec is None else vec.transform(texts) for vec, _ in parts]
-    raw = [_tfidf(c, idf, len(texts), normalise=False) for c, (_, idf) in zip(counts, parts, strict=True)]
-    weights = [_tfidf(c, idf, len(texts)) for c, (_, idf) in zip(counts, parts, strict=True)]
-    return sp.hstack(weights, format="csr"), sp.hstack(raw, format="csr")
+    raw = [_raw_tfidf(None if vec is None else vec.transform(texts), idf, len(texts)) for vec, idf in parts]
+    return sp.hstack([_normalised(r) for r in raw], format="csr"), sp.hstack(raw, format="csr")
 
 
 def _numbers(feature, column: pd.Series) -> np.ndarray:

@@ -115,6 +115,16 @@ def superseded_ids(learned: pd.DataFrame, new: pd.DataFrame, columns: list[str])
             if key in relabelled}
 
 
+def outside_root_reason(column: str) -> str:
+    """The skip reason of a media path that is not a file inside the media root."""
+    return f"a path in '{column}' that is not a file inside the media root"
+
+
+def unreadable_media_reason(column: str, kind: str) -> str:
+    """The skip reason of a media file that does not decode as ``kind`` (image, audio)."""
+    return f"a file in '{column}' that cannot be read as {kind}"
+
+
 def _encodable(frame: pd.DataFrame, pre, skipped: Counter) -> np.ndarray:
     """Rows whose every value the champion's fitted preprocessing reads into finite tensors."""
     keep = np.ones(len(frame), dtype=bool)
@@ -122,7 +132,7 @@ def _encodable(frame: pd.DataFrame, pre, skipped: Counter) -> np.ndarray:
     for col, feature in pre.features.items():
         if feature.config.type in ("image", "audio"):  # confined as the server confines it: never read outside
             bad = np.array([served_path(v, root) is None for v in frame[col].tolist()], dtype=bool) & keep
-            skipped[f"a path in '{col}' that is not a file inside the media root"] += int(bad.sum())
+            skipped[outside_root_reason(col)] += int(bad.sum())
             keep &= ~bad
         unusable = getattr(feature, "unusable", None)
         if unusable is not None:
@@ -151,7 +161,7 @@ def _keep_encodable(frame: pd.DataFrame, rows: np.ndarray, pre, skipped: Counter
             return
         media = MEDIA_ERROR.match(str(e))
         if media:  # one reason per column, not per file
-            skipped[f"a file in '{media[2]}' that cannot be read as {media[1]}"] += 1
+            skipped[unreadable_media_reason(media[2], media[1])] += 1
         elif isinstance(e, LoopmlError):  # e.g. a label that is not one of the champion's classes
             skipped[f"cannot be encoded ({str(e).split(';')[0]})"] += 1
         else:  # pandas / torch on a value of an unexpected type

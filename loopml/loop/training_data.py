@@ -160,10 +160,12 @@ class _Reader:
 
     def _feedback_media_reasons(self, why: Counter) -> list[str]:
         """The skip reasons in ``why`` that name an image/audio file (gone, outside the root, unreadable)."""
-        columns = media_columns(self.champion)
-        return [r for r in why if any(r in (f"a path in '{c}' that is not a file inside the media root",
-                                            f"a file in '{c}' that cannot be read as {kind}")
-                                      for c in columns for kind in ("image", "audio"))]
+        from loopml.loop.feedback_rows import outside_root_reason, unreadable_media_reason
+
+        media = {reason for c in media_columns(self.champion)
+                 for reason in (outside_root_reason(c), unreadable_media_reason(c, "image"),
+                                unreadable_media_reason(c, "audio"))}
+        return [r for r in why if r in media]
 
     def _changed(self, split: str, source: str, detail: str) -> str:
         return (f"the champion's {split} rows in {source} changed since it was trained ({detail}); retraining needs "
