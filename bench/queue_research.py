@@ -155,6 +155,93 @@ def tree_spread(last: int = 50) -> Ranker:
     return rank
 
 
+def _knn_scale(x: np.ndarray, n: int) -> float:
+    """A length scale at which each of ``n`` picks covers about its share of the candidates: the median
+    distance to the (len/n)-th nearest neighbour."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = int(min(len(x) - 1, max(2, len(x) // max(n, 1))))
+    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    return float(np.median(dist[:, -1])) or 1.0
+
+
+def _alc(xc: np.ndarray, xl: np.ndarray, n: int, noise: float, weight: np.ndarray | None = None) -> list[int]:
+    """Greedy active learning Cohn: the candidate whose label most reduces the summed posterior variance over the
+    candidates (each weighted by ``weight``), conditioned on the labelled rows and the picks so far. Unit RBF
+    kernel on already scaled inputs."""
+    def k(a, b):
+        d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        return np.exp(-0.5 * d)
+
+    cov = k(xc, xc)
+    if len(xl):
+        kl = k(xc, xl)
+        cov -= kl @ np.linalg.solve(k(xl, xl) + noise * np.eye(len(xl)), kl.T)
+    w = np.ones(len(xc)) if weight is None else weight
+    picks: list[int] = []
+    for _ in range(min(n, len(xc))):
+        gain = (w[:, None] * cov**2).sum(0) / (np.diag(cov) + noise)
+        gain[picks] = -np.inf
+        j = int(gain.argmax())
+        picks.append(j)
+        v = cov[:, j] / np.sqrt(cov[j, j] + noise)
+        cov -= np.outer(v, v)
+    return picks
+
+
+def gp_rank(fit: bool = True, candidates: int = 1500, noise: float = 0.1, prediction: bool = True,
+            error_weight: bool = False, min_fit: int = 10, cover_fitted: bool = False) -> Ranker:
+    """Idea (b)+(c): ALC over a residual GP. Space: the covering's PSI-weighted encoding (+ v1's prediction in
+    target sds); once ``min_fit`` labels exist and ``fit``, an ARD RBF GP on the labels' honest residuals
+    (label - v1's logged prediction) rescales each axis by its fitted length scale. ``error_weight``: the
+    candidates' variance weighted by the GP's expected squared residual (mean² + var). ``cover_fitted``: k-means
+    covering in the fitted space instead of ALC."""
+    def rank(model, frame, n, seed, labelled, ctx):
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+        ref, v1 = ctx["ref"], ctx["v1"]
+        rng = np.random.default_rng(seed)
+        w = psi_weights(frame, ref)
+        scale = ctx["target_std"]
+
+        def space(f):
+            x = encode_weighted(f, ref, w)
+            if prediction:
+                x = np.hstack([x, (np.asarray(v1.predict(f, coerce=True), dtype=np.float64).reshape(-1) / scale)[:, None]])
+            return x
+
+        idx = rng.permutation(len(frame))[:candidates]
+        xc = space(frame.iloc[idx])
+        xl = space(labelled) if labelled is not None else np.zeros((0, xc.shape[1]))
+        keep = xc.std(axis=0) > 0
+        xc, xl = xc[:, keep], xl[:, keep]
+        weight, nz = None, noise
+        if fit and len(xl) >= min_fit:
+            resid = (ctx["known_y"].to_numpy(dtype=np.float64)
+                     - np.asarray(v1.predict(labelled, coerce=True), dtype=np.float64).reshape(-1)) / scale
+            base = _knn_scale(xc, n)
+            kernel = ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.full(xc.shape[1], base), (1e-2 * base, 1e3 * base)) \
+                + WhiteKernel(0.1, (1e-4, 10.0))
+            gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed).fit(xl, resid)
+            amp, ls_, white = gp.kernel_.k1.k1.constant_value, gp.kernel_.k1.k2.length_scale, gp.kernel_.k2.noise_level
+            if "ls" not in ctx.setdefault("printed", set()):
+                ctx["printed"].add("ls")
+                print("   length scales / base:", np.round(ls_ / base, 2), "noise/amp", round(white / amp, 3))
+            nz = float(np.clip(white / amp, 1e-3, 1.0))
+            if error_weight:
+                mean, std = gp.predict(xc, return_std=True)
+                weight = mean**2 + std**2
+            xc, xl = xc / ls_, xl / ls_
+        else:
+            s = _knn_scale(xc, n)
+            xc, xl = xc / s, xl / s
+        if cover_fitted:
+            return [frame.index[idx[i]] for i in cover(xc, xl, n, seed)]
+        return [frame.index[idx[i]] for i in _alc(xc, xl, n, nz, weight)]
+    return rank
+
+
 class Continue:
     """Idea 3: boosting continues from v1 (init_score = v1's raw score) on v1's training rows + the labels (each
     ``weight`` times), ``rounds`` more trees with v1's parameters; scored as v1 + the new trees. Ranking still
@@ -239,7 +326,7 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0,
     held0, _ = ls.split_shifted(shifted, sc, 0)
     loss = v1.metrics["test"][sc.metric] - ls.score(v1, held0, sc.metric)
     south = None
-    ctx = {"ref": v1.reference, "target_std": float(source[sc.target].std())}
+    ctx = {"ref": v1.reference, "target_std": float(source[sc.target].std()), "v1": v1}
     print(f"v1 loss {loss:.4f} (weight {weight})", flush=True)
     table: dict = {}
     for name, ranker in strategies.items():
@@ -252,6 +339,7 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0,
             for budget in BUDGETS:
                 left = pool.drop(index=chosen).drop(columns=[sc.target])
                 known = pool.loc[chosen].drop(columns=[sc.target]) if chosen else None
+                ctx["known_y"] = pool.loc[chosen, sc.target]
                 chosen += list(ranker(model, left, budget - len(chosen), seed, known, ctx))[: budget - len(chosen)]
                 model = refit(pool.loc[chosen])
                 if rounds and not warm:
@@ -297,6 +385,10 @@ CANDIDATES: dict[str, Ranker] = {
     "output_cover": output_cover(),
     "psi_output_cover": output_cover(psi=True),
     "tree_spread": tree_spread(),
+    "alc_fixed": gp_rank(fit=False),
+    "alc_fit": gp_rank(),
+    "alc_fit_err": gp_rank(error_weight=True),
+    "cover_fit": gp_rank(cover_fitted=True),
 }
 
 

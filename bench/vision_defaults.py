@@ -273,9 +273,15 @@ def main() -> None:
     parser.add_argument("--max-time", type=float, default=600.0, help="training.max_time per run (s)")
     parser.add_argument("--epochs", type=int, default=None, help="fixed epochs instead of fitting them to the budget")
     parser.add_argument("--tag", default="", help="suffix of the result key (keep an earlier run of a variant)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="training.seed of every run (split.seed is separate: one test set); "
+                             "the result key gets _seed<N>")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
     table = {**variants(), **recipe_variants(args.max_time)}
+    if args.seed is not None:
+        table = {name: with_seed(cfg, args.seed) for name, cfg in table.items()}
+        args.tag += f"_seed{args.seed}"
     if args.list:
         for name, cfg in table.items():
             print(name, json.dumps(cfg.get("features", {}).get("image", {})), json.dumps(cfg.get("training", {})))
@@ -291,6 +297,13 @@ def main() -> None:
         results[name + args.tag] = run(name + args.tag, table[name], args.max_time, args.epochs)
         # each run keeps its own max_time; the top-level one is the earlier research's default budget
         save(results, stored.get("max_time", args.max_time), stored.get("acceptance", {}))
+
+
+def with_seed(cfg: dict, seed: int) -> dict:
+    """``cfg`` trained with ``seed`` (the split has its own seed: the test set stays one)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.setdefault("training", {})["seed"] = seed
+    return cfg
 
 
 def save(results: dict, max_time: float, acceptance: dict) -> None:
