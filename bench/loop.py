@@ -68,13 +68,15 @@ def main() -> None:
     parser.add_argument("--only", choices=("recoded", "shift"), default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="shift: small sizes, a smoke run (prints; writes no results)")
+    parser.add_argument("--scenario", default=None, help="shift: re-measure only this scenario (california_north or "
+                        "adult_education); the other keeps its stored figures")
     args = parser.parse_args()
     if args.only in (None, "recoded"):
         recoded()
     if args.only in (None, "shift"):
         from bench.loop_shift import run
 
-        run(seeds=args.seeds, quick=args.quick)
+        run(seeds=args.seeds, quick=args.quick, only=args.scenario)
 
 
 def recoded() -> None:

@@ -355,15 +355,15 @@ def summarise(curves: dict, key: str, most: int) -> dict:
     return out
 
 
-NOTES = ("With LightGBM (no ensemble members) the queue's `uncertainty` for a regressor is novelty (the rows "
-         "rarest under v1's training reference, drifted columns weighted up) — here the northernmost blocks. A "
-         "one-seed pilot with a bagged LightGBM (4 folds, members that disagree) and an earlier queue (member "
-         "spread alone, greedy k-center for diverse) put uncertainty level with random (R² at 50/100/200/400/800 "
-         "labels: 0.680/0.699/0.739/0.761/0.805 vs random 0.665/0.721/0.748/0.781/0.805) at twice the cost per "
-         "fit, so it is not used here. `diverse` for such a regressor does not rank by novelty: it covers the traffic "
-         "(k-means over the window and the rows already labelled, the most typical row of each cluster no label covers "
-         "yet). With the novelty-ranked k-means of the previous run it needed 354 labels to random's 254 (of "
-         "recoverable) on california.")
+NOTES = ("With LightGBM (no ensemble members) the queue's `uncertainty` for a regressor is the doubt a label "
+         "settles (loopml/loop/covering.py: a Gaussian-process prior over the drift-weighted inputs and the prediction, "
+         "conditioned on the rows labelled so far; the next pick removes the most variance summed over the window). "
+         "Until 2026-12-04 it was novelty (the rarest inputs under v1's training reference), which picked the "
+         "northernmost blocks and needed 753 labels to random's 137 on california. `diverse` for such a regressor "
+         "covers the traffic (k-means over the window and the rows already labelled, the most typical row of each "
+         "cluster no label covers yet). A one-seed pilot with a bagged LightGBM (members that disagree) put member "
+         "spread level with random at twice the cost per fit, so it is not used here. bench/queue_research.py "
+         "measures candidate strategies on california in seconds (6 seeds).")
 
 
 def markdown(result: dict) -> str:
@@ -377,6 +377,7 @@ def markdown(result: dict) -> str:
              "|" + "---|" * 9]
     for name, r in result["scenarios"].items():
         w = r["warm_vs_scratch"]
+        when = f" (measured {r['measured']})" if "measured" in r else f" (measured {result['when'][:16]})"
         first = r["loop"].get("labels_at_first_promotion")
         promoted = f"promoted after {first} labels" if first else "(never promoted)"
 
@@ -389,7 +390,7 @@ def markdown(result: dict) -> str:
             return f"{counts} ({ratios})"
 
         lines.append(
-            f"| {name} | {r['metric']} | {r['v1_source_test']:.3f} → {r['v1_shifted']:.3f} ({r['loss']:.3f}) | "
+            f"| {name}{when} | {r['metric']} | {r['v1_source_test']:.3f} → {r['v1_shifted']:.3f} ({r['loss']:.3f}) | "
             f"{r['ceiling_shifted']:.3f} | {r['loop']['v2_shifted']:.3f} {promoted} "
             f"({r['loop']['recovered_share']:.0%} of the loss; "
             f"{r['loop']['recovered_share_of_recoverable']:.0%} of recoverable) | "
@@ -401,7 +402,9 @@ def markdown(result: dict) -> str:
         lines += ["", f"adult trained on age < 35 was screened out: {a['v1_source_test']:.3f} on its own test rows → "
                   f"{a['v1_shifted']:.3f} on age >= 35, and the ceiling with 8,000 labels is {a['ceiling_shifted']:.3f}: "
                   "the loss is the older group being harder to predict, not unseen, so labels cannot recover it."]
-    lines += ["", f"Total: {result['seconds'] / 60:.1f} min. Per-seed curves and the loop's gate reasons are in "
+    last = (f" The last run re-measured {result['remeasured']} only ({result['seconds_last'] / 60:.1f} min)."
+            if "remeasured" in result else "")
+    lines += ["", f"Total: {result['seconds'] / 60:.1f} min.{last} Per-seed curves and the loop's gate reasons are in "
               "loop_shift.json.", ""]
     return "\n".join(lines)
 
@@ -422,10 +425,13 @@ def screen_age(tmp: Path) -> dict:
     return out
 
 
-def run(seeds: int = 3, quick: bool = False) -> dict:
+def run(seeds: int = 3, quick: bool = False, only: str | None = None) -> dict:
+    """``only``: re-measure that scenario; the others keep their stored entries (each says when it was measured)."""
     global FEEDBACK
     started = time.perf_counter()
-    scenarios = SCENARIOS
+    scenarios = [s for s in SCENARIOS if only in (None, s.name)]
+    if not scenarios:
+        raise SystemExit(f"unknown scenario {only!r}; known: {', '.join(s.name for s in SCENARIOS)}")
     if quick:  # a smoke run: every step on small sizes
         FEEDBACK = 300
         scenarios = [Scenario(s.name, s.target, s.metric, s.shift, s.frames, 1500, 1500, (50, 200), s.learner)
@@ -433,10 +439,17 @@ def run(seeds: int = 3, quick: bool = False) -> dict:
     result: dict = {"seeds": seeds, "scenarios": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for sc in scenarios:
-            result["scenarios"][sc.name] = scenario(sc, Path(tmp), seeds)
-        if not quick:
+            result["scenarios"][sc.name] = {**scenario(sc, Path(tmp), seeds), "measured": time.strftime("%Y-%m-%d %H:%M")}
+        if not quick and only is None:
             result["screened_out"] = {"adult_age35": screen_age(Path(tmp))}
     result["seconds"] = time.perf_counter() - started
+    stored = RESULTS / "loop_shift.json"
+    if only is not None and not quick and stored.exists():
+        before = json.loads(stored.read_text())
+        if before.get("seeds") != seeds:
+            raise SystemExit(f"loop_shift.json has {before.get('seeds')} seeds; re-measure one scenario with as many")
+        result = {**before, "scenarios": {**before["scenarios"], **result["scenarios"]},
+                  "seconds_last": result["seconds"], "remeasured": only}
     if quick:  # a smoke run is not a result: the table is only built, so its code runs too
         markdown({"when": "now", "machine": {"cpus": os.cpu_count()}, **json.loads(json.dumps(result))})
         print(f"quick run done in {result['seconds'] / 60:.1f} min; nothing written (results come from a full run)")

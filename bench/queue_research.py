@@ -242,6 +242,35 @@ def gp_rank(fit: bool = True, candidates: int = 1500, noise: float = 0.1, predic
     return rank
 
 
+def oracle(kind: str = "cover") -> Ranker:
+    """Cheats (reads the pool's labels): how few labels a ranking that knew v1's errors would need. ``top``:
+    the largest |label - v1| first; ``cover``: covering (PSI-weighted inputs + prediction), the largest-error
+    row of each uncovered cluster; ``weighted``: k-means weighted by the squared error."""
+    def rank(model, frame, n, seed, labelled, ctx):
+        from sklearn.cluster import KMeans
+
+        v1 = ctx["v1"]
+        err = np.abs(ctx["pool_y"].loc[frame.index].to_numpy(dtype=np.float64)
+                     - np.asarray(v1.predict(frame, coerce=True), dtype=np.float64).reshape(-1))
+        if kind == "top":
+            return list(frame.index[np.argsort(-err)[:n]])
+        ref = ctx["ref"]
+        w = psi_weights(frame, ref)
+        x = encode_weighted(frame, ref, w)
+        known = encode_weighted(labelled, ref, w) if labelled is not None else np.zeros((0, x.shape[1]))
+        if kind == "cover":
+            return [frame.index[i] for i in cover(x, known, n, seed, pick="score", score=err)]
+        fit = KMeans(n, n_init=1, max_iter=20, random_state=seed).fit(x, sample_weight=err**2 + 1e-9)
+        d = ((x - fit.cluster_centers_[fit.labels_]) ** 2).sum(1)
+        out = []
+        for c in range(n):
+            m = np.flatnonzero(fit.labels_ == c)
+            if len(m):
+                out.append(frame.index[m[d[m].argmin()]])
+        return out
+    return rank
+
+
 class Continue:
     """Idea 3: boosting continues from v1 (init_score = v1's raw score) on v1's training rows + the labels (each
     ``weight`` times), ``rounds`` more trees with v1's parameters; scored as v1 + the new trees. Ranking still
@@ -340,6 +369,7 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0,
                 left = pool.drop(index=chosen).drop(columns=[sc.target])
                 known = pool.loc[chosen].drop(columns=[sc.target]) if chosen else None
                 ctx["known_y"] = pool.loc[chosen, sc.target]
+                ctx["pool_y"] = pool[sc.target]
                 chosen += list(ranker(model, left, budget - len(chosen), seed, known, ctx))[: budget - len(chosen)]
                 model = refit(pool.loc[chosen])
                 if rounds and not warm:
@@ -376,6 +406,7 @@ def run(strategies: dict[str, Ranker], seeds: int, weight: int, rounds: int = 0,
 CANDIDATES: dict[str, Ranker] = {
     "random": queue_strategy("random"),
     "diverse": queue_strategy("diverse"),
+    "uncertainty": queue_strategy("uncertainty"),
     "diverse_v1_reference": queue_strategy("diverse", v1_reference=True),
     "psi_cover": drifted_cover(),
     "psi_cover_sqrt": drifted_cover(power=0.5),
@@ -389,6 +420,9 @@ CANDIDATES: dict[str, Ranker] = {
     "alc_fit": gp_rank(),
     "alc_fit_err": gp_rank(error_weight=True),
     "cover_fit": gp_rank(cover_fitted=True),
+    "oracle_top": oracle("top"),
+    "oracle_cover": oracle("cover"),
+    "oracle_weighted": oracle("weighted"),
 }
 
 

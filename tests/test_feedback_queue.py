@@ -146,7 +146,31 @@ def test_regression_says_whether_members_disagree_or_inputs_are_novel(tmp_path):
     lone = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(df, progress=False,
                                                                                              cache_dir=False)
     rows = rank_candidates(lone, frame, 5)
-    assert rows[0]["index"] == 0 and rows[0]["reason"].startswith("novelty (no ensemble members to disagree): a=9")
+    assert all("no members to disagree, so the doubt is a kernel's" in r["reason"] for r in rows), rows
+    assert rows[0]["index"] != 0, rows  # a lone outlier settles only itself: novelty (``drift``) ranks it first
+    assert rank_candidates(lone, frame, 1, "drift")[0]["index"] == 0
+
+
+def test_uncertainty_without_members_settles_dense_regions_first_and_counts_labels_as_settled():
+    """Two dense groups and far outliers: the first two picks settle one group each, never an outlier (the
+    rarest inputs, which novelty ranked first); with one group labelled the first pick is in the other."""
+    df = make(300, 5).assign(label=lambda d: d.a * 2 + d.b)
+    lone = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(df, progress=False,
+                                                                                             cache_dir=False)
+    rng = np.random.default_rng(3)
+    groups = [pd.DataFrame({"a": rng.normal(c, 0.05, 60), "b": rng.normal(c, 0.05, 60), "kind": "x"}) for c in (-1, 1)]
+    outliers = pd.DataFrame({"a": [8.0, -8.0, 8.0], "b": [8.0, 8.0, -8.0], "kind": "x"})
+    frame = pd.concat([*groups, outliers], ignore_index=True)
+    picks = rank_candidates(lone, frame, 2, "uncertainty")
+    assert sorted(int(frame.loc[r["index"], "a"] > 0) for r in picks) == [0, 1], picks
+    assert all(abs(frame.loc[r["index"], "a"]) < 2 for r in picks), picks
+    assert picks[0]["score"] > 3 and "settles the doubt of ~" in picks[0]["reason"], picks
+    whole = {int(r["index"]): r["score"] for r in rank_candidates(lone, frame, 500, "uncertainty")}
+    assert all(whole[i] < 1.0 for i in (120, 121, 122)), whole  # an outlier settles only itself (label noise: < 1)
+    assert {int(r["index"]) for r in rank_candidates(lone, frame, 3, "drift")} == {120, 121, 122}
+    nxt = rank_candidates(lone, frame, 1, "uncertainty", labelled=groups[0].iloc[:5])
+    assert frame.loc[nxt[0]["index"], "a"] > 0 and abs(frame.loc[nxt[0]["index"], "a"]) < 2, nxt
+    assert len(rank_candidates(lone, frame, 500, "uncertainty")) == len(frame)
 
 
 def test_diverse_for_a_regressor_without_members_covers_the_dense_regions_labels_leave_open(tmp_path):

@@ -3,7 +3,8 @@
 Strategies (``STRATEGIES``):
 - ``uncertainty``: classifiers by the margin between the two most probable classes (entropy breaks
   ties); regressors by how much the ensemble's or bagged folds' members disagree, or — for a learner
-  without members — by novelty (how rare the inputs are in training), and the reason says which.
+  without members — by the doubt a label settles (``covering.settle``: a Gaussian-process prior over the
+  drift-weighted inputs and the prediction, conditioned on the rows already labelled), and the reason says which.
 - ``drift``: inputs whose values are rare under the training reference, a column weighted up by how
   far it drifts in the candidate window (its PSI), so drifted regions come first.
 - ``diverse``: k-means on the standardised, encoded inputs of the most uncertain rows, the most
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from loopml.errors import LoopmlError
-from loopml.loop import drift
+from loopml.loop import covering, drift
 
 STRATEGIES = ("uncertainty", "drift", "diverse", "random")
 #: the newest this many unlabelled predictions are ranked
@@ -49,7 +50,8 @@ def check_strategy(strategy: str) -> str:
 def rank_candidates(model: Any, frame: pd.DataFrame, n: int, strategy: str = "uncertainty", *, seed: int = 0,
                     reference: dict | None = None, labelled: pd.DataFrame | None = None) -> list[dict]:
     """Up to ``n`` rows of ``frame`` as ``{"index", "score", "reason"}``, best first (``index``: the frame's label).
-    ``labelled``: inputs that already have a label (``diverse`` covers the regions they leave uncovered)."""
+    ``labelled``: inputs that already have a label (``diverse`` covers the regions they leave uncovered, and for a
+    regressor without members ``uncertainty`` counts them as settled)."""
     check_strategy(strategy)
     if n < 1:
         raise LoopmlError(f"n must be at least 1 (got {n})")
@@ -65,9 +67,10 @@ def rank_candidates(model: Any, frame: pd.DataFrame, n: int, strategy: str = "un
     if strategy == "drift":
         scores, reasons = rarity(frame, ref, weighted=True)
         return _top(frame, scores, reasons, n)
-    if strategy == "diverse" and not has_doubt(model):
+    if strategy in ("diverse", "uncertainty") and not has_doubt(model):
         known = _model_columns(model, labelled) if labelled is not None and len(labelled) else None
-        return _representative(model, frame, n, ref, seed, known)
+        choose = _representative if strategy == "diverse" else _settle
+        return choose(model, frame, n, ref, seed, known)
     scores, reasons = uncertainty(model, frame, ref)
     if strategy == "uncertainty":
         return _top(frame, scores, reasons, n)
@@ -93,7 +96,8 @@ def feedback_queue(store: Any, name: str, n: int = 50, strategy: str = "uncertai
     if labelled:  # a twin of a labelled case teaches a retrain nothing either: it leaves the queue with it
         frame = frame[_not_labelled(model, frame, pd.DataFrame(labelled))]
     ranked = rank_candidates(model, frame, n, strategy, seed=seed,
-                             labelled=pd.DataFrame(labelled) if labelled and strategy == "diverse" else None)
+                             labelled=pd.DataFrame(labelled) if labelled and strategy in ("diverse", "uncertainty")
+                             else None)
     out = []
     for r in ranked:
         row = rows[r["index"]]
@@ -319,43 +323,59 @@ def _representative(model: Any, frame: pd.DataFrame, n: int, ref: dict, seed: in
     Novelty as the ranking picks the extremes of the drifted region; on california (trained south, traffic
     north) it needed 6x the labels random did, plain cluster centres 0.65-0.8x, PSI-weighted inputs + the
     prediction 0.64x of random's labels over 6 seeds (bench/queue_research.py, bench/results/queue_research.md)."""
-    from sklearn.cluster import KMeans
-
     rng = np.random.default_rng(seed)
-    pool = np.sort(rng.permutation(len(frame))[:REPRESENTATIVE_POOL])
-    weights = _psi_weights(frame, ref)
-    scale = _prediction_scale(model, ref)
-    window = frame.iloc[pool]
-    predicted = _predicted(model, window)
-    x = _covering_space(window, predicted, ref, weights, scale)
-    if labelled is not None:
-        labelled = labelled.iloc[:REPRESENTATIVE_POOL]
-        known = _covering_space(labelled, _predicted(model, labelled), ref, weights, scale)
-    else:
-        known = np.zeros((0, x.shape[1]))
-    both = np.vstack([x, known])
-    k = min(n + len(known), len(np.unique(both, axis=0)))
-    if k < 1:
-        return []
-    fit = KMeans(k, n_init=1, max_iter=20, random_state=seed).fit(both) if k > 1 else None
-    labels = fit.labels_ if fit is not None else np.zeros(len(both), int)
-    centres = fit.cluster_centers_ if fit is not None else both.mean(axis=0, keepdims=True)
-    covered = set(labels[len(x):].tolist())
-    dist = ((x - centres[labels[: len(x)]]) ** 2).sum(axis=1)
-    picks = []
-    for c in range(k):
-        members = np.flatnonzero(labels[: len(x)] == c)
-        if c not in covered and len(members):
-            picks.append((int(members[dist[members].argmin()]), len(members)))
-    picks.sort(key=lambda p: -p[1])
-    drifted = [c for c, _ in sorted(weights.items(), key=lambda cw: -cw[1])[:2] if weights[c] > 0]
-    out = [_row(frame.index[pool[i]], size / len(x), f"typical of {size} similar unlabelled row{'s' if size != 1 else ''}"
-                f" ({_region(window.iloc[i], drifted, predicted[i])}; the model has no members to disagree, so the "
-                f"queue covers the traffic)") for i, size in picks[:n]]
+    space = _Space(model, frame, ref, labelled, REPRESENTATIVE_POOL, rng)
+    picks = covering.cover(space.x, space.known, n, seed)[:n]
+    out = [_row(frame.index[space.pool[i]], size / len(space.x), f"typical of {size} similar unlabelled "
+                f"row{'s' if size != 1 else ''} ({space.region(i)}; the model has no members to disagree, so the queue "
+                "covers the traffic)") for i, size in picks]
     # clusters the labels already cover, or inputs the encoding cannot tell apart: topped up at random
-    chosen = {pool[i] for i, _ in picks[:n]}
-    rest = [i for i in rng.permutation(len(frame)) if i not in chosen][: max(n - len(out), 0)]
-    return out + [_row(frame.index[i], 0.0, "random pick: every cluster has its row or a label") for i in rest]
+    return out + _random_rest(frame, {space.pool[i] for i, _ in picks}, n - len(out), rng,
+                              "random pick: every cluster has its row or a label")
+
+
+def _settle(model: Any, frame: pd.DataFrame, n: int, ref: dict, seed: int, labelled: pd.DataFrame | None) -> list[dict]:
+    """``uncertainty`` for a regressor without members: the rows whose label settles the most doubt
+    (``covering.settle``) in ``_representative``'s space, the labelled rows counted as settled."""
+    rng = np.random.default_rng(seed)
+    space = _Space(model, frame, ref, labelled, max(covering.SETTLE_CANDIDATES, min(n, covering.SETTLE_GREEDY)), rng)
+    length = covering.length_scale(space.x)
+    per_row = len(frame) / len(space.x)  # a candidate stands for this many window rows
+    picks = covering.settle(space.x / length, space.known / length, n)
+    out = [_row(frame.index[space.pool[i]], gain * per_row, f"a label here settles the doubt of ~{gain * per_row:.0f} "
+                f"row{'s' if round(gain * per_row) != 1 else ''} (its own {own:.2f} of 1; {space.region(i)}; the model "
+                "has no members to disagree, so the doubt is a kernel's over the drift-weighted inputs and the "
+                "prediction)") for i, gain, own in picks]
+    return out + _random_rest(frame, {space.pool[i] for i, _, _ in picks}, n - len(out), rng,
+                              "random pick: past the rows scored")
+
+
+class _Space:
+    """The covering space of a window sample (``pool``: positions in the frame) and of the labelled rows: each
+    input column's encoding scaled by sqrt(its PSI in the window), plus the prediction in target sds."""
+
+    def __init__(self, model: Any, frame: pd.DataFrame, ref: dict, labelled: pd.DataFrame | None, size: int,
+                 rng: np.random.Generator) -> None:
+        self.pool = np.sort(rng.permutation(len(frame))[:size])
+        self.weights = _psi_weights(frame, ref)
+        scale = _prediction_scale(model, ref)
+        self.window = frame.iloc[self.pool]
+        self.predicted = _predicted(model, self.window)
+        self.x = _covering_space(self.window, self.predicted, ref, self.weights, scale)
+        if labelled is not None:
+            labelled = labelled.iloc[:REPRESENTATIVE_POOL]
+            self.known = _covering_space(labelled, _predicted(model, labelled), ref, self.weights, scale)
+        else:
+            self.known = np.zeros((0, self.x.shape[1]))
+        self.drifted = [c for c, _ in sorted(self.weights.items(), key=lambda cw: -cw[1])[:2] if self.weights[c] > 0]
+
+    def region(self, i: int) -> str:
+        return _region(self.window.iloc[i], self.drifted, self.predicted[i])
+
+
+def _random_rest(frame: pd.DataFrame, chosen: set, n: int, rng: np.random.Generator, reason: str) -> list[dict]:
+    rest = [i for i in rng.permutation(len(frame)) if i not in chosen][: max(n, 0)]
+    return [_row(frame.index[i], 0.0, reason) for i in rest]
 
 
 def _psi_weights(frame: pd.DataFrame, ref: dict) -> dict[str, float]:
