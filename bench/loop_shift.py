@@ -448,7 +448,8 @@ def run(seeds: int = 3, quick: bool = False, only: str | None = None) -> dict:
         before = json.loads(stored.read_text())
         if before.get("seeds") != seeds:
             raise SystemExit(f"loop_shift.json has {before.get('seeds')} seeds; re-measure one scenario with as many")
-        result = {**before, "scenarios": {**before["scenarios"], **result["scenarios"]},
+        kept = {k: {"measured": before["when"][:16], **v} for k, v in before["scenarios"].items()}
+        result = {**before, "scenarios": {**kept, **result["scenarios"]},
                   "seconds_last": result["seconds"], "remeasured": only}
     if quick:  # a smoke run is not a result: the table is only built, so its code runs too
         markdown({"when": "now", "machine": {"cpus": os.cpu_count()}, **json.loads(json.dumps(result))})
@@ -456,5 +457,5 @@ def run(seeds: int = 3, quick: bool = False, only: str | None = None) -> dict:
         return result
     path = write_result("loop_shift", result)
     (RESULTS / "loop_shift.md").write_text(markdown(json.loads(path.read_text())))
-    print(f"written {path} and loop_shift.md ({result['seconds'] / 60:.1f} min)")
+    print(f"written {path} and loop_shift.md ({result.get('seconds_last', result['seconds']) / 60:.1f} min)")
     return result
