@@ -146,7 +146,7 @@ def test_regression_says_whether_members_disagree_or_inputs_are_novel(tmp_path):
     lone = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(df, progress=False,
                                                                                              cache_dir=False)
     rows = rank_candidates(lone, frame, 5)
-    assert all("no members to disagree, so the doubt is a kernel's" in r["reason"] for r in rows), rows
+    assert all("members to disagree, so the doubt is a kernel's" in r["reason"] for r in rows), rows
     assert rows[0]["index"] != 0, rows  # a lone outlier settles only itself: novelty (``drift``) ranks it first
     assert rank_candidates(lone, frame, 1, "drift")[0]["index"] == 0
 

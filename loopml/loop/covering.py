@@ -23,6 +23,8 @@ SETTLE_CANDIDATES = 2000
 SETTLE_GREEDY = 500
 #: settle: the kernel's reach, as the number of regions the candidates are split into
 SETTLE_REGIONS = 50
+#: settle: labelled rows conditioned on at most (those nearest to the candidates)
+SETTLE_KNOWN = 1000
 #: settle: the label noise relative to the prior variance (a label settles a row, not perfectly)
 SETTLE_NOISE = 0.1
 
@@ -60,10 +62,10 @@ def _category_index(r: dict) -> dict:
     return {canonical_key(v): i for i, v in enumerate(r["values"])}
 
 
-def spread(x: np.ndarray, order: np.ndarray, n: int) -> list[int]:
+def spread(x: np.ndarray, order: np.ndarray, n: int) -> tuple[list[int], int]:
     """The first ``n`` positions of ``order``, one passed over while its row of ``x`` lies within the median
     nearest-neighbour distance (over ``x``) of a position already taken; the passed-over ones top the list up,
-    in order, when too few are left."""
+    in order, when too few are left. Also how many lead the list before the passed-over ones."""
     from sklearn.neighbors import NearestNeighbors
 
     near = float(np.median(NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)[0][:, 1]))
@@ -76,7 +78,7 @@ def spread(x: np.ndarray, order: np.ndarray, n: int) -> list[int]:
             passed.append(int(i))
         else:
             picked.append(int(i))
-    return picked + passed[: n - len(picked)]
+    return picked + passed[: n - len(picked)], len(picked)
 
 
 def cover(x: np.ndarray, known: np.ndarray, n: int, seed: int) -> list[tuple[int, int]]:
@@ -115,6 +117,19 @@ def length_scale(x: np.ndarray) -> float:
     return scale if scale > 0 else 1.0
 
 
+def _nearest_known(x: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """At most SETTLE_KNOWN labelled rows: those nearest to the most candidates (the conditioning solve grows
+    with the cube of the labelled rows; a label far from every candidate settles none of them anyway)."""
+    if len(known) <= SETTLE_KNOWN:
+        return known
+    from sklearn.neighbors import NearestNeighbors
+
+    nearest = NearestNeighbors(n_neighbors=1).fit(known).kneighbors(x, return_distance=False)[:, 0]
+    counts = np.bincount(nearest, minlength=len(known))
+    keep = np.argsort(-counts, kind="stable")[:SETTLE_KNOWN]
+    return known[np.sort(keep)]
+
+
 def settle(x: np.ndarray, known: np.ndarray, n: int, noise: float = SETTLE_NOISE) -> list[tuple[int, float, float]]:
     """Up to ``n`` rows of ``x`` as (position, variance settled summed over ``x``, the row's own posterior
     variance before its label), best first; ``x`` and ``known`` scaled by ``length_scale`` already."""
@@ -122,6 +137,7 @@ def settle(x: np.ndarray, known: np.ndarray, n: int, noise: float = SETTLE_NOISE
         d = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
         return np.exp(-0.5 * np.maximum(d, 0.0))
 
+    known = _nearest_known(x, known)
     cov = kernel(x, x)
     if len(known):
         cross = kernel(x, known)

@@ -340,12 +340,17 @@ def _settle(model: Any, frame: pd.DataFrame, n: int, ref: dict, seed: int, label
     length = covering.length_scale(space.x)
     per_row = len(frame) / len(space.x)  # a candidate stands for this many window rows
     picks = covering.settle(space.x / length, space.known / length, n)
-    out = [_row(frame.index[space.pool[i]], gain * per_row, f"a label here settles the doubt of ~{gain * per_row:.0f} "
-                f"row{'s' if round(gain * per_row) != 1 else ''} (its own {own:.2f} of 1; {space.region(i)}; the model "
-                "has no members to disagree, so the doubt is a kernel's over the drift-weighted inputs and the "
-                "prediction)") for i, gain, own in picks]
+    out = [_row(frame.index[space.pool[i]], gain * per_row, f"a label here settles {_rows_worth(gain * per_row)} "
+                f"(its own {own:.2f} of 1; {space.region(i)}; no ensemble members to disagree, so the doubt is a "
+                "kernel's over the drift-weighted inputs and the prediction)") for i, gain, own in picks]
     return out + _random_rest(frame, {space.pool[i] for i, _, _ in picks}, n - len(out), rng,
                               "random pick: past the rows scored")
+
+
+def _rows_worth(rows: float) -> str:
+    if rows < 0.5:
+        return "less than one row's doubt (the rows like it are labelled or settled)"
+    return f"the doubt of ~{rows:.0f} row{'s' if round(rows) != 1 else ''}"
 
 
 class _Space:
@@ -457,7 +462,13 @@ def _spread(frame: pd.DataFrame, scores: np.ndarray, reasons: list[str], n: int,
     order = np.argsort(-scores, kind="stable")
     if len(frame) < 3:
         return _top(frame, scores, reasons, n)
-    return [_row(frame.index[i], float(scores[i]), reasons[i]) for i in covering.spread(encode(frame, ref), order, n)]
+    picked, lead = covering.spread(encode(frame, ref), order, n)
+    out = [_row(frame.index[i], float(scores[i]), reasons[i]) for i in picked[:lead]]
+    last = out[-1]["score"] if out else 0.0
+    for i in picked[lead:]:  # near-twins last: scored no higher than the row above, so scores stay ordered
+        last = min(last, float(scores[i]))
+        out.append(_row(frame.index[i], last, f"{reasons[i]}; a near-twin of a row ranked above"))
+    return out
 
 
 def _top(frame: pd.DataFrame, scores: np.ndarray, reasons: list[str], n: int) -> list[dict]:
