@@ -285,6 +285,16 @@ def settle_regions(regions: int, strategy: str = "uncertainty") -> Ranker:
     return rank
 
 
+def _settle_space(model, frame: pd.DataFrame, labelled: pd.DataFrame | None, seed: int):
+    """The queue's covering space of a settle ranking and its kernel length scale."""
+    from loopml.loop import covering
+
+    known = queue._model_columns(model, labelled) if labelled is not None else None
+    space = queue._Space(model, queue._model_columns(model, frame), model.reference, known,
+                         covering.SETTLE_CANDIDATES, np.random.default_rng(seed))
+    return space, covering.length_scale(space.x)
+
+
 def settled_pool(factor: int = 5) -> Ranker:
     """diverse like the classifiers': k-means over the ``factor`` x n rows a label settles most (the greedy
     settle order), per cluster its best-settling row."""
@@ -293,11 +303,7 @@ def settled_pool(factor: int = 5) -> Ranker:
     def rank(model, frame, n, seed, labelled, ctx):
         from sklearn.cluster import KMeans
 
-        rng = np.random.default_rng(seed)
-        known = queue._model_columns(model, labelled) if labelled is not None else None
-        space = queue._Space(model, queue._model_columns(model, frame), model.reference, known,
-                             covering.SETTLE_CANDIDATES, rng)
-        length = covering.length_scale(space.x)
+        space, length = _settle_space(model, frame, labelled, seed)
         order = covering.settle(space.x / length, space.known / length, min(factor * n, len(space.x)))
         idx = np.array([i for i, _, _ in order])
         gain = np.array([g for _, g, _ in order])
@@ -319,11 +325,7 @@ def cover_then_settle() -> Ranker:
     def rank(model, frame, n, seed, labelled, ctx):
         from sklearn.cluster import KMeans
 
-        rng = np.random.default_rng(seed)
-        known = queue._model_columns(model, labelled) if labelled is not None else None
-        space = queue._Space(model, queue._model_columns(model, frame), model.reference, known,
-                             covering.SETTLE_CANDIDATES, rng)
-        length = covering.length_scale(space.x)
+        space, length = _settle_space(model, frame, labelled, seed)
         full = covering.settle(space.x / length, space.known / length, len(space.x))
         gain = np.zeros(len(space.x))
         for rank_, (i, _, _) in enumerate(full):
