@@ -89,6 +89,7 @@ def variants() -> dict[str, dict]:
 def recipe_variants(max_time: float) -> dict[str, dict]:
     """``recipe`` (no config but the budget) and the recipe's resolved config minus one default each."""
     from loopml.config import load_config
+    from loopml.train.recipe_media import MIXUP_MEASURED
     from loopml.train.recipes import apply_recipe
 
     given = {"target": "label", "training": {"max_time": max_time}}
@@ -106,6 +107,8 @@ def recipe_variants(max_time: float) -> dict[str, dict]:
         "recipe": given,
         "recipe_minus_label_smoothing": minus(lambda t, f: t.update(label_smoothing=0.0)),
         "recipe_minus_mixup": minus(lambda t, f: t.update(mixup=None)),
+        # mixup is off by default since 2026-12-04 (recipe_media.MIXUP_MEASURED): this one puts it back
+        "recipe_plus_mixup": minus(lambda t, f: t.update(mixup=dict(MIXUP_MEASURED))),
         "recipe_minus_ema": minus(lambda t, f: t.update(ema=None)),
         "recipe_minus_onecycle": minus(lambda t, f: t.update(scheduler={
             "type": "cosine", "interval": "epoch", "warmup_epochs": max(1, round(warmup))})),

@@ -20,7 +20,13 @@ from loopml.train.recipes import FULL_BUDGET, RECIPES, REFERENCE_AUDIO_SECONDS, 
 TARGET_STEPS = 10_000
 #: the believed-in values, one place for the ablation to switch off (None = off)
 LABEL_SMOOTHING = 0.1
-MIXUP = {"alpha": 0.2, "cutmix_alpha": 1.0, "prob": 0.5}
+#: mixup/cutmix as measured (``training.mixup`` with these values turns it on). Not a default: on the CIFAR subset
+#: it cost accuracy on average (test accuracy with minus without, one seed each, bench/results/vision_defaults.md):
+#: -1.15 points at 7 ResNet epochs (AVX2, 300 s), -0.65 at ~120 epochs (AMX, 300 s), +0.10 at ~82 epochs
+#: (AVX512-BF16, 900 s); label smoothing (+1.3, -0.1, -0.1) and EMA (-0.5, +0.25 and +6 on a loaded AVX2 run)
+#: helped on average and stay
+MIXUP_MEASURED = {"alpha": 0.2, "cutmix_alpha": 1.0, "prob": 0.5}
+MIXUP: dict | None = None
 #: mixing and EMA need enough rows (steps) to pay off
 MIX_MIN_ROWS = 1_000
 #: ... and a long schedule: on the CIFAR subset at 7 epochs (385 steps, bench/vision_defaults.md) mixup/cutmix cost
