@@ -57,12 +57,23 @@ def seeded(tmp_path, trained):
     store.register("clf", path=model_dir)
     store.promote("clf", 1)
     traffic = make(240, 1).drop(columns=["label"])
-    traffic.loc[5, ["a", "note"]] = [0.0, SCRIPT]  # on the boundary: the queue ranks it first
+    traffic.loc[5, ["a", "note"]] = [_on_the_boundary(model, traffic.loc[5, "b"]), SCRIPT]  # the queue ranks it first
     ids = _log(store, traffic, model, time.time() - 100)
     monitor(store, "clf", last=120)  # two windows: the second over the same rows, a little later
     monitor(store, "clf", last=200)
     client = TestClient(create_ui_app(UISettings(admin_token="t"), store=store))
     return store, client, ids
+
+
+def _on_the_boundary(model, b: float) -> float:
+    """The ``a`` at which the model is least sure of a row with this ``b`` and the script as its note (the margin
+    nearest 0, found on a coarse then a fine grid): the most uncertain row, whatever its near neighbours."""
+    centre, width = 0.0, 2.0
+    for _ in range(3):
+        grid = np.linspace(centre - width, centre + width, 201)
+        proba = model.predictions(pd.DataFrame({"a": grid, "b": b, "note": SCRIPT})).iloc[:, 1].to_numpy()
+        centre, width = float(grid[np.abs(proba - 0.5).argmin()]), width / 50
+    return centre
 
 
 def _feedback(store: Store) -> list[dict]:
