@@ -151,16 +151,23 @@ def test_regression_says_whether_members_disagree_or_inputs_are_novel(tmp_path):
     assert rank_candidates(lone, frame, 1, "drift")[0]["index"] == 0
 
 
-def test_uncertainty_without_members_settles_dense_regions_first_and_counts_labels_as_settled():
-    """Two dense groups and far outliers: the first two picks settle one group each, never an outlier (the
-    rarest inputs, which novelty ranked first); with one group labelled the first pick is in the other."""
+@pytest.fixture(scope="module")
+def two_groups_and_outliers():
+    """A regressor without members, and traffic of two dense groups (a, b near -1 and near 1) plus three far
+    outliers (rows 120-122)."""
     df = make(300, 5).assign(label=lambda d: d.a * 2 + d.b)
     lone = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(df, progress=False,
                                                                                              cache_dir=False)
     rng = np.random.default_rng(3)
     groups = [pd.DataFrame({"a": rng.normal(c, 0.05, 60), "b": rng.normal(c, 0.05, 60), "kind": "x"}) for c in (-1, 1)]
     outliers = pd.DataFrame({"a": [8.0, -8.0, 8.0], "b": [8.0, 8.0, -8.0], "kind": "x"})
-    frame = pd.concat([*groups, outliers], ignore_index=True)
+    return lone, groups, pd.concat([*groups, outliers], ignore_index=True)
+
+
+def test_uncertainty_without_members_settles_dense_regions_first_and_counts_labels_as_settled(two_groups_and_outliers):
+    """Two dense groups and far outliers: the first two picks settle one group each, never an outlier (the
+    rarest inputs, which novelty ranked first); with one group labelled the first pick is in the other."""
+    lone, groups, frame = two_groups_and_outliers
     picks = rank_candidates(lone, frame, 2, "uncertainty")
     assert sorted(int(frame.loc[r["index"], "a"] > 0) for r in picks) == [0, 1], picks
     assert all(abs(frame.loc[r["index"], "a"]) < 2 for r in picks), picks
@@ -173,16 +180,10 @@ def test_uncertainty_without_members_settles_dense_regions_first_and_counts_labe
     assert len(rank_candidates(lone, frame, 500, "uncertainty")) == len(frame)
 
 
-def test_diverse_for_a_regressor_without_members_covers_the_dense_regions_labels_leave_open(tmp_path):
+def test_diverse_for_a_regressor_without_members_covers_the_dense_regions_labels_leave_open(two_groups_and_outliers):
     """Two dense groups of traffic and a few far outliers: the representative picks come from the groups,
     one per group, never an outlier; with one group already labelled the next pick is the other group."""
-    df = make(300, 5).assign(label=lambda d: d.a * 2 + d.b)
-    lone = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(df, progress=False,
-                                                                                             cache_dir=False)
-    rng = np.random.default_rng(3)
-    groups = [pd.DataFrame({"a": rng.normal(c, 0.05, 60), "b": rng.normal(c, 0.05, 60), "kind": "x"}) for c in (-1, 1)]
-    outliers = pd.DataFrame({"a": [8.0, -8.0, 8.0], "b": [8.0, 8.0, -8.0], "kind": "x"})
-    frame = pd.concat([*groups, outliers], ignore_index=True)
+    lone, groups, frame = two_groups_and_outliers
     picks = rank_candidates(lone, frame, 2, "diverse")
     assert sorted(int(frame.loc[r["index"], "a"] > 0) for r in picks) == [0, 1], picks
     assert all(r["reason"].startswith("typical of ") for r in picks), picks
