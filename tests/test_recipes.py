@@ -40,7 +40,7 @@ def test_image_settings_follow_size_rows_and_channels():
     assert training.precision == "bf16" and training.channels_last
     assert training.scheduler.type == "onecycle" and training.scheduler.interval == "step"
     assert training.optimizer.type == "adamw" and training.label_smoothing == 0.1
-    assert training.mixup is None and training.ema is not None  # mixing never helped here (recipe_media.MIXUP)
+    assert training.mixup is None and training.ema is not None  # mixing cost accuracy on average (recipe_media.MIXUP)
     assert training.max_time == 900 and training.plan_to_max_time and training.batch_size == 128
     assert choice.budget.source.startswith("default")
 
@@ -205,7 +205,7 @@ def test_unreadable_data_is_left_to_preparation(tmp_path):
 
 def test_mixup_and_the_resnet_only_where_the_budget_gives_a_long_schedule(monkeypatch):
     # the same 10k photos in 15 min: ~100 bf16 ResNet epochs on AMX; ~27 fp32 ones on a plain AVX2 CPU, too few.
-    # Mixing is off by default (it never helped on the CIFAR subset); switched on, it keeps to long schedules
+    # Mixing is off by default (it cost accuracy on average on the CIFAR subset); switched on, it keeps to long schedules
     from loopml.train import recipe_media
 
     photos = _images(10_000, (32, 32), 3)

@@ -47,7 +47,7 @@ def encode(frame: pd.DataFrame, ref: dict) -> np.ndarray:
             missing = np.isnan(z)
             parts += [np.clip(np.nan_to_num(z), -10, 10)[:, None], missing[:, None].astype(np.float64)]
         elif r["kind"] == "category":
-            index = _category_index(r)
+            index = category_index(r)
             codes = np.array([index.get(k, len(index)) if k is not None else len(index) + 1
                               for k in canonical_keys(values)])
             parts.append(np.eye(len(index) + 2)[codes])
@@ -56,7 +56,8 @@ def encode(frame: pd.DataFrame, ref: dict) -> np.ndarray:
     return np.hstack(parts)
 
 
-def _category_index(r: dict) -> dict:
+def category_index(r: dict) -> dict:
+    """A category reference's values by canonical key, to their position (the one-hot column)."""
     from loopml.features.base import canonical_key
 
     return {canonical_key(v): i for i, v in enumerate(r["values"])}

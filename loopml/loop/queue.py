@@ -29,7 +29,7 @@ import pandas as pd
 
 from loopml.errors import LoopmlError
 from loopml.loop import covering, drift
-from loopml.loop.covering import _category_index, encode
+from loopml.loop.covering import category_index, encode
 
 STRATEGIES = ("uncertainty", "drift", "diverse", "random")
 #: the newest this many unlabelled predictions are ranked
@@ -254,7 +254,7 @@ def _value_share(values: pd.Series, r: dict) -> tuple[np.ndarray, np.ndarray]:
     from loopml.features.base import canonical_keys
 
     hist = np.asarray(r["histogram"], dtype=np.float64)
-    known = {k: hist[i] for k, i in _category_index(r).items()}
+    known = {k: hist[i] for k, i in category_index(r).items()}
     listed = len(r["values"])
     # a value outside the top values is rarer than the rarest listed, and at most the whole "other" bucket
     unlisted = min(hist[listed], hist[:listed].min(initial=1.0))
@@ -274,7 +274,7 @@ def _rare_line(col: str, value: object, p: float, r: dict) -> str:
         return f"{col}={shown} is outside the training range" if number else f"{col}={shown} was not seen in training"
     if p >= 0.1:
         return f"no rare values (the rarest: {col}={shown}, p={_pct(p)})"
-    bound = "≤" if not number and key not in _category_index(r) else "="
+    bound = "≤" if not number and key not in category_index(r) else "="
     return f"{col}={shown} is rare in training (p{bound}{_pct(p)})"
 
 
@@ -335,7 +335,7 @@ def _settle(model: Any, frame: pd.DataFrame, n: int, ref: dict, seed: int, label
     """``uncertainty`` for a regressor without members: the rows whose label settles the most doubt
     (``covering.settle``) in ``_representative``'s space, the labelled rows counted as settled."""
     rng = np.random.default_rng(seed)
-    space = _Space(model, frame, ref, labelled, max(covering.SETTLE_CANDIDATES, min(n, covering.SETTLE_GREEDY)), rng)
+    space = _Space(model, frame, ref, labelled, covering.SETTLE_CANDIDATES, rng)
     length = covering.length_scale(space.x)
     per_row = len(frame) / len(space.x)  # a candidate stands for this many window rows
     picks = covering.settle(space.x / length, space.known / length, n)
