@@ -320,6 +320,22 @@ def test_retrain_learns_from_queue_chosen_labels(trained, tmp_path, monkeypatch,
     lineage = store.get_version("clf", decision["candidate_version"])["lineage"]  # promoted or not
     assert set(lineage["feedback_ids"]) | set(lineage["held_back_ids"]) == written, lineage
     assert len(lineage["feedback_ids"]) == 70
+    # the queue's order is the labels' order: the held-back 30 are every third label, not its 30 lowest-ranked picks
+    order = sorted(written)
+    spots = [order.index(i) for i in lineage["held_back_ids"]]
+    assert min(spots) < 10 and max(spots) == 99 and max(np.diff(spots)) <= 4, spots
+
+
+@pytest.mark.parametrize(("rows", "held"), [(10, 3), (100, 30), (600, 180), (7, 7), (5, 1), (31, 30), (1000, 1)])
+def test_holdout_spread_holds_back_exactly_the_share_evenly_and_newest_the_tail(rows, held):
+    from loopml.loop.retrain import holdout_mask
+
+    spread, newest = holdout_mask(rows, held), holdout_mask(rows, held, "newest")
+    assert spread.sum() == held == newest.sum()
+    assert newest[rows - held:].all()
+    spots = np.flatnonzero(spread)
+    gap = -(-rows // held)  # ceil(rows / held): no stretch of learned labels longer than the spacing
+    assert spots[-1] == rows - 1 and (np.diff(spots, prepend=-1) <= gap).all(), spots
 
 
 class _Classes:

@@ -312,3 +312,15 @@ def test_settle_conditions_on_the_labels_nearest_the_candidates_and_stays_fast()
     picks = covering.settle(x / scale, done / scale, 20)
     assert time.perf_counter() - start < 4.0
     assert all(p >= 1000 for p, _, _ in picks[:10]), picks  # the unlabelled region first
+
+
+def test_uncertainty_near_twins_come_last_with_scores_still_ordered(trained):
+    """``spread`` passes over near-twins of picked rows and appends them when n is near the window size: their
+    scores are capped at the row above (they were out of order) and the reason says why they are last."""
+    model, _ = trained
+    frame = make(300, 11).drop(columns=["label"])
+    rows = rank_candidates(model, frame, 300, "uncertainty")
+    scores = [r["score"] for r in rows]
+    assert len(rows) == 300 and scores == sorted(scores, reverse=True)
+    assert any(r["reason"].endswith("a near-twin of a row ranked above") for r in rows[150:])
+    assert not any(r["reason"].endswith("a near-twin of a row ranked above") for r in rows[:50])

@@ -1,5 +1,5 @@
-"""Numeric cores of the queue's choices: the encoding rows are compared in, k-means covering and the
-variance a label settles. They take encoded rows and return positions.
+"""Numeric cores of the queue's choices: the encoding rows are compared in, spreading a ranking, k-means
+covering and the variance a label settles. They take encoded rows and return positions.
 
 Settling (active learning Cohn, ALC), for a regressor without members: a unit RBF Gaussian-process prior
 over the encoded rows, conditioned on the labelled ones; the next pick is the candidate whose label removes
@@ -61,6 +61,25 @@ def category_index(r: dict) -> dict:
     from loopml.features.base import canonical_key
 
     return {canonical_key(v): i for i, v in enumerate(r["values"])}
+
+
+def spread(x: np.ndarray, order: np.ndarray, n: int) -> tuple[list[int], int]:
+    """The first ``n`` positions of ``order``, one passed over while its row of ``x`` lies within the median
+    nearest-neighbour distance (over ``x``) of a position already taken; the passed-over ones top the list up,
+    in order, when too few are left. Also how many lead the list before the passed-over ones."""
+    from sklearn.neighbors import NearestNeighbors
+
+    near = float(np.median(NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)[0][:, 1]))
+    picked: list[int] = []
+    passed: list[int] = []
+    for i in order:
+        if len(picked) == n:
+            break
+        if picked and float(((x[picked] - x[i]) ** 2).sum(axis=1).min()) <= near**2:
+            passed.append(int(i))
+        else:
+            picked.append(int(i))
+    return picked + passed[: n - len(picked)], len(picked)
 
 
 def cover(x: np.ndarray, known: np.ndarray, n: int, seed: int) -> list[tuple[int, int]]:

@@ -32,8 +32,12 @@ class DataPolicy(StrictModel):
     media_root: str | None = None
     #: each feedback row counts this many times in training
     feedback_weight: int = Field(1, ge=1, le=1000)  # the feedback frame is repeated this many times in memory
-    #: the newest share of feedback held back to judge candidate vs champion
+    #: the share of feedback held back to judge candidate vs champion
     holdout_fraction: float = Field(0.3, gt=0, lt=1, allow_inf_nan=False)
+    #: which labels are held back: ``spread`` — evenly over the order they arrived in (every third label at 0.3), so the
+    #: judged labels come from the same ranks of the queue and the same time span as the learned ones; ``newest`` —
+    #: the latest share (traffic that drifts within the labelling period; under a queue, its lowest-ranked picks)
+    holdout: Literal["spread", "newest"] = "spread"
     min_holdout: int = Field(30, ge=1, le=MAX_COUNT)
 
 

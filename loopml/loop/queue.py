@@ -15,7 +15,8 @@ Strategies (``STRATEGIES``):
 - ``random``: seeded, the baseline the others are measured against.
 
 Every strategy drops repeated inputs (identical rows appear once: a second label on the same case
-teaches a retrain nothing) and ranks best first. Rarity and encoding read the model's reference
+teaches a retrain nothing) and ranks best first; ``uncertainty`` also passes over near-twins of a row
+it already picked. Rarity and encoding read the model's reference
 statistics (``loopml.loop.drift``), the model's own probabilities decide uncertainty.
 """
 
@@ -74,7 +75,7 @@ def rank_candidates(model: Any, frame: pd.DataFrame, n: int, strategy: str = "un
         return choose(model, frame, n, ref, seed, known)
     scores, reasons = uncertainty(model, frame, ref)
     if strategy == "uncertainty":
-        return _top(frame, scores, reasons, n)
+        return _spread(frame, scores, reasons, n, ref)
     return _diverse(frame, scores, reasons, n, ref, seed)
 
 
@@ -451,6 +452,23 @@ def _first_copies(frame: pd.DataFrame) -> np.ndarray:
             seen.add(key)
             keep[i] = True
     return keep
+
+
+def _spread(frame: pd.DataFrame, scores: np.ndarray, reasons: list[str], n: int, ref: dict) -> list[dict]:
+    """``_top``, a row passed over while its encoded inputs lie within the window's median nearest-neighbour
+    distance of a row already picked (near-twins teach a retrain one thing); the passed-over rows top the list
+    up, in doubt order, when too few are left. On adult (trained HS-grad or less; bench/queue_research.py,
+    6 seeds) plain margin order needed 190 labels to 80% of the recoverable loss, spread 107, random 286."""
+    order = np.argsort(-scores, kind="stable")
+    if len(frame) < 3:
+        return _top(frame, scores, reasons, n)
+    picked, lead = covering.spread(encode(frame, ref), order, n)
+    out = [_row(frame.index[i], float(scores[i]), reasons[i]) for i in picked[:lead]]
+    last = out[-1]["score"] if out else 0.0
+    for i in picked[lead:]:  # near-twins last: scored no higher than the row above, so scores stay ordered
+        last = min(last, float(scores[i]))
+        out.append(_row(frame.index[i], last, f"{reasons[i]}; a near-twin of a row ranked above"))
+    return out
 
 
 def _top(frame: pd.DataFrame, scores: np.ndarray, reasons: list[str], n: int) -> list[dict]:
