@@ -528,6 +528,8 @@ CANDIDATES: dict[str, Ranker] = {
     "uncertainty_r200": settle_regions(200),
     "settled_pool": settled_pool(),
     "cover_then_settle": cover_then_settle(),
+    "diverse_r10": settle_regions(10, "diverse"),
+    "diverse_r200": settle_regions(200, "diverse"),
     "spread50": spread_uncertainty(0.5),
     "spread90": spread_uncertainty(0.9),
     "oracle_top": oracle("top"),

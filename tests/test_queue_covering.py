@@ -59,3 +59,17 @@ def test_psi_weights_are_the_drift_and_fall_back_to_one_for_an_unmoved_window():
     assert queue._psi_weights(pd.DataFrame({"a": values, "b": values}), ref) == {"a": 1.0, "b": 1.0}
     moved = queue._psi_weights(pd.DataFrame({"a": values + 3, "b": values}), ref)
     assert moved["a"] > 1.0 and moved["b"] == 0.0, moved
+
+
+def test_herding_ranks_the_whole_window_once_with_ordered_scores_and_the_groups_before_a_far_row(lone):
+    """Past the first picks herding alternates between the groups; a far row (a = 40) stands for almost nothing
+    of the window, so it comes after the rows of both groups' centres; asking for more than the window returns
+    each row once."""
+    frame = pd.concat([traffic(), pd.DataFrame({"a": [40.0], "b": [0.0]})], ignore_index=True)
+    ranked = rank_candidates(lone, frame, 1000, "diverse")
+    scores = [r["score"] for r in ranked]
+    assert len(ranked) == len(frame) == len({r["index"] for r in ranked})
+    assert scores == sorted(scores, reverse=True)
+    first = [float(frame.loc[r["index"], "a"]) for r in ranked[:20]]
+    assert sum(a < 3.5 for a in first) >= 8 and sum(3.5 < a < 5 for a in first) >= 8, first
+    assert [r["index"] for r in ranked].index(600) > 100
