@@ -360,8 +360,10 @@ NOTES = ("With LightGBM (no ensemble members) the queue's `uncertainty` for a re
          "conditioned on the rows labelled so far; the next pick removes the most variance summed over the window). "
          "Until 2026-12-04 it was novelty (the rarest inputs under v1's training reference), which picked the "
          "northernmost blocks and needed 753 labels to random's 137 on california. `diverse` for such a regressor "
-         "covers the traffic (k-means over the window and the rows already labelled, the most typical row of each "
-         "cluster no label covers yet). A one-seed pilot with a bagged LightGBM (members that disagree) put member "
+         "is kernel herding (each pick makes the labelled rows look more like the window; until 2026-12-04 18:00 "
+         "k-means cluster centres, 83 labels). For adult (a classifier) `uncertainty` is the margin order passing "
+         "over near-twins of rows already picked (plain margin order: 273 labels). A one-seed pilot with a bagged "
+         "LightGBM (members that disagree) put member "
          "spread level with random at twice the cost per fit, so it is not used here. bench/queue_research.py "
          "measures candidate strategies on california in seconds (6 seeds).")
 
