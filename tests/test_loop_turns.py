@@ -489,3 +489,58 @@ def test_a_learned_feedback_file_removed_or_replaced_later_is_skipped_not_a_stuc
     assert main(["retrain", "img", "--store", store._url, "--policy", str(policy), "--media-root",
                  str(tmp_path / "empty")]) == 2
     assert "give the server's --media-root" in capsys.readouterr().err
+
+
+def test_a_corrected_label_stays_corrected_in_later_turns(tmp_path):
+    """An input labelled, then relabelled: turn 1 learns the correction; turn 2 must not bring the stale label back
+    (the learned correction is left out of turn 2's new feedback, so the stale one looked unique there) nor count
+    it as a relabel of the correction."""
+    data = tmp_path / "train.csv"
+    make(600, 0).to_csv(data, index=False)
+    champion = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(
+        data, progress=False, cache_dir=False)
+    store = _store(tmp_path, champion.save(tmp_path / "champion"))
+    traffic = make(100, 3)
+    _feed(store, traffic)  # ids 1-100
+    flipped = traffic.iloc[:10].assign(label=traffic["label"].iloc[:10].map({"pos": "neg", "neg": "pos"}))
+    _feed(store, flipped)  # ids 101-110: the corrections, the latest labels
+    policy = load_policy({"data": {"holdout_fraction": 0.3, "min_holdout": 5},
+                          "gate": {"margin": 0.0, "significance": 0.999, "max_test_regression": 1.0}})
+    first = retrain(store, "clf", policy)
+    if not first["promoted"]:
+        store.promote("clf", first["candidate_version"], reason="the test moves on to turn 2")
+    turn1 = store.get_version("clf", first["candidate_version"])["lineage"]
+    assert not set(turn1["feedback_ids"] + turn1["held_back_ids"]) & set(range(1, 11)), turn1
+    _feed(store, make(40, 4))  # turn 2's own new labels
+    second = retrain(store, "clf", policy)
+    turn2 = store.get_version("clf", second["candidate_version"])["lineage"]
+    assert not set(turn2["feedback_ids"] + turn2["held_back_ids"]) & set(range(1, 11)), turn2
+    assert second["numbers"]["feedback_relabelled"] == 0, second["numbers"]
+    assert set(turn1["held_back_ids"]) <= set(turn2["feedback_ids"] + turn2["held_back_ids"])
+
+
+def test_a_holdout_share_that_leaves_nothing_to_learn_registers_no_candidate(tmp_path):
+    data = tmp_path / "train.csv"
+    make(300, 0).to_csv(data, index=False)
+    champion = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 10}).fit(
+        data, progress=False, cache_dir=False)
+    store = _store(tmp_path, champion.save(tmp_path / "champion"))
+    _feed(store, make(40, 3))
+    decision = retrain(store, "clf", load_policy({"data": {"holdout_fraction": 0.99, "min_holdout": 1}}))
+    assert decision["candidate_version"] is None and "none left to learn from" in decision["reason"], decision
+    assert [v["version"] for v in store.list_versions("clf")] == [1]
+
+
+def test_a_gate_window_of_one_class_scores_without_warnings():
+    """A few held-back labels can all be one class: the metrics stay defined and print nothing on the CLI."""
+    import warnings
+
+    import numpy as np
+
+    from loopml.evaluate.metrics import classification_metrics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one = classification_metrics(np.array([0]), np.array([[0.9, 0.1]]), ["neg", "pos"])
+        both = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["neg", "pos"])
+    assert (one["accuracy"], one["mcc"], both["balanced_accuracy"]) == (1.0, 0.0, 0.5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 #: metrics where lower is better (everything else: higher is better)
@@ -16,13 +18,16 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list,
 
     y_pred = predicted_class(proba, threshold)
     labels = list(range(len(classes)))
-    out: dict = {
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
-        "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=labels)),
-        "mcc": float(skm.matthews_corrcoef(y_true, y_pred)),
-        "expected_calibration_error": float(calibration(y_true, proba)["ece"]),
-    }
+    with warnings.catch_warnings():  # a window of one class (a gate's few held-back labels): the values stay defined
+        warnings.filterwarnings("ignore", message="A single label was found")  # mcc 0
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")  # over the classes present
+        out: dict = {
+            "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
+            "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=labels)),
+            "mcc": float(skm.matthews_corrcoef(y_true, y_pred)),
+            "expected_calibration_error": float(calibration(y_true, proba)["ece"]),
+        }
     if threshold is not None and len(classes) == 2:
         out["threshold"] = float(threshold)
     for avg in ("macro", "weighted"):

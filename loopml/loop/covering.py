@@ -63,23 +63,50 @@ def category_index(r: dict) -> dict:
     return {canonical_key(v): i for i, v in enumerate(r["values"])}
 
 
-def spread(x: np.ndarray, order: np.ndarray, n: int) -> tuple[list[int], int]:
+def spread(x: np.ndarray, order: np.ndarray, n: int, groups: np.ndarray | None = None) -> tuple[list[int], int]:
     """The first ``n`` positions of ``order``, one passed over while its row of ``x`` lies within the median
-    nearest-neighbour distance (over ``x``) of a position already taken; the passed-over ones top the list up,
-    in order, when too few are left. Also how many lead the list before the passed-over ones."""
+    nearest-neighbour distance (over ``x``) of a position already taken in its group (``groups``: rows the encoding
+    cannot tell apart on their own — text, unseen categories — are twins only when those agree too); the passed-over
+    ones top the list up, in order, when too few are left. Also how many lead the list before the passed-over ones."""
     from sklearn.neighbors import NearestNeighbors
 
     near = float(np.median(NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)[0][:, 1]))
+    groups = np.zeros(len(x), dtype=int) if groups is None else groups
+    taken: dict[int, list[int]] = {}
     picked: list[int] = []
     passed: list[int] = []
     for i in order:
         if len(picked) == n:
             break
-        if picked and float(((x[picked] - x[i]) ** 2).sum(axis=1).min()) <= near**2:
+        same = taken.setdefault(int(groups[i]), [])
+        if same and float(((x[same] - x[i]) ** 2).sum(axis=1).min()) <= near**2:
             passed.append(int(i))
         else:
             picked.append(int(i))
+            same.append(int(i))
     return picked + passed[: n - len(picked)], len(picked)
+
+
+def blind_groups(frame: pd.DataFrame, ref: dict) -> np.ndarray:
+    """One group id per row for what ``encode`` does not see: text and columns without a reference (their values),
+    categories outside the reference's values (unseen ones share one code). Rows in one group may still differ only
+    where the encoding shows it."""
+    from loopml.features.base import canonical_keys
+
+    columns = ref.get("columns", {})
+    parts = []
+    for col in frame.columns:
+        r = columns.get(col)
+        if r is not None and r["kind"] in ("number", "date"):
+            continue
+        keys = canonical_keys(frame[col])
+        if r is not None and r["kind"] == "category":
+            index = category_index(r)
+            keys = ["" if k is None or k in index else str(k) for k in keys]
+        parts.append([str(k) for k in keys])
+    if not parts:
+        return np.zeros(len(frame), dtype=int)
+    return pd.factorize(pd.Series(["\x1f".join(row) for row in zip(*parts, strict=True)]))[0]
 
 
 def herd(x: np.ndarray, known: np.ndarray, n: int) -> list[tuple[int, float]]:

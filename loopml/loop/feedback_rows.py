@@ -107,12 +107,20 @@ def input_keys(frame: pd.DataFrame, columns: list[str]) -> list[str]:
             for r in frame[columns].to_dict("records")]
 
 
-def superseded_ids(learned: pd.DataFrame, new: pd.DataFrame, columns: list[str]) -> set[int]:
-    """Ids of ``learned`` feedback rows (an earlier turn trained on them) whose input a ``new`` row
-    labels again: the latest label wins across turns, so the earlier row leaves the training data."""
-    relabelled = set(input_keys(new, columns))
-    return {int(i) for i, key in zip(learned["_feedback_id"], input_keys(learned, columns), strict=True)
-            if key in relabelled}
+def latest_across_turns(new: pd.DataFrame, learned: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, set[int]]:
+    """The latest label wins across turns: ``new`` rows (not learned yet) less those an earlier turn already
+    learned a newer label for (a stale label must not come back once its correction was learned), and the ids
+    of ``learned`` rows a newer ``new`` row labels again (they leave the training data)."""
+    newest_learned: dict[str, int] = {}
+    for i, key in zip(learned["_feedback_id"], input_keys(learned, columns), strict=True):
+        newest_learned[key] = max(int(i), newest_learned.get(key, -1))
+    keys = input_keys(new, columns)
+    keep = np.array([int(i) > newest_learned.get(key, -1) for i, key in zip(new["_feedback_id"], keys, strict=True)],
+                    dtype=bool)
+    relabelled = {key for key, kept in zip(keys, keep, strict=True) if kept and key in newest_learned}
+    ids = {int(i) for i, key in zip(learned["_feedback_id"], input_keys(learned, columns), strict=True)
+           if key in relabelled}
+    return new[keep].reset_index(drop=True), ids
 
 
 def outside_root_reason(column: str) -> str:

@@ -457,13 +457,14 @@ def _first_copies(frame: pd.DataFrame) -> np.ndarray:
 
 def _spread(frame: pd.DataFrame, scores: np.ndarray, reasons: list[str], n: int, ref: dict) -> list[dict]:
     """``_top``, a row passed over while its encoded inputs lie within the window's median nearest-neighbour
-    distance of a row already picked (near-twins teach a retrain one thing); the passed-over rows top the list
-    up, in doubt order, when too few are left. On adult (trained HS-grad or less; bench/queue_research.py,
-    6 seeds) plain margin order needed 190 labels to 80% of the recoverable loss, spread 107, random 286."""
+    distance of a row already picked with the same text and unseen categories (near-twins teach a retrain one
+    thing); the passed-over rows top the list up, in doubt order, when too few are left. On adult (trained HS-grad
+    or less; bench/queue_research.py, 6 seeds) plain margin order needed 190 labels to 80% of the recoverable loss,
+    spread 107, random 286."""
     order = np.argsort(-scores, kind="stable")
     if len(frame) < 3:
         return _top(frame, scores, reasons, n)
-    picked, lead = covering.spread(encode(frame, ref), order, n)
+    picked, lead = covering.spread(encode(frame, ref), order, n, covering.blind_groups(frame, ref))
     out = [_row(frame.index[i], float(scores[i]), reasons[i]) for i in picked[:lead]]
     last = out[-1]["score"] if out else 0.0
     for i in picked[lead:]:  # near-twins last: scored no higher than the row above, so scores stay ordered

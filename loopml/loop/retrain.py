@@ -150,7 +150,7 @@ def retrain(store, name: str, policy: Policy, reason: str = "manual", progress: 
 
 def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keeper) -> dict:
     import loopml
-    from loopml.loop.feedback_rows import superseded_ids, usable_feedback
+    from loopml.loop.feedback_rows import latest_across_turns, usable_feedback
     from loopml.loop.rollout import starts_rollout
     from loopml.loop.training_data import (
         champion_splits,
@@ -173,14 +173,17 @@ def _retrain(store, name: str, policy: Policy, reason: str, progress: bool, keep
     rows, skipped = usable_feedback(feedback, champion, exclude_ids=learned_ids, media_root=media_root)
     # a new label for an input an earlier turn learned replaces it (the latest label wins across turns)
     learned, _ = usable_feedback([f for f in feedback if int(f["id"]) in learned_ids], champion, media_root=media_root)
-    relabelled = superseded_ids(learned, rows, list(champion.preprocessor.features))
+    rows, relabelled = latest_across_turns(rows, learned, list(champion.preprocessor.features))
     parts, record = champion_splits(store, name, champion, policy.data.training_data, drop_feedback=relabelled,
                                     media_root=media_root, skipped=skipped)  # + learned rows whose file is gone
     counts = {"feedback_read_at": feedback_read_at, "feedback_rows": len(rows), "feedback_skipped": dict(skipped),
               "feedback_skipped_total": int(sum(skipped.values())), "feedback_relabelled": len(relabelled)}
     n_holdout = int(round(len(rows) * policy.data.holdout_fraction))
-    if n_holdout < policy.data.min_holdout:
-        reason_text = f"not enough feedback: {len(rows)} labelled rows, {n_holdout} to hold back (< {policy.data.min_holdout})"
+    if n_holdout < policy.data.min_holdout or n_holdout >= len(rows):
+        reason_text = (f"not enough feedback: {len(rows)} labelled rows, {n_holdout} to hold back (< {policy.data.min_holdout})"
+                       if n_holdout < policy.data.min_holdout else
+                       f"not enough feedback: all {len(rows)} labelled rows would be held back (holdout_fraction "
+                       f"{policy.data.holdout_fraction}), none left to learn from")
         store.add_gate_decision(name, None, champion_number, False, reason_text, counts)
         return {"promoted": False, "reason": reason_text, "candidate_version": None, "numbers": counts}
     held = holdout_mask(len(rows), n_holdout, policy.data.holdout)
