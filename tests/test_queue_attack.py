@@ -326,14 +326,17 @@ def test_uncertainty_near_twins_come_last_with_scores_still_ordered(trained):
     assert not any(r["reason"].endswith("a near-twin of a row ranked above") for r in rows[:50])
 
 
-def test_uncertainty_near_twins_must_agree_on_what_the_encoding_cannot_see(trained):
-    """Unseen categories share one code in the queue's encoding: rows that differ only there are not twins (each
-    keeps its own doubt as its score), while an exact-looking copy under one unseen value is still passed over."""
-    model, _ = trained
-    base = make(60, 13).drop(columns=["label"])
-    frame = pd.concat([base, base.iloc[[0] * 10].assign(kind=[f"new{i}" for i in range(10)]),
-                       base.iloc[[0]].assign(kind="new0", a=base["a"].iloc[0] + 1e-6)], ignore_index=True)
-    rows = rank_candidates(model, frame, len(frame), "uncertainty")
-    twins = {int(r["index"]) for r in rows if r["reason"].endswith("a near-twin of a row ranked above")}
-    assert not twins & set(range(61, 70)), twins  # row 0's inputs under ten different unseen kinds: no twins
-    assert 70 in twins or 60 in twins, twins  # row 70 is row 60 (kind new0) moved by 1e-6: one of the two waits
+def test_uncertainty_near_twins_must_agree_on_the_text_the_encoding_leaves_out():
+    """The queue's encoding leaves text out: rows with the same numbers and different texts are not twins (each
+    keeps its own doubt as its score); the same text and numbers a hair apart are."""
+    from loopml.loop import drift, queue
+
+    texts = ["good bad", "the film a", "bad good movie", "poor great", "great", "awful", "meh", "fine", "ok", "so so"]
+    ref = {"columns": {"stars": drift.column_reference(pd.Series(np.arange(1.0, 11.0)), "number"),
+                       "text": drift.column_reference(pd.Series(texts), "text")}}
+    frame = pd.DataFrame({"stars": [*np.arange(1.0, 11.0), 1.01], "text": [*texts, "good bad"]})
+    scores = np.linspace(1.0, 0.1, len(frame))
+    rows = queue._spread(frame, scores, [f"doubt {s:.2f}" for s in scores], len(frame), ref)
+    twins = [int(r["index"]) for r in rows if r["reason"].endswith("a near-twin of a row ranked above")]
+    assert twins == [10], rows  # "good bad" again, one hundredth of a star away: the one twin
+    assert [r["score"] for r in rows[:10]] == pytest.approx(list(scores[:10])), rows  # different texts keep their own doubt

@@ -457,7 +457,7 @@ def _first_copies(frame: pd.DataFrame) -> np.ndarray:
 
 def _spread(frame: pd.DataFrame, scores: np.ndarray, reasons: list[str], n: int, ref: dict) -> list[dict]:
     """``_top``, a row passed over while its encoded inputs lie within the window's median nearest-neighbour
-    distance of a row already picked with the same text and unseen categories (near-twins teach a retrain one
+    distance of a row already picked with the same text (near-twins teach a retrain one
     thing); the passed-over rows top the list up, in doubt order, when too few are left. On adult (trained HS-grad
     or less; bench/queue_research.py, 6 seeds) plain margin order needed 190 labels to 80% of the recoverable loss,
     spread 107, random 286."""
