@@ -544,3 +544,21 @@ def test_a_gate_window_of_one_class_scores_without_warnings():
         one = classification_metrics(np.array([0]), np.array([[0.9, 0.1]]), ["neg", "pos"])
         both = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["neg", "pos"])
     assert (one["accuracy"], one["mcc"], both["balanced_accuracy"]) == (1.0, 0.0, 0.5)
+
+
+def test_a_roc_auc_gate_on_a_one_class_window_is_a_recorded_rejection_not_a_failure(tmp_path):
+    data = tmp_path / "train.csv"
+    make(300, 0).to_csv(data, index=False)
+    champion = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 10}).fit(
+        data, progress=False, cache_dir=False)
+    store = _store(tmp_path, champion.save(tmp_path / "champion"))
+    _feed(store, make(60, 3).assign(label="pos"))
+    decision = retrain(store, "clf", load_policy({"data": {"min_holdout": 5}, "gate": {"metric": "roc_auc"}}))
+    assert decision["promoted"] is False and "roc_auc is undefined on the held-back feedback" in decision["reason"]
+    assert store.list_gate_decisions("clf")[-1]["reason"] == decision["reason"]
+
+
+def test_minus_zero_and_zero_are_one_input_for_the_latest_label_rule():
+    from loopml.loop.feedback_rows import input_keys
+
+    assert len(set(input_keys(pd.DataFrame({"x": [0.0, -0.0, 0]}), ["x"]))) == 1

@@ -340,3 +340,10 @@ def test_uncertainty_near_twins_must_agree_on_the_text_the_encoding_leaves_out()
     twins = [int(r["index"]) for r in rows if r["reason"].endswith("a near-twin of a row ranked above")]
     assert twins == [10], rows  # "good bad" again, one hundredth of a star away: the one twin
     assert [r["score"] for r in rows[:10]] == pytest.approx(list(scores[:10])), rows  # different texts keep their own doubt
+
+
+def test_blind_groups_keep_a_missing_text_apart_from_the_word_none_and_columns_apart():
+    from loopml.loop.covering import blind_groups
+
+    frame = pd.DataFrame({"t": [None, "None", "a b", "a", "a"], "u": ["c", "c", "c", "b c", "b c"]})
+    assert blind_groups(frame, {"columns": {}}).tolist() == [0, 1, 2, 3, 3]

@@ -73,3 +73,18 @@ def test_herding_ranks_the_whole_window_once_with_ordered_scores_and_the_groups_
     first = [float(frame.loc[r["index"], "a"]) for r in ranked[:20]]
     assert sum(a < 3.5 for a in first) >= 8 and sum(3.5 < a < 5 for a in first) >= 8, first
     assert [r["index"] for r in ranked].index(600) > 100
+
+
+def test_herding_spreads_a_small_batch_however_many_labels_exist():
+    """5,000 labels in one region of three: a batch of 6 goes to both others, not all to one (each pick would move
+    the labelled set by 1/5,000 if the labels counted fully), and the shares claimed stay within the window."""
+    from loopml.loop import covering
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    window = np.vstack([c + rng.normal(scale=0.5, size=(100, 2)) for c in centres])
+    known = centres[0] + rng.normal(scale=0.5, size=(5000, 2))
+    picks = covering.herd(window, known, 6)
+    regions = [int(np.argmin(((centres - window[j]) ** 2).sum(1))) for j, _ in picks]
+    assert regions.count(1) >= 2 and regions.count(2) >= 2, regions
+    assert sum(share for _, share in picks) <= 1.05, picks  # "~N rows": kernel shares, about the window, not 6x it

@@ -94,15 +94,16 @@ def blind_groups(frame: pd.DataFrame, ref: dict) -> np.ndarray:
     from loopml.features.base import canonical_keys
 
     columns = ref.get("columns", {})
-    parts = [[str(k) for k in canonical_keys(frame[col])] for col in frame.columns
+    parts = [canonical_keys(frame[col]) for col in frame.columns
              if columns.get(col) is None or columns[col]["kind"] == "text"]
-    if not parts:
-        return np.zeros(len(frame), dtype=int)
-    return pd.factorize(pd.Series(["\x1f".join(row) for row in zip(*parts, strict=True)]))[0]
+    ids: dict[tuple, int] = {}  # tuples: a missing text and the text "None" stay apart, as do ("a b", "c"), ("a", "b c")
+    return np.array([ids.setdefault(row, len(ids)) for row in zip(*parts, strict=True)] if parts else
+                    np.zeros(len(frame)), dtype=int)
 
 
 def herd(x: np.ndarray, known: np.ndarray, n: int) -> list[tuple[int, float]]:
-    """Up to ``n`` rows of ``x`` as (position, the share of ``x`` the row stands for), best first: kernel herding,
+    """Up to ``n`` rows of ``x`` as (position, the share of ``x`` the row stands for that labels do not cover yet),
+    best first: kernel herding,
     each pick the row that most lowers the kernel distance (MMD) between the labelled rows — ``known`` and the picks
     so far — and ``x`` (the window): the one where the window's kernel mass most exceeds the labelled rows'.
     ``x`` and ``known`` scaled by ``length_scale`` already.
@@ -115,12 +116,16 @@ def herd(x: np.ndarray, known: np.ndarray, n: int) -> list[tuple[int, float]]:
     pull = np.zeros(len(x))  # the labelled rows' kernel mass at each row, summed
     for begin in range(0, len(known), 1000):  # chunks: a 2,000 x 10,000 kernel is 160 MB
         pull += kernel(x, known[begin : begin + 1000]).sum(axis=1)
-    labelled, taken, out, best = len(known), np.zeros(len(x), dtype=bool), [], np.inf
+    # the labelled rows count at most as much as the batch: against thousands of labels each pick would move the
+    # labelled set by 1/thousands, and a batch of 20 would pile into the one region the labels cover least
+    weight = min(1.0, n / len(known)) if len(known) else 1.0
+    pull *= weight
+    labelled, taken, out, best = weight * len(known), np.zeros(len(x), dtype=bool), [], np.inf
     for _ in range(min(n, len(x))):
         score = mass - pull / (labelled + 1)
         score[taken] = -np.inf
         j = int(score.argmax())
-        best = min(best, float(mass[j]))  # later picks can stand for a hair more: the scores stay ordered
+        best = min(best, float(max(score[j], 0.0)))  # the share not yet covered; ordered: later picks can gain a hair
         out.append((j, best))
         taken[j] = True
         pull += gram[:, j]

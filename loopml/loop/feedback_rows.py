@@ -97,7 +97,7 @@ def _key_value(value: object) -> object:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
-        return float(value)  # 7 and 7.0 (an int column, or one a missing value made float) are one input
+        return float(value) + 0.0  # 7 and 7.0 (an int column, or one a missing value made float) are one input; + 0.0: -0.0 too
     return value
 
 

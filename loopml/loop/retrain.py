@@ -97,6 +97,13 @@ def describe_outcome(name: str, decision: dict) -> str:
 
 def gate(champion, candidate, window: pd.DataFrame, test: pd.DataFrame, policy: Policy) -> tuple[bool, str, dict]:
     g = policy.gate
+    target = champion.preprocessor.target
+    if g.metric == "roc_auc" and target.kind != "number":
+        present = {str(v) for v in window[target.column]}
+        if len(present) < len(target.classes):  # the window, not the model: no curve without every class in it
+            return False, (f"roc_auc is undefined on the held-back feedback: it holds only {len(present)} of the "
+                           f"{len(target.classes)} classes ({', '.join(sorted(present))}); not promoted"), \
+                {"metric": g.metric, "window_rows": len(window), "test_rows": len(test)}
     champ_window, champ_right = _scores(champion, window, g.metric)
     cand_window, cand_right = _scores(candidate, window, g.metric)
     champ_test, _ = _scores(champion, test, g.metric) if len(test) else (None, None)  # no test split: window only
