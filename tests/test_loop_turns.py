@@ -491,15 +491,20 @@ def test_a_learned_feedback_file_removed_or_replaced_later_is_skipped_not_a_stuc
     assert "give the server's --media-root" in capsys.readouterr().err
 
 
+def _lightgbm_store(tmp_path, rows: int, trees: int):
+    """A store with a small LightGBM champion (``rows`` of ``make``) as clf:1 in production: fast retrains."""
+    data = tmp_path / "train.csv"
+    make(rows, 0).to_csv(data, index=False)
+    champion = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": trees}).fit(
+        data, progress=False, cache_dir=False)
+    return _store(tmp_path, champion.save(tmp_path / "champion"))
+
+
 def test_a_corrected_label_stays_corrected_in_later_turns(tmp_path):
     """An input labelled, then relabelled: turn 1 learns the correction; turn 2 must not bring the stale label back
     (the learned correction is left out of turn 2's new feedback, so the stale one looked unique there) nor count
     it as a relabel of the correction."""
-    data = tmp_path / "train.csv"
-    make(600, 0).to_csv(data, index=False)
-    champion = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 30}).fit(
-        data, progress=False, cache_dir=False)
-    store = _store(tmp_path, champion.save(tmp_path / "champion"))
+    store = _lightgbm_store(tmp_path, 600, 30)
     traffic = make(100, 3)
     _feed(store, traffic)  # ids 1-100
     flipped = traffic.iloc[:10].assign(label=traffic["label"].iloc[:10].map({"pos": "neg", "neg": "pos"}))
@@ -520,11 +525,7 @@ def test_a_corrected_label_stays_corrected_in_later_turns(tmp_path):
 
 
 def test_a_holdout_share_that_leaves_nothing_to_learn_registers_no_candidate(tmp_path):
-    data = tmp_path / "train.csv"
-    make(300, 0).to_csv(data, index=False)
-    champion = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 10}).fit(
-        data, progress=False, cache_dir=False)
-    store = _store(tmp_path, champion.save(tmp_path / "champion"))
+    store = _lightgbm_store(tmp_path, 300, 10)
     _feed(store, make(40, 3))
     decision = retrain(store, "clf", load_policy({"data": {"holdout_fraction": 0.99, "min_holdout": 1}}))
     assert decision["candidate_version"] is None and "none left to learn from" in decision["reason"], decision
@@ -547,11 +548,7 @@ def test_a_gate_window_of_one_class_scores_without_warnings():
 
 
 def test_a_roc_auc_gate_on_a_one_class_window_is_a_recorded_rejection_not_a_failure(tmp_path):
-    data = tmp_path / "train.csv"
-    make(300, 0).to_csv(data, index=False)
-    champion = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 10}).fit(
-        data, progress=False, cache_dir=False)
-    store = _store(tmp_path, champion.save(tmp_path / "champion"))
+    store = _lightgbm_store(tmp_path, 300, 10)
     _feed(store, make(60, 3).assign(label="pos"))
     decision = retrain(store, "clf", load_policy({"data": {"min_holdout": 5}, "gate": {"metric": "roc_auc"}}))
     assert decision["promoted"] is False and "roc_auc is undefined on the held-back feedback" in decision["reason"]
