@@ -174,3 +174,25 @@ def test_a_retrain_that_keeps_failing_backs_off_and_its_labels_still_trigger_onc
     decisions = store.list_gate_decisions("clf")
     triggers = [d for d in decisions if d["kind"] == "loop" and d["numbers"]["event"] == "trigger"]
     assert len(triggers) == len([d for d in decisions if d["kind"] == "retrain"]), lines  # one attempt per trigger
+
+
+def test_the_stop_signal_handler_takes_no_lock_the_interrupted_wait_may_hold():
+    """A signal handler runs in the main thread between bytecodes, maybe inside ``stop_event.wait()`` while that
+    thread holds the event's lock: a handler that calls ``set()`` then blocks on it forever (a tester's SIGTERM
+    hung a worker until the server killed it 60 s later). The handler only records the signal; waits poll it."""
+    import signal as signals
+
+    from loopml.loop.worker import LoopWorker
+
+    worker = LoopWorker(None, "clf", load_policy({}))
+
+    def signal_inside_wait() -> None:
+        with worker.stop_event._cond:  # what the main thread holds inside Event.wait()
+            worker.on_signal(signals.SIGTERM, None)
+
+    handler = threading.Thread(target=signal_inside_wait, daemon=True)
+    handler.start()
+    handler.join(3)
+    assert not handler.is_alive(), "the handler blocked on the event's lock"
+    started = time.monotonic()
+    assert worker.stopping and worker._wait(30) is True and time.monotonic() - started < 1

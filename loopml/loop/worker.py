@@ -29,6 +29,8 @@ PURPOSE = "loop"
 LOCK_TTL_S = 120.0
 #: the longest wait before retrying a retrain that keeps failing (or one interval, if that is longer)
 MAX_BACKOFF_S = 3600.0
+#: how soon a wait notices a stop (a signal handler may not take the event's lock, so waits poll)
+STOP_POLL_S = 0.2
 
 
 class StopRequested(KeyboardInterrupt):
@@ -122,15 +124,26 @@ class LoopWorker:
 
     # signals: installed by the command (main thread); training is interrupted, anything else finishes its step
     def on_signal(self, signum: int, _frame) -> None:
+        # a plain attribute, not stop_event.set(): the handler runs in the main thread between bytecodes, possibly
+        # while that thread holds the event's internal lock inside wait() — set() would then wait on it forever
         self.stop_signal = signum
-        self.stop_event.set()
         if self._training and not self._raised:
             self._raised = True  # once: a second signal must not cut short the recording of the first
             raise StopRequested(f"stopped by {signal.Signals(signum).name}")
 
     @property
     def stopping(self) -> bool:
-        return self.stop_event.is_set()
+        return self.stop_signal is not None or self.stop_event.is_set()
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True as soon as a stop is asked (a signal or ``stop_event``), polled in short waits."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.stop_event.wait(min(STOP_POLL_S, left))
+        return True
 
     def run(self, once: bool = False) -> str:
         """Take the loop lock (or stand by until it frees) and run cycles; how it ended: stopped | once | standby."""
@@ -150,7 +163,7 @@ class LoopWorker:
                 if once:
                     return "standby"
                 standing_by = True
-                self.stop_event.wait(self.interval)
+                self._wait(self.interval)
                 continue
             self.keeper, self.held = keeper, True
             try:
@@ -184,7 +197,7 @@ class LoopWorker:
                 wait = (row.get("next_cycle_at") or 0) - time.time()
                 if not wait <= MAX_INTERVAL_S:  # inf/NaN/1e300 written before intervals were bounded: one interval
                     wait = self.interval
-                if wait > 0 and not once and self.stop_event.wait(wait):
+                if wait > 0 and not once and self._wait(wait):
                     break
                 _check_store_file(store_file)
                 if self.keeper.lost:
@@ -193,7 +206,7 @@ class LoopWorker:
                 self.cycle(int(row.get("cycles") or 0) + 1)
             except sa.exc.SQLAlchemyError as e:  # the store is briefly unreachable: the schedule goes on
                 self.echo(f"loop {self.name}: store error: {str(e).splitlines()[0]} (retrying in {self.interval:g} s)")
-                self.stop_event.wait(self.interval)
+                self._wait(self.interval)
                 continue
             if once:
                 return "once"
