@@ -285,6 +285,37 @@ def settle_regions(regions: int, strategy: str = "uncertainty") -> Ranker:
     return rank
 
 
+def clear_cover(strategy: str = "diverse") -> Ranker:
+    """``diverse`` with herding replaced by deficit clearing: the deficit is the window's kernel mass less the
+    labelled rows' (a label covers as much as a window row), each pick the row of the largest deficit, which then
+    drops around it by the pick's own deficit times the kernel (one region cleared per pick; no n, no label count)."""
+    from loopml.loop import covering
+
+    def clearing(x, known, n):
+        gram = covering.kernel(x, x)
+        deficit = gram.mean(axis=1)
+        for begin in range(0, len(known), 1000):
+            deficit -= covering.kernel(x, known[begin : begin + 1000]).sum(axis=1) / len(x)
+        taken, out, best = np.zeros(len(x), bool), [], np.inf
+        for _ in range(min(n, len(x))):
+            score = np.where(taken, -np.inf, deficit)
+            j = int(score.argmax())
+            best = min(best, float(max(deficit[j], 0.0)))
+            out.append((j, best))
+            taken[j] = True
+            deficit = deficit - max(deficit[j], 0.0) * gram[:, j]
+        return out
+
+    def rank(model, frame, n, seed, labelled, ctx):
+        before = covering.herd
+        covering.herd = clearing
+        try:
+            return queue_strategy(strategy)(model, frame, n, seed, labelled, ctx)
+        finally:
+            covering.herd = before
+    return rank
+
+
 def _settle_space(model, frame: pd.DataFrame, labelled: pd.DataFrame | None, seed: int):
     """The queue's covering space of a settle ranking and its kernel length scale."""
     from loopml.loop import covering
@@ -530,6 +561,7 @@ CANDIDATES: dict[str, Ranker] = {
     "cover_then_settle": cover_then_settle(),
     "diverse_r10": settle_regions(10, "diverse"),
     "diverse_r200": settle_regions(200, "diverse"),
+    "diverse_clear": clear_cover(),
     "spread50": spread_uncertainty(0.5),
     "spread90": spread_uncertainty(0.9),
     "oracle_top": oracle("top"),

@@ -88,3 +88,20 @@ def test_herding_spreads_a_small_batch_however_many_labels_exist():
     regions = [int(np.argmin(((centres - window[j]) ** 2).sum(1))) for j, _ in picks]
     assert regions.count(1) >= 2 and regions.count(2) >= 2, regions
     assert sum(share for _, share in picks) <= 1.05, picks  # "~N rows": kernel shares, about the window, not 6x it
+
+
+def test_the_rows_a_diverse_pick_claims_add_up_to_the_window_and_shrink_with_labels(lone):
+    """Each reason's "typical of ~N unlabelled rows" counts the rows nearer to that pick than to any label or other
+    pick: over 500 picks of 601 rows they sum to about the window, and where labels cover a group it claims little."""
+    import re
+
+    frame = pd.concat([traffic(), pd.DataFrame({"a": [40.0], "b": [0.0]})], ignore_index=True)
+
+    def claims(rows):
+        return [int(re.match(r"typical of ~(\d+) ", r["reason"]).group(1)) for r in rows if r["reason"].startswith("typ")]
+
+    everything = claims(rank_candidates(lone, frame, 500, "diverse"))
+    assert len(everything) == 500 and sum(everything) <= len(frame) + 500 * 0.5, sum(everything)  # rounding only
+    covered = frame[frame.a < 3.5]
+    left = claims(rank_candidates(lone, frame.drop(index=covered.index), 20, "diverse", labelled=covered))
+    assert sum(left) <= len(frame) - len(covered) + 10, left
