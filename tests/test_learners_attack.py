@@ -124,3 +124,14 @@ def test_automl_member_section_without_type_is_the_learner_it_names():
     config = load_config({"target": {"column": "y"}, "learner": {"type": "automl", "members": {"lightgbm": {"num_leaves": 7}}}})
     assert config.learner.members["lightgbm"]["type"] == "lightgbm"
     assert config.learner.members["lightgbm"]["num_leaves"] == 7
+
+
+def test_binary_decode_of_huge_logits_is_exact_and_silent():
+    """A linear model's logits can be ±thousands: the probabilities are 0/1 without an overflow warning."""
+    import warnings
+
+    target = Target("y", "binary", {"classes": ["a", "b"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels, proba = target.decode(np.array([[-2000.0], [0.0], [3000.0]]))
+    assert labels.tolist() == ["a", "a", "b"] and proba.tolist() == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]

@@ -98,7 +98,9 @@ class Target:
         if self.kind == "number":
             return scores.reshape(-1) * self.state["std"] + self.state["mean"], None
         if self.kind == "binary":
-            p1 = 1.0 / (1.0 + np.exp(-scores.reshape(-1).astype(np.float64)))
+            x = scores.reshape(-1).astype(np.float64)
+            e = np.exp(-np.abs(x))  # 1 / (1 + exp(-x)) without overflowing (and warning) for large logits
+            p1 = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
             proba = np.stack([1.0 - p1, p1], axis=1)
         else:
             z = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
