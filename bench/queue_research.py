@@ -271,18 +271,23 @@ def oracle(kind: str = "cover") -> Ranker:
     return rank
 
 
-def settle_regions(regions: int, strategy: str = "uncertainty") -> Ranker:
-    """The queue's strategy with ``covering.SETTLE_REGIONS`` set to ``regions`` (how sensitive settling is to it)."""
+def with_covering(name: str, value, strategy: str) -> Ranker:
+    """The queue's ``strategy`` with ``loopml.loop.covering.<name>`` (a constant or a function) replaced by ``value``."""
     from loopml.loop import covering
 
     def rank(model, frame, n, seed, labelled, ctx):
-        before = covering.SETTLE_REGIONS
-        covering.SETTLE_REGIONS = regions
+        before = getattr(covering, name)
+        setattr(covering, name, value)
         try:
             return queue_strategy(strategy)(model, frame, n, seed, labelled, ctx)
         finally:
-            covering.SETTLE_REGIONS = before
+            setattr(covering, name, before)
     return rank
+
+
+def settle_regions(regions: int, strategy: str = "uncertainty") -> Ranker:
+    """The queue's strategy with ``covering.SETTLE_REGIONS`` set to ``regions`` (how sensitive settling is to it)."""
+    return with_covering("SETTLE_REGIONS", regions, strategy)
 
 
 def clear_cover(strategy: str = "diverse") -> Ranker:
@@ -306,14 +311,7 @@ def clear_cover(strategy: str = "diverse") -> Ranker:
             deficit = deficit - max(deficit[j], 0.0) * gram[:, j]
         return out
 
-    def rank(model, frame, n, seed, labelled, ctx):
-        before = covering.herd
-        covering.herd = clearing
-        try:
-            return queue_strategy(strategy)(model, frame, n, seed, labelled, ctx)
-        finally:
-            covering.herd = before
-    return rank
+    return with_covering("herd", clearing, strategy)
 
 
 def _settle_space(model, frame: pd.DataFrame, labelled: pd.DataFrame | None, seed: int):
