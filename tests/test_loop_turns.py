@@ -559,3 +559,18 @@ def test_minus_zero_and_zero_are_one_input_for_the_latest_label_rule():
     from loopml.loop.feedback_rows import input_keys
 
     assert len(set(input_keys(pd.DataFrame({"x": [0.0, -0.0, 0]}), ["x"]))) == 1
+
+
+def test_a_rejection_names_every_check_the_candidate_failed(tmp_path):
+    """A candidate trained on shuffled labels loses on the held-back window and on the original test set: the reason
+    names both, not only the first."""
+    import numpy as np
+
+    train = make(400, 0)
+    champion = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 20}).fit(
+        train, progress=False, cache_dir=False)
+    shuffled = train.assign(label=np.random.default_rng(1).permutation(train["label"].to_numpy()))
+    candidate = loopml.Model(target="label", learner={"type": "lightgbm", "n_estimators": 20}).fit(
+        shuffled, progress=False, cache_dir=False)
+    promoted, why, _ = retrain_module.gate(champion, candidate, make(150, 5), make(300, 6), load_policy({}))
+    assert not promoted and "< margin" in why and "; and accuracy on the original test set falls" in why, why

@@ -114,14 +114,17 @@ def gate(champion, candidate, window: pd.DataFrame, test: pd.DataFrame, policy: 
                "champion_test": champ_test, "candidate_test": cand_test,
                "only_candidate_right": only_candidate, "only_champion_right": only_champion, "mcnemar_p": p_value}
     gain, regression = cand_window - champ_window, champ_test - cand_test if len(test) else 0.0
+    failed = []  # every check that fails, the first one leading the reason
     if gain < g.margin:
-        why = f"{g.metric} on held-back feedback {cand_window:.4f} vs {champ_window:.4f}: gain {gain:+.4f} < margin {g.margin}"
-        return False, why, numbers
-    if candidate.preprocessor.target.kind != "number" and p_value >= g.significance:
-        return False, f"gain {gain:+.4f} on held-back feedback is not significant (McNemar p={p_value:.3f})", numbers
+        failed.append(f"{g.metric} on held-back feedback {cand_window:.4f} vs {champ_window:.4f}: gain {gain:+.4f} "
+                      f"< margin {g.margin}")
+    elif candidate.preprocessor.target.kind != "number" and p_value >= g.significance:
+        failed.append(f"gain {gain:+.4f} on held-back feedback is not significant (McNemar p={p_value:.3f})")
     if regression > g.max_test_regression:
-        return False, (f"{g.metric} on the original test set falls {champ_test:.4f} → {cand_test:.4f} "
-                       f"(more than {g.max_test_regression})"), numbers
+        failed.append(f"{g.metric} on the original test set falls {champ_test:.4f} → {cand_test:.4f} "
+                      f"(more than {g.max_test_regression})")
+    if failed:
+        return False, "; and ".join(failed), numbers
     tested = f"original test {champ_test:.4f} → {cand_test:.4f}" if len(test) else "no original test rows"
     # a regression gate has no paired right/wrong test (margin and test-set tolerance only): no p-value to quote
     tested_p = "" if candidate.preprocessor.target.kind == "number" else f" (p={p_value:.3f})"
