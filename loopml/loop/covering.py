@@ -66,8 +66,8 @@ def category_index(r: dict) -> dict:
 def spread(x: np.ndarray, order: np.ndarray, n: int, groups: np.ndarray | None = None) -> tuple[list[int], int]:
     """The first ``n`` positions of ``order``, one passed over while its row of ``x`` lies within the median
     nearest-neighbour distance (over ``x``) of a position already taken in its group (``groups``: rows whose text the
-    encoding leaves out are twins only when their text agrees too); the passed-over
-    ones top the list up, in order, when too few are left. Also how many lead the list before the passed-over ones."""
+    encoding leaves out are twins only when their text agrees too); the passed-over ones top the list up, in order,
+    when too few are left. Also how many lead the list before the passed-over ones."""
     from sklearn.neighbors import NearestNeighbors
 
     near = float(np.median(NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)[0][:, 1]))
@@ -103,10 +103,9 @@ def blind_groups(frame: pd.DataFrame, ref: dict) -> np.ndarray:
 
 def herd(x: np.ndarray, known: np.ndarray, n: int) -> list[tuple[int, float]]:
     """Up to ``n`` rows of ``x`` as (position, the share of ``x`` the row stands for that labels do not cover yet),
-    best first: kernel herding,
-    each pick the row that most lowers the kernel distance (MMD) between the labelled rows — ``known`` and the picks
-    so far — and ``x`` (the window): the one where the window's kernel mass most exceeds the labelled rows'.
-    ``x`` and ``known`` scaled by ``length_scale`` already.
+    best first: kernel herding, each pick the row that most lowers the kernel distance (MMD) between the labelled
+    rows — ``known`` and the picks so far — and ``x`` (the window): the one where the window's kernel mass most
+    exceeds the labelled rows'. ``x`` and ``known`` scaled by ``length_scale`` already.
 
     Dense regions first, one pick per region until the labels look like the traffic; a far outlier stands for
     little of the window and waits. On california (bench/queue_research.py, 6 seeds) 74 labels to 80% of the

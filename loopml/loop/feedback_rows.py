@@ -111,16 +111,15 @@ def latest_across_turns(new: pd.DataFrame, learned: pd.DataFrame, columns: list[
     """The latest label wins across turns: ``new`` rows (not learned yet) less those an earlier turn already
     learned a newer label for (a stale label must not come back once its correction was learned), and the ids
     of ``learned`` rows a newer ``new`` row labels again (they leave the training data)."""
+    learned_keys = list(zip(learned["_feedback_id"].astype(int), input_keys(learned, columns), strict=True))
     newest_learned: dict[str, int] = {}
-    for i, key in zip(learned["_feedback_id"], input_keys(learned, columns), strict=True):
-        newest_learned[key] = max(int(i), newest_learned.get(key, -1))
+    for i, key in learned_keys:
+        newest_learned[key] = max(i, newest_learned.get(key, -1))
     keys = input_keys(new, columns)
     keep = np.array([int(i) > newest_learned.get(key, -1) for i, key in zip(new["_feedback_id"], keys, strict=True)],
                     dtype=bool)
     relabelled = {key for key, kept in zip(keys, keep, strict=True) if kept and key in newest_learned}
-    ids = {int(i) for i, key in zip(learned["_feedback_id"], input_keys(learned, columns), strict=True)
-           if key in relabelled}
-    return new[keep].reset_index(drop=True), ids
+    return new[keep].reset_index(drop=True), {i for i, key in learned_keys if key in relabelled}
 
 
 def outside_root_reason(column: str) -> str:

@@ -325,11 +325,13 @@ def _representative(model: Any, frame: pd.DataFrame, n: int, ref: dict, seed: in
     space = _Space(model, frame, ref, labelled, covering.SETTLE_CANDIDATES, rng)
     length = covering.length_scale(space.x)
     picks = covering.herd(space.x / length, space.known / length, n)
-    nearest = covering.nearest_counts(space.x, space.known, [i for i, _ in picks]) * (len(frame) / len(space.x))
-    out = [_row(frame.index[space.pool[i]], share, f"typical of ~{rows:.0f} unlabelled row{'s' if round(rows) != 1 else ''} "
-                f"nearer to it than to any label or other pick ({space.region(i)}; the model has no members to disagree, "
-                "so the queue asks for labels that look like the traffic)") for (i, share), rows in zip(picks, nearest,
-                                                                                                       strict=True)]
+    stands_for = covering.nearest_counts(space.x, space.known, [i for i, _ in picks]) * (len(frame) / len(space.x))
+    out = []
+    for (i, share), rows in zip(picks, stands_for, strict=True):
+        out.append(_row(frame.index[space.pool[i]], share, f"typical of ~{rows:.0f} unlabelled row"
+                        f"{'s' if round(rows) != 1 else ''} nearer to it than to any label or other pick "
+                        f"({space.region(i)}; the model has no members to disagree, so the queue asks for labels that "
+                        "look like the traffic)"))
     # past the sample: topped up at random
     return out + _random_rest(frame, {space.pool[i] for i, _ in picks}, n - len(out), rng,
                               "random pick: past the rows sampled")
