@@ -73,7 +73,7 @@ def mnist(args: argparse.Namespace) -> None:
     entry = _summary(m, 'loopml.Model({"target": "label"}).fit(bench.realdata.mnist())', ">= 0.99", before,
                      time.perf_counter() - start)
     entry["sizes"] = m.info.get("data_report", {}).get("sizes")
-    _record("mnist (API, no config)", entry)
+    _record(args.name, entry)
     print(json.dumps({k: v for k, v in entry.items() if k != "history"}, indent=2))
 
 
@@ -101,7 +101,9 @@ def main() -> None:
     p.add_argument("--load-after", default=None)
     p.add_argument("--name", default="cifar10_subset (CLI, no config)", help="the result's key (keep earlier runs)")
     p.set_defaults(run=cli)
-    sub.add_parser("mnist").set_defaults(run=mnist)
+    p = sub.add_parser("mnist")
+    p.add_argument("--name", default="mnist (API, no config)", help="the result's key (keep earlier runs)")
+    p.set_defaults(run=mnist)
     sub.add_parser("fsdd").set_defaults(run=fsdd_run)
     args = parser.parse_args()
     args.run(args)

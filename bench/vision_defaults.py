@@ -112,7 +112,9 @@ def recipe_variants(max_time: float) -> dict[str, dict]:
         "recipe_minus_ema": minus(lambda t, f: t.update(ema=None)),
         "recipe_minus_onecycle": minus(lambda t, f: t.update(scheduler={
             "type": "cosine", "interval": "epoch", "warmup_epochs": max(1, round(warmup))})),
-        "recipe_minus_resnet": minus(lambda t, f: f.update(encoder={"type": "cnn"})),
+        "recipe_minus_resnet": minus(lambda t, f: f.update(encoder={"type": "cnn"})),  # before the airnet
+        "recipe_minus_airnet": minus(lambda t, f: f.update(encoder={"type": "resnet", "channels": [32, 64, 128]})),
+        "recipe_minus_tta": minus(lambda t, f: f.update(tta="none")),
         "recipe_minus_bf16": minus(lambda t, f: t.update(precision="fp32")),
         "recipe_minus_channels_last": minus(lambda t, f: t.update(channels_last=False)),
     }

@@ -7,7 +7,7 @@ from PIL import Image
 import loopml
 from loopml.data.read import read_table
 from loopml.features.image import AugmentConfig
-from loopml.models.image_encoders import ImageInput
+from loopml.models.image_encoders import AirNet, ImageInput, PatchWhitening
 
 
 def _image(kind: str, rng, size=(16, 16)) -> Image.Image:
@@ -97,7 +97,7 @@ def test_augmentation_only_in_training_mode():
     assert torch.equal(plain(x), (x.float() / 255 - 0.5) / 0.25)  # nothing switched on: no change
 
 
-@pytest.mark.parametrize("encoder", ["cnn", "resnet"])
+@pytest.mark.parametrize("encoder", ["cnn", "resnet", "airnet"])
 def test_save_load_identical_predictions(image_folder, tmp_path, encoder):
     m = _fit(image_folder, features={"image": {"type": "image", "encoder": {"type": encoder, "channels": [8, 16]},
                                                "augment": {"flip": True, "crop_padding": 2}}},
@@ -105,6 +105,36 @@ def test_save_load_identical_predictions(image_folder, tmp_path, encoder):
     again = loopml.load(m.save(tmp_path / encoder))
     table = read_table(image_folder)
     assert np.array_equal(again.predict_proba(table).to_numpy(), m.predict_proba(table).to_numpy())
+
+
+def test_patch_whitening_is_fitted_once_from_the_first_training_batch():
+    rng = torch.Generator().manual_seed(0)
+    # correlated channels and neighbouring pixels, as in photos
+    base = torch.randn(64, 1, 17, 17, generator=rng).cumsum(-1)
+    x = torch.cat([base, 0.8 * base + 0.2 * torch.randn(64, 1, 17, 17, generator=rng), -base], dim=1)
+    stem = PatchWhitening(3).train()
+    assert not stem.fitted and stem.output_dim == 24
+    stem(x)
+    assert stem.fitted
+    patches = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
+    filters = stem.weight[:12].reshape(12, 12).double()
+    projected = (patches - patches.mean(0)) @ filters.T
+    variance = projected.var(dim=0)
+    # the well-measured directions come out with unit variance (the near-empty ones are damped by EPS)
+    assert torch.allclose(variance[variance > 0.5], torch.ones(()).double(), atol=0.05)
+    assert (variance > 0.5).sum() >= 6
+    first = stem.weight.clone()
+    stem(x * 3 + 1)  # a later batch does not refit
+    assert torch.equal(stem.weight, first)
+    again = PatchWhitening(3)
+    again.load_state_dict(stem.state_dict())
+    assert again.fitted and torch.equal(again.weight, first)
+
+
+def test_airnet_takes_tiny_odd_and_grey_images():
+    for size in [(1, 1), (1, 7), (3, 3), (28, 28), (31, 17)]:
+        net = AirNet(AirNet.Params(channels=[8, 16, 32]), 1, [0.5], [0.25]).train()
+        assert net(torch.randint(0, 256, (4, 1, *size), dtype=torch.uint8)).shape == (4, 32)
 
 
 def test_multimodal_table_image_text_number_category(image_folder):
