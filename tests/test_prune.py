@@ -60,7 +60,11 @@ def models(tmp_path_factory):
     cnn = loopml.Model(target="label", training={"epochs": 2, "seed": 0},
                        features={"image": {"type": "image", "encoder": {"type": "resnet", "channels": [8, 16]}}}).fit(
         images, progress=False, cache_dir=False)
-    return {"mlp": (mlp.save(root / "mlp"), _mlp_frame()), "resnet": (cnn.save(root / "resnet"), images)}
+    air = loopml.Model(target="label", training={"epochs": 2, "seed": 0},
+                       features={"image": {"type": "image", "encoder": {"type": "airnet", "channels": [8, 16]}}}).fit(
+        images, progress=False, cache_dir=False)
+    return {"mlp": (mlp.save(root / "mlp"), _mlp_frame()), "resnet": (cnn.save(root / "resnet"), images),
+            "airnet": (air.save(root / "airnet"), images)}
 
 
 def _rows(built, kind):
@@ -68,7 +72,7 @@ def _rows(built, kind):
     return data if kind == "mlp" else _image_rows(data)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "resnet"])
+@pytest.mark.parametrize("kind", ["mlp", "resnet", "airnet"])
 def test_structured_pruning_shrinks_the_network_and_loads_back_predicting_the_same(models, kind, tmp_path):
     if kind == "mlp":
         check_structured(models[kind][0], kind, _rows(models, kind), tmp_path)
@@ -78,10 +82,10 @@ def test_structured_pruning_shrinks_the_network_and_loads_back_predicting_the_sa
     # and it never failed on AVX-512 Xeons. Here, a crash is this test's failure, with the child's stderr.
     script = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
               "from test_prune import check_structured, _image_rows; "
-              "check_structured(Path(sys.argv[2]), 'resnet', _image_rows(Path(sys.argv[3])), Path(sys.argv[4]))")
+              "check_structured(Path(sys.argv[2]), sys.argv[5], _image_rows(Path(sys.argv[3])), Path(sys.argv[4]))")
     folder, images = models[kind]
     done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script, str(Path(__file__).parent), str(folder),
-                           str(images), str(tmp_path)], capture_output=True, text=True, timeout=600)
+                           str(images), str(tmp_path), kind], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"exit {done.returncode}:\n{done.stderr[-4000:]}"
 
 
@@ -100,6 +104,9 @@ def check_structured(folder: Path, kind: str, rows: pd.DataFrame, tmp_path: Path
     assert weight_counts(original.network)["parameters"] == before  # the original is left as it was
     if kind == "resnet":  # conv channels really went: the first conv has half its filters
         assert pruned.network.encoders[0].body[0][0].out_channels == 4
+    elif kind == "airnet":  # the fitted whitening keeps its filters; the blocks' convs lose half theirs
+        stem, block = pruned.network.encoders[0].body[0], pruned.network.encoders[0].body[1]
+        assert stem.weight.shape[0] == 24 and block.conv1.in_channels == 24 and block.conv1.out_channels == 4
     else:
         assert pruned.network.combiner.mlp[0].out_features == 32 and pruned.network.combiner.mlp[1].normalized_shape == (32,)
     expected = pruned.predict_proba(rows).to_numpy()

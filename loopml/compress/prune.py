@@ -35,7 +35,7 @@ from loopml.errors import LoopmlError
 
 DEFAULT_FINE_TUNE_EPOCHS = 3
 #: encoders whose layers structured pruning may resize (torch-pruning traces them reliably)
-STRUCTURED_ENCODERS = ("passthrough", "dense", "embedding", "cnn", "resnet")
+STRUCTURED_ENCODERS = ("passthrough", "dense", "embedding", "cnn", "resnet", "airnet")
 #: rows the dependency graph of torch-pruning is traced on
 TRACE_ROWS = 8
 
@@ -101,6 +101,8 @@ def fold_masks(pairs: list) -> None:
 
 def structured_prune(network, encoder_types: list[str], example: dict, fraction: float) -> dict:
     """Remove ``fraction`` of the units/channels of every prunable layer (torch-pruning); what was kept whole."""
+    from loopml.models.image_encoders import PatchWhitening
+
     try:
         import torch_pruning as tp
     except ImportError:
@@ -111,6 +113,8 @@ def structured_prune(network, encoder_types: list[str], example: dict, fraction:
     for encoder, kind in zip(network.encoders, encoder_types, strict=True):
         if kind not in STRUCTURED_ENCODERS:
             ignored += list(encoder.modules())
+        # the airnet's whitening filters are fitted, not trained: its 2x2 conv keeps every channel
+        ignored += [m for m in encoder.modules() if isinstance(m, PatchWhitening)]
     network.eval()  # tracing runs a forward pass: no batch-norm statistics may move
     try:
         # no torch.no_grad here: torch-pruning traces the graph through autograd
