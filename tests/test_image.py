@@ -133,8 +133,18 @@ def test_patch_whitening_is_fitted_once_from_the_first_training_batch():
 
 def test_airnet_takes_tiny_odd_and_grey_images():
     for size in [(1, 1), (1, 7), (3, 3), (28, 28), (31, 17)]:
-        net = AirNet(AirNet.Params(channels=[8, 16, 32]), 1, [0.5], [0.25]).train()
+        net = AirNet(AirNet.Params(channels=[8, 16, 32]), 1, [0.5], [0.25], size=size).train()
         assert net(torch.randint(0, 256, (4, 1, *size), dtype=torch.uint8)).shape == (4, 32)
+
+
+def test_an_airnet_exports_to_onnx(image_folder, tmp_path):
+    # the blocks' pooling mode is fixed at construction: read off the batch's shape it broke the traced export
+    from loopml.compress.export import export_model
+
+    m = _fit(image_folder, features={"image": {"type": "image", "encoder": {"type": "airnet", "channels": [8, 16]}}},
+             training={"epochs": 2})
+    export = export_model(m, tmp_path / "onnx", "onnx")
+    assert (export.folder / "model.onnx").exists() and export.max_diff < 1e-2  # the ResNet's differ by ~5e-4 here too
 
 
 def test_multimodal_table_image_text_number_category(image_folder):

@@ -231,15 +231,18 @@ class PatchWhitening(nn.Module):
 class PoolBlock(nn.Module):
     """conv, 2x max-pool, BN, GELU, conv, BN, GELU: the pooling before the second conv halves its cost."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, ceil_mode: bool = False) -> None:
         super().__init__()
+        #: a 1-pixel-wide input keeps its pixel (floor would leave none); fixed here, not read off the batch's shape,
+        #: so that an exported (traced) graph sees a constant
+        self.ceil_mode = ceil_mode
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.norm1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.norm2 = nn.BatchNorm2d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2, ceil_mode=min(x.shape[-2:]) == 1)))
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2, ceil_mode=self.ceil_mode)))
         return F.gelu(self.norm2(self.conv2(x)))
 
 
@@ -254,15 +257,19 @@ class AirNet(ImageEncoder):
         channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
         dropout: float = Field(0.1, ge=0, lt=1)
 
-    def __init__(self, params: Params, channels: int, mean, std, augment=None, tta: str = "none", **_: object) -> None:
+    def __init__(self, params: Params, channels: int, mean, std, augment=None, tta: str = "none",
+                 size: tuple[int, int] = (32, 32), **_: object) -> None:
         super().__init__()
         self.input = ImageInput(channels, mean, std, augment)
         self.tta = tta
         stem = PatchWhitening(channels)
         layers: list[nn.Module] = [stem]
         width = stem.output_dim
+        h, w = (max(2, int(side)) - 1 for side in size)  # what the 2x2 stem leaves
         for out in params.channels:
-            layers.append(PoolBlock(width, out))
+            ceil = min(h, w) == 1
+            layers.append(PoolBlock(width, out, ceil))
+            h, w = ((side + 1) // 2 if ceil else side // 2 for side in (h, w))
             width = out
         self.body = nn.Sequential(*layers)
         self.dropout = nn.Dropout(params.dropout)
